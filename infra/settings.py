@@ -52,9 +52,7 @@ class Entity(_Section):
 
     name: str = Field(min_length=1, description="Display name, also matched in text.")
     kind: Literal["brand", "product", "competitor"] = "brand"
-    brand: str | None = Field(
-        default=None, description="For a product: the name of the brand it belongs to."
-    )
+    brand: str | None = Field(default=None, description="For a product: the name of the brand it belongs to.")
     aliases: list[str] = Field(default_factory=list, description="Other names matched in text.")
     handles: list[str] = Field(default_factory=list, description="Social handles, e.g. '@acme'.")
     hashtags: list[str] = Field(default_factory=list, description="Hashtags, e.g. '#acme'.")
@@ -87,14 +85,12 @@ class Entity(_Section):
     @model_validator(mode="after")
     def _product_needs_brand(self) -> Entity:
         if self.kind == "product" and not self.brand:
-            raise ValueError(f"product {self.name!r} needs `brand = \"...\"` naming its brand")
+            raise ValueError(f'product {self.name!r} needs `brand = "..."` naming its brand')
         return self
 
 
 class KafkaSettings(_Section):
-    bootstrap: str = Field(
-        default="127.0.0.1:9092", description="host:port[,host:port] (env REPMON_KAFKA__BOOTSTRAP)."
-    )
+    bootstrap: str = Field(default="127.0.0.1:9092", description="host:port[,host:port] (env REPMON_KAFKA__BOOTSTRAP).")
     topic_prefix: str = Field(default="repmon", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=4, ge=1, le=1024)
     replication: int = Field(default=1, ge=1)
@@ -144,8 +140,8 @@ class WindowSettings(_Section):
 
 
 class DetectSettings(_Section):
-    z_threshold: float = Field(default=4.0, gt=0, description="Robust z-score that makes a signal.")
-    critical_z: float = Field(default=8.0, gt=0, description="z-score at which a signal is critical.")
+    z_threshold: float = Field(default=5.0, gt=0, description="Robust z-score that makes a signal.")
+    critical_z: float = Field(default=9.0, gt=0, description="z-score at which a signal is critical.")
     min_volume: int = Field(default=10, ge=1, description="Minimum events in a bucket to judge it.")
     min_negative: int = Field(default=5, ge=1, description="Minimum negative events for a negative-share signal.")
     warmup_buckets: int = Field(default=30, ge=1, description="Buckets of history before a detector may fire.")
@@ -256,7 +252,7 @@ class Settings(BaseSettings):
             if e.kind == "product" and e.brand and e.brand.strip().lower() not in brands:
                 raise ValueError(
                     f"entities: product {e.name!r} names brand {e.brand!r}, which is not configured; "
-                    "add it as an entity with kind = \"brand\""
+                    'add it as an entity with kind = "brand"'
                 )
         return self
 
@@ -302,7 +298,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     try:
         data: dict[str, Any] = tomllib.loads(chosen.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(str(chosen), [f"file not found; pass --config PATH or set REPMON_CONFIG (see {DEFAULT_CONFIG})"]) from None
+        raise ConfigError(
+            str(chosen), [f"file not found; pass --config PATH or set REPMON_CONFIG (see {DEFAULT_CONFIG})"]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(chosen), [f"not valid TOML: {exc}; fix the syntax at that line"]) from None
     data.update(overrides)

@@ -61,7 +61,7 @@ def unique() -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator["redis.Redis"]:  # type: ignore[name-defined]  # noqa: F821
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:  # type: ignore[name-defined]  # noqa: F821
     import redis
 
     client = redis.Redis.from_url(redis_url)
@@ -70,7 +70,7 @@ def redis_client(redis_url: str) -> Iterator["redis.Redis"]:  # type: ignore[nam
 
 
 @pytest.fixture
-async def aredis(redis_url: str) -> AsyncIterator["redis.asyncio.Redis"]:  # type: ignore[name-defined]  # noqa: F821
+async def aredis(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:  # type: ignore[name-defined]  # noqa: F821
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(redis_url)

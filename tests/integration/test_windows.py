@@ -1,0 +1,79 @@
+"""Redis trust windows: event-time buckets, idempotent under redelivery, watermark per partition."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from infra.settings import load_settings
+from streams.records import AspectHit, EnrichedEvent, EntityMatch, Sentiment
+from streams.windows import WindowStore, bucket_of
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def ev(i: int, entity: str, minute: float, label: str = "negative", impact: float = 1.0) -> EnrichedEvent:
+    score = {"negative": -0.7, "neutral": 0.0, "positive": 0.6}[label]
+    return EnrichedEvent(
+        event_id=f"t:{i}",
+        kind="mention",
+        source="t",
+        occurred_at=T0 + timedelta(minutes=minute),
+        ingested_at=T0,
+        entity=entity,
+        entities=[EntityMatch(key=entity, kind="brand", text=entity, start=0, end=len(entity))],
+        aspects=[AspectHit(aspect="delivery", term="delivery", start=0, end=8, sentiment=score)],
+        sentiment=Sentiment(score=score, label=label, confidence=0.9, model_version="t"),
+        text_redacted=f"the delivery was late again {i}",
+        impact=impact,
+    )
+
+
+@pytest.fixture
+async def store(aredis, unique):  # type: ignore[no-untyped-def]
+    s = load_settings(None, redis={"key_prefix": f"t{unique}"})
+    yield WindowStore(aredis, s)
+    keys = [k async for k in aredis.scan_iter(f"t{unique}:*")]
+    if keys:
+        await aredis.delete(*keys)
+
+
+async def test_counts_equal_and_redelivery_not_counted_twice(store: WindowStore) -> None:
+    events = [ev(i, "northwind", i * 0.25, "negative" if i % 3 == 0 else "positive") for i in range(40)]
+    items = [(e, i % 2) for i, e in enumerate(events)]
+    first = await store.add_batch(items)
+    assert first.counted == 40 and first.duplicates == 0
+    again = await store.add_batch(items[:25])  # a redelivered batch
+    assert again.counted == 0 and again.duplicates == 25
+    B = store.B
+    t0 = bucket_of(T0.timestamp(), B)
+    total = await store.window_stats("northwind", t0, t0 + 11 * B)
+    assert total["events"] == 40 and total["n"] == 40
+    assert total["neg"] == sum(1 for e in events if e.sentiment and e.sentiment.label == "negative")
+    assert total["asp:delivery:n"] == 40 and total["asp:delivery:neg"] == total["neg"]
+    per_bucket = await store.bucket_stats(["northwind"], t0)
+    assert per_bucket["northwind"]["events"] == sum(1 for e in events if e.occurred_at < T0 + timedelta(seconds=B))
+
+
+async def test_late_event_updates_its_bucket_and_watermark_is_min_of_partitions(store: WindowStore) -> None:
+    await store.add_batch([(ev(1, "northwind", 10), 0), (ev(2, "northwind", 3), 1)])
+    assert await store.watermark() == (T0 + timedelta(minutes=3)).timestamp()  # partition 1 lags
+    await store.add_batch([(ev(3, "northwind", 12), 1)])
+    assert await store.watermark() == (T0 + timedelta(minutes=10)).timestamp()
+    late = ev(4, "northwind", 2)
+    await store.add_batch([(late, 0)])
+    t = bucket_of(late.occurred_at.timestamp(), store.B)
+    assert (await store.bucket_stats(["northwind"], t))["northwind"]["events"] == 1
+    assert await store.first_event_ts() == late.occurred_at.timestamp()
+
+
+async def test_top_mentions_and_terms(store: WindowStore) -> None:
+    await store.add_batch([(ev(i, "northwind", 0, impact=1.0 + i), 0) for i in range(15)])
+    t = bucket_of(T0.timestamp(), store.B)
+    top = await store.top_mentions("northwind", [t], k=3)
+    assert [m["id"] for m in top] == ["t:14", "t:13", "t:12"]
+    terms = dict(await store.top_terms("northwind", [t]))
+    assert terms["delivery"] == 15 and terms["late"] == 15 and "the" not in terms

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from alerts.incidents import IncidentState, step
+from infra.settings import DetectSettings
+from models.detect import EntityDetector
+
+CFG = DetectSettings(warmup_buckets=20, min_volume=10, min_negative=5, z_threshold=5.0, critical_z=9.0)
+
+
+def poisson(rng: random.Random, lam: float) -> int:
+    # Knuth; fine for small lambda
+    import math
+
+    l_, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= l_:
+            return k
+        k += 1
+
+
+def test_quiet_stream_never_fires() -> None:
+    rng = random.Random(1)
+    det = EntityDetector(CFG)
+    fired = 0
+    for _ in range(5000):
+        n = poisson(rng, 12)
+        neg = sum(rng.random() < 0.15 for _ in range(n))
+        fired += bool(det.update({"n": n, "neg": neg}))
+    assert fired == 0
+
+
+def test_quiet_brand_at_night_does_not_page() -> None:
+    det = EntityDetector(CFG)
+    for _ in range(200):
+        det.update({"n": 1, "neg": 0})
+    # 6 mentions, all negative, on a brand that usually has 1: below min_volume -> nothing
+    assert det.update({"n": 6, "neg": 6}) == []
+
+
+def test_crisis_fires_volume_and_negative_share_and_baseline_is_protected() -> None:
+    rng = random.Random(2)
+    det = EntityDetector(CFG)
+    for _ in range(100):
+        n = poisson(rng, 12)
+        det.update({"n": n, "neg": sum(rng.random() < 0.15 for _ in range(n))})
+    verdicts = det.update({"n": 70, "neg": 55})
+    assert {v.signal for v in verdicts} == {"volume", "negative_share"}
+    assert all(v.z >= CFG.z_threshold for v in verdicts)
+    assert any(v.severity == "critical" for v in verdicts)
+    before = det.volume.mean
+    for _ in range(5):
+        det.update({"n": 70, "neg": 55})
+    assert det.volume.mean < 30 and before < 16  # the crisis did not become the new normal
+    restored = EntityDetector.from_dict(CFG, det.to_dict())
+    assert restored.to_dict() == det.to_dict()
+
+
+def test_incident_thread_open_update_escalate_resolve() -> None:
+    st = IncidentState()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    b = [t0 + timedelta(minutes=i) for i in range(40)]
+    assert step(st, "acme", b[0], [], quiet_buckets=3) is None
+    o = step(st, "acme", b[1], [("volume", "warning")], quiet_buckets=3)
+    assert o and o.status == "open" and o.seq == 1
+    u = step(st, "acme", b[2], [("volume", "warning")], quiet_buckets=3)
+    assert u and u.status == "update" and u.incident_id == o.incident_id and u.seq == 2
+    e = step(st, "acme", b[3], [("negative_share", "critical")], quiet_buckets=3)
+    assert e and e.status == "escalated" and e.severity == "critical"
+    # hysteresis: two quiet buckets then a loud one keep the same thread
+    assert step(st, "acme", b[4], [], quiet_buckets=3) is None
+    assert step(st, "acme", b[5], [], quiet_buckets=3) is None
+    again = step(st, "acme", b[6], [("volume", "warning")], quiet_buckets=3)
+    assert again and again.incident_id == o.incident_id and again.status == "update"
+    for i in (7, 8):
+        assert step(st, "acme", b[i], [], quiet_buckets=3) is None
+    r = step(st, "acme", b[9], [], quiet_buckets=3)
+    assert r and r.status == "resolved" and r.incident_id == o.incident_id and r.seq == again.seq + 1
+    assert not st.is_open
+    n = step(st, "acme", b[20], [("volume", "warning")], quiet_buckets=3)
+    assert n and n.status == "open" and n.incident_id != o.incident_id
+    # same data -> same id (replay gives the same incidents)
+    assert step(IncidentState(), "acme", b[1], [("volume", "warning")], quiet_buckets=3).incident_id == o.incident_id

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.settings import DEFAULT_CONFIG, ConfigError, load_settings
+
+GOOD = """
+app_id = "t"
+[[entities]]
+name = "Acme"
+handles = ["@acme"]
+[[entities]]
+name = "Rocket"
+kind = "product"
+brand = "Acme"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_bundled_configs_load() -> None:
+    s = load_settings(DEFAULT_CONFIG)
+    assert [e.key for e in s.entities] == ["northwind", "northwind/go app", "skyline"]
+    airlines = load_settings(DEFAULT_CONFIG.parent / "airlines.toml")
+    assert len(airlines.entities) == 6
+
+
+def test_product_key_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPMON_KAFKA__BOOTSTRAP", "kafka:29092")
+    monkeypatch.setenv("REPMON_DETECT__Z_THRESHOLD", "6.5")
+    s = load_settings(write(tmp_path, GOOD + "\n[kafka]\nbootstrap = 'file:1'\n"))
+    assert s.entity("acme/rocket") is not None
+    assert s.kafka.bootstrap == "kafka:29092"  # environment beats the file
+    assert s.detect.z_threshold == 6.5
+
+
+def test_env_routes_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPMON_ALERTS__ROUTES", '[{"name": "r", "urls": ["json://127.0.0.1:9/x"]}]')
+    s = load_settings(write(tmp_path, GOOD + "\n[alerts]\ncooldown_seconds = 5\n"))
+    assert s.alerts.routes[0].urls == ["json://127.0.0.1:9/x"]
+    assert s.alerts.cooldown_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fix"),
+    [
+        ("\n[windows]\nbucket_secs = 60\n", "windows.bucket_secs", "remove `windows.bucket_secs`"),
+        ("\n[detect]\nz_threshold = -1\n", "detect.z_threshold", "REPMON_DETECT__Z_THRESHOLD"),
+        ("\n[redis]\nurl = 'localhost:6379'\n", "redis.url", "redis://"),
+        ("\n[[alerts.routes]]\nname = 'x'\nurls = ['not-a-url']\n", "alerts.routes.0.urls", "scheme://"),
+        ("\n[nlp]\nprofile = 'turbo'\n", "nlp.profile", "nlp.profile"),
+    ],
+)
+def test_bad_config_names_key_and_fix(tmp_path: Path, extra: str, key: str, fix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, GOOD + extra))
+    msg = str(info.value)
+    assert key in msg and fix in msg, msg
+
+
+def test_bad_entities(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs `brand"):
+        load_settings(write(tmp_path, '[[entities]]\nname = "X"\nkind = "product"\n'))
+    with pytest.raises(ConfigError, match="must start with '@'"):
+        load_settings(write(tmp_path, '[[entities]]\nname = "X"\nhandles = ["x"]\n'))
+    with pytest.raises(ConfigError, match="add `entities`"):
+        load_settings(write(tmp_path, 'app_id = "x"\n'))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[[entities]\n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "missing.toml")
