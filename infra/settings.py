@@ -125,7 +125,12 @@ class WindowSettings(_Section):
         default=120, ge=0, description="Late events within this lateness still update their bucket."
     )
     dedupe_ttl_seconds: int = Field(default=7 * 86400, ge=60, description="How long event ids are remembered.")
-    retention_seconds: int = Field(default=35 * 86400, ge=3600, description="TTL of bucket data.")
+    bucket_retention_seconds: int = Field(
+        default=3 * 86400, ge=600, description="TTL of fine buckets (15 min and 1 h views, detection)."
+    )
+    retention_seconds: int = Field(
+        default=35 * 86400, ge=3600, description="TTL of hourly rollups (24 h, 7 d and 30 d views)."
+    )
     rollups_seconds: list[int] = Field(default_factory=lambda: [900, 3600, 86400, 7 * 86400, 30 * 86400])
 
     @model_validator(mode="after")

@@ -1,29 +1,38 @@
-"""Per-entity detectors on closed event-time buckets (pure: dict in, verdicts out).
+"""Per-entity detectors on event-time buckets (pure: dict in, verdicts out).
 
-Each signal keeps an exponentially weighted baseline (mean and variance) of its own history.
-A bucket is judged on a standardised input: ``z = (value - baseline) / scale`` where ``scale``
+Every signal of an entity keeps its own baseline: an exponentially weighted mean and variance
+overall, and one per hour of the week (seasonal), blended by how much history the slot has. A
+bucket is judged on a standardised input, ``z = (value - baseline) / scale``, where ``scale``
 never falls below the sampling noise the value must have anyway (Poisson for counts, binomial
-for shares). That floor is what keeps a quiet brand at night from paging anyone: five mentions
-instead of one is not a crisis. A detector may not fire before ``warmup_buckets`` of history,
-nor on fewer than ``min_volume`` events (``min_negative`` negative events for negative share).
+for shares, the standard error for means). At small counts the normal tail is far too thin
+(12 mentions with 7 negative is "4 sigma" to it, yet happens daily by chance), so z is also
+computed from the exact tail, Poisson or binomial, and the smaller of the two is used.
 
-At small counts the normal approximation's tail is far too thin (a 12-mention bucket with 7
-negative ones is a 4-sigma event to it, yet happens once a day by chance), so each z-score is
-also computed from the exact tail, Poisson for counts and binomial for shares, and the smaller
-of the two is used: ``z = isf(P(X >= x))``.
+That noise floor plus a minimum support (``min_volume``, ``min_negative``) is what keeps a quiet
+brand at night from paging anyone. No detector fires before ``warmup_buckets`` of history.
+A bucket that fires teaches the baseline only the threshold value, so a crisis does not become
+the new normal.
 
-A bucket that fires updates the baseline with the value clipped to the threshold, so a crisis
-does not teach the baseline that crisis is normal.
+Signals (bucket counter names from :func:`streams.windows.contributions`):
 
->>> from scipy import stats as _st
+========================  =========================================  ===========
+signal                    value                                      direction
+========================  =========================================  ===========
+``volume``                mentions + reviews scored (``n``)          up
+``negative_share``        ``neg / n``                                up
+``impact_negativity``     reach-weighted ``impact_neg / impact``     up
+``aspect_negativity``     per aspect ``asp:A:neg / asp:A:n``         up
+``rating``                mean review rating                         down
+``refund_rate``           refunds+returns+chargebacks / orders       up
+========================  =========================================  ===========
 
-from infra.settings import DetectSettings
+>>> from infra.settings import DetectSettings
 >>> det = EntityDetector(DetectSettings(warmup_buckets=5, min_volume=5, min_negative=3))
->>> for _ in range(20):
-...     _ = det.update({"n": 20, "neg": 3})
->>> [v.signal for v in det.update({"n": 120, "neg": 90})]
+>>> for i in range(20):
+...     _ = det.update({"n": 20, "neg": 3}, hour_of_week=i % 168)
+>>> [v.signal for v in det.update({"n": 120, "neg": 90}, hour_of_week=20)]
 ['volume', 'negative_share']
->>> det.update({"n": 21, "neg": 3})
+>>> det.update({"n": 21, "neg": 3}, hour_of_week=21)
 []
 """
 
@@ -37,9 +46,10 @@ from scipy import stats as _st
 
 from infra.settings import DetectSettings
 
-__all__ = ["EntityDetector", "EwStat", "Verdict", "severity_for"]
+__all__ = ["EntityDetector", "EwStat", "SignalState", "Verdict", "severity_for"]
 
 Severity = Literal["info", "warning", "critical"]
+Kind = Literal["count", "share", "mean"]
 
 
 @dataclass(slots=True)
@@ -80,6 +90,10 @@ class Verdict:
     aspect: str | None = None
 
 
+def severity_for(z: float, cfg: DetectSettings) -> Severity:
+    return "critical" if z >= cfg.critical_z else "warning"
+
+
 def _tail_z(p_value: float) -> float:
     """Equivalent one-sided z of a tail probability.
 
@@ -89,76 +103,187 @@ def _tail_z(p_value: float) -> float:
     return float(_st.norm.isf(min(max(p_value, 1e-300), 1.0)))
 
 
-def severity_for(z: float, cfg: DetectSettings) -> Severity:
-    return "critical" if z >= cfg.critical_z else "warning"
+SEASON_SLOTS = 168  # hours of the week
+SEASON_MIN_HISTORY = 4  # a slot is trusted fully once it has seen this many buckets
+
+
+@dataclass
+class SignalState:
+    """Baseline of one signal: overall and per hour of the week."""
+
+    overall: EwStat = field(default_factory=EwStat)
+    seasonal: dict[str, EwStat] = field(default_factory=dict)
+
+    def baseline(self, how: int | None) -> tuple[float, float]:
+        """(mean, std), the seasonal slot blended in by how much history it has."""
+        m, s = self.overall.mean, self.overall.std
+        slot = self.seasonal.get(str(how)) if how is not None else None
+        if slot is None or slot.n == 0:
+            return m, s
+        w = min(1.0, slot.n / SEASON_MIN_HISTORY)
+        return (1 - w) * m + w * slot.mean, (1 - w) * s + w * max(slot.std, 0.0)
+
+    def learn(self, x: float, alpha: float, how: int | None, weight: float = 1.0) -> None:
+        self.overall.update(x, alpha * weight)
+        if how is not None:
+            # the seasonal slot sees 1/168 of the buckets: give it a faster memory
+            self.seasonal.setdefault(str(how), EwStat()).update(x, min(1.0, 0.3 * weight))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"overall": asdict(self.overall), "seasonal": {k: asdict(v) for k, v in self.seasonal.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SignalState:
+        return cls(EwStat(**d["overall"]), {k: EwStat(**v) for k, v in d.get("seasonal", {}).items()})
 
 
 @dataclass
 class EntityDetector:
-    """Volume and negative-share detectors for one entity. State is plain data (``to_dict``)."""
+    """All signals of one entity. State is plain data (``to_dict``/``from_dict``)."""
 
     cfg: DetectSettings
-    volume: EwStat = field(default_factory=EwStat)
-    neg_share: EwStat = field(default_factory=EwStat)
+    signals: dict[str, SignalState] = field(default_factory=dict)
     buckets: int = 0
 
     @property
     def alpha(self) -> float:
         return 1.0 - 0.5 ** (1.0 / self.cfg.baseline_halflife_buckets)
 
-    def _judge_volume(self, n: float) -> Verdict | None:
-        base = self.volume.mean
-        # Poisson noise floor: a count's own sampling spread is sqrt(mean).
-        scale = max(self.volume.std, math.sqrt(max(base, 1.0)), 1.0)
-        z = (n - base) / scale
-        if z >= self.cfg.z_threshold:
-            z = min(z, _tail_z(float(_st.poisson.sf(n - 1, max(base, 0.5)))))
-        if self.buckets < self.cfg.warmup_buckets or n < self.cfg.min_volume or z < self.cfg.z_threshold:
-            return None
-        return Verdict("volume", n, base, scale, z, int(n), severity_for(z, self.cfg), "ew-zscore-v1")
+    def _state(self, name: str) -> SignalState:
+        return self.signals.setdefault(name, SignalState())
 
-    def _judge_neg_share(self, n: float, neg: float) -> Verdict | None:
-        if n <= 0:
+    # -- judges -----------------------------------------------------------------------------
+    def _count(self, name: str, x: float, how: int | None, frac: float) -> Verdict | None:
+        mean, std = self._state(name).baseline(how)
+        base = mean * frac
+        scale = max(std * frac, math.sqrt(max(base, 1.0)), 1.0)
+        z = (x - base) / scale
+        if z >= self.cfg.z_threshold:
+            z = min(z, _tail_z(float(_st.poisson.sf(x - 1, max(base, 0.5)))))
+        if x < self.cfg.min_volume or z < self.cfg.z_threshold:
             return None
-        share = neg / n
-        p = min(max(self.neg_share.mean, 0.02), 0.98)
-        # Binomial noise floor for a share measured on n events.
-        scale = max(self.neg_share.std, math.sqrt(p * (1.0 - p) / n), 0.02)
+        return Verdict(name, x, base, scale, z, int(x), severity_for(z, self.cfg), "ew-seasonal-poisson-v1")
+
+    def _share(
+        self, name: str, num: float, den: float, how: int | None, min_num: float, aspect: str | None = None
+    ) -> Verdict | None:
+        if den < self.cfg.min_volume or num < min_num:
+            return None
+        share = num / den
+        mean, std = self._state(name).baseline(how)
+        p = min(max(mean, 0.02), 0.98)
+        scale = max(std, math.sqrt(p * (1.0 - p) / den), 0.02)
         z = (share - p) / scale
         if z >= self.cfg.z_threshold:
-            z = min(z, _tail_z(float(_st.binom.sf(neg - 1, int(n), p))))
-        if (
-            self.buckets < self.cfg.warmup_buckets
-            or n < self.cfg.min_volume
-            or neg < self.cfg.min_negative
-            or z < self.cfg.z_threshold
-        ):
+            z = min(z, _tail_z(float(_st.binom.sf(round(num) - 1, max(1, round(den)), p))))
+        if z < self.cfg.z_threshold:
             return None
-        return Verdict("negative_share", share, p, scale, z, int(n), severity_for(z, self.cfg), "ew-binomial-z-v1")
+        signal = "aspect_negativity" if aspect else name
+        return Verdict(
+            signal, share, p, scale, z, int(den), severity_for(z, self.cfg), "ew-seasonal-binomial-v1", aspect
+        )
 
-    def update(self, stats: dict[str, float]) -> list[Verdict]:
-        """Judge one closed bucket (``n`` events, ``neg`` negative), then learn from it."""
-        n = float(stats.get("n", 0.0))
-        neg = float(stats.get("neg", 0.0))
-        verdicts = [v for v in (self._judge_volume(n), self._judge_neg_share(n, neg)) if v is not None]
-        alpha = self.alpha
-        fired = {v.signal for v in verdicts}
-        cap_n = self.volume.mean + self.cfg.z_threshold * max(self.volume.std, math.sqrt(max(self.volume.mean, 1.0)))
-        self.volume.update(min(n, cap_n) if "volume" in fired else n, alpha)
-        if n >= 1:
-            share = neg / n
-            if "negative_share" in fired:
-                share = min(share, self.neg_share.mean + self.cfg.z_threshold * max(self.neg_share.std, 0.02))
-            # Weight a share by its support: a 1-event bucket says little.
-            self.neg_share.update(share, alpha * min(1.0, n / max(self.cfg.min_volume, 1)))
+    def _mean_down(self, name: str, total: float, count: float, sq: float, how: int | None) -> Verdict | None:
+        if count < max(3, self.cfg.min_volume // 2):
+            return None
+        mean_x = total / count
+        var_x = max(sq / count - mean_x**2, 0.0)
+        base, std = self._state(name).baseline(how)
+        se = max(math.sqrt(max(var_x, 0.5) / count), std, 0.05)
+        z = (base - mean_x) / se
+        if z < self.cfg.z_threshold:
+            return None
+        return Verdict(name, mean_x, base, se, z, int(count), severity_for(z, self.cfg), "ew-seasonal-mean-v1")
+
+    def judge(self, st: dict[str, float], hour_of_week: int | None = None, frac: float = 1.0) -> list[Verdict]:
+        """Judge a bucket without learning from it (``frac`` < 1: a bucket still filling)."""
+        if self.buckets < self.cfg.warmup_buckets:
+            return []
+        g = st.get
+        out: list[Verdict | None] = [
+            self._count("volume", g("n", 0.0), hour_of_week, frac),
+            self._share("negative_share", g("neg", 0.0), g("n", 0.0), hour_of_week, self.cfg.min_negative),
+        ]
+        if g("impact", 0.0) > 0 and g("n", 0.0) >= self.cfg.min_volume:
+            # reach-weighted: the share of attention that is negative, support = events
+            n = g("n", 0.0)
+            eff_neg = n * g("impact_neg", 0.0) / g("impact", 1.0)
+            out.append(self._share("impact_negativity", eff_neg, n, hour_of_week, self.cfg.min_negative))
+        for key in st:
+            if key.startswith("asp:") and key.endswith(":n"):
+                aspect = key[4:-2]
+                v = self._share(
+                    f"asp:{aspect}",
+                    g(f"asp:{aspect}:neg", 0.0),
+                    g(key, 0.0),
+                    hour_of_week,
+                    self.cfg.min_negative,
+                    aspect,
+                )
+                out.append(v)
+        if g("rating_n", 0.0) > 0:
+            out.append(
+                self._mean_down("rating", g("rating_sum", 0.0), g("rating_n", 0.0), g("rating_sq", 0.0), hour_of_week)
+            )
+        orders = g("purchase:placed", 0.0) + g("purchase:paid", 0.0)
+        refunds = g("purchase:refunded", 0.0) + g("purchase:returned", 0.0) + g("purchase:chargeback", 0.0)
+        if orders > 0:
+            out.append(self._share("refund_rate", refunds, orders + refunds, hour_of_week, self.cfg.min_negative))
+        return [v for v in out if v is not None]
+
+    def learn(self, st: dict[str, float], hour_of_week: int | None, fired: list[Verdict]) -> None:
+        """Update the baselines with a closed bucket; fired values are clipped to the threshold."""
+        alpha, g, zt = self.alpha, st.get, self.cfg.z_threshold
+        hot = {(v.signal if v.aspect is None else f"asp:{v.aspect}") for v in fired}
+
+        def clip(name: str, x: float, up: bool = True) -> float:
+            if name not in hot:
+                return x
+            m, s = self._state(name).baseline(hour_of_week)
+            return min(x, m + zt * max(s, 0.02)) if up else max(x, m - zt * max(s, 0.05))
+
+        n = g("n", 0.0)
+        m, s = self._state("volume").baseline(hour_of_week)
+        self._state("volume").learn(
+            min(n, m + zt * max(s, math.sqrt(max(m, 1.0)))) if "volume" in hot else n, alpha, hour_of_week
+        )
+
+        def share(name: str, num: float, den: float) -> None:
+            if den >= 1:
+                w = min(1.0, den / max(self.cfg.min_volume, 1))  # a 1-event bucket says little
+                self._state(name).learn(clip(name, num / den), alpha, hour_of_week, w)
+
+        share("negative_share", g("neg", 0.0), n)
+        if g("impact", 0.0) > 0:
+            share("impact_negativity", g("impact_neg", 0.0), g("impact", 0.0))
+        for key in st:
+            if key.startswith("asp:") and key.endswith(":n"):
+                aspect = key[4:-2]
+                share(f"asp:{aspect}", g(f"asp:{aspect}:neg", 0.0), g(key, 0.0))
+        if g("rating_n", 0.0) > 0:
+            self._state("rating").learn(
+                clip("rating", g("rating_sum", 0.0) / g("rating_n", 1.0), up=False),
+                alpha,
+                hour_of_week,
+                min(1.0, g("rating_n", 0.0) / 3),
+            )
+        orders = g("purchase:placed", 0.0) + g("purchase:paid", 0.0)
+        refunds = g("purchase:refunded", 0.0) + g("purchase:returned", 0.0) + g("purchase:chargeback", 0.0)
+        if orders + refunds > 0:
+            share("refund_rate", refunds, orders + refunds)
         self.buckets += 1
+
+    def update(self, st: dict[str, float], hour_of_week: int | None = None) -> list[Verdict]:
+        """Judge one closed bucket, then learn from it."""
+        verdicts = self.judge(st, hour_of_week)
+        self.learn(st, hour_of_week, verdicts)
         return verdicts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"volume": asdict(self.volume), "neg_share": asdict(self.neg_share), "buckets": self.buckets}
+        return {"signals": {k: v.to_dict() for k, v in self.signals.items()}, "buckets": self.buckets, "v": 2}
 
     @classmethod
     def from_dict(cls, cfg: DetectSettings, data: dict[str, Any] | None) -> EntityDetector:
-        if not data:
+        if not data or data.get("v") != 2:
             return cls(cfg)
-        return cls(cfg, EwStat(**data["volume"]), EwStat(**data["neg_share"]), int(data["buckets"]))
+        return cls(cfg, {k: SignalState.from_dict(v) for k, v in data["signals"].items()}, int(data["buckets"]))

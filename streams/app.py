@@ -29,12 +29,11 @@ import redis.asyncio as aredis
 from alerts.dispatch import Dispatcher
 from pydantic import ValidationError
 
-from alerts.incidents import IncidentState, Transition, step
 from infra.settings import Settings
-from models.detect import EntityDetector, Verdict
+from streams.detection import DetectionEngine
 from streams.enrich import EnrichStage, RawRecord
-from streams.records import DeadLetter, EnrichedEvent, Incident, Signal, TopMention, dumps, parse_raw
-from streams.windows import WindowStore, bucket_dt
+from streams.records import DeadLetter, EnrichedEvent, Incident, Signal, dumps, parse_raw
+from streams.windows import WindowStore
 
 __all__ = ["TOPICS", "Pipeline", "build_pipeline", "validation_reason"]
 
@@ -90,7 +89,13 @@ class Pipeline:
         # loop, and the model is only ever touched by this thread (no locks needed).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repmon-nlp")
         self.stage = EnrichStage(settings)
-        self._entity_keys = [e.key for e in settings.entities]
+        self.detection = DetectionEngine(
+            settings,
+            self.store,
+            emit_signal=self._emit_signal,
+            emit_incident=self._emit_incident,
+            model_version=lambda: self.stage.model_version,
+        )
         self.app = self._build_app(web_port)
 
     # -- construction -----------------------------------------------------------------------
@@ -232,123 +237,14 @@ class Pipeline:
             logger.info("skipped %d redelivered events (already counted)", res.duplicates)
 
     # -- windows -> signals -> incidents ----------------------------------------------------
-    async def detect_tick(self, max_buckets: int = 2000) -> int:
-        """Judge every bucket that closed since the last tick. Returns the buckets judged."""
-        B = self.settings.windows.bucket_seconds
-        wm = await self.store.watermark()
-        if wm is None:
-            return 0
-        last = int((wm - self.settings.windows.allowed_lateness_seconds) // B) * B - B
-        closed = await self.store.closed()
-        if closed is None:
-            first = await self.store.first_event_ts()
-            if first is None:
-                return 0
-            closed = int(first // B) * B - B
-        if last <= closed:
-            return 0
-        ents = self._entity_keys
-        det_raw = await self.store.load_state("det", ents)
-        inc_raw = await self.store.load_state("inc", ents)
-        dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e]) for e in ents}
-        incs = {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
-        judged = 0
-        t = closed + B
-        while t <= last and judged < max_buckets:
-            stats = await self.store.bucket_stats(ents, t)
-            for e in ents:
-                verdicts = dets[e].update(stats[e])
-                signals = [self._signal(e, t, v) for v in verdicts]
-                for sig in signals:
-                    await self.t_signals.send(key=e.encode(), value=dumps(sig))
-                self.counters.signals += len(signals)
-                tr = step(
-                    incs[e],
-                    e,
-                    bucket_dt(t),
-                    [(v.signal, v.severity) for v in verdicts],
-                    quiet_buckets=self.settings.detect.resolve_after_quiet_buckets,
-                )
-                if tr is not None:
-                    inc = await self._incident(e, t, tr, signals, stats[e])
-                    await self.t_incidents.send(key=e.encode(), value=dumps(inc))
-                    self.counters.incidents += 1
-            judged += 1
-            t += B
-        await self.store.save_state(
-            {"det": {e: d.to_dict() for e, d in dets.items()}, "inc": {e: i.to_dict() for e, i in incs.items()}},
-            t - B,
-        )
-        return judged
+    async def _emit_signal(self, sig: Signal) -> None:
+        await self.t_signals.send(key=sig.entity.encode(), value=dumps(sig))
 
-    def _signal(self, entity: str, t: int, v: Verdict) -> Signal:
-        return Signal(
-            signal_id=f"{entity}:{v.signal}:{t}",
-            entity=entity,
-            signal=v.signal,  # type: ignore[arg-type]
-            aspect=v.aspect,
-            bucket_start=bucket_dt(t),
-            bucket_seconds=self.settings.windows.bucket_seconds,
-            value=v.value,
-            baseline=v.baseline,
-            scale=v.scale,
-            z=v.z,
-            support=v.support,
-            severity=v.severity,
-            detector=v.detector,
-        )
+    async def _emit_incident(self, inc: Incident) -> None:
+        await self.t_incidents.send(key=inc.entity.encode(), value=dumps(inc))
 
-    async def _incident(
-        self, entity: str, t: int, tr: Transition, signals: list[Signal], stats: dict[str, float]
-    ) -> Incident:
-        B = self.settings.windows.bucket_seconds
-        recent = [t - i * B for i in range(5)]
-        tops = await self.store.top_mentions(entity, recent, k=5)
-        terms = await self.store.top_terms(entity, recent, k=8)
-        aspects = sorted(
-            ((k.split(":")[1], int(v)) for k, v in stats.items() if k.startswith("asp:") and k.endswith(":neg")),
-            key=lambda x: (-x[1], x[0]),
-        )[:5]
-        ent = self.settings.entity(entity)
-        name = ent.name if ent else entity
-        parts = [_describe(s) for s in signals]
-        if tr.status == "resolved":
-            title = f"RESOLVED: {name} is back to normal"
-            summary = f"No crisis signal for {self.settings.detect.resolve_after_quiet_buckets} buckets."
-        else:
-            title = f"{tr.status.upper()}: {name} - {', '.join(s.signal.replace('_', ' ') for s in signals)}"
-            summary = "; ".join(parts)
-        n = stats.get("n", 0.0)
-        return Incident(
-            incident_id=tr.incident_id,
-            entity=entity,
-            status=tr.status,
-            seq=tr.seq,
-            severity=tr.severity,  # type: ignore[arg-type]
-            opened_at=tr.opened_at,  # type: ignore[arg-type]
-            updated_at=bucket_dt(t + B),
-            resolved_at=bucket_dt(t + B) if tr.status == "resolved" else None,
-            title=title,
-            summary=summary,
-            signals=signals,
-            top_mentions=[
-                TopMention(event_id=m["id"], text=m["text"], sentiment=m["s"], impact=m["impact"], url=m.get("url"))
-                for m in tops
-            ],
-            top_aspects=aspects,
-            top_terms=terms,
-            evidence={
-                "window": [bucket_dt(t).isoformat(), bucket_dt(t + B).isoformat()],
-                "bucket_seconds": B,
-                "bucket": {k: v for k, v in stats.items() if not k.startswith("asp:")},
-                "negative_share": (stats.get("neg", 0.0) / n) if n else None,
-                "detectors": sorted({s.detector for s in signals}),
-                "sentiment_model": self.stage.model_version,
-                "nlp_profile": self.settings.nlp.profile,
-                "team": ent.team if ent else None,
-                "topics": {"enriched": self.settings.topic("enriched"), "signals": self.settings.topic("signals")},
-            },
-        )
+    async def detect_tick(self) -> int:
+        return await self.detection.tick()
 
     # -- incidents -> notifications ---------------------------------------------------------
     async def handle_incident(self, value: bytes) -> None:
@@ -379,12 +275,6 @@ class Pipeline:
     async def close(self) -> None:
         await self.redis.aclose()
         self.executor.shutdown(wait=True)
-
-
-def _describe(s: Signal) -> str:
-    if s.signal in ("negative_share",):
-        return f"negative share {s.value:.0%} vs baseline {s.baseline:.0%} (z={s.z:.1f}, n={s.support})"
-    return f"{s.signal.replace('_', ' ')} {s.value:.0f} vs baseline {s.baseline:.1f} (z={s.z:.1f})"
 
 
 def build_pipeline(settings: Settings, **kwargs: Any) -> Pipeline:

@@ -16,6 +16,7 @@ Targets are checked here, not in timed tests.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -27,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer
-from rich.console import Console
-
 from connectors.base import KafkaSink
 from connectors.demo import generate
 from infra.embedded import EmbeddedBroker, EmbeddedRedis
+from kafka import KafkaConsumer
+from rich.console import Console
+
 from infra.kafka import ensure_topics
 from infra.settings import Settings
 from streams.app import TOPICS
@@ -52,7 +53,7 @@ def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
     return s[k]
 
 

@@ -145,6 +145,64 @@ def bench(
     typer.echo(json.dumps(result, indent=None if json_out else 2))
 
 
+WINDOWS = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+
+
+@app.command()
+def trust(
+    entity: Annotated[str, typer.Argument(help="Entity key, e.g. 'northwind' or 'northwind/go app'.")],
+    config: ConfigOpt = None,
+    window: Annotated[str, typer.Option(help="15m, 1h, 24h, 7d or 30d.")] = "24h",
+    at: Annotated[str | None, typer.Option(help="End of the window (ISO time); default: now.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Trust score (0-100) with its components, beside the configured competitors."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    import redis.asyncio as aredis
+    from rich.table import Table
+
+    from streams.windows import WindowStore
+
+    settings = _settings(config)
+    if window not in WINDOWS:
+        err.print(f"[red]--window must be one of {', '.join(WINDOWS)}[/red]")
+        raise typer.Exit(2)
+    if not settings.redis.url:
+        err.print("[red]set redis.url / REPMON_REDIS__URL to the Redis the workers use[/red]")
+        raise typer.Exit(2)
+    when = datetime.fromisoformat(at).timestamp() if at else datetime.now(UTC).timestamp()
+    peers = [entity, *(e.key for e in settings.entities if e.kind == "competitor" and e.key != entity)]
+
+    async def go() -> list[dict[str, object]]:
+        r = aredis.Redis.from_url(settings.redis.url or "")
+        try:
+            store = WindowStore(r, settings)
+            return [await store.trust(p, WINDOWS[window], when) for p in peers]
+        finally:
+            await r.aclose()
+
+    rows = asyncio.run(go())
+    if json_out:
+        typer.echo(json.dumps(rows, default=str))
+        return
+    for row in rows:
+        tbl = Table(title=f"{row['entity']}: trust {row['score']} (baseline {row['baseline_score']}) {row['window']}")
+        for col in ("component", "value", "baseline", "weight", "points", "baseline points"):
+            tbl.add_column(col)
+        for c in row["components"]:  # type: ignore[attr-defined]
+            tbl.add_row(
+                c["name"],
+                str(c["value"]),
+                str(c["baseline"]),
+                str(c["weight"]),
+                str(c["points"]),
+                str(c["baseline_points"]),
+            )
+        Console().print(tbl)
+
+
 def _add_optional_subcommands() -> None:
     try:
         from streams.eval_cli import eval_app

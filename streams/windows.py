@@ -3,7 +3,9 @@
 Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a bucket start in epoch s):
 
 - ``p:seen:{entity}:{event_id}``  marks an event counted for an entity (TTL ``dedupe_ttl_seconds``);
-- ``p:b:{entity}:{t}``            hash of counters for one bucket (TTL ``retention_seconds``);
+- ``p:b:{entity}:{t}``            hash of counters for one bucket (TTL ``bucket_retention_seconds``);
+- ``p:h:{entity}:{hour}``         the same counters rolled up per hour (TTL ``retention_seconds``), so
+                                  memory per entity is bounded: fine buckets for days, hours for a month;
 - ``p:top:{entity}:{t}``          sorted set of the most negative, most far-reaching mentions;
 - ``p:terms:{entity}:{t}``        hash of terms in negative mentions;
 - ``p:wm`` / ``p:wmt``            per-partition max event time / wall time of its last update;
@@ -33,6 +35,7 @@ import redis.asyncio as aredis
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from infra.settings import Settings
+from models.trust import trust_score
 from streams.records import EnrichedEvent
 
 __all__ = ["AddResult", "WindowStore", "bucket_of", "contributions"]
@@ -40,16 +43,19 @@ __all__ = ["AddResult", "WindowStore", "bucket_of", "contributions"]
 logger = logging.getLogger(__name__)
 
 _ADD_LUA = """
--- KEYS: seen, bucket, top, terms, wm, wmt, first
--- ARGV: seen_ttl, bucket_ttl, partition, event_ts, now, fields_json, top_member, top_score, top_cap, terms_json
+-- KEYS: seen, bucket, top, terms, wm, wmt, first, hour
+-- ARGV: seen_ttl, bucket_ttl, partition, event_ts, now, fields_json, top_member, top_score, top_cap, terms_json,
+--       rollup_ttl
 local counted = 0
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   counted = 1
   local fields = cjson.decode(ARGV[6])
   for k, v in pairs(fields) do
     redis.call('HINCRBYFLOAT', KEYS[2], k, v)
+    redis.call('HINCRBYFLOAT', KEYS[8], k, v)
   end
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[8], ARGV[11])
   if ARGV[7] ~= '' then
     redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7])
     redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[9]) + 1))
@@ -108,6 +114,8 @@ def contributions(ev: EnrichedEvent) -> dict[str, float]:
         out["impact"] = ev.impact
         if label == "negative":
             out["impact_neg"] = ev.impact
+        if any(h.sentiment < 0 for h in ev.aspects):
+            out["complaints"] = 1.0
         for a in {a.aspect for a in ev.aspects}:
             out[f"asp:{a}:n"] = 1.0
             if any(h.aspect == a and h.sentiment < 0 for h in ev.aspects):
@@ -117,6 +125,7 @@ def contributions(ev: EnrichedEvent) -> dict[str, float]:
     if ev.kind == "review" and ev.rating is not None:
         out["rating_n"] = 1.0
         out["rating_sum"] = float(ev.rating)
+        out["rating_sq"] = float(ev.rating) ** 2
     if ev.kind == "purchase" and ev.purchase_status:
         out[f"purchase:{ev.purchase_status}"] = 1.0
         if ev.purchase_status in ("placed", "paid"):
@@ -158,6 +167,9 @@ class WindowStore:
     # -- keys -------------------------------------------------------------------------------
     def k_bucket(self, entity: str, t: int) -> str:
         return f"{self.p}:b:{entity}:{t}"
+
+    def k_hour(self, entity: str, t: int) -> str:
+        return f"{self.p}:h:{entity}:{t}"
 
     def k_top(self, entity: str, t: int) -> str:
         return f"{self.p}:top:{entity}:{t}"
@@ -213,10 +225,11 @@ class WindowStore:
                             f"{self.p}:wm",
                             f"{self.p}:wmt",
                             f"{self.p}:first",
+                            self.k_hour(key, bucket_of(ts, 3600)),
                         ],
                         args=[
                             self.settings.windows.dedupe_ttl_seconds,
-                            self.settings.windows.retention_seconds,
+                            self.settings.windows.bucket_retention_seconds,
                             partition,
                             ts,
                             now,
@@ -225,6 +238,7 @@ class WindowStore:
                             top_score,
                             self.top_cap,
                             terms,
+                            self.settings.windows.retention_seconds,
                         ],
                         client=pipe,
                     )
@@ -267,16 +281,41 @@ class WindowStore:
         return {e: {_s(k): float(v) for k, v in row.items()} for e, row in zip(ents, rows, strict=True)}
 
     async def window_stats(self, entity: str, start: int, end: int) -> dict[str, float]:
-        """Sum of the buckets in ``[start, end)``: the rolled-up view of any window."""
+        """Sum of the counters in ``[start, end)``: from fine buckets for windows up to an hour
+        (or not aligned on hours), else from the hourly rollups."""
+        hourly = end - start > 3600 and start % 3600 == 0 and end % 3600 == 0
+        step, key = (3600, self.k_hour) if hourly else (self.B, self.k_bucket)
         async with self.r.pipeline(transaction=False) as pipe:
-            for t in range(start, end, self.B):
-                pipe.hgetall(self.k_bucket(entity, t))
+            for t in range(start, end, step):
+                pipe.hgetall(key(entity, t))
             rows = await pipe.execute()
         total: dict[str, float] = {}
         for row in rows:
             for k, v in row.items():
                 total[_s(k)] = total.get(_s(k), 0.0) + float(v)
         return total
+
+    async def trust(self, entity: str, window_seconds: int, at: float) -> dict[str, Any]:
+        """Trust score of ``entity`` over the window ending at ``at``, beside its baseline.
+
+        Windows of an hour or less use fine buckets; longer ones the hourly rollups (aligned on
+        the hour). The baseline is the 7 windows before (4 for 7 d, 1 for 30 d): the measures
+        are ratios, so a longer baseline only steadies them.
+        """
+        step = self.B if window_seconds <= 3600 else 3600
+        end = bucket_of(at, step) + step
+        start = end - window_seconds
+        k = 7 if window_seconds <= 86400 else (4 if window_seconds <= 7 * 86400 else 1)
+        cur = await self.window_stats(entity, start, end)
+        base = await self.window_stats(entity, start - k * window_seconds, start)
+        score = trust_score(cur, base)
+        return {
+            "entity": entity,
+            "window": [bucket_dt(start).isoformat(), bucket_dt(end).isoformat()],
+            "baseline_window": [bucket_dt(start - k * window_seconds).isoformat(), bucket_dt(start).isoformat()],
+            "volume": cur.get("events", 0.0),
+            **score.as_dict(),
+        }
 
     async def top_mentions(self, entity: str, buckets: Sequence[int], k: int = 5) -> list[dict[str, Any]]:
         async with self.r.pipeline(transaction=False) as pipe:

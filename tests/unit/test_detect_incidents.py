@@ -51,10 +51,10 @@ def test_crisis_fires_volume_and_negative_share_and_baseline_is_protected() -> N
     assert {v.signal for v in verdicts} == {"volume", "negative_share"}
     assert all(v.z >= CFG.z_threshold for v in verdicts)
     assert any(v.severity == "critical" for v in verdicts)
-    before = det.volume.mean
+    before = det.signals["volume"].overall.mean
     for _ in range(5):
         det.update({"n": 70, "neg": 55})
-    assert det.volume.mean < 30 and before < 16  # the crisis did not become the new normal
+    assert det.signals["volume"].overall.mean < 30 and before < 16  # the crisis did not become the new normal
     restored = EntityDetector.from_dict(CFG, det.to_dict())
     assert restored.to_dict() == det.to_dict()
 

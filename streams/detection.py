@@ -1,0 +1,234 @@
+"""Windows -> signals -> incidents, in event time. Shared by the live worker and the backtest.
+
+:meth:`DetectionEngine.tick` judges every bucket that closed since the last call (the effective
+watermark passed its end plus the allowed lateness), for every configured entity, in bucket
+order, so a replay makes the same decisions as live. It also looks at the bucket still filling:
+when the evidence there is already overwhelming (``z >= detect.critical_z`` on the part seen so
+far, against the share of the baseline expected by then), it opens the incident at once instead
+of waiting for the bucket to close ("early firing"); the closed bucket then continues the thread.
+
+Outputs go to two callbacks, so the worker sends them to Kafka and the backtest collects them.
+State (detector baselines, incident threads, the closed pointer) lives in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from alerts.incidents import IncidentState, Transition, step
+from infra.settings import Settings
+from models.detect import EntityDetector, Verdict
+from streams.records import Incident, Signal, TopMention
+from streams.windows import WindowStore, bucket_dt
+
+__all__ = ["DetectionEngine", "hour_of_week"]
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[Any], Awaitable[None]]
+
+
+def hour_of_week(t: int) -> int:
+    """Hour of the week (0 = Monday 00h UTC) of epoch second ``t``.
+
+    >>> hour_of_week(0)  # 1970-01-01 was a Thursday
+    72
+    """
+    return (int(t // 3600) + 72) % 168
+
+
+def describe(s: Signal) -> str:
+    """One line per signal: value vs baseline.
+
+    >>> from datetime import UTC, datetime
+    >>> s = Signal(signal_id="a", entity="a", signal="negative_share", bucket_start=datetime(2026, 1, 1, tzinfo=UTC),
+    ...            bucket_seconds=60, value=0.62, baseline=0.14, scale=0.05, z=9.6, support=80,
+    ...            severity="critical", detector="d")
+    >>> describe(s)
+    'negative share 62% vs baseline 14% (z=9.6, n=80)'
+    """
+    what = s.signal.replace("_", " ") if s.aspect is None else f"negativity about {s.aspect}"
+    if s.signal in ("negative_share", "impact_negativity", "aspect_negativity", "refund_rate"):
+        return f"{what} {s.value:.0%} vs baseline {s.baseline:.0%} (z={s.z:.1f}, n={s.support})"
+    if s.signal == "rating":
+        return f"rating {s.value:.2f} vs baseline {s.baseline:.2f} (z={s.z:.1f}, n={s.support})"
+    return f"{what} {s.value:.0f} vs baseline {s.baseline:.1f} (z={s.z:.1f})"
+
+
+class DetectionEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WindowStore,
+        *,
+        emit_signal: Emit,
+        emit_incident: Emit,
+        model_version: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.emit_signal = emit_signal
+        self.emit_incident = emit_incident
+        self.model_version = model_version
+        self.entities = [e.key for e in settings.entities]
+        self.B = settings.windows.bucket_seconds
+        self.signals_out = 0
+        self.incidents_out = 0
+
+    async def tick(self, max_buckets: int = 5000) -> int:
+        """Judge closed buckets (and the filling one, for early firing). Returns buckets judged."""
+        B = self.B
+        wm = await self.store.watermark()
+        if wm is None:
+            return 0
+        last = int((wm - self.settings.windows.allowed_lateness_seconds) // B) * B - B
+        closed = await self.store.closed()
+        if closed is None:
+            first = await self.store.first_event_ts()
+            if first is None:
+                return 0
+            closed = int(first // B) * B - B
+        ents = self.entities
+        det_raw = await self.store.load_state("det", ents)
+        inc_raw = await self.store.load_state("inc", ents)
+        dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e]) for e in ents}
+        incs = {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
+        judged = 0
+        t = closed + B
+        while t <= last and judged < max_buckets:
+            stats = await self.store.bucket_stats(ents, t)
+            for e in ents:
+                verdicts = dets[e].update(stats[e], hour_of_week(t))
+                await self._advance(e, t, verdicts, stats[e], incs[e], early=False)
+            judged += 1
+            t += B
+        closed_now = t - B
+        if judged == 0 or closed_now >= last:
+            await self._early(wm, closed_now, dets, incs)
+        await self.store.save_state(
+            {"det": {e: d.to_dict() for e, d in dets.items()}, "inc": {e: i.to_dict() for e, i in incs.items()}},
+            closed_now,
+        )
+        return judged
+
+    async def _early(
+        self, wm: float, closed: int, dets: dict[str, EntityDetector], incs: dict[str, IncidentState]
+    ) -> None:
+        """Open an incident inside a bucket still filling when the evidence is overwhelming."""
+        B = self.B
+        t = int(wm // B) * B
+        if t <= closed:
+            return
+        frac = min(1.0, max((wm - t) / B, 1.0 / B))
+        stats = await self.store.bucket_stats(self.entities, t)
+        cfg = self.settings.detect
+        for e in self.entities:
+            if incs[e].is_open:
+                continue  # early firing only opens threads; the closed buckets continue them
+            verdicts = [v for v in dets[e].judge(stats[e], hour_of_week(t), frac) if v.z >= cfg.critical_z]
+            if verdicts:
+                await self._advance(e, t, verdicts, stats[e], incs[e], early=True)
+
+    async def _advance(
+        self,
+        e: str,
+        t: int,
+        verdicts: list[Verdict],
+        stats: dict[str, float],
+        inc: IncidentState,
+        *,
+        early: bool,
+    ) -> None:
+        signals = [self._signal(e, t, v) for v in verdicts]
+        for sig in signals:
+            await self.emit_signal(sig)
+        self.signals_out += len(signals)
+        if early and inc.is_open:
+            return
+        tr = step(
+            inc,
+            e,
+            bucket_dt(t),
+            [(v.signal, v.severity) for v in verdicts],
+            quiet_buckets=self.settings.detect.resolve_after_quiet_buckets,
+        )
+        if tr is not None:
+            await self.emit_incident(await self._incident(e, t, tr, signals, stats, early))
+            self.incidents_out += 1
+
+    def _signal(self, entity: str, t: int, v: Verdict) -> Signal:
+        name = v.signal if v.aspect is None else f"{v.signal}:{v.aspect}"
+        return Signal(
+            signal_id=f"{entity}:{name}:{t}",
+            entity=entity,
+            signal=v.signal,  # type: ignore[arg-type]
+            aspect=v.aspect,
+            bucket_start=bucket_dt(t),
+            bucket_seconds=self.B,
+            value=v.value,
+            baseline=v.baseline,
+            scale=v.scale,
+            z=v.z,
+            support=v.support,
+            severity=v.severity,
+            detector=v.detector,
+        )
+
+    async def _incident(
+        self, entity: str, t: int, tr: Transition, signals: list[Signal], stats: dict[str, float], early: bool
+    ) -> Incident:
+        B = self.B
+        recent = [t - i * B for i in range(5)]
+        tops = await self.store.top_mentions(entity, recent, k=5)
+        terms = await self.store.top_terms(entity, recent, k=8)
+        aspects = sorted(
+            ((k.split(":")[1], int(v)) for k, v in stats.items() if k.startswith("asp:") and k.endswith(":neg")),
+            key=lambda x: (-x[1], x[0]),
+        )[:5]
+        ent = self.settings.entity(entity)
+        name = ent.name if ent else entity
+        if tr.status == "resolved":
+            title = f"RESOLVED: {name} is back to normal"
+            summary = f"No crisis signal for {self.settings.detect.resolve_after_quiet_buckets} buckets."
+        else:
+            what = ", ".join(
+                dict.fromkeys(s.signal.replace("_", " ") + (f" ({s.aspect})" if s.aspect else "") for s in signals)
+            )
+            title = f"{tr.status.upper()}: {name} - {what}"
+            summary = "; ".join(describe(s) for s in signals)
+        n = stats.get("n", 0.0)
+        updated = bucket_dt(t + B)
+        return Incident(
+            incident_id=tr.incident_id,
+            entity=entity,
+            status=tr.status,
+            seq=tr.seq,
+            severity=tr.severity,  # type: ignore[arg-type]
+            opened_at=datetime.fromisoformat(tr.opened_at),
+            updated_at=updated,
+            resolved_at=updated if tr.status == "resolved" else None,
+            title=title,
+            summary=summary,
+            signals=signals,
+            top_mentions=[
+                TopMention(event_id=m["id"], text=m["text"], sentiment=m["s"], impact=m["impact"], url=m.get("url"))
+                for m in tops
+            ],
+            top_aspects=aspects,
+            top_terms=terms,
+            evidence={
+                "window": [bucket_dt(t).isoformat(), updated.isoformat()],
+                "bucket_seconds": B,
+                "early": early,
+                "bucket": {k: v for k, v in stats.items() if not k.startswith("asp:")},
+                "negative_share": (stats.get("neg", 0.0) / n) if n else None,
+                "detectors": sorted({s.detector for s in signals}),
+                "sentiment_model": self.model_version(),
+                "nlp_profile": self.settings.nlp.profile,
+                "team": ent.team if ent else None,
+                "topics": {"enriched": self.settings.topic("enriched"), "signals": self.settings.topic("signals")},
+            },
+        )
