@@ -84,3 +84,67 @@ def test_incident_thread_open_update_escalate_resolve() -> None:
     assert n and n.status == "open" and n.incident_id != o.incident_id
     # same data -> same id (replay gives the same incidents)
     assert step(IncidentState(), "acme", b[1], [("volume", "warning")], quiet_buckets=3).incident_id == o.incident_id
+
+
+def _warm(det: EntityDetector, make: object, buckets: int = 200) -> None:
+    for i in range(buckets):
+        det.update(make(i), hour_of_week=i % 168)  # type: ignore[operator]
+
+
+def test_rating_drop_refund_surge_and_aspect_negativity() -> None:
+    rng = random.Random(3)
+    det = EntityDetector(CFG)
+
+    def normal(i: int) -> dict[str, float]:
+        ratings = [rng.choice([4, 5, 5, 4, 3]) for _ in range(8)]
+        n = poisson(rng, 15)
+        d_n = poisson(rng, 4)
+        return {
+            "n": n,
+            "neg": sum(rng.random() < 0.15 for _ in range(n)),
+            "rating_n": len(ratings),
+            "rating_sum": sum(ratings),
+            "rating_sq": sum(r * r for r in ratings),
+            "purchase:placed": 40,
+            "purchase:refunded": rng.choice([0, 1, 1, 2]),
+            "asp:delivery:n": d_n,
+            "asp:delivery:neg": sum(rng.random() < 0.2 for _ in range(d_n)),
+        }
+
+    _warm(det, normal)
+    bad = normal(0)
+    bad.update(
+        {
+            "rating_n": 10,
+            "rating_sum": 14,
+            "rating_sq": 22,
+            "purchase:refunded": 15,
+            "asp:delivery:n": 14,
+            "asp:delivery:neg": 13,
+        }
+    )
+    got = {(v.signal, v.aspect) for v in det.judge(bad, hour_of_week=5)}
+    assert ("rating", None) in got and ("refund_rate", None) in got and ("aspect_negativity", "delivery") in got
+    assert ("volume", None) not in got
+
+
+def test_daily_pattern_does_not_fire_thanks_to_the_seasonal_baseline() -> None:
+    rng = random.Random(4)
+    det = EntityDetector(CFG)
+    fired = []
+    for i in range(24 * 7 * 6):  # six weeks of hourly buckets: busy days, dead nights
+        how = i % 168
+        lam = 60 if 9 <= how % 24 <= 18 else 3
+        n = poisson(rng, lam)
+        if det.update({"n": n, "neg": sum(rng.random() < 0.15 for _ in range(n))}, hour_of_week=how):
+            fired.append(i)
+    assert [i for i in fired if i >= 24 * 7 * 2] == []  # after two weeks of history: silent
+
+
+def test_early_judgement_scales_the_volume_baseline_by_the_filled_fraction() -> None:
+    det = EntityDetector(CFG)
+    for i in range(100):
+        det.update({"n": 60, "neg": 9}, hour_of_week=None)
+    # a quarter of the way into a bucket, 60 events is already 4x the expected 15
+    assert {v.signal for v in det.judge({"n": 60, "neg": 9}, None, frac=0.25)} == {"volume"}
+    assert det.judge({"n": 60, "neg": 9}, None, frac=1.0) == []
