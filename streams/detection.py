@@ -21,6 +21,7 @@ from typing import Any
 from alerts.incidents import IncidentState, Transition, step
 from infra.settings import Settings
 from models.detect import EntityDetector, Verdict
+from models.drift import DriftWatch
 from streams.records import Incident, Signal, TopMention
 from streams.windows import WindowStore, bucket_dt
 
@@ -29,6 +30,7 @@ __all__ = ["DetectionEngine", "hour_of_week"]
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[Any], Awaitable[None]]
+MODEL = "*"  # entity key of signals about the sentiment model itself
 
 
 def hour_of_week(t: int) -> int:
@@ -96,6 +98,7 @@ class DetectionEngine:
         inc_raw = await self.store.load_state("inc", ents)
         dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e]) for e in ents}
         incs = {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
+        drifts = {e: DriftWatch.from_bytes(await self.store.load_blob(f"drift:{e}")) for e in [*ents, MODEL]}
         judged = 0
         t = closed + B
         while t <= last and judged < max_buckets:
@@ -103,8 +106,19 @@ class DetectionEngine:
             for e in ents:
                 verdicts = dets[e].update(stats[e], hour_of_week(t))
                 await self._advance(e, t, verdicts, stats[e], incs[e], early=False)
+                await self._drift(drifts[e], e, t, "sentiment", stats[e].get("sent_sum", 0.0), stats[e].get("n", 0.0))
+            await self._drift(
+                drifts[MODEL],
+                MODEL,
+                t,
+                "model_error",
+                sum(stats[e].get("model_err", 0.0) for e in ents),
+                sum(stats[e].get("model_n", 0.0) for e in ents),
+            )
             judged += 1
             t += B
+        for e, w in drifts.items():
+            await self.store.save_blob(f"drift:{e}", w.to_bytes())
         closed_now = t - B
         if judged == 0 or closed_now >= last:
             await self._early(wm, closed_now, dets, incs)
@@ -113,6 +127,31 @@ class DetectionEngine:
             closed_now,
         )
         return judged
+
+    async def _drift(self, watch: DriftWatch, entity: str, t: int, what: str, total: float, support: float) -> None:
+        """ADWIN on a per-bucket rate; a change is an ``info`` signal (evidence, never a page)."""
+        if support <= 0:
+            return
+        before = watch.estimation
+        value = total / support
+        if watch.update(value, support):
+            sig = Signal(
+                signal_id=f"{entity}:drift:{what}:{t}",
+                entity=entity,
+                signal="drift",
+                aspect=what,
+                bucket_start=bucket_dt(t),
+                bucket_seconds=self.B,
+                value=value,
+                baseline=before,
+                scale=0.0,
+                z=0.0,
+                support=int(support),
+                severity="info",
+                detector=f"adwin-{what}-v1",
+            )
+            await self.emit_signal(sig)
+            self.signals_out += 1
 
     async def _early(
         self, wm: float, closed: int, dets: dict[str, EntityDetector], incs: dict[str, IncidentState]

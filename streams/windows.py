@@ -122,6 +122,12 @@ def contributions(ev: EnrichedEvent) -> dict[str, float]:
                 out[f"asp:{a}:neg"] = 1.0
     elif ev.kind in ("mention", "review"):
         out["unscored"] = 1.0  # e.g. non-English text: counted, never scored as English
+    if ev.kind == "review" and ev.rating is not None and ev.sentiment is not None:
+        # the model's own error, judged by the stars (1-2 negative, 3 neutral, 4-5 positive)
+        truth = "negative" if ev.rating <= 2 else ("neutral" if ev.rating == 3 else "positive")
+        out["model_n"] = 1.0
+        if truth != ev.sentiment.label:
+            out["model_err"] = 1.0
     if ev.kind == "review" and ev.rating is not None:
         out["rating_n"] = 1.0
         out["rating_sum"] = float(ev.rating)
@@ -342,6 +348,13 @@ class WindowStore:
             for term, c in row.items():
                 counts[_s(term)] = counts.get(_s(term), 0) + int(c)
         return sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:k]
+
+    async def load_blob(self, name: str) -> bytes | None:
+        v = await self.r.get(f"{self.p}:blob:{name}")
+        return bytes(v) if v is not None else None
+
+    async def save_blob(self, name: str, data: bytes) -> None:
+        await self.r.set(f"{self.p}:blob:{name}", data)
 
     async def load_state(self, name: str, entities: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         ents = list(entities)

@@ -130,15 +130,21 @@ def test_rating_drop_refund_surge_and_aspect_negativity() -> None:
 
 def test_daily_pattern_does_not_fire_thanks_to_the_seasonal_baseline() -> None:
     rng = random.Random(4)
-    det = EntityDetector(CFG)
+    det, flat = EntityDetector(CFG), EntityDetector(CFG)
     fired = []
     for i in range(24 * 7 * 6):  # six weeks of hourly buckets: busy days, dead nights
         how = i % 168
         lam = 60 if 9 <= how % 24 <= 18 else 3
         n = poisson(rng, lam)
-        if det.update({"n": n, "neg": sum(rng.random() < 0.15 for _ in range(n))}, hour_of_week=how):
+        st = {"n": n, "neg": sum(rng.random() < 0.15 for _ in range(n))}
+        flat.update(st, hour_of_week=None)
+        if det.update(st, hour_of_week=how):
             fired.append(i)
     assert [i for i in fired if i >= 24 * 7 * 2] == []  # after two weeks of history: silent
+    # ...and a burst at 3 am that would be an ordinary afternoon is caught only with the seasonal slot
+    night = {"n": 40, "neg": 6}
+    assert {v.signal for v in det.judge(night, hour_of_week=3)} == {"volume"}
+    assert flat.judge(night, hour_of_week=None) == []
 
 
 def test_early_judgement_scales_the_volume_baseline_by_the_filled_fraction() -> None:
