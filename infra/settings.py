@@ -164,15 +164,16 @@ class NlpSettings(_Section):
     )
 
 
+Label = Literal["negative", "neutral", "positive"]
+
+
+def _default_rating_labels() -> dict[str, Label]:
+    return {"1": "negative", "2": "negative", "3": "neutral", "4": "positive", "5": "positive"}
+
+
 class SentimentSettings(_Section):
-    rating_labels: dict[str, Literal["negative", "neutral", "positive"]] = Field(
-        default_factory=lambda: {
-            "1": "negative",
-            "2": "negative",
-            "3": "neutral",
-            "4": "positive",
-            "5": "positive",
-        },
+    rating_labels: dict[str, Label] = Field(
+        default_factory=_default_rating_labels,
         description="Review rating -> training label.",
     )
     checkpoint_path: str = Field(default=".repmon/sentiment.pkl")

@@ -187,6 +187,57 @@ def backtest(
     con.print(tbl)
 
 
+@app.command()
+def watch(
+    config: ConfigOpt = None,
+    topic: Annotated[str, typer.Option(help="incidents, signals, enriched or deadletter.")] = "incidents",
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
+    entity: Annotated[str | None, typer.Option(help="Only this entity key.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after N messages.")] = None,
+) -> None:
+    """Follow a live topic in the terminal: for crisis responders and for debugging."""
+    import orjson
+    from kafka import KafkaConsumer
+
+    settings = _settings(config)
+    if topic not in ("incidents", "signals", "enriched", "deadletter"):
+        err.print("[red]--topic must be incidents, signals, enriched or deadletter[/red]")
+        raise typer.Exit(2)
+    con = Console()
+    consumer = KafkaConsumer(
+        settings.topic(topic),
+        bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        group_id=None,
+    )
+    shown = 0
+    try:
+        for msg in consumer:
+            rec = orjson.loads(msg.value)
+            if entity and rec.get("entity") != entity:
+                continue
+            if topic == "incidents":
+                colour = {"critical": "red", "warning": "yellow"}.get(rec["severity"], "green")
+                con.print(
+                    f"[{colour}]{rec['updated_at']} {rec['title']}[/{colour}]  {rec['incident_id']} #{rec['seq']}"
+                )
+                con.print(f"    {rec['summary']}")
+            elif topic == "signals":
+                con.print(
+                    f"{rec['bucket_start']} {rec['entity']:<20} {rec['signal']:<18} {rec['severity']:<8} "
+                    f"value={rec['value']:.3g} baseline={rec['baseline']:.3g} z={rec['z']:.1f}"
+                )
+            else:
+                con.print_json(data=rec)
+            shown += 1
+            if limit and shown >= limit:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
 WINDOWS = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
