@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 __all__ = ["end_offsets", "ensure_topics", "wait_for_broker"]
 
@@ -27,7 +27,7 @@ def wait_for_broker(bootstrap: str, timeout: float = 60.0) -> None:
                 return
             finally:
                 admin.close()
-        except (KafkaError, NoBrokersAvailable, OSError) as exc:
+        except (KafkaError, OSError) as exc:
             last = exc
             time.sleep(0.3)
     raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s: {last}")
