@@ -180,5 +180,5 @@ def backtest(
             url = er.url
         report = asyncio.run(_run(settings, recs, url, batch))
     report["invalid_rows"] = invalid
-    report["replay"] = stats.as_dict() if hasattr(stats, "as_dict") else vars(stats)
+    report["replay"] = stats.as_dict()
     return report

@@ -74,6 +74,7 @@ def replay(
     limit: Annotated[int | None, typer.Option(help="Stop after N rows.")] = None,
     bootstrap: Annotated[str | None, typer.Option(help="Override kafka.bootstrap.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    sort: Annotated[bool, typer.Option(help="Replay in event-time order (files are often newest first).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
 ) -> None:
     """Replay recorded events into the raw topic through a column mapping."""
@@ -88,10 +89,13 @@ def replay(
     ensure_topics(boot, [settings.topic(t) for t in TOPICS], settings.kafka.partitions, settings.kafka.replication)
     sink = KafkaSink(boot, settings.topic("raw"))
     try:
-        stats = Replayer(load_mapping(mapping), files, speed=speed, limit=limit, progress=progress).run(sink)
+        replayer = Replayer(
+            load_mapping(mapping), files, speed=speed, limit=limit, progress=progress, sort_by_time=sort
+        )
+        stats = replayer.run(sink)
     finally:
         sink.close()
-    out = stats.as_dict() if hasattr(stats, "as_dict") else vars(stats)
+    out = stats.as_dict()
     if json_out:
         typer.echo(json.dumps(out, default=str))
     else:
