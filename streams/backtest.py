@@ -24,43 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
+
+from connectors.base import ListSink
 from connectors.replay import Replayer, load_mapping
 from infra.embedded import EmbeddedRedis
-
 from infra.settings import Settings
 from streams.detection import DetectionEngine
 from streams.enrich import EnrichStage, RawRecord
 from streams.records import Incident, Signal, parse_raw
 
-__all__ = ["ListSink", "backtest"]
-
-
-class ListSink:
-    """Collects what a replayer would send to Kafka."""
-
-    def __init__(self) -> None:
-        self.records: list[Any] = []
-        self.raw: list[bytes] = []
-
-    def send(self, record: Any, key: bytes | None = None) -> None:
-        self.records.append(record)
-
-    def send_raw(self, value: bytes, key: bytes | None = None) -> None:
-        self.raw.append(value)
-
-    def flush(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-def _to_record(item: Any) -> RawRecord:
-    if isinstance(item, dict):
-        return parse_raw(item)
-    if isinstance(item, bytes | str):
-        return parse_raw(item)
-    return item  # type: ignore[no-any-return]
+__all__ = ["backtest"]
 
 
 async def _run(settings: Settings, recs: Sequence[RawRecord], redis_url: str, batch: int) -> dict[str, Any]:
@@ -165,10 +138,10 @@ def backtest(
     sink = ListSink()
     stats = Replayer(load_mapping(mapping), list(files), speed=0.0, limit=limit, progress=False).run(sink)
     recs: list[RawRecord] = []
-    invalid = len(sink.raw)
-    for item in sink.records:
+    invalid = 0
+    for _, value in sink.items:
         try:
-            recs.append(_to_record(item))
+            recs.append(parse_raw(value))
         except ValueError:
             invalid += 1
     recs.sort(key=lambda r: r.occurred_at)

@@ -80,7 +80,6 @@ def replay(
     """Replay recorded events into the raw topic through a column mapping."""
     from connectors.base import KafkaSink
     from connectors.replay import Replayer, load_mapping
-
     from infra.kafka import ensure_topics
     from streams.app import TOPICS
 
