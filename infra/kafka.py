@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 
@@ -10,7 +11,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-__all__ = ["end_offsets", "ensure_topics", "wait_for_broker"]
+__all__ = ["TopicTail", "end_offsets", "ensure_topics", "wait_for_broker"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,62 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replica
         admin.close()
 
 
+class TopicTail(threading.Thread):
+    """Counts (and optionally keeps) every message of some topics, from the beginning.
+
+    Counting by consuming works on every Kafka-compatible broker; the embedded tansu reports a
+    partition's high watermark as the base offset of its last batch + 1, so end offsets
+    undercount there.
+    """
+
+    def __init__(self, bootstrap: str, topics: Iterable[str], *, keep: Iterable[str] = ()) -> None:
+        super().__init__(daemon=True, name="repmon-tail")
+        self.bootstrap = bootstrap
+        self.topics = list(topics)
+        self.keep = set(keep)
+        self.counts: dict[str, int] = dict.fromkeys(self.topics, 0)
+        self.kept: dict[str, list[bytes]] = {t: [] for t in self.keep}
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self.start()
+
+    def run(self) -> None:
+        consumer = KafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            metadata_max_age_ms=2000,
+        )
+        try:
+            while not self._halt.is_set():
+                for tp, msgs in consumer.poll(timeout_ms=200).items():
+                    with self._lock:
+                        self.counts[tp.topic] += len(msgs)
+                        if tp.topic in self.keep:
+                            self.kept[tp.topic].extend(m.value for m in msgs)
+        finally:
+            consumer.close()
+
+    def count(self, topic: str) -> int:
+        with self._lock:
+            return self.counts[topic]
+
+    def values(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return list(self.kept[topic])
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
 def end_offsets(bootstrap: str, topic: str) -> int:
-    """Total messages ever written to ``topic`` (sum of end offsets over its partitions)."""
+    """Total messages ever written to ``topic`` (sum of end offsets over its partitions).
+
+    Apache Kafka only: see :class:`TopicTail` for a count that works on tansu too.
+    """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     try:
         parts = consumer.partitions_for_topic(topic) or set()

@@ -113,6 +113,7 @@ class SignalState:
 
     overall: EwStat = field(default_factory=EwStat)
     seasonal: dict[str, EwStat] = field(default_factory=dict)
+    den: EwStat = field(default_factory=EwStat)  # typical denominator of a share
 
     def baseline(self, how: int | None) -> tuple[float, float]:
         """(mean, std), the seasonal slot blended in by how much history it has."""
@@ -123,18 +124,28 @@ class SignalState:
         w = min(1.0, slot.n / SEASON_MIN_HISTORY)
         return (1 - w) * m + w * slot.mean, (1 - w) * s + w * max(slot.std, 0.0)
 
-    def learn(self, x: float, alpha: float, how: int | None, weight: float = 1.0) -> None:
+    def learn(self, x: float, alpha: float, how: int | None, weight: float = 1.0, den: float | None = None) -> None:
         self.overall.update(x, alpha * weight)
+        if den is not None:
+            self.den.update(den, alpha)
         if how is not None:
             # the seasonal slot sees 1/168 of the buckets: give it a faster memory
             self.seasonal.setdefault(str(how), EwStat()).update(x, min(1.0, 0.3 * weight))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"overall": asdict(self.overall), "seasonal": {k: asdict(v) for k, v in self.seasonal.items()}}
+        return {
+            "overall": asdict(self.overall),
+            "seasonal": {k: asdict(v) for k, v in self.seasonal.items()},
+            "den": asdict(self.den),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SignalState:
-        return cls(EwStat(**d["overall"]), {k: EwStat(**v) for k, v in d.get("seasonal", {}).items()})
+        return cls(
+            EwStat(**d["overall"]),
+            {k: EwStat(**v) for k, v in d.get("seasonal", {}).items()},
+            EwStat(**d["den"]) if "den" in d else EwStat(),
+        )
 
 
 @dataclass
@@ -156,7 +167,9 @@ class EntityDetector:
     def _count(self, name: str, x: float, how: int | None, frac: float) -> Verdict | None:
         mean, std = self._state(name).baseline(how)
         base = mean * frac
-        scale = max(std * frac, math.sqrt(max(base, 1.0)), 1.0)
+        # Poisson noise of this bucket plus the history's over-dispersion beyond Poisson
+        excess = max(std**2 - mean, 0.0)
+        scale = max(math.sqrt(max(base, 1.0) + excess * frac**2), 1.0)
         z = (x - base) / scale
         if z >= self.cfg.z_threshold:
             z = min(z, _tail_z(float(_st.poisson.sf(x - 1, max(base, 0.5)))))
@@ -170,9 +183,13 @@ class EntityDetector:
         if den < self.cfg.min_volume or num < min_num:
             return None
         share = num / den
-        mean, std = self._state(name).baseline(how)
+        state = self._state(name)
+        mean, std = state.baseline(how)
         p = min(max(mean, 0.02), 0.98)
-        scale = max(std, math.sqrt(p * (1.0 - p) / den), 0.02)
+        # the history's spread holds the sampling noise of its own typical bucket size: keep only
+        # the excess (real between-bucket variation) and add this bucket's binomial noise
+        excess = max(std**2 - p * (1.0 - p) / max(state.den.mean, 1.0), 0.0)
+        scale = max(math.sqrt(p * (1.0 - p) / den + excess), 0.01)
         z = (share - p) / scale
         if z >= self.cfg.z_threshold:
             z = min(z, _tail_z(float(_st.binom.sf(round(num) - 1, max(1, round(den)), p))))
@@ -251,7 +268,7 @@ class EntityDetector:
         def share(name: str, num: float, den: float) -> None:
             if den >= 1:
                 w = min(1.0, den / max(self.cfg.min_volume, 1))  # a 1-event bucket says little
-                self._state(name).learn(clip(name, num / den), alpha, hour_of_week, w)
+                self._state(name).learn(clip(name, num / den), alpha, hour_of_week, w, den=den)
 
         share("negative_share", g("neg", 0.0), n)
         if g("impact", 0.0) > 0:

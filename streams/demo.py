@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from alerts.receiver import HttpReceiver
-from connectors.base import KafkaSink
-from connectors.demo import generate
-from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from infra.kafka import end_offsets, ensure_topics
+from alerts.receiver import HttpReceiver
+from connectors.base import KafkaSink
+from connectors.demo import generate
+from infra.embedded import EmbeddedBroker, EmbeddedRedis
+from infra.kafka import TopicTail, ensure_topics
 from infra.settings import Settings
 from streams.app import TOPICS
 
@@ -151,14 +151,16 @@ def run_demo(
         sent = len(events)
         r = redis.Redis.from_url(redis_url)
         stack.callback(r.close)
+        tail = TopicTail(broker.bootstrap, [topics[t] for t in ("enriched", "deadletter", "signals", "incidents")])
+        stack.callback(tail.stop)
         state: dict[str, int] = {}
         shown: set[int] = set()
 
         def poll() -> None:
-            state["enriched"] = end_offsets(broker.bootstrap, topics["enriched"])
-            state["dead_letter"] = end_offsets(broker.bootstrap, topics["deadletter"])
-            state["signals"] = end_offsets(broker.bootstrap, topics["signals"])
-            state["incidents"] = end_offsets(broker.bootstrap, topics["incidents"])
+            state["enriched"] = tail.count(topics["enriched"])
+            state["dead_letter"] = tail.count(topics["deadletter"])
+            state["signals"] = tail.count(topics["signals"])
+            state["incidents"] = tail.count(topics["incidents"])
             state["notifications"] = len(receiver.requests)
             for i, req in enumerate(receiver.requests):
                 if i not in shown:

@@ -9,6 +9,7 @@ Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a buc
 - ``p:top:{entity}:{t}``          sorted set of the most negative, most far-reaching mentions;
 - ``p:terms:{entity}:{t}``        hash of terms in negative mentions;
 - ``p:wm`` / ``p:wmt``            per-partition max event time / wall time of its last update;
+- ``p:stats``                     counters: ``counted`` and ``duplicates`` (per event and entity);
 - ``p:closed``                    start of the last bucket the detectors judged;
 - ``p:state:{name}:{entity}``     detector and incident state (JSON).
 
@@ -43,7 +44,7 @@ __all__ = ["AddResult", "WindowStore", "bucket_of", "contributions"]
 logger = logging.getLogger(__name__)
 
 _ADD_LUA = """
--- KEYS: seen, bucket, top, terms, wm, wmt, first, hour
+-- KEYS: seen, bucket, top, terms, wm, wmt, first, hour, stats
 -- ARGV: seen_ttl, bucket_ttl, partition, event_ts, now, fields_json, top_member, top_score, top_cap, terms_json,
 --       rollup_ttl
 local counted = 0
@@ -68,6 +69,11 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
     end
     redis.call('EXPIRE', KEYS[4], ARGV[2])
   end
+end
+if counted == 0 then
+  redis.call('HINCRBY', KEYS[9], 'duplicates', 1)
+else
+  redis.call('HINCRBY', KEYS[9], 'counted', 1)
 end
 local ts = tonumber(ARGV[4])
 local cur = tonumber(redis.call('HGET', KEYS[5], ARGV[3]) or '-1')
@@ -232,6 +238,7 @@ class WindowStore:
                             f"{self.p}:wmt",
                             f"{self.p}:first",
                             self.k_hour(key, bucket_of(ts, 3600)),
+                            f"{self.p}:stats",
                         ],
                         args=[
                             self.settings.windows.dedupe_ttl_seconds,
@@ -268,6 +275,10 @@ class WindowStore:
         freshest = max(walls.values())
         active = [parts[k] for k in parts if freshest - walls[k] <= self.idle_partition_seconds]
         return min(active) if active else max(parts.values())
+
+    async def stats(self) -> dict[str, int]:
+        raw = await self.r.hgetall(f"{self.p}:stats")
+        return {_s(k): int(v) for k, v in raw.items()}
 
     async def first_event_ts(self) -> float | None:
         v = await self.r.get(f"{self.p}:first")

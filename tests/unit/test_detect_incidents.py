@@ -149,7 +149,7 @@ def test_daily_pattern_does_not_fire_thanks_to_the_seasonal_baseline() -> None:
 
 def test_early_judgement_scales_the_volume_baseline_by_the_filled_fraction() -> None:
     det = EntityDetector(CFG)
-    for i in range(100):
+    for _ in range(100):
         det.update({"n": 60, "neg": 9}, hour_of_week=None)
     # a quarter of the way into a bucket, 60 events is already 4x the expected 15
     assert {v.signal for v in det.judge({"n": 60, "neg": 9}, None, frac=0.25)} == {"volume"}
