@@ -3,8 +3,8 @@
 Flow (topic names are ``<prefix>.<name>``)::
 
     raw --validate--> enrich (spaCy + River, batched, off the loop) --> enriched (key: entity)
+     |                  \\--> Redis buckets (idempotent, event time, watermark per raw partition)
      \\--bad input--> deadletter (with the reason)
-    enriched --aggregate--> Redis buckets (idempotent, event time)
     timer (leader) --detect closed buckets--> signals, incidents
     incidents --dispatch--> Apprise routes
     labels (human corrections) --> the sentiment model learns
@@ -26,9 +26,9 @@ from typing import Any
 import faust
 import orjson
 import redis.asyncio as aredis
-from alerts.dispatch import Dispatcher
 from pydantic import ValidationError
 
+from alerts.dispatch import Dispatcher
 from infra.settings import Settings
 from streams.detection import DetectionEngine
 from streams.enrich import EnrichStage, RawRecord
@@ -135,11 +135,6 @@ class Pipeline:
             async for events in stream.take_events(s.nlp.batch_size, within=s.nlp.batch_within_seconds):
                 await self.handle_raw(events)
 
-        @app.agent(self.t_enriched, name="aggregate")
-        async def aggregate_agent(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.take_events(1000, within=0.1):
-                await self.handle_enriched(events)
-
         @app.agent(self.t_incidents, name="dispatch")
         async def dispatch_agent(stream: faust.StreamT[bytes]) -> None:
             async for value in stream:
@@ -166,7 +161,7 @@ class Pipeline:
         async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
             await self.checkpoint()
 
-        self._agents = (enrich_agent, aggregate_agent, dispatch_agent, labels_agent)
+        self._agents = (enrich_agent, dispatch_agent, labels_agent)
         return app
 
     def load_models(self) -> None:
@@ -197,6 +192,12 @@ class Pipeline:
         logger.warning("dead letter (%s) at %s[%s]@%s: %s", stage, msg.topic, msg.partition, msg.offset, reason)
 
     async def handle_raw(self, events: Sequence[Any]) -> None:
+        """Validate, enrich off the loop, count into the windows, publish.
+
+        Counting happens here, where each raw partition is read in order, so the partition's
+        watermark (its highest event time) is only advanced once every earlier event of that
+        partition has been counted: buckets are judged complete, however partitions interleave.
+        """
         good: list[tuple[Any, RawRecord]] = []
         for ev in events:
             self.counters.raw += 1
@@ -207,34 +208,27 @@ class Pipeline:
         if not good:
             return
         loop = asyncio.get_running_loop()
+        pairs: list[tuple[Any, EnrichedEvent]] = []
         try:
-            enriched = await loop.run_in_executor(self.executor, self.stage.enrich_batch, [r for _, r in good])
-        except Exception as exc:  # one poison record must not stop the stream: isolate it
+            out = await loop.run_in_executor(self.executor, self.stage.enrich_batch, [r for _, r in good])
+            pairs = list(zip([ev for ev, _ in good], out, strict=True))
+        except Exception:  # one poison record must not stop the stream: isolate it
             logger.exception("batch enrichment failed; retrying one by one")
-            enriched = []
             for ev, rec in good:
                 try:
-                    enriched.extend(await loop.run_in_executor(self.executor, self.stage.enrich_batch, [rec]))
-                except Exception as one_exc:
-                    await self.dead_letter("enrich", validation_reason(one_exc), type(exc).__name__, ev)
-        for out in enriched:
-            key = (out.entity or out.event_id).encode()
-            await self.t_enriched.send(key=key, value=dumps(out))
-        self.counters.enriched += len(enriched)
-
-    # -- enriched -> windows ----------------------------------------------------------------
-    async def handle_enriched(self, events: Sequence[Any]) -> None:
-        items = []
-        for ev in events:
-            try:
-                items.append((EnrichedEvent.model_validate_json(ev.message.value), ev.message.partition))
-            except ValidationError as exc:
-                await self.dead_letter("aggregate", validation_reason(exc), "ValidationError", ev)
-        res = await self.store.add_batch(items)
+                    one = await loop.run_in_executor(self.executor, self.stage.enrich_batch, [rec])
+                    pairs.append((ev, one[0]))
+                except Exception as exc:
+                    await self.dead_letter("enrich", validation_reason(exc), type(exc).__name__, ev)
+        res = await self.store.add_batch([(out, ev.message.partition) for ev, out in pairs])
         self.counters.counted += res.counted
         self.counters.duplicates += res.duplicates
         if res.duplicates:
             logger.info("skipped %d redelivered events (already counted)", res.duplicates)
+        for _, out in pairs:
+            key = (out.entity or out.event_id).encode()
+            await self.t_enriched.send(key=key, value=dumps(out))
+        self.counters.enriched += len(pairs)
 
     # -- windows -> signals -> incidents ----------------------------------------------------
     async def _emit_signal(self, sig: Signal) -> None:

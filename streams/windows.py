@@ -15,8 +15,9 @@ Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a buc
 
 Counting is one Lua script per (event, entity): the event id is recorded with ``SET NX`` and
 the bucket updated in the same atomic step, so a redelivered batch is never counted twice.
-Watermark: each partition's max event time; the effective watermark is the minimum over
-partitions that are not idle, so one partition running ahead in a fast replay cannot close
+Watermark: the highest event time of each *raw* partition, advanced by the worker that reads
+that partition in order, right after counting its events; the effective watermark is the minimum
+over partitions that are not idle, so one partition running ahead in a fast replay cannot close
 buckets that another partition still has events for (replay gives the same windows as live).
 """
 

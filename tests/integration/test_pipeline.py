@@ -216,14 +216,16 @@ def test_redelivered_batch_is_not_counted_twice(run: Run) -> None:
 
     assert wait_until(lambda: int(r.hget(f"{p}:stats", "counted") or 0) >= run.valid, 60)
     before, dup_before = total(), duplicates()
-    msgs = read_topic(run.bootstrap, run.topics["enriched"], run.valid)[:300]
-    pairs = 0
-    for m in msgs:
+    enriched = {}
+    for m in read_topic(run.bootstrap, run.topics["enriched"], run.valid):
         e = EnrichedEvent.model_validate_json(m.value)
-        pairs += len({x.key for x in e.entities} | ({e.entity} if e.entity else set()))
+        enriched[e.event_id] = len({x.key for x in e.entities} | ({e.entity} if e.entity else set()))
+    raw = [m for m in read_topic(run.bootstrap, run.topics["raw"], len(run.events)) if m.value.startswith(b"{")]
+    again = [m for m in raw if orjson.loads(m.value).get("event_id") in enriched][:300]
+    pairs = sum(enriched[orjson.loads(m.value)["event_id"]] for m in again)
     prod = KafkaProducer(bootstrap_servers=run.bootstrap)
-    for m in msgs:  # the same messages again, as a consumer crash before its commit would redeliver them
-        prod.send(run.topics["enriched"], key=m.key, value=m.value, partition=m.partition)
+    for m in again:  # the same raw messages again, as a crash before the consumer's commit would redeliver them
+        prod.send(run.topics["raw"], key=m.key, value=m.value, partition=m.partition)
     prod.flush()
     prod.close()
     # the worker has seen every copy once it has counted them all as duplicates
