@@ -104,7 +104,8 @@ def _tail_z(p_value: float) -> float:
 
 
 SEASON_SLOTS = 168  # hours of the week
-SEASON_MIN_HISTORY = 4  # a slot is trusted fully once it has seen this many buckets
+SEASON_VISITS = 2.0  # a slot is trusted fully after two visits (two weeks of that hour)
+FIRED_WEIGHT = 0.25  # a bucket that fired teaches the baseline this much, clipped to +1 std
 
 
 @dataclass
@@ -115,22 +116,35 @@ class SignalState:
     seasonal: dict[str, EwStat] = field(default_factory=dict)
     den: EwStat = field(default_factory=EwStat)  # typical denominator of a share
 
-    def baseline(self, how: int | None) -> tuple[float, float]:
-        """(mean, std), the seasonal slot blended in by how much history it has."""
+    def baseline(self, how: int | None, per_hour: float = 60.0) -> tuple[float, float]:
+        """(mean, std), the seasonal slot blended in by how much history it has.
+
+        ``per_hour`` is the number of buckets per hour: a slot sees that many buckets per visit.
+        """
         m, s = self.overall.mean, self.overall.std
         slot = self.seasonal.get(str(how)) if how is not None else None
         if slot is None or slot.n == 0:
             return m, s
-        w = min(1.0, slot.n / SEASON_MIN_HISTORY)
+        w = min(1.0, slot.n / (SEASON_VISITS * per_hour))
         return (1 - w) * m + w * slot.mean, (1 - w) * s + w * max(slot.std, 0.0)
 
-    def learn(self, x: float, alpha: float, how: int | None, weight: float = 1.0, den: float | None = None) -> None:
+    def learn(
+        self,
+        x: float,
+        alpha: float,
+        how: int | None,
+        weight: float = 1.0,
+        den: float | None = None,
+        per_hour: float = 60.0,
+    ) -> None:
         self.overall.update(x, alpha * weight)
         if den is not None:
             self.den.update(den, alpha)
         if how is not None:
-            # the seasonal slot sees 1/168 of the buckets: give it a faster memory
-            self.seasonal.setdefault(str(how), EwStat()).update(x, min(1.0, 0.3 * weight))
+            # one visit of a slot is `per_hour` consecutive buckets; its memory spans visits
+            # (half-life two visits), so an hour-long crisis does not become that hour's normal
+            slot_alpha = 1.0 - 0.5 ** (1.0 / (SEASON_VISITS * per_hour))
+            self.seasonal.setdefault(str(how), EwStat()).update(x, min(1.0, slot_alpha * weight))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +169,11 @@ class EntityDetector:
     cfg: DetectSettings
     signals: dict[str, SignalState] = field(default_factory=dict)
     buckets: int = 0
+    bucket_seconds: int = 60
+
+    @property
+    def per_hour(self) -> float:
+        return max(3600.0 / self.bucket_seconds, 1.0)
 
     @property
     def alpha(self) -> float:
@@ -165,7 +184,7 @@ class EntityDetector:
 
     # -- judges -----------------------------------------------------------------------------
     def _count(self, name: str, x: float, how: int | None, frac: float) -> Verdict | None:
-        mean, std = self._state(name).baseline(how)
+        mean, std = self._state(name).baseline(how, self.per_hour)
         base = mean * frac
         # Poisson noise of this bucket plus the history's over-dispersion beyond Poisson
         excess = max(std**2 - mean, 0.0)
@@ -184,7 +203,7 @@ class EntityDetector:
             return None
         share = num / den
         state = self._state(name)
-        mean, std = state.baseline(how)
+        mean, std = state.baseline(how, self.per_hour)
         p = min(max(mean, 0.02), 0.98)
         # the history's spread holds the sampling noise of its own typical bucket size: keep only
         # the excess (real between-bucket variation) and add this bucket's binomial noise
@@ -205,7 +224,7 @@ class EntityDetector:
             return None
         mean_x = total / count
         var_x = max(sq / count - mean_x**2, 0.0)
-        base, std = self._state(name).baseline(how)
+        base, std = self._state(name).baseline(how, self.per_hour)
         se = max(math.sqrt(max(var_x, 0.5) / count), std, 0.05)
         z = (base - mean_x) / se
         if z < self.cfg.z_threshold:
@@ -249,26 +268,30 @@ class EntityDetector:
         return [v for v in out if v is not None]
 
     def learn(self, st: dict[str, float], hour_of_week: int | None, fired: list[Verdict]) -> None:
-        """Update the baselines with a closed bucket; fired values are clipped to the threshold."""
-        alpha, g, zt = self.alpha, st.get, self.cfg.z_threshold
+        """Update the baselines with a closed bucket.
+
+        A signal that fired teaches its baseline only ``FIRED_WEIGHT`` of a normal bucket, with
+        its value clipped to one standard deviation above (below, for ratings) the baseline: a
+        crisis keeps firing while it lasts, and a lasting change of level is learned slowly.
+        """
+        alpha, g, ph = self.alpha, st.get, self.per_hour
         hot = {(v.signal if v.aspect is None else f"asp:{v.aspect}") for v in fired}
 
-        def clip(name: str, x: float, up: bool = True) -> float:
-            if name not in hot:
-                return x
-            m, s = self._state(name).baseline(hour_of_week)
-            return min(x, m + zt * max(s, 0.02)) if up else max(x, m - zt * max(s, 0.05))
+        def put(name: str, x: float, weight: float = 1.0, den: float | None = None, up: bool = True) -> None:
+            state = self._state(name)
+            if name in hot:
+                m, s = state.baseline(hour_of_week, ph)
+                floor = math.sqrt(max(m, 1.0)) if name == "volume" else 0.02
+                x = min(x, m + max(s, floor)) if up else max(x, m - max(s, 0.05))
+                weight *= FIRED_WEIGHT
+            state.learn(x, alpha, hour_of_week, weight, den=den, per_hour=ph)
 
         n = g("n", 0.0)
-        m, s = self._state("volume").baseline(hour_of_week)
-        self._state("volume").learn(
-            min(n, m + zt * max(s, math.sqrt(max(m, 1.0)))) if "volume" in hot else n, alpha, hour_of_week
-        )
+        put("volume", n)
 
         def share(name: str, num: float, den: float) -> None:
             if den >= 1:
-                w = min(1.0, den / max(self.cfg.min_volume, 1))  # a 1-event bucket says little
-                self._state(name).learn(clip(name, num / den), alpha, hour_of_week, w, den=den)
+                put(name, num / den, min(1.0, den / max(self.cfg.min_volume, 1)), den=den)  # 1 event says little
 
         share("negative_share", g("neg", 0.0), n)
         if g("impact", 0.0) > 0:
@@ -278,12 +301,7 @@ class EntityDetector:
                 aspect = key[4:-2]
                 share(f"asp:{aspect}", g(f"asp:{aspect}:neg", 0.0), g(key, 0.0))
         if g("rating_n", 0.0) > 0:
-            self._state("rating").learn(
-                clip("rating", g("rating_sum", 0.0) / g("rating_n", 1.0), up=False),
-                alpha,
-                hour_of_week,
-                min(1.0, g("rating_n", 0.0) / 3),
-            )
+            put("rating", g("rating_sum", 0.0) / g("rating_n", 1.0), min(1.0, g("rating_n", 0.0) / 3), up=False)
         orders = g("purchase:placed", 0.0) + g("purchase:paid", 0.0)
         refunds = g("purchase:refunded", 0.0) + g("purchase:returned", 0.0) + g("purchase:chargeback", 0.0)
         if orders + refunds > 0:
@@ -297,10 +315,11 @@ class EntityDetector:
         return verdicts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"signals": {k: v.to_dict() for k, v in self.signals.items()}, "buckets": self.buckets, "v": 2}
+        return {"signals": {k: v.to_dict() for k, v in self.signals.items()}, "buckets": self.buckets, "v": 3}
 
     @classmethod
-    def from_dict(cls, cfg: DetectSettings, data: dict[str, Any] | None) -> EntityDetector:
-        if not data or data.get("v") != 2:
-            return cls(cfg)
-        return cls(cfg, {k: SignalState.from_dict(v) for k, v in data["signals"].items()}, int(data["buckets"]))
+    def from_dict(cls, cfg: DetectSettings, data: dict[str, Any] | None, bucket_seconds: int = 60) -> EntityDetector:
+        if not data or data.get("v") != 3:
+            return cls(cfg, bucket_seconds=bucket_seconds)
+        signals = {k: SignalState.from_dict(v) for k, v in data["signals"].items()}
+        return cls(cfg, signals, int(data["buckets"]), bucket_seconds)

@@ -96,7 +96,7 @@ class DetectionEngine:
         ents = self.entities
         det_raw = await self.store.load_state("det", ents)
         inc_raw = await self.store.load_state("inc", ents)
-        dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e]) for e in ents}
+        dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e], self.B) for e in ents}
         incs = {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
         drifts = {e: DriftWatch.from_bytes(await self.store.load_blob(f"drift:{e}")) for e in [*ents, MODEL]}
         judged = 0

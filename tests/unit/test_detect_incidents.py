@@ -130,7 +130,7 @@ def test_rating_drop_refund_surge_and_aspect_negativity() -> None:
 
 def test_daily_pattern_does_not_fire_thanks_to_the_seasonal_baseline() -> None:
     rng = random.Random(4)
-    det, flat = EntityDetector(CFG), EntityDetector(CFG)
+    det, flat = EntityDetector(CFG, bucket_seconds=3600), EntityDetector(CFG, bucket_seconds=3600)
     fired = []
     for i in range(24 * 7 * 6):  # six weeks of hourly buckets: busy days, dead nights
         how = i % 168
