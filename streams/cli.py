@@ -128,9 +128,10 @@ def demo(
 
     settings = _settings(config)
     summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err)
+    ok = summary.pop("ok", False)
     if json_out:
         typer.echo(json.dumps(summary))
-    if not summary.get("ok"):
+    if not ok:
         raise typer.Exit(1)
 
 
