@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from infra.settings import ConfigError, Settings, load_settings
+from streams.eval_cli import eval_app
 
 app = typer.Typer(
     name="repmon",
@@ -300,15 +301,7 @@ def trust(
         Console().print(tbl)
 
 
-def _add_optional_subcommands() -> None:
-    try:
-        from streams.eval_cli import eval_app
-    except ImportError:  # pragma: no cover - eval_cli ships with the package
-        return
-    app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
-
-
-_add_optional_subcommands()
+app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
 
 
 def main() -> None:
