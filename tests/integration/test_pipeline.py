@@ -104,8 +104,10 @@ def run_stack(bootstrap: str, redis_url: str, unique: str, broker_name: str) -> 
             tail = TopicTail(bootstrap, [topics["enriched"], topics["deadletter"]])
             try:
                 done = wait_until(
-                    lambda: not worker.alive()
-                    or tail.count(topics["enriched"]) + tail.count(topics["deadletter"]) >= len(events),
+                    lambda: (
+                        not worker.alive()
+                        or tail.count(topics["enriched"]) + tail.count(topics["deadletter"]) >= len(events)
+                    ),
                     240,
                 )
             finally:

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.settings import load_settings
+from models.evaluate import brand_attribution, macro_f1, prequential_sentiment
+from models.nlp import Enricher
+from models.sentiment import SentimentModel
+
+from ..conftest import SHARED_DATA
+
+SETTINGS = load_settings()
+
+
+@pytest.fixture(scope="module")
+def fast() -> Enricher:
+    return Enricher(SETTINGS.entities)
+
+
+def keys(an: object) -> list[str]:
+    return [h.key for h in an.entities]  # type: ignore[attr-defined]
+
+
+def test_entities_aliases_handles_hashtags_possessives_case(fast: Enricher) -> None:
+    texts = [
+        "Northwind's crew was lovely",
+        "flying NORTHWIND AIR tomorrow",
+        "@NorthwindHelp please answer",
+        "why #NorthWind why",
+        "Skyline vs Northwind on price",
+        "the Northwind Go App is down",
+        "northwind is a direction, not a brand here",
+    ]
+    got = [keys(a) for a in fast.process(texts)]
+    assert got[0] == ["northwind"] and got[1] == ["northwind"] and got[2] == ["northwind"] and got[3] == ["northwind"]
+    assert got[4] == ["skyline", "northwind"]
+    assert got[5] == ["northwind/go app", "northwind"]  # a product implies its brand
+    assert got[6] == []  # a lowercase single word is not the brand
+
+
+def test_aspects_with_clauses(fast: Enricher) -> None:
+    an = fast.process(["great food but the delivery was a disaster; refund please"])[0]
+    aspects = {a.aspect: a.clause for a in an.aspects}
+    assert aspects["quality"] == "great food"
+    assert aspects["delivery"] == "the delivery was a disaster;" or aspects["delivery"].startswith("the delivery")
+    assert "billing" in aspects
+
+
+def test_pii_is_redacted(fast: Enricher) -> None:
+    an = fast.process(
+        [
+            "@northwind mail jo.doe@example.com or +44 20 7946 0958, card 4111 1111 1111 1111, "
+            "https://x.example/c?session=abc123 thanks @someone"
+        ]
+    )[0]
+    t = an.text_redacted
+    assert "[EMAIL]" in t and "[PHONE]" in t and "[CARD]" in t and "session=abc123" not in t
+    assert "@northwind" in t and "@someone" not in t and "@user" in t
+    assert an.pii == {"email": 1, "phone": 1, "card": 1, "url": 1, "handle": 1}
+    assert "4111 1111 1111 1112" in fast.process(["ref 4111 1111 1111 1112"])[0].text_redacted  # fails Luhn
+
+
+def test_language_is_marked(fast: Enricher) -> None:
+    langs = [
+        a.lang
+        for a in fast.process(
+            [
+                "the app keeps crashing and I cannot check in",
+                "o produto chegou rápido e muito bem embalado",
+                "el vuelo llegó tarde y nadie nos ayudó",
+                "@northwind thanks!",
+            ]
+        )
+    ]
+    assert langs == ["en", "pt", "es", "en"]
+
+
+def test_accurate_profile_adds_ner_and_redacts_people() -> None:
+    acc = Enricher(SETTINGS.entities, profile="accurate")
+    an = acc.process(["John Smith from Boston says @northwind lost his bag"])[0]
+    labels = {n.label for n in an.ner}
+    assert "PERSON" in labels and "GPE" in labels
+    assert an.text_redacted.startswith("[PERSON] from Boston") and keys(an) == ["northwind"]
+
+
+def test_missing_model_names_the_setting() -> None:
+    with pytest.raises(ValueError, match="nlp.model"):
+        Enricher(SETTINGS.entities, profile="accurate", model="xx_no_such_model")
+
+
+def test_sentiment_cold_start_learning_and_persistence(tmp_path: Path) -> None:
+    m = SentimentModel(prior_weight=5)
+    assert m.predict("I love this, wonderful service").label == "positive"
+    assert m.predict("terrible, awful, the worst").label == "negative"
+    phrase = "my flight was cancelled flightled again"
+    for _ in range(60):
+        m.learn_one(f"{phrase} today", "negative")
+        m.learn_one("boarding now at gate 12", "neutral")
+    assert m.predict(phrase).label == "negative"
+    before = m.predict(phrase)
+    snapshot = m.model.__dict__.copy()
+    for _ in range(5):
+        m.predict("anything at all")
+    assert m.model.__dict__.keys() == snapshot.keys() and m.predict(phrase) == before  # pure inference
+    m.save(tmp_path / "s.pkl")
+    restored = SentimentModel.load(tmp_path / "s.pkl")
+    assert restored.predict(phrase) == before and restored.version == m.version
+    (tmp_path / "bad.pkl").write_bytes(b"garbage")
+    with pytest.raises(Exception):  # noqa: B017 - any unpickling failure is fine, but it must fail
+        SentimentModel.load(tmp_path / "bad.pkl")
+
+
+def test_aspect_sentiment_per_clause(fast: Enricher) -> None:
+    m = SentimentModel()
+    an = fast.process(["great food but the delivery was a disaster"])[0]
+    per = {a.aspect: m.aspect_sentiment(a.clause) for a in an.aspects}
+    assert per["quality"] > 0.2 and per["delivery"] < -0.2
+
+
+def test_eval_functions_on_crafted_rows(fast: Enricher) -> None:
+    assert macro_f1([("negative", "negative"), ("positive", "negative")]) == (0.5, 0.6667)
+    rows = [("I love it, great", "positive"), ("awful and broken", "negative"), ("it is a chair", "neutral")] * 30
+    out = prequential_sentiment(rows)
+    assert out["n"] == 90 and out["online"]["accuracy"] > 0.8
+    attr = brand_attribution(
+        [("@northwind hi", "northwind"), ("Skyline and Northwind", "skyline"), ("x", "skyline")], fast
+    )
+    assert attr["primary"]["precision"] == 1.0 and round(attr["recall"], 4) == 0.6667 and attr["precision"] == 0.6667
+
+
+AIRLINE = SHARED_DATA / "twitter_us_airline_sentiment" / "Tweets.csv"
+
+
+@pytest.mark.skipif(not AIRLINE.exists(), reason="shared data not present")
+def test_online_beats_lexicon_on_real_tweets() -> None:
+    import csv
+
+    with AIRLINE.open() as f:
+        rows = [(r["text"], r["airline_sentiment"]) for r in csv.DictReader(f)][:3000]
+    out = prequential_sentiment(rows)
+    assert out["online"]["macro_f1"] > out["lexicon"]["macro_f1"] + 0.1
