@@ -86,7 +86,7 @@ def test_accurate_profile_adds_ner_and_redacts_people() -> None:
 
 
 def test_missing_model_names_the_setting() -> None:
-    with pytest.raises(ValueError, match="nlp.model"):
+    with pytest.raises(ValueError, match=r"nlp\.model"):
         Enricher(SETTINGS.entities, profile="accurate", model="xx_no_such_model")
 
 
