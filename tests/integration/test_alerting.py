@@ -1,0 +1,181 @@
+"""Detection -> incidents -> Apprise, through real Redis and a real local HTTP receiver.
+
+The stream here is bucket counters written straight into the Redis windows (the enrichment is
+tested elsewhere), so each scenario controls exactly what the detectors see.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aredis
+
+from alerts.dispatch import Dispatcher
+from alerts.receiver import HttpReceiver
+from infra.settings import Settings, load_settings
+from streams.detection import DetectionEngine
+from streams.records import EnrichedEvent, EntityMatch, Incident, Sentiment, Signal
+from streams.windows import WindowStore
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def settings_for(unique: str, receiver: HttpReceiver, **alerts: object) -> Settings:
+    return load_settings(
+        None,
+        redis={"key_prefix": f"al{unique}"},
+        detect={"warmup_buckets": 30, "resolve_after_quiet_buckets": 10},
+        alerts={
+            "console": False,
+            "cooldown_seconds": 3600,
+            "retries": 4,
+            "retry_backoff_seconds": 0.05,
+            "routes": [
+                {"name": "cx", "urls": [receiver.apprise_url("/cx")], "min_severity": "warning", "rate_per_second": 20},
+                {
+                    "name": "sms",
+                    "urls": [receiver.apprise_url("/sms", "form")],
+                    "min_severity": "critical",
+                    "sms": True,
+                    "rate_per_second": 20,
+                },
+            ],
+            **alerts,
+        },
+    )
+
+
+def stream(minutes: int, crisis: range | None, seed: int = 1) -> list[EnrichedEvent]:
+    rng = random.Random(seed)
+    out = []
+    for m in range(minutes):
+        hot = crisis is not None and m in crisis
+        early = hot and crisis is not None and m < crisis.start + 2  # it starts mild, then escalates
+        n = rng.randint(8, 14) * (2 if early else 5 if hot else 1)
+        for i in range(n):
+            neg = rng.random() < (0.45 if early else 0.8 if hot else 0.12)
+            score = -0.7 if neg else 0.4
+            out.append(
+                EnrichedEvent(
+                    event_id=f"s:{m}:{i}",
+                    kind="mention",
+                    source="t",
+                    occurred_at=T0 + timedelta(minutes=m, seconds=rng.uniform(0, 59)),
+                    ingested_at=T0,
+                    entity="northwind",
+                    entities=[EntityMatch(key="northwind", kind="brand", text="Northwind", start=0, end=9)],
+                    sentiment=Sentiment(
+                        score=score, label="negative" if neg else "positive", confidence=0.9, model_version="t"
+                    ),
+                    text_redacted="the app is down and support is useless" if neg else "nice flight",
+                )
+            )
+    return out
+
+
+class Harness:
+    def __init__(self, settings: Settings, r: aredis.Redis) -> None:
+        self.store = WindowStore(r, settings)
+        self.dispatcher = Dispatcher(settings.alerts, r, key_prefix=settings.redis.key_prefix)
+        self.incidents: list[Incident] = []
+        self.signals: list[Signal] = []
+
+        async def on_signal(s: Signal) -> None:
+            self.signals.append(s)
+
+        async def on_incident(i: Incident) -> None:
+            self.incidents.append(i)
+            await self.dispatcher.dispatch(i)
+
+        self.engine = DetectionEngine(settings, self.store, emit_signal=on_signal, emit_incident=on_incident)
+
+    async def feed(self, events: list[EnrichedEvent], batch: int = 200) -> None:
+        for i in range(0, len(events), batch):
+            await self.store.add_batch([(e, 0) for e in events[i : i + batch]])
+            while await self.engine.tick() > 0:
+                pass
+
+
+@pytest.fixture
+async def r(redis_url: str, unique: str) -> AsyncIterator[aredis.Redis]:
+    client = aredis.Redis.from_url(redis_url)
+    yield client
+    keys = [k async for k in client.scan_iter(f"al{unique}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_scripted_crisis_is_one_thread_with_the_expected_messages(r: aredis.Redis, unique: str) -> None:
+    with HttpReceiver() as rx:
+        h = Harness(settings_for(unique, rx), r)
+        await h.feed(stream(150, crisis=range(100, 112)))
+        threads = {i.incident_id for i in h.incidents}
+        assert len(threads) == 1, [i.title for i in h.incidents]
+        statuses = [i.status for i in h.incidents]
+        assert statuses[0] == "open" and statuses[-1] == "resolved" and "escalated" in statuses
+        opened = h.incidents[0].opened_at
+        assert T0 + timedelta(minutes=100) <= opened <= T0 + timedelta(minutes=101)
+        got = rx.wait_for(lambda rs: any("RESOLVED" in x.title for x in rs if x.path == "/cx"), 10)
+        cx = [x for x in got if x.path == "/cx"]
+        # open + escalated + resolved go out; updates inside the cooldown are held, not flooded
+        assert [x.title.split(":")[0].split("] ")[1] for x in cx] == ["OPEN", "ESCALATED", "RESOLVED"]
+        assert "negative share" in cx[0].message and "vs baseline" in cx[0].message and "since" in cx[0].message
+        assert "the app is down" in cx[0].message
+        sms = [x for x in got if x.path == "/sms"]
+        assert sms and all(len(x.form["message"]) <= 160 for x in sms)
+        # a redelivered incident is not sent again
+        before = len(rx.requests)
+        for inc in h.incidents:
+            await h.dispatcher.dispatch(inc)
+        assert len(rx.requests) == before
+
+
+async def test_quiet_stream_pages_no_one(r: aredis.Redis, unique: str) -> None:
+    with HttpReceiver() as rx:
+        h = Harness(settings_for(unique, rx), r)
+        await h.feed(stream(240, crisis=None, seed=5))
+        assert h.incidents == [] and rx.requests == []
+
+
+async def test_failing_channel_gets_each_message_once(r: aredis.Redis, unique: str) -> None:
+    with HttpReceiver(status_sequence=[500, 503, 500]) as rx:
+        h = Harness(settings_for(unique, rx, routes=[{"name": "cx", "urls": [rx.apprise_url("/cx")]}]), r)
+        await h.feed(stream(150, crisis=range(100, 112)))
+        delivered = rx.wait_for(3, 10)
+        titles = [x.title for x in delivered]
+        assert len(titles) == len(set(titles)) == 3  # open, escalated, resolved: each once
+        assert len(rx.attempts) == 6  # three failures were retried
+        stats = await h.dispatcher.stats()
+        assert stats.get("delivered") == 3 and "failed" not in stats
+
+
+async def test_held_update_is_flushed_after_cooldown_and_rate_limit_holds(r: aredis.Redis, unique: str) -> None:
+    with HttpReceiver() as rx:
+        s = settings_for(
+            unique,
+            rx,
+            cooldown_seconds=0.5,
+            routes=[{"name": "cx", "urls": [rx.apprise_url("/cx")], "rate_per_second": 5}],
+        )
+        h = Harness(s, r)
+        await h.feed(stream(112, crisis=range(100, 112)))
+        held = [i for i in h.incidents if i.status == "update"]
+        assert held, "the crisis should produce updates"
+        first = len(rx.requests)
+        rx.wait_for(first, 1)
+        import asyncio
+
+        await asyncio.sleep(0.6)  # the cooldown itself is what is under test here
+        flushed = await h.dispatcher.flush_due()
+        assert [d.status for d in flushed] == ["delivered"]
+        got = rx.wait_for(first + 1, 5)
+        assert "UPDATE" in got[-1].title and f"#{held[-1].seq}" in got[-1].title  # the latest update only
+        gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
+        assert all(g >= 0.19 for g in gaps), gaps  # 5 messages/s at most
