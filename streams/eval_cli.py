@@ -171,3 +171,12 @@ def enrich(
     for k, v in result["per_entity"].items():
         tbl.add_row(k, str(v["precision"]), str(v["recall"]), str(v["f1"]), str(v["n"]))
     Console().print(tbl)
+
+
+def _register_detect() -> None:
+    from streams.eval_detect import detect_command
+
+    eval_app.command("detect")(detect_command)
+
+
+_register_detect()
