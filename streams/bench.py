@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from connectors.base import KafkaSink
-from connectors.demo import generate
-from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from kafka import KafkaConsumer
 from rich.console import Console
 
+from connectors.base import KafkaSink
+from connectors.demo import generate
+from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from infra.kafka import ensure_topics
 from infra.settings import Settings
 from streams.app import TOPICS
@@ -95,11 +95,34 @@ def bench_enrichment(settings: Settings, rows: list[dict[str, Any]]) -> dict[str
     }
 
 
+def bench_accurate(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The accurate profile (a trained spaCy pipeline) vs raw ``nlp.pipe`` of the same model."""
+    acc = settings.model_copy(update={"nlp": settings.nlp.model_copy(update={"profile": "accurate"})})
+    out = bench_enrichment(acc, rows)
+    stage = EnrichStage(acc)
+    stage.load_models()
+    assert stage.enricher is not None
+    texts = [str(r.get("text") or r.get("comment") or "") for r in rows]
+    nlp = stage.enricher.nlp
+    list(nlp.pipe(texts[:200], batch_size=settings.nlp.batch_size))  # warm-up
+    t0 = time.perf_counter()
+    for _ in nlp.pipe(texts, batch_size=settings.nlp.batch_size):
+        pass
+    raw = len(texts) / (time.perf_counter() - t0)
+    out["raw_nlp_pipe_per_s"] = round(raw, 1)
+    out["ratio_to_raw_nlp_pipe"] = round(out["events_per_s"] / raw, 3)
+    out["model"] = stage.enricher.model_name
+    return out
+
+
 def run_bench(settings: Settings, *, events: int = 5000, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
     rows = _sample(settings, events)
-    console.print(f"bench: enrichment alone on {len(rows)} events ...")
-    enrich = bench_enrichment(settings, rows)
+    console.print(f"bench: enrichment alone on {len(rows)} events (fast profile) ...")
+    fast = settings.model_copy(update={"nlp": settings.nlp.model_copy(update={"profile": "fast"})})
+    enrich = bench_enrichment(fast, rows)
+    console.print("bench: accurate profile vs raw nlp.pipe on 1000 events ...")
+    accurate = bench_accurate(settings, rows[:1000])
     console.print(f"bench: end to end through a broker and a worker on {len(rows)} events ...")
     e2e = bench_end_to_end(settings, rows, console)
     ratio = (
@@ -112,6 +135,7 @@ def run_bench(settings: Settings, *, events: int = 5000, console: Console | None
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "enrichment": enrich,
+        "enrichment_accurate": accurate,
         "end_to_end": e2e,
         "pipeline_overhead_ratio": ratio,
     }
