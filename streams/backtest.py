@@ -132,7 +132,7 @@ def backtest(
     mapping: Path,
     *,
     limit: int | None = None,
-    batch: int = 500,
+    batch: int = 64,
 ) -> dict[str, Any]:
     """Replay ``files`` through enrichment, windows and detection; return the alert report."""
     sink = ListSink()
