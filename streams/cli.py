@@ -140,13 +140,17 @@ def demo(
 def bench(
     config: ConfigOpt = None,
     events: Annotated[int, typer.Option(help="Events through the end-to-end pipeline.")] = 5000,
+    alerts: Annotated[bool, typer.Option(help="Also time crisis onset -> first notification, live.")] = False,
+    rate: Annotated[int, typer.Option(help="Live events/s for --alerts.")] = 1000,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Benchmarks: end-to-end throughput and latency, and the enrichment functions alone."""
-    from streams.bench import run_bench
+    from streams.bench import bench_alert_latency, run_bench
 
     settings = _settings(config)
     result = run_bench(settings, events=events, console=err)
+    if alerts:
+        result["alert_latency"] = bench_alert_latency(settings, rate=rate, console=err)
     typer.echo(json.dumps(result, indent=None if json_out else 2))
 
 
