@@ -104,7 +104,7 @@ class Dispatcher:
     async def _routes_for(self, incident: Incident) -> list[Route]:
         key = f"{self.p}:thread:{incident.incident_id}"
         if incident.status == "resolved":
-            used = {v.decode() for v in await self.r.smembers(key)}
+            used = {_s(v) for v in await self.r.smembers(key)}
             return [r for name, r in self.routes.items() if name in used]
         chosen = [r for r in self.routes.values() if self.matches(r, incident)]
         if chosen:
@@ -177,7 +177,8 @@ class Dispatcher:
         due = await self.r.zrangebyscore(f"{self.p}:held", 0, time.time())
         out = []
         for member in due:
-            route_name, iid = member.decode().split("|", 1)
+            assert isinstance(member, bytes | str)
+            route_name, iid = _s(member).split("|", 1)
             raw = await self.r.get(f"{self.p}:held:{route_name}:{iid}")
             await self.r.zrem(f"{self.p}:held", member)
             route = self.routes.get(route_name)
@@ -199,4 +200,8 @@ class Dispatcher:
 
     async def stats(self) -> dict[str, int]:
         raw = await self.r.hgetall(f"{self.p}:stats")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_s(k): int(v) for k, v in raw.items()}
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v

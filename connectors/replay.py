@@ -157,7 +157,7 @@ class ReplayStats:
 def _open(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace", newline="")
-    return path.open(encoding="utf-8-sig", errors="replace", newline="")  # type: ignore[return-value]
+    return path.open(encoding="utf-8-sig", errors="replace", newline="")
 
 
 class Replayer(Connector):
@@ -203,22 +203,22 @@ class Replayer(Connector):
                 return
             delim = self.mapping.delimiter or ("\t" if fmt == "tsv" else ",")
             if self.mapping.header:
-                yield from csv.DictReader(f, delimiter=delim)  # type: ignore[arg-type]
+                yield from csv.DictReader(f, delimiter=delim)
             else:
-                for row in csv.reader(f, delimiter=delim):  # type: ignore[arg-type]
+                for row in csv.reader(f, delimiter=delim):
                     yield {str(i): v for i, v in enumerate(row)}
 
     def _derive(self, name: str, d: Derived, row: dict[str, Any]) -> Any:
         if d.column:
             raw = str(row.get(d.column, ""))
-            for prefix, value in d.prefix_map.items():
+            for prefix, mapped in d.prefix_map.items():
                 if raw.startswith(prefix):
-                    return value
+                    return mapped
             return d.default
-        value = 1.0
+        product = 1.0
         for col in d.product:
-            value *= float(row[col])
-        return abs(value) if d.abs else value
+            product *= float(row[col])
+        return abs(product) if d.abs else product
 
     def to_record(self, row: dict[str, Any]) -> dict[str, Any]:
         """Map one source row to a raw-record dict (not yet validated)."""

@@ -55,8 +55,8 @@ def prequential_sentiment(rows: Iterable[tuple[str, str]], model: SentimentModel
         lexicon.append((lexicon_label(c), label))
         online.append((model.predict(text).label, label))
         feats = {k: v for k, v in _features(text, c).items() if not k.startswith("__")}
-        guess = nb.predict_one(feats) if n_nb else None
-        baseline.append((guess or "neutral", label))
+        guess = nb.predict_one(feats) if n_nb else None  # type: ignore[arg-type]
+        baseline.append((str(guess or "neutral"), label))
         model.learn_one(text, label)
         nb.learn_one(feats, label)
     seconds = time.perf_counter() - t0

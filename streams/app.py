@@ -132,7 +132,9 @@ class Pipeline:
 
         @app.agent(self.t_raw, name="enrich")
         async def enrich_agent(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.take_events(s.nlp.batch_size, within=s.nlp.batch_within_seconds):
+            # take_events (faust-streaming) keeps each message's partition and offset
+            batches = stream.take_events(s.nlp.batch_size, within=s.nlp.batch_within_seconds)  # type: ignore[attr-defined]
+            async for events in batches:
                 await self.handle_raw(events)
 
         @app.agent(self.t_incidents, name="dispatch")
@@ -142,7 +144,7 @@ class Pipeline:
 
         @app.agent(self.t_labels, name="labels")
         async def labels_agent(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.take_events(256, within=0.5):
+            async for events in stream.take_events(256, within=0.5):  # type: ignore[attr-defined]
                 await self.handle_labels(events)
 
         @app.timer(interval=0.5, on_leader=True)
@@ -157,7 +159,7 @@ class Pipeline:
         async def checkpoint_timer() -> None:
             await self.checkpoint()
 
-        @app.on_before_shutdown.connect
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
             await self.checkpoint()
 
@@ -210,8 +212,8 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         pairs: list[tuple[Any, EnrichedEvent]] = []
         try:
-            out = await loop.run_in_executor(self.executor, self.stage.enrich_batch, [r for _, r in good])
-            pairs = list(zip([ev for ev, _ in good], out, strict=True))
+            batch = await loop.run_in_executor(self.executor, self.stage.enrich_batch, [r for _, r in good])
+            pairs = list(zip([ev for ev, _ in good], batch, strict=True))
         except Exception:  # one poison record must not stop the stream: isolate it
             logger.exception("batch enrichment failed; retrying one by one")
             for ev, rec in good:
@@ -220,14 +222,13 @@ class Pipeline:
                     pairs.append((ev, one[0]))
                 except Exception as exc:
                     await self.dead_letter("enrich", validation_reason(exc), type(exc).__name__, ev)
-        res = await self.store.add_batch([(out, ev.message.partition) for ev, out in pairs])
+        res = await self.store.add_batch([(enr, ev.message.partition) for ev, enr in pairs])
         self.counters.counted += res.counted
         self.counters.duplicates += res.duplicates
         if res.duplicates:
             logger.info("skipped %d redelivered events (already counted)", res.duplicates)
-        for _, out in pairs:
-            key = (out.entity or out.event_id).encode()
-            await self.t_enriched.send(key=key, value=dumps(out))
+        for _, enr in pairs:
+            await self.t_enriched.send(key=(enr.entity or enr.event_id).encode(), value=dumps(enr))
         self.counters.enriched += len(pairs)
 
     # -- windows -> signals -> incidents ----------------------------------------------------

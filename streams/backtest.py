@@ -85,7 +85,7 @@ def _report(
     threads: dict[str, list[tuple[Incident, float]]] = defaultdict(list)
     for inc, wm in incidents:
         threads[inc.incident_id].append((inc, wm))
-    rows = []
+    rows: list[dict[str, Any]] = []
     per_week: Counter[str] = Counter()
     for iid, msgs in threads.items():
         first, first_wm = msgs[0]
@@ -107,7 +107,7 @@ def _report(
                 "summary": first.summary,
             }
         )
-    delays = sorted(r["first_alert_delay_s"] for r in rows)
+    delays = sorted(float(r["first_alert_delay_s"]) for r in rows)
     first_t = min((r.occurred_at for r in recs), default=None)
     last_t = max((r.occurred_at for r in recs), default=None)
     return {

@@ -62,7 +62,7 @@ def _sample(settings: Settings, events: int) -> list[dict[str, Any]]:
     rows = [e for e in generate(settings.entities, start=datetime(2026, 11, 2, tzinfo=UTC), minutes=minutes)]
     out = [r for r in rows if isinstance(r, dict) and "_malformed" not in r]
     while len(out) < events:  # extend deterministically with fresh ids
-        extra = []
+        extra: list[dict[str, Any]] = []
         for r in out[: events - len(out)]:
             c = dict(r)
             c["event_id"] = f"{c['event_id']}:x{len(out) + len(extra)}"

@@ -203,7 +203,7 @@ class DetectionEngine:
         return Signal(
             signal_id=f"{entity}:{name}:{t}",
             entity=entity,
-            signal=v.signal,  # type: ignore[arg-type]
+            signal=v.signal,
             aspect=v.aspect,
             bucket_start=bucket_dt(t),
             bucket_seconds=self.B,
@@ -245,7 +245,7 @@ class DetectionEngine:
             entity=entity,
             status=tr.status,
             seq=tr.seq,
-            severity=tr.severity,  # type: ignore[arg-type]
+            severity=tr.severity,
             opened_at=datetime.fromisoformat(tr.opened_at),
             updated_at=updated,
             resolved_at=updated if tr.status == "resolved" else None,

@@ -363,7 +363,7 @@ class WindowStore:
 
     async def load_blob(self, name: str) -> bytes | None:
         v = await self.r.get(f"{self.p}:blob:{name}")
-        return bytes(v) if v is not None else None
+        return v.encode() if isinstance(v, str) else v
 
     async def save_blob(self, name: str, data: bytes) -> None:
         await self.r.set(f"{self.p}:blob:{name}", data)

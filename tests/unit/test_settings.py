@@ -28,7 +28,7 @@ def test_bundled_configs_load() -> None:
     s = load_settings(DEFAULT_CONFIG)
     assert [e.key for e in s.entities] == ["northwind", "northwind/go app", "skyline"]
     airlines = load_settings(DEFAULT_CONFIG.parent / "airlines.toml")
-    assert len(airlines.entities) == 6
+    assert len(airlines.entities) == 7
 
 
 def test_product_key_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
