@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from streams.records import Incident, Signal
 
-__all__ = ["SMS_LIMIT", "Message", "notify_type", "render"]
+__all__ = ["SMS_LIMIT", "Message", "notify_type", "render", "signal_line"]
 
 SMS_LIMIT = 160
 
@@ -29,13 +29,14 @@ def notify_type(incident: Incident) -> str:
     return {"critical": "failure", "warning": "warning"}.get(incident.severity, "info")
 
 
-def _signal_line(s: Signal) -> str:
+def signal_line(s: Signal) -> str:
+    """What a signal measured, against its baseline."""
     what = s.signal.replace("_", " ") if s.aspect is None else f"negativity about {s.aspect}"
     if s.signal in ("negative_share", "impact_negativity", "aspect_negativity", "refund_rate"):
         return f"{what} {s.value:.0%} vs baseline {s.baseline:.0%} (z={s.z:.1f}, n={s.support})"
     if s.signal == "rating":
         return f"rating {s.value:.2f} vs baseline {s.baseline:.2f} (z={s.z:.1f}, n={s.support})"
-    return f"{what} {s.value:.0f} vs baseline {s.baseline:.1f} per bucket (z={s.z:.1f})"
+    return f"{what} {s.value:.0f} vs baseline {s.baseline:.1f} (z={s.z:.1f})"
 
 
 def _cut(text: str, limit: int) -> str:
@@ -54,7 +55,7 @@ def _cut(text: str, limit: int) -> str:
 
 def _sms(incident: Incident) -> str:
     status = incident.status.upper()
-    first = _signal_line(incident.signals[0]) if incident.signals else incident.summary
+    first = signal_line(incident.signals[0]) if incident.signals else incident.summary
     parts = [f"{status} {incident.severity} {incident.entity}", first]
     if incident.top_aspects:
         parts.append("aspects: " + ",".join(a for a, _ in incident.top_aspects[:2]))
@@ -92,7 +93,7 @@ def render(incident: Incident, *, sms: bool = False) -> Message:
         lines.append(f"resolved at {incident.resolved_at.isoformat()}")
     if incident.signals:
         lines.append("signals:")
-        lines += [f"  - {_signal_line(s)} [{s.detector}, bucket {s.bucket_start:%H:%M}Z]" for s in incident.signals]
+        lines += [f"  - {signal_line(s)} [{s.detector}, bucket {s.bucket_start:%H:%M}Z]" for s in incident.signals]
     else:
         lines.append(incident.summary)
     if incident.top_aspects:

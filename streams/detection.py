@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from alerts.incidents import IncidentState, Transition, step
+from alerts.render import signal_line
 from infra.settings import Settings
 from models.detect import EntityDetector, Verdict
 from models.drift import DriftWatch
@@ -43,7 +44,7 @@ def hour_of_week(t: int) -> int:
 
 
 def describe(s: Signal) -> str:
-    """One line per signal: value vs baseline.
+    """One line per signal: value vs baseline (the same line the notifications show).
 
     >>> from datetime import UTC, datetime
     >>> s = Signal(signal_id="a", entity="a", signal="negative_share", bucket_start=datetime(2026, 1, 1, tzinfo=UTC),
@@ -52,12 +53,7 @@ def describe(s: Signal) -> str:
     >>> describe(s)
     'negative share 62% vs baseline 14% (z=9.6, n=80)'
     """
-    what = s.signal.replace("_", " ") if s.aspect is None else f"negativity about {s.aspect}"
-    if s.signal in ("negative_share", "impact_negativity", "aspect_negativity", "refund_rate"):
-        return f"{what} {s.value:.0%} vs baseline {s.baseline:.0%} (z={s.z:.1f}, n={s.support})"
-    if s.signal == "rating":
-        return f"rating {s.value:.2f} vs baseline {s.baseline:.2f} (z={s.z:.1f}, n={s.support})"
-    return f"{what} {s.value:.0f} vs baseline {s.baseline:.1f} (z={s.z:.1f})"
+    return signal_line(s)
 
 
 class DetectionEngine:

@@ -4,22 +4,14 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from alerts.incidents import IncidentState, step
+from connectors.demo import _poisson
 from infra.settings import DetectSettings
 from models.detect import EntityDetector
 
 CFG = DetectSettings(warmup_buckets=20, min_volume=10, min_negative=5, z_threshold=5.0, critical_z=9.0)
 
 
-def poisson(rng: random.Random, lam: float) -> int:
-    # Knuth; fine for small lambda
-    import math
-
-    l_, k, p = math.exp(-lam), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= l_:
-            return k
-        k += 1
+poisson = _poisson
 
 
 def test_quiet_stream_never_fires() -> None:
