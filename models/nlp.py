@@ -292,13 +292,11 @@ class Enricher:
         return "en" if lang == "en" or prob < 0.9 else str(lang)
 
     def _entities(self, doc: Any) -> list[EntityHit]:
-        spans = [doc[s:e] for _, s, e in self._ent_exact(doc)] + [doc[s:e] for _, s, e in self._ent_lower(doc)]
-        labels = {}
-        for mid, s, e in [*self._ent_exact(doc), *self._ent_lower(doc)]:
-            labels[(s, e)] = self.nlp.vocab.strings[mid]
+        matches = [*self._ent_exact(doc), *self._ent_lower(doc)]
+        labels = {(s, e): self.nlp.vocab.strings[mid] for mid, s, e in matches}
         hits: list[EntityHit] = []
         seen: set[str] = set()
-        for span in sorted(filter_spans(spans), key=lambda sp: sp.start):
+        for span in sorted(filter_spans([doc[s:e] for _, s, e in matches]), key=lambda sp: sp.start):
             key = labels[(span.start, span.end)]
             for k in (key, self._brand_of.get(key)):
                 if k and k not in seen:
@@ -307,8 +305,9 @@ class Enricher:
         return hits
 
     def _aspect_hits(self, doc: Any, text: str) -> list[AspectHit]:
-        spans = filter_spans([doc[s:e] for _, s, e in self._aspects(doc)])
-        labels = {(s, e): self.nlp.vocab.strings[mid] for mid, s, e in self._aspects(doc)}
+        matches = self._aspects(doc)
+        spans = filter_spans([doc[s:e] for _, s, e in matches])
+        labels = {(s, e): self.nlp.vocab.strings[mid] for mid, s, e in matches}
         if not spans:
             return []
         cl = clauses(text)

@@ -97,6 +97,7 @@ class SentimentModel:
         self.n_learned = 0
         self.created = datetime.now(UTC).isoformat(timespec="seconds")
         self._vader = SentimentIntensityAnalyzer()
+        self._compounds: dict[str, float] = {}
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -108,11 +109,13 @@ class SentimentModel:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_vader", None)
+        state.pop("_compounds", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._vader = SentimentIntensityAnalyzer()
+        self._compounds = {}
 
     def save(self, path: Path | str) -> None:
         """Atomic checkpoint: write a temp file beside ``path``, then rename over it."""
@@ -145,7 +148,13 @@ class SentimentModel:
 
     # -- inference --------------------------------------------------------------------------
     def compound(self, text: str) -> float:
-        return float(self._vader.polarity_scores(text)["compound"])
+        """VADER compound, cached: a text is scored, its clauses scored, then learned from."""
+        c = self._compounds.get(text)
+        if c is None:
+            if len(self._compounds) >= 4096:
+                self._compounds.clear()
+            c = self._compounds[text] = float(self._vader.polarity_scores(text)["compound"])
+        return c
 
     def proba(self, text: str, compound: float | None = None) -> dict[str, float]:
         c = self.compound(text) if compound is None else compound
