@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -102,10 +105,16 @@ class Pipeline:
     def _build_app(self, web_port: int | None) -> faust.App:
         s = self.settings
         brokers = [f"kafka://{hp.strip()}" for hp in s.kafka.bootstrap.split(",")]
+        # Faust keeps a per-app data dir even with memory stores: keep it out of the cwd
+        datadir = (
+            Path(os.environ.get("REPMON_FAUST_DATADIR") or Path(tempfile.gettempdir()) / "repmon-faust") / s.app_id
+        )
+        datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(
             s.app_id,
             broker=brokers,
             store="memory://",
+            datadir=str(datadir),
             topic_partitions=s.kafka.partitions,
             topic_replication_factor=s.kafka.replication,
             processing_guarantee=s.kafka.processing_guarantee,
