@@ -1,107 +1,244 @@
-"""``repmon eval detect``: the detectors on labelled series, scored the NAB way.
+"""``repmon eval detect``: repmon's series detector and two baselines on labelled series, scored
+the NAB way (:mod:`models.nab`, Lavin & Ahmad 2015).
 
-Every ``*.csv`` (``timestamp,value``) under ``--series`` is run through repmon's series detector
-and the two baselines in one pass; labels are NAB's windows file (``combined_windows.json``:
-``{"dir/file.csv": [[start, end], ...]}``), keys relative to ``--series``.
+Every ``*.csv`` (``timestamp,value``; naive timestamps are UTC) under ``--series``, recursively, is
+run through three detectors in one pass:
+
+- ``repmon``: :class:`models.series.SeriesDetector` with the stream's thresholds
+  (:class:`infra.settings.DetectSettings`: z 5, minimum count 10);
+- ``rolling_3sigma``: :class:`models.series.RollingPeak`, Huginn's rolling mean + 3 sigma peaks;
+- ``river_hst``: :class:`models.series.HalfSpaceTreesDetector`, River HalfSpaceTrees at defaults.
+
+Every detector is told the NAB probationary period (the first 15% of a file, at most 750 rows) as
+its warmup: NAB ignores detections there anyway. No threshold is tuned on the labels. Two
+reference rows frame the scale: ``null`` (never fires, 0 by definition) and ``perfect`` (one
+detection at the start of every window, 100).
+
+``--labels`` is a NAB labels file whose keys are paths relative to ``--series``:
+``combined_windows.json`` (``{"dir/file.csv": [[start, end], ...]}``) or ``combined_labels.json``
+(anomaly timestamps; windows are then built as NAB's labeler does).
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
-import statistics
+import math
 import time
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from models.nab import PROFILES, FileScore, normalised, score_file
-from models.series import HalfSpaceTreesDetector, RollingPeak, SeriesDetector
+from infra.settings import DetectSettings
+from models.nab import (
+    PROFILES,
+    FileScore,
+    Window,
+    get_profile,
+    indices_of,
+    normalised_score,
+    parse_timestamp,
+    perfect_detections,
+    probationary_length,
+    score_file,
+    windows_for,
+)
+from models.series import HalfSpaceTreesDetector, RollingPeak, SeriesDetector, StreamDetector
 
-__all__ = ["detect_command", "eval_detect"]
+__all__ = ["DETECTORS", "detect_command", "eval_detect", "read_series"]
 
-DETECTORS = ("repmon", "rolling_mean_3sigma", "river_hst")
+Series = list[tuple[Any, float]]
 
+DETECTORS: dict[str, Callable[[int], StreamDetector]] = {
+    "repmon": lambda warmup: SeriesDetector.from_settings(DetectSettings(), warmup=warmup),
+    "rolling_3sigma": lambda warmup: RollingPeak(warmup=warmup),
+    "river_hst": lambda warmup: HalfSpaceTreesDetector(warmup=warmup),
+}
+"""Detector factories, called with the warmup (the file's probationary length) for each file."""
 
-def _read(path: Path) -> list[tuple[datetime, float]]:
-    with path.open(newline="") as f:
-        return [(datetime.fromisoformat(r["timestamp"]), float(r["value"])) for r in csv.DictReader(f)]
+REFERENCES = ("null", "perfect")
 
-
-def _windows(series: list[tuple[datetime, float]], spans: list[list[str]]) -> list[tuple[int, int]]:
-    out = []
-    for a, b in spans:
-        ta, tb = datetime.fromisoformat(a), datetime.fromisoformat(b)
-        idx = [i for i, (t, _) in enumerate(series) if ta <= t <= tb]
-        if idx:
-            out.append((idx[0], idx[-1]))
-    return out
-
-
-def run_detectors(series: list[tuple[datetime, float]]) -> dict[str, list[int]]:
-    values = [v for _, v in series]
-    gaps = [(b[0] - a[0]).total_seconds() for a, b in itertools.pairwise(series)]
-    interval = statistics.median(gaps) if gaps else 60.0
-    warmup = int(0.15 * len(series))  # NAB's probationary period: learn, never score
-    return {
-        "repmon": SeriesDetector(interval_seconds=interval, warmup=warmup).detect(series),
-        "rolling_mean_3sigma": RollingPeak().detect(values),
-        "river_hst": HalfSpaceTreesDetector().detect(values),
-    }
+DESCRIPTIONS = {
+    "repmon": "seasonal (hour-of-day/week) EW baseline, z >= 5 two-sided, min count 10, refractory 50 points",
+    "rolling_3sigma": "Huginn PeakDetector: mean + 3 std of the last 14 days, peaks 2 days apart",
+    "river_hst": "MinMaxScaler | HalfSpaceTrees (defaults), QuantileFilter q=0.999, fires on crossing",
+    "null": "never fires (NAB's null detector: score 0)",
+    "perfect": "one detection at the first row of every window (score 100)",
+}
 
 
-def eval_detect(series_dir: Path, labels_file: Path) -> dict[str, Any]:
-    labels: dict[str, list[list[str]]] = json.loads(labels_file.read_text())
-    files = sorted(p for p in series_dir.rglob("*.csv"))
+def read_series(path: Path) -> Series:
+    """``(timestamp, value)`` rows of a ``timestamp,value`` CSV, sorted by time; rows without a valid
+    timestamp or a finite value are skipped."""
+    rows: Series = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        for row in csv.DictReader(f):
+            try:
+                ts, value = parse_timestamp(row["timestamp"]), float(row["value"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                rows.append((ts, value))
+    rows.sort(key=lambda r: r[0])
+    return rows
+
+
+def _label_key(rel: str, labels: dict[str, Any]) -> str | None:
+    if rel in labels:
+        return rel
+    # --series may be a parent of the labelled tree (e.g. nab_dev instead of nab_dev/data)
+    return next((k for k in labels if rel.endswith("/" + k)), None)
+
+
+def eval_detect(series_dir: Path, labels_file: Path, profile: str = "standard") -> dict[str, Any]:
+    """Run the detectors on every labelled CSV under ``series_dir`` and score them the NAB way.
+
+    Returns a JSON-ready dict: ``score`` (normalised NAB score per detector under ``profile``),
+    ``scores`` (per detector, every profile), ``totals`` (raw score, TP/FP/FN windows and
+    detections per detector, under ``profile``), ``per_file`` (points, windows, and per detector
+    its detections, TP/FP/FN and raw score for every profile), ``seconds`` (per detector), plus
+    ``unlabelled`` CSVs and labelled ``missing`` files.
+    """
+    prof = get_profile(profile)
+    labels: dict[str, Any] = json.loads(labels_file.read_text())
+    files = sorted(series_dir.rglob("*.csv"))
     if not files:
         raise ValueError(f"no *.csv series under {series_dir}")
+    names = [*DETECTORS, *REFERENCES]
+    scores: dict[str, dict[str, list[FileScore]]] = {d: {p: [] for p in PROFILES} for d in names}
+    seconds = dict.fromkeys(DETECTORS, 0.0)
     per_file: dict[str, Any] = {}
-    scores: dict[str, dict[str, list[FileScore]]] = {p: {d: [] for d in DETECTORS} for p in PROFILES}
-    t0 = time.perf_counter()
+    unlabelled: list[str] = []
+    seen_keys: set[str] = set()
+    t_all = time.perf_counter()
     for path in files:
-        key = path.relative_to(series_dir).as_posix()
-        if key not in labels:
+        rel = path.relative_to(series_dir).as_posix()
+        key = _label_key(rel, labels)
+        if key is None:
+            unlabelled.append(rel)
             continue
-        series = _read(path)
-        wins = _windows(series, labels[key])
-        dets = run_detectors(series)
-        row: dict[str, Any] = {"points": len(series), "windows": len(wins)}
-        for d, idx in dets.items():
-            fs = {p: score_file(len(series), wins, idx, prof) for p, prof in PROFILES.items()}
+        seen_keys.add(key)
+        series = read_series(path)
+        if not series:
+            unlabelled.append(rel)
+            continue
+        ts = [t for t, _ in series]
+        n = len(series)
+        windows: list[Window] = windows_for(ts, labels[key])
+        warmup = probationary_length(n)
+        detections: dict[str, list[int]] = {}
+        for name, make in DETECTORS.items():
+            t0 = time.perf_counter()
+            detections[name] = indices_of(ts, make(warmup).detect(series))
+            seconds[name] += time.perf_counter() - t0
+        detections["null"] = []
+        detections["perfect"] = perfect_detections(windows)
+        row: dict[str, Any] = {"points": n, "windows": len(windows), "detectors": {}}
+        for name, idx in detections.items():
+            fs = {p: score_file(n, windows, idx, pr) for p, pr in PROFILES.items()}
             for p, s in fs.items():
-                scores[p][d].append(s)
-            st = fs["standard"]
-            row[d] = {"detections": len(idx), "tp": st.tp, "fp": st.fp, "fn": st.fn, "raw": round(st.raw, 3)}
+                scores[name][p].append(s)
+            sel = fs[prof.name]
+            row["detectors"][name] = {
+                "detections": len(idx),
+                "tp": sel.tp,
+                "fp": sel.fp,
+                "fn": sel.fn,
+                "raw": {p: round(s.raw, 4) for p, s in fs.items()},
+            }
+        row["windows"] = scores["null"][prof.name][-1].windows
         per_file[key] = row
-    result: dict[str, Any] = {
+    if not per_file:
+        raise ValueError(f"none of the CSVs under {series_dir} has labels in {labels_file}")
+
+    def total(name: str) -> dict[str, Any]:
+        fs = scores[name][prof.name]
+        return {
+            "raw": round(sum(f.raw for f in fs), 4),
+            "tp": sum(f.tp for f in fs),
+            "fp": sum(f.fp for f in fs),
+            "fn": sum(f.fn for f in fs),
+            "detections": sum(r["detectors"][name]["detections"] for r in per_file.values()),
+        }
+
+    return {
+        "series": str(series_dir),
+        "labels": str(labels_file),
+        "profile": prof.name,
         "files": len(per_file),
-        "scores": {p: {d: normalised(scores[p][d]) for d in DETECTORS} for p in PROFILES},
+        "points": sum(r["points"] for r in per_file.values()),
+        "windows": sum(r["windows"] for r in per_file.values()),
+        "score": {d: round(normalised_score(scores[d][prof.name]), 2) for d in names},
+        "scores": {d: {p: round(normalised_score(scores[d][p]), 2) for p in PROFILES} for d in names},
+        "totals": {d: total(d) for d in names},
+        "detectors": {d: DESCRIPTIONS[d] for d in names},
         "per_file": per_file,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "method": "NAB (Lavin & Ahmad 2015): windows, scaled sigmoid, 15% probation, normalised 0 (null) .. 100",
+        "seconds": {**{d: round(s, 2) for d, s in seconds.items()}, "total": round(time.perf_counter() - t_all, 2)},
+        "unlabelled": unlabelled,
+        "missing": sorted(set(labels) - seen_keys),
+        "method": (
+            "NAB (Lavin & Ahmad 2015): windows from the labels, earliest detection per window scored "
+            "A_TP*sigma(y)/sigma(-1), false positives A_FP*sigma(distance after the preceding window), "
+            "missed windows -A_FN, first 15% (max 750 rows) of each file not scored; "
+            "score = 100*(S - S_null)/(S_perfect - S_null); no threshold tuned on labels"
+        ),
     }
-    return result
+
+
+_SERIES_OPT = typer.Option(..., "--series", help="Directory of timestamp,value CSVs (searched recursively).")
+_LABELS_OPT = typer.Option(..., "--labels", help="NAB labels JSON: combined_windows.json or combined_labels.json.")
+_JSON_OPT = typer.Option(False, "--json", help="Print one JSON object.")
 
 
 def detect_command(
-    series: Annotated[Path, typer.Option("--series", exists=True, help="Directory of timestamp,value CSVs.")],
-    labels: Annotated[Path, typer.Option("--labels", exists=True, help="NAB windows JSON.")],
-    json_out: Annotated[bool, typer.Option("--json")] = False,
+    series: Path = _SERIES_OPT,
+    labels: Path = _LABELS_OPT,
+    json_out: bool = _JSON_OPT,
+    profile: str = "standard",
 ) -> None:
-    """NAB-style scores of repmon's detector and two baselines on labelled series."""
-    result = eval_detect(series, labels)
+    """NAB scores of repmon's series detector against a rolling 3-sigma peak detector and River
+    HalfSpaceTrees (0 = never fires, 100 = perfect)."""
+    if not series.is_dir():
+        raise typer.BadParameter(f"{series} is not a directory", param_hint="--series")
+    if not labels.is_file():
+        raise typer.BadParameter(f"{labels} is not a file", param_hint="--labels")
+    try:
+        result = eval_detect(series, labels, profile)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if json_out:
         typer.echo(json.dumps(result))
         return
-    tbl = Table(title=f"NAB scores on {result['files']} series ({result['seconds']} s)")
+    sel = result["profile"]
+    tbl = Table(
+        title=f"NAB scores: {result['files']} series, {result['windows']} windows, {result['seconds']['total']} s",
+        caption=f"* = --profile; TP/FP/FN (windows hit, false positives, windows missed) under {sel}",
+    )
     tbl.add_column("detector")
     for p in PROFILES:
-        tbl.add_column(p)
-    for d in DETECTORS:
-        tbl.add_row(d, *(str(result["scores"][p][d]) for p in PROFILES))
-    Console().print(tbl)
+        short = p.removeprefix("reward_").removesuffix("_rate")
+        tbl.add_column(short + ("*" if p == sel else ""), justify="right")
+    for col in ("alerts", "TP", "FP", "FN", "s"):
+        tbl.add_column(col, justify="right")
+    for d, by_profile in result["scores"].items():
+        t = result["totals"][d]
+        tbl.add_row(
+            d,
+            *(f"{by_profile[p]:.1f}" for p in PROFILES),
+            str(t["detections"]),
+            str(t["tp"]),
+            str(t["fp"]),
+            str(t["fn"]),
+            str(result["seconds"].get(d, "")),
+        )
+    console = Console()
+    console.print(tbl)
+    for d, text in result["detectors"].items():
+        console.print(f"[bold]{d}[/bold]: {text}")
+    if result["unlabelled"] or result["missing"]:
+        missing = len(result["missing"])
+        console.print(f"unlabelled CSVs: {len(result['unlabelled'])}; labelled files not found: {missing}")
