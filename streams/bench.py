@@ -307,6 +307,7 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
             "events": seq,
             "notifications": len(rx.requests),
             "first_notification_delay_s": round(first - onset, 2) if first and onset else None,
+            "titles": [r.title for r in rx.requests],
             "lag_enriched": seq - tail.count(topics["enriched"]),
         }
 

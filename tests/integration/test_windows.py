@@ -77,3 +77,15 @@ async def test_top_mentions_and_terms(store: WindowStore) -> None:
     assert [m["id"] for m in top] == ["t:14", "t:13", "t:12"]
     terms = dict(await store.top_terms("northwind", [t]))
     assert terms["delivery"] == 15 and terms["late"] == 15 and "the" not in terms
+
+
+async def test_trust_score_from_the_windows(store: WindowStore) -> None:
+    base = [ev(i, "northwind", -360 + i * 0.5, "positive" if i % 5 else "negative") for i in range(600)]
+    now = [ev(1000 + i, "northwind", i * 0.5, "negative" if i % 2 else "positive") for i in range(40)]
+    await store.add_batch([(e, 0) for e in base + now])
+    at = (T0 + timedelta(minutes=20)).timestamp()
+    t = await store.trust("northwind", 3600, at)
+    comps = {c["name"]: c for c in t["components"]}
+    assert comps["negative_share"]["value"] == 0.5 and comps["negative_share"]["baseline"] == 0.2
+    assert t["score"] is not None and t["baseline_score"] is not None and t["score"] < t["baseline_score"]
+    assert abs(sum(c["weight"] for c in t["components"]) - sum(comps[k]["weight"] for k in comps)) < 1e-9
