@@ -247,7 +247,7 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="repmon-latency-"))
     prefix = f"lat{seed}x{int(time.time())}"
-    bucket, warm, calm, crisis_s = 5, 8, 10.0, 15.0
+    bucket, warm, calm, crisis_s = 5, 20, 10.0, 15.0
     start_crisis = bucket * (warm + 1) + calm  # seconds into the live stream
     ents = [e for e in settings.entities if e.kind != "product"]
     weights = [3 if e.key == "northwind" else 2 for e in ents]

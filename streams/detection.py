@@ -157,7 +157,10 @@ class DetectionEngine:
         t = int(wm // B) * B
         if t <= closed:
             return
-        frac = min(1.0, max((wm - t) / B, 1.0 / B))
+        # partitions ahead of the watermark have already counted more of this bucket: expect the
+        # share of it that the furthest partition has seen, or early firing overreacts to skew
+        high = await self.store.watermark(high=True) or wm
+        frac = min(1.0, max((high - t) / B, 1.0 / B))
         stats = await self.store.bucket_stats(self.entities, t)
         cfg = self.settings.detect
         for e in self.entities:

@@ -265,8 +265,11 @@ class WindowStore:
         return res
 
     # -- time -------------------------------------------------------------------------------
-    async def watermark(self) -> float | None:
-        """Effective event-time watermark: min over non-idle partitions' max event time."""
+    async def watermark(self, *, high: bool = False) -> float | None:
+        """Effective event-time watermark: min over non-idle partitions' max event time.
+
+        ``high=True`` gives the max instead: how far the furthest partition has counted.
+        """
         wm = await self.r.hgetall(f"{self.p}:wm")
         if not wm:
             return None
@@ -275,7 +278,9 @@ class WindowStore:
         walls = {k: float(wall.get(k, 0.0)) for k in parts}
         freshest = max(walls.values())
         active = [parts[k] for k in parts if freshest - walls[k] <= self.idle_partition_seconds]
-        return min(active) if active else max(parts.values())
+        if high or not active:
+            return max(parts.values())
+        return min(active)
 
     async def stats(self) -> dict[str, int]:
         raw = await self.r.hgetall(f"{self.p}:stats")
