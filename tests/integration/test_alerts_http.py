@@ -1,0 +1,376 @@
+"""alerts.dispatch through real Redis and real Apprise, posting to a real local HTTP receiver.
+
+Nothing is mocked: Apprise's json:// and form:// plugins make real HTTP requests to
+:class:`alerts.receiver.HttpReceiver`, and every dedupe mark, claim, held update and counter lives
+in the Redis of ``REPMON_TEST_REDIS`` under a key prefix unique to the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from alerts.dispatch import Delivery, Dispatcher
+from alerts.receiver import HttpReceiver, Received
+from infra.settings import AlertSettings, Route
+from streams.records import Incident, Signal, TopMention
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 2, 9, 20, tzinfo=UTC)
+
+
+def incident(
+    status: str = "open",
+    seq: int = 1,
+    severity: str = "warning",
+    *,
+    entity: str = "northwind",
+    iid: str = "inc-northwind-20261102T0920-e7b252d5",
+    team: str | None = "cx",
+) -> Incident:
+    signal = Signal(
+        signal_id=f"sig-{seq}",
+        entity=entity,
+        signal="negative_share",
+        bucket_start=T0 + timedelta(minutes=seq - 1),
+        bucket_seconds=60,
+        value=0.62,
+        baseline=0.14,
+        scale=0.05,
+        z=9.1,
+        support=80,
+        severity="critical" if severity == "critical" else "warning",
+        detector="ew-seasonal-binomial-v1",
+    )
+    resolved = status == "resolved"
+    return Incident(
+        incident_id=iid,
+        entity=entity,
+        status=status,
+        seq=seq,
+        severity=severity,
+        opened_at=T0,
+        updated_at=T0 + timedelta(minutes=seq),
+        resolved_at=T0 + timedelta(minutes=seq) if resolved else None,
+        title=f"{status.upper()}: {entity} - negative share",
+        summary="No crisis signal for 15 buckets." if resolved else "negative share 62% vs baseline 14%",
+        signals=[] if resolved else [signal],
+        top_mentions=[
+            TopMention(
+                event_id="t:1",
+                text="the app is down again and support is useless " * 4,
+                sentiment=-0.8,
+                impact=3.0,
+                url="https://social.example/p/1",
+            )
+        ],
+        top_aspects=[("app", 40), ("support", 12)],
+        top_terms=[("down", 31)],
+        evidence={
+            "window": [T0.isoformat(), (T0 + timedelta(minutes=1)).isoformat()],
+            "bucket_seconds": 60,
+            "detectors": ["ew-seasonal-binomial-v1"],
+            "sentiment_model": "vader+sgd-7",
+            "team": team,
+        },
+    )
+
+
+def settings(*routes: Route, **kw: Any) -> AlertSettings:
+    base: dict[str, Any] = {
+        "routes": list(routes),
+        "console": False,
+        "cooldown_seconds": 600,
+        "retries": 3,
+        "retry_backoff_seconds": 0.05,
+        "timeout_seconds": 5,
+    }
+    base.update(kw)
+    return AlertSettings.model_validate(base)
+
+
+def route(name: str, *urls: str, **kw: Any) -> Route:
+    return Route.model_validate({"name": name, "urls": list(urls), "rate_per_second": 50, **kw})
+
+
+@pytest.fixture
+def prefix(unique: str) -> str:
+    return f"t{unique}"
+
+
+@pytest.fixture
+async def r(aredis: aredis.Redis, prefix: str) -> AsyncIterator[aredis.Redis]:
+    yield aredis
+    keys = [k async for k in aredis.scan_iter(f"{prefix}:*")]
+    if keys:
+        await aredis.delete(*keys)
+
+
+@pytest.fixture
+def rx() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as receiver:
+        yield receiver
+
+
+def statuses(ds: list[Delivery]) -> dict[str, str]:
+    return {d.route: d.status for d in ds}
+
+
+async def wait_for(rx: HttpReceiver, what: Any, timeout: float = 10.0) -> list[Received]:
+    """Wait on the receiver's condition in a thread, keeping the event loop free."""
+    return await asyncio.to_thread(rx.wait_for, what, timeout)
+
+
+# (a) ---------------------------------------------------------------------------------------
+async def test_open_incident_arrives_once_explained_and_redelivery_is_a_duplicate(
+    r: aredis.Redis, prefix: str, rx: HttpReceiver
+) -> None:
+    d = Dispatcher(settings(route("cx", rx.apprise_url("/cx"))), r, key_prefix=prefix)
+    inc = incident("open", 1, "critical")
+
+    first = await d.dispatch(inc)
+    assert [(x.route, x.status, x.attempts) for x in first] == [("cx", "delivered", 1)]
+    [got] = rx.requests
+    assert got.path == "/cx" and got.headers["Content-Type"].startswith("application/json")
+    assert got.json["type"] == "failure"
+    assert got.title.startswith("[CRITICAL] OPEN: northwind") and f"{inc.incident_id} #1" in got.title
+    body = got.message
+    assert "negative share 62% vs baseline 14% (z=9.1, n=80)" in body
+    assert "Active since 2026-11-02T09:20:00Z" in body
+    assert "the app is down again" in body and "https://social.example/p/1" in body
+    assert "Top aspects: app (40), support (12)" in body and "Evidence: window" in body
+    assert await r.exists(f"{prefix}:alert:delivered:cx:{inc.incident_id}:1")
+    assert 29 * 86400 < await r.ttl(f"{prefix}:alert:delivered:cx:{inc.incident_id}:1") <= 30 * 86400
+
+    again = await d.dispatch(inc)
+    assert statuses(again) == {"cx": "duplicate"}
+    # a restarted worker (new Dispatcher, same Redis) does not send it either
+    again2 = await Dispatcher(d.settings, r, key_prefix=prefix).dispatch(inc)
+    assert statuses(again2) == {"cx": "duplicate"}
+    assert len(rx.attempts) == 1
+    assert await d.stats() == {"delivered": 1, "duplicate": 2}
+
+
+# (b) ---------------------------------------------------------------------------------------
+async def test_failing_channel_is_retried_and_gets_the_message_once(r: aredis.Redis, prefix: str) -> None:
+    with HttpReceiver(fail_first=2) as rx:
+        d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), retries=3), r, key_prefix=prefix)
+        [res] = await d.dispatch(incident())
+        assert (res.status, res.attempts, res.error) == ("delivered", 3, None)
+        assert [a.status for a in rx.attempts] == [500, 500, 200]
+        assert len(rx.requests) == 1
+        assert statuses(await d.dispatch(incident())) == {"cx": "duplicate"}
+        assert len(rx.attempts) == 3
+
+
+async def test_exhausted_retries_fail_unmarked_and_a_redelivery_sends_it(r: aredis.Redis, prefix: str) -> None:
+    with HttpReceiver(status_sequence=[500, 503, 429]) as rx:
+        d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), retries=2), r, key_prefix=prefix)
+        [res] = await d.dispatch(incident())
+        assert (res.status, res.attempts) == ("failed", 3)
+        assert res.error is not None and "429" in res.error
+        assert not await r.exists(f"{prefix}:alert:delivered:cx:{incident().incident_id}:1")
+        assert rx.requests == []
+
+        [res] = await d.dispatch(incident())  # the incident is redelivered: now it goes out
+        assert (res.status, res.attempts) == ("delivered", 1)
+        assert len(rx.requests) == 1 and len(rx.attempts) == 4
+        assert await d.stats() == {"failed": 1, "delivered": 1}
+
+
+async def test_multi_url_route_retries_only_the_url_that_failed(r: aredis.Redis, prefix: str) -> None:
+    with HttpReceiver() as ok, HttpReceiver(fail_first=1) as flaky:
+        d = Dispatcher(
+            settings(route("both", ok.apprise_url("/ok"), flaky.apprise_url("/flaky"))), r, key_prefix=prefix
+        )
+        [res] = await d.dispatch(incident())
+        assert (res.status, res.attempts) == ("delivered", 2)
+        assert len(ok.attempts) == 1 and len(ok.requests) == 1
+        assert len(flaky.attempts) == 2 and len(flaky.requests) == 1
+
+
+async def test_two_workers_never_send_the_same_message_concurrently(r: aredis.Redis, prefix: str) -> None:
+    with HttpReceiver(delay=0.3) as rx:
+        s = settings(route("cx", rx.apprise_url("/cx")))
+        a, b = Dispatcher(s, r, key_prefix=prefix), Dispatcher(s, r, key_prefix=prefix)
+        ra, rb = await asyncio.gather(a.dispatch(incident()), b.dispatch(incident()))
+        assert sorted([ra[0].status, rb[0].status]) == ["delivered", "duplicate"]
+        assert len(rx.attempts) == 1
+
+
+async def test_slow_channel_times_out_without_blocking_the_loop(r: aredis.Redis, prefix: str) -> None:
+    with HttpReceiver(delay=3.0) as rx:
+        d = Dispatcher(
+            settings(route("cx", rx.apprise_url("/cx")), retries=0, timeout_seconds=0.5), r, key_prefix=prefix
+        )
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        t = time.monotonic()
+        [res] = await d.dispatch(incident())
+        took = time.monotonic() - t
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert res.status == "failed" and res.error is not None
+        assert took < 2.5, took
+        assert ticks >= took / 0.02 * 0.5, (ticks, took)  # the loop kept running while Apprise waited
+
+
+# (c) ---------------------------------------------------------------------------------------
+async def test_one_crisis_is_one_thread_updates_held_then_flushed(
+    r: aredis.Redis, prefix: str, rx: HttpReceiver
+) -> None:
+    cooldown = 0.5
+    d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), cooldown_seconds=cooldown), r, key_prefix=prefix)
+
+    flushed: asyncio.Queue[list[Delivery]] = asyncio.Queue()
+
+    async def timer() -> None:  # what the worker does: flush held updates every so often
+        while True:
+            await asyncio.sleep(0.05)
+            if done := await d.flush_due():
+                flushed.put_nowait(done)
+
+    def titles(rs: list[Received]) -> list[str]:
+        return [x.title.split("] ", 1)[1].split(":", 1)[0] + x.title.rsplit(" ", 1)[1].rstrip(")") for x in rs]
+
+    assert statuses(await d.dispatch(incident("open", 1))) == {"cx": "delivered"}
+    assert statuses(await d.dispatch(incident("update", 2))) == {"cx": "cooldown"}
+    assert statuses(await d.dispatch(incident("update", 3))) == {"cx": "cooldown"}  # replaces #2 as the held one
+    assert statuses(await d.dispatch(incident("update", 2))) == {"cx": "cooldown"}  # a late #2 does not replace #3
+    assert titles(rx.requests) == ["OPEN#1"]
+
+    task = asyncio.create_task(timer())
+    try:
+        got = await wait_for(rx, 2)
+        assert titles(got) == ["OPEN#1", "UPDATE#3"]  # only the latest held update, once
+        [done] = await asyncio.wait_for(flushed.get(), 5)  # and the flush has recorded it
+        assert (done.seq, done.status) == (3, "delivered")
+        assert got[1].at - got[0].at >= cooldown * 0.9
+
+        # escalation goes out at once, and a held update it supersedes is dropped
+        assert statuses(await d.dispatch(incident("update", 4))) == {"cx": "cooldown"}
+        assert statuses(await d.dispatch(incident("escalated", 5, "critical"))) == {"cx": "delivered"}
+        assert statuses(await d.dispatch(incident("update", 6, "critical"))) == {"cx": "cooldown"}
+        assert statuses(await d.dispatch(incident("resolved", 7, "critical"))) == {"cx": "delivered"}
+        got = rx.requests
+        assert titles(got) == ["OPEN#1", "UPDATE#3", "ESCALATED#5", "RESOLVED#7"]
+        assert got[3].json["type"] == "success" and got[2].json["type"] == "failure"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # nothing is left held once the thread resolved; stale updates stay quiet
+    assert await d.flush_due() == []
+    assert await r.zcard(f"{prefix}:alert:held") == 0
+    [late] = await d.dispatch(incident("update", 4))
+    assert (late.status, late.error) == ("filtered", "superseded by #7")
+    assert len(rx.attempts) == 4
+    stats = await d.stats()
+    assert stats["delivered"] == 4 and stats["cooldown"] == 5
+
+
+async def test_update_after_cooldown_goes_out_directly(r: aredis.Redis, prefix: str, rx: HttpReceiver) -> None:
+    d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), cooldown_seconds=0), r, key_prefix=prefix)
+    for i, status in enumerate(["open", "update", "update"], 1):
+        assert statuses(await d.dispatch(incident(status, i))) == {"cx": "delivered"}
+    assert len(rx.requests) == 3
+
+
+# (d) ---------------------------------------------------------------------------------------
+async def test_rate_limit_spaces_messages_on_a_route(r: aredis.Redis, prefix: str, rx: HttpReceiver) -> None:
+    d = Dispatcher(settings(route("slack-like", rx.apprise_url("/s"), rate_per_second=5)), r, key_prefix=prefix)
+    incs = [incident("open", 1, iid=f"inc-{i}", entity=f"brand{i}") for i in range(5)]
+    t = time.monotonic()
+    results = await asyncio.gather(*(d.dispatch(i) for i in incs))  # concurrent callers share the bucket
+    assert all(res[0].status == "delivered" for res in results)
+    got = rx.wait_for(5, 5)
+    assert len(got) == 5
+    gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
+    assert all(g >= 0.15 for g in gaps), gaps
+    assert time.monotonic() - t >= 0.75
+
+
+# (e) ---------------------------------------------------------------------------------------
+async def test_routing_by_severity_entity_and_team(r: aredis.Redis, prefix: str, rx: HttpReceiver) -> None:
+    s = settings(
+        route("all", rx.apprise_url("/all")),
+        route("oncall", rx.apprise_url("/oncall"), min_severity="critical"),
+        route("acme", rx.apprise_url("/acme"), entities=["Acme"], min_severity="info"),
+        route("cx-team", rx.apprise_url("/cx"), teams=["cx"]),
+    )
+    d = Dispatcher(s, r, key_prefix=prefix)
+    nw = "inc-northwind-1"
+    got = await d.dispatch(incident("open", 1, "warning", iid=nw))
+    assert statuses(got) == {"all": "delivered", "oncall": "filtered", "acme": "filtered", "cx-team": "delivered"}
+    got = await d.dispatch(incident("open", 1, "critical", entity="acme/rocket", iid="inc-acme-1", team=None))
+    assert statuses(got) == {"all": "delivered", "oncall": "delivered", "acme": "delivered", "cx-team": "filtered"}
+    got = await d.dispatch(incident("open", 1, "info", entity="acme", iid="inc-acme-2", team="cx"))
+    assert statuses(got) == {"all": "filtered", "oncall": "filtered", "acme": "delivered", "cx-team": "filtered"}
+    got = await d.dispatch(incident("open", 1, "warning", entity="globex", iid="inc-globex-1", team="marketing"))
+    assert statuses(got) == {"all": "delivered", "oncall": "filtered", "acme": "filtered", "cx-team": "filtered"}
+
+    # the northwind thread escalates (now on-call hears of it), then resolves: every route it used hears that
+    got = await d.dispatch(incident("escalated", 2, "critical", iid=nw))
+    assert statuses(got) == {"all": "delivered", "oncall": "delivered", "acme": "filtered", "cx-team": "delivered"}
+    got = await d.dispatch(incident("resolved", 3, "critical", iid=nw, team=None))
+    assert statuses(got) == {"all": "delivered", "oncall": "delivered", "acme": "filtered", "cx-team": "delivered"}
+
+    by_path: dict[str, int] = {}
+    for x in rx.requests:
+        by_path[x.path] = by_path.get(x.path, 0) + 1
+    assert by_path == {"/all": 5, "/oncall": 3, "/acme": 2, "/cx": 3}
+
+
+# (f) ---------------------------------------------------------------------------------------
+async def test_sms_route_gets_a_single_segment_body(r: aredis.Redis, prefix: str, rx: HttpReceiver) -> None:
+    s = settings(
+        route("sms-form", rx.apprise_url("/sms", "form"), sms=True),
+        route("sms-json", rx.apprise_url("/sms-json"), sms=True),
+        route("chat", rx.apprise_url("/chat")),
+    )
+    d = Dispatcher(s, r, key_prefix=prefix)
+    long_entity = "northwind/" + "very-long-product-name-" * 5
+    await d.dispatch(incident("open", 1, "critical", entity=long_entity))
+    got = {x.path: x for x in rx.wait_for(3, 5)}
+    form = got["/sms"]
+    assert form.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
+    assert form.form["type"] == "failure" and form.form["title"] == ""
+    for sms in (form.message, got["/sms-json"].message):
+        assert 0 < len(sms) <= 160, sms
+        assert sms.startswith("OPEN critical northwind/very-long-product-name")
+        assert "ref e7b252d5#1" in sms
+    assert len(got["/chat"].message) > 300  # the chat route gets the full explanation
+
+
+async def test_console_logs_the_rendered_message(
+    r: aredis.Redis, prefix: str, rx: HttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), console=True), r, key_prefix=prefix)
+    with caplog.at_level(logging.WARNING, logger="repmon.alerts"):
+        await d.dispatch(incident("open", 1, "critical"))
+    [rec] = [x for x in caplog.records if x.name == "repmon.alerts"]
+    assert rec.levelno == logging.WARNING and "negative share 62% vs baseline 14%" in rec.getMessage()
+
+
+def test_bad_apprise_url_fails_at_start_naming_the_route() -> None:
+    s = settings(route("pager", "nosuchscheme://x/y"))
+    with pytest.raises(ValueError, match=r"alerts\.routes\[pager\]\.urls\[0\]"):
+        Dispatcher(s, aredis.Redis())
