@@ -201,8 +201,10 @@ class EntityDetector:
     ) -> Verdict | None:
         if den < self.cfg.min_volume or num < min_num:
             return None
-        share = num / den
         state = self._state(name)
+        if state.overall.n < self.cfg.warmup_buckets:
+            return None  # a share's own history: an aspect seen in 3 buckets has no baseline yet
+        share = num / den
         mean, std = state.baseline(how, self.per_hour)
         p = min(max(mean, 0.02), 0.98)
         # the history's spread holds the sampling noise of its own typical bucket size: keep only
@@ -220,7 +222,7 @@ class EntityDetector:
         )
 
     def _mean_down(self, name: str, total: float, count: float, sq: float, how: int | None) -> Verdict | None:
-        if count < max(3, self.cfg.min_volume // 2):
+        if count < max(3, self.cfg.min_volume // 2) or self._state(name).overall.n < self.cfg.warmup_buckets:
             return None
         mean_x = total / count
         var_x = max(sq / count - mean_x**2, 0.0)
