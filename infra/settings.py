@@ -152,6 +152,12 @@ class DetectSettings(_Section):
     warmup_buckets: int = Field(default=30, ge=1, description="Buckets of history before a detector may fire.")
     baseline_halflife_buckets: float = Field(default=60.0, gt=1)
     resolve_after_quiet_buckets: int = Field(default=15, ge=1, description="Quiet buckets before resolving.")
+    sustained_shift_buckets: int = Field(
+        default=240,
+        ge=1,
+        description="A signal that fired this many buckets in a row is a new level, not a crisis: "
+        "its baseline then learns it at full weight (4 h of 1-minute buckets).",
+    )
 
 
 class NlpSettings(_Section):

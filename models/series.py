@@ -73,9 +73,16 @@ from river import anomaly, compose, drift, preprocessing
 from scipy import stats as _st
 
 from infra.settings import DetectSettings
-from models.detect import _tail_z
+from models.detect import EntityDetector, _tail_z
 
-__all__ = ["HalfSpaceTreesDetector", "RollingPeak", "SeriesDetector", "StreamDetector", "how_of"]
+__all__ = [
+    "EntityVolumeDetector",
+    "HalfSpaceTreesDetector",
+    "RollingPeak",
+    "SeriesDetector",
+    "StreamDetector",
+    "how_of",
+]
 
 MIN_SCALE_POINTS = 10
 
@@ -397,6 +404,45 @@ class HalfSpaceTreesDetector:
         self.above = above
         self.i += 1
         return score if fire else None
+
+    def detect(self, series: Iterable[tuple[datetime, float]]) -> list[datetime]:
+        return [ts for ts, x in series if self.update(ts, x) is not None]
+
+
+class EntityVolumeDetector:
+    """The worker's own :class:`models.detect.EntityDetector` on a plain count series.
+
+    Each point is one closed bucket ``{"n": value}`` (bucket length = the series' spacing, hour of
+    the week from its timestamp), judged then learned exactly as the stream does it: the
+    ``volume`` signal (one-sided: a rise), EW + hour-of-week baseline, Poisson noise floor and
+    exact tail, ``min_volume`` support, fired buckets taught at a quarter weight. It fires on the
+    first bucket of an episode and then waits ``refractory`` points, like the others here.
+    Values are read as counts: on gauges (CPU %, temperatures) the Poisson floor is the wrong
+    noise model, which is why :class:`SeriesDetector` exists beside it.
+    """
+
+    def __init__(self, cfg: DetectSettings | None = None, *, warmup: int = 100, refractory: int = 50) -> None:
+        self.cfg = (cfg or DetectSettings()).model_copy(update={"warmup_buckets": max(1, warmup)})
+        self.refractory = refractory
+        self.det: EntityDetector | None = None
+        self.prev: datetime | None = None
+        self.since_fire: int | None = None
+
+    def update(self, ts: datetime, value: float) -> float | None:
+        if self.det is None:
+            if self.prev is None:
+                self.prev = ts
+                return None
+            step = max(1, int((ts - self.prev).total_seconds()))
+            self.det = EntityDetector(self.cfg, bucket_seconds=step)
+        verdicts = self.det.update({"n": max(float(value), 0.0)}, how_of(ts))
+        armed = self.since_fire is None or self.since_fire >= self.refractory
+        if self.since_fire is not None:
+            self.since_fire += 1
+        if verdicts and armed:
+            self.since_fire = 0
+            return verdicts[0].z
+        return None
 
     def detect(self, series: Iterable[tuple[datetime, float]]) -> list[datetime]:
         return [ts for ts, x in series if self.update(ts, x) is not None]

@@ -20,9 +20,9 @@ import asyncio
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from alerts.dispatch import Dispatcher
 from infra.settings import Settings
 from streams.detection import DetectionEngine
 from streams.enrich import EnrichStage, RawRecord
+from streams.metrics import Metrics
 from streams.records import DeadLetter, EnrichedEvent, Incident, Signal, dumps, parse_raw
 from streams.windows import WindowStore
 
@@ -64,22 +65,17 @@ def validation_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-@dataclass
-class Counters:
-    raw: int = 0
-    enriched: int = 0
-    dead_letter: int = 0
-    counted: int = 0
-    duplicates: int = 0
-    signals: int = 0
-    incidents: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-
 class Pipeline:
     """Holds the app, its clients and models. Build with :func:`build_pipeline`."""
 
-    def __init__(self, settings: Settings, *, redis_url: str | None = None, web_port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_url: str | None = None,
+        web_port: int | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
         self.settings = settings
         url = redis_url or settings.redis.url
         if not url:
@@ -87,7 +83,9 @@ class Pipeline:
         self.redis = aredis.Redis.from_url(url)
         self.store = WindowStore(self.redis, settings)
         self.dispatcher = Dispatcher(settings.alerts, self.redis, key_prefix=settings.redis.key_prefix)
-        self.counters = Counters()
+        self.metrics = Metrics()
+        if metrics_port is not None:
+            self.metrics.serve(metrics_port)
         # One thread owns the NLP pipeline and the online model: batches run off the event
         # loop, and the model is only ever touched by this thread (no locks needed).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repmon-nlp")
@@ -162,7 +160,8 @@ class Pipeline:
 
         @app.timer(interval=1.0)
         async def flush_alerts() -> None:
-            await self.dispatcher.flush_due()
+            for d in await self.dispatcher.flush_due():
+                self.metrics.notifications.labels(d.route, d.status).inc()
 
         @app.timer(interval=s.sentiment.checkpoint_interval_seconds)
         async def checkpoint_timer() -> None:
@@ -199,7 +198,7 @@ class Pipeline:
             payload=value.decode("utf-8", "replace"),
         )
         await self.t_dead.send(key=msg.key, value=dumps(rec))
-        self.counters.dead_letter += 1
+        self.metrics.events.labels("dead_letter").inc()
         logger.warning("dead letter (%s) at %s[%s]@%s: %s", stage, msg.topic, msg.partition, msg.offset, reason)
 
     async def handle_raw(self, events: Sequence[Any]) -> None:
@@ -211,7 +210,6 @@ class Pipeline:
         """
         good: list[tuple[Any, RawRecord]] = []
         for ev in events:
-            self.counters.raw += 1
             try:
                 good.append((ev, parse_raw(ev.message.value)))
             except (ValidationError, ValueError) as exc:
@@ -221,7 +219,10 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         pairs: list[tuple[Any, EnrichedEvent]] = []
         try:
+            t0 = time.perf_counter()
             batch = await loop.run_in_executor(self.executor, self.stage.enrich_batch, [r for _, r in good])
+            self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+            self.metrics.batch_size.observe(len(good))
             pairs = list(zip([ev for ev, _ in good], batch, strict=True))
         except Exception:  # one poison record must not stop the stream: isolate it
             logger.exception("batch enrichment failed; retrying one by one")
@@ -232,23 +233,28 @@ class Pipeline:
                 except Exception as exc:
                     await self.dead_letter("enrich", validation_reason(exc), type(exc).__name__, ev)
         res = await self.store.add_batch([(enr, ev.message.partition) for ev, enr in pairs])
-        self.counters.counted += res.counted
-        self.counters.duplicates += res.duplicates
+        self.metrics.counted.inc(res.counted)
+        self.metrics.duplicates.inc(res.duplicates)
         if res.duplicates:
             logger.info("skipped %d redelivered events (already counted)", res.duplicates)
         for _, enr in pairs:
             await self.t_enriched.send(key=(enr.entity or enr.event_id).encode(), value=dumps(enr))
-        self.counters.enriched += len(pairs)
+        self.metrics.events.labels("enriched").inc(len(pairs))
 
     # -- windows -> signals -> incidents ----------------------------------------------------
     async def _emit_signal(self, sig: Signal) -> None:
         await self.t_signals.send(key=sig.entity.encode(), value=dumps(sig))
+        self.metrics.signals.labels(sig.signal, sig.severity).inc()
 
     async def _emit_incident(self, inc: Incident) -> None:
         await self.t_incidents.send(key=inc.entity.encode(), value=dumps(inc))
+        self.metrics.incidents.labels(inc.status).inc()
 
     async def detect_tick(self) -> int:
-        return await self.detection.tick()
+        judged = await self.detection.tick()
+        self.metrics.buckets.inc(judged)
+        self.metrics.set_watermark(await self.store.watermark())
+        return judged
 
     # -- incidents -> notifications ---------------------------------------------------------
     async def handle_incident(self, value: bytes) -> None:
@@ -259,6 +265,7 @@ class Pipeline:
             return
         deliveries = await self.dispatcher.dispatch(inc)
         for d in deliveries:
+            self.metrics.notifications.labels(d.route, d.status).inc()
             logger.info("alert %s seq %s -> %s: %s", d.incident_id, d.seq, d.route, d.status)
 
     # -- human labels -----------------------------------------------------------------------

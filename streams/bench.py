@@ -279,7 +279,9 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
         # event (it is dead-lettered), so it leaves no trace in the windows
         sink.send_any(Malformed(b"warm-up", "not an event"))
         sink.flush()
-        tail = TopicTail(broker.bootstrap, [topics["enriched"], topics["deadletter"]])
+        tail = TopicTail(
+            broker.bootstrap, [topics["enriched"], topics["deadletter"], topics["signals"]], keep=[topics["signals"]]
+        )
         stack.callback(tail.stop)
         if not wait_until(lambda: tail.count(topics["deadletter"]) >= 1 or not worker.alive(), 180):
             return {"error": "worker did not start", "log": worker.tail(20)}
@@ -302,6 +304,16 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
             time.sleep(max(0.0, slice_s - ((time.monotonic() - t0) - el)))
         rx.wait_for(1, timeout=10 if crisis else 5)
         first = rx.requests[0].at if rx.requests else None
+        wall0 = time.time() - (time.monotonic() - t0)  # wall clock of the stream's start
+        signals = []
+        for raw in tail.values(topics["signals"]):
+            sig = orjson.loads(raw)
+            at = datetime.fromisoformat(sig["bucket_start"]).timestamp() - wall0
+            name = sig["signal"] + (f" ({sig['aspect']})" if sig.get("aspect") else "")
+            signals.append(
+                f"{sig['entity']} {name} {sig['severity']} z={sig['z']:.1f} value={sig['value']:.3g} "
+                f"baseline={sig['baseline']:.3g} n={sig['support']} bucket@{at:.0f}s"
+            )
         return {
             "crisis": crisis,
             "events": seq,
@@ -309,6 +321,8 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
             "first_notification_delay_s": round(first - onset, 2) if first and onset else None,
             "titles": [r.title for r in rx.requests],
             "lag_enriched": seq - tail.count(topics["enriched"]),
+            "onset_s": start_crisis if crisis else None,
+            "signals": signals,
         }
 
 

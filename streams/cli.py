@@ -44,6 +44,10 @@ def worker(
     config: ConfigOpt = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
     web_port: Annotated[int | None, typer.Option(help="Serve Faust's web view on this port.")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.", envvar="REPMON_METRICS_PORT"),
+    ] = None,
 ) -> None:
     """Run a stream worker (all agents). Scale out by running more, up to the partition count."""
     import faust
@@ -60,7 +64,7 @@ def worker(
         settings.kafka.partitions,
         settings.kafka.replication,
     )
-    pipeline = build_pipeline(settings, web_port=web_port)
+    pipeline = build_pipeline(settings, web_port=web_port, metrics_port=metrics_port)
     pipeline.load_models()
     faust.Worker(pipeline.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
@@ -124,8 +128,10 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
 ) -> None:
     """Run the whole pipeline on the embedded default with a generated sample that holds a crisis."""
+    from infra.embedded import unwind_on_signals
     from streams.demo import run_demo
 
+    unwind_on_signals()
     settings = _settings(config)
     summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err)
     ok = summary.pop("ok", False)
@@ -144,8 +150,10 @@ def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Benchmarks: end-to-end throughput and latency, and the enrichment functions alone."""
+    from infra.embedded import unwind_on_signals
     from streams.bench import bench_alert_latency, run_bench
 
+    unwind_on_signals()
     settings = _settings(config)
     result = run_bench(settings, events=events, console=err)
     if alerts:

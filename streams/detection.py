@@ -21,6 +21,7 @@ from typing import Any
 from alerts.incidents import IncidentState, Transition, step
 from alerts.render import signal_line
 from infra.settings import Settings
+from models.anomaly import AnomalyHit, AnomalyWatch
 from models.detect import EntityDetector, Verdict
 from models.drift import DriftWatch
 from streams.records import Incident, Signal, TopMention
@@ -88,33 +89,47 @@ class DetectionEngine:
             first = await self.store.first_event_ts()
             if first is None:
                 return 0
-            closed = int(first // B) * B - B
+            # the stream began inside its first bucket: a partial count would teach the volume
+            # baselines a dip, so the first bucket judged and learned is the first whole one
+            closed = int(first // B) * B - (B if first % B == 0 else 0)
         ents = self.entities
         det_raw = await self.store.load_state("det", ents)
         inc_raw = await self.store.load_state("inc", ents)
         dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e], self.B) for e in ents}
         incs = {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
-        drifts = {e: DriftWatch.from_bytes(await self.store.load_blob(f"drift:{e}")) for e in [*ents, MODEL]}
         judged = 0
         t = closed + B
-        while t <= last and judged < max_buckets:
-            stats = await self.store.bucket_stats(ents, t)
-            for e in ents:
-                verdicts = dets[e].update(stats[e], hour_of_week(t))
-                await self._advance(e, t, verdicts, stats[e], incs[e], early=False)
-                await self._drift(drifts[e], e, t, "sentiment", stats[e].get("sent_sum", 0.0), stats[e].get("n", 0.0))
-            await self._drift(
-                drifts[MODEL],
-                MODEL,
-                t,
-                "model_error",
-                sum(stats[e].get("model_err", 0.0) for e in ents),
-                sum(stats[e].get("model_n", 0.0) for e in ents),
-            )
-            judged += 1
-            t += B
-        for e, w in drifts.items():
-            await self.store.save_blob(f"drift:{e}", w.to_bytes())
+        if t <= last:
+            # River state (pickled) is read and written only when there are closed buckets to judge
+            drifts = {e: DriftWatch.from_bytes(await self.store.load_blob(f"drift:{e}")) for e in [*ents, MODEL]}
+            anoms = {e: AnomalyWatch.from_bytes(await self.store.load_blob(f"anom:{e}")) for e in ents}
+            while t <= last and judged < max_buckets:
+                stats = await self.store.bucket_stats(ents, t)
+                how = hour_of_week(t)
+                for e in ents:
+                    zs = dets[e].standardize(stats[e], how)  # before the bucket is learned
+                    verdicts = dets[e].update(stats[e], how)
+                    hit = anoms[e].update(zs)
+                    if hit is not None:
+                        await self._anomaly(e, t, hit, int(stats[e].get("n", 0.0)))
+                    await self._advance(e, t, verdicts, stats[e], incs[e], early=False, anomaly=hit)
+                    await self._drift(
+                        drifts[e], e, t, "sentiment", stats[e].get("sent_sum", 0.0), stats[e].get("n", 0.0)
+                    )
+                await self._drift(
+                    drifts[MODEL],
+                    MODEL,
+                    t,
+                    "model_error",
+                    sum(stats[e].get("model_err", 0.0) for e in ents),
+                    sum(stats[e].get("model_n", 0.0) for e in ents),
+                )
+                judged += 1
+                t += B
+            for key, w in drifts.items():
+                await self.store.save_blob(f"drift:{key}", w.to_bytes())
+            for key, a in anoms.items():
+                await self.store.save_blob(f"anom:{key}", a.to_bytes())
         closed_now = t - B
         if judged == 0 or closed_now >= last:
             await self._early(wm, closed_now, dets, incs)
@@ -149,6 +164,26 @@ class DetectionEngine:
             await self.emit_signal(sig)
             self.signals_out += 1
 
+    async def _anomaly(self, entity: str, t: int, hit: AnomalyHit, support: int) -> None:
+        """River HalfSpaceTrees found the bucket's combination of signals unusual: ``info``."""
+        sig = Signal(
+            signal_id=f"{entity}:anomaly:{t}",
+            entity=entity,
+            signal="anomaly",
+            aspect=hit.top,
+            bucket_start=bucket_dt(t),
+            bucket_seconds=self.B,
+            value=hit.score,
+            baseline=hit.threshold,
+            scale=0.0,
+            z=hit.z,
+            support=support,
+            severity="info",
+            detector="river-hst-zscores-v1",
+        )
+        await self.emit_signal(sig)
+        self.signals_out += 1
+
     async def _early(
         self, wm: float, closed: int, dets: dict[str, EntityDetector], incs: dict[str, IncidentState]
     ) -> None:
@@ -179,6 +214,7 @@ class DetectionEngine:
         inc: IncidentState,
         *,
         early: bool,
+        anomaly: AnomalyHit | None = None,
     ) -> None:
         signals = [self._signal(e, t, v) for v in verdicts]
         for sig in signals:
@@ -194,7 +230,7 @@ class DetectionEngine:
             quiet_buckets=self.settings.detect.resolve_after_quiet_buckets,
         )
         if tr is not None:
-            await self.emit_incident(await self._incident(e, t, tr, signals, stats, early))
+            await self.emit_incident(await self._incident(e, t, tr, signals, stats, early, anomaly))
             self.incidents_out += 1
 
     def _signal(self, entity: str, t: int, v: Verdict) -> Signal:
@@ -216,7 +252,14 @@ class DetectionEngine:
         )
 
     async def _incident(
-        self, entity: str, t: int, tr: Transition, signals: list[Signal], stats: dict[str, float], early: bool
+        self,
+        entity: str,
+        t: int,
+        tr: Transition,
+        signals: list[Signal],
+        stats: dict[str, float],
+        early: bool,
+        anomaly: AnomalyHit | None = None,
     ) -> Incident:
         B = self.B
         recent = [t - i * B for i in range(5)]
@@ -264,6 +307,11 @@ class DetectionEngine:
                 "bucket": {k: v for k, v in stats.items() if not k.startswith("asp:")},
                 "negative_share": (stats.get("neg", 0.0) / n) if n else None,
                 "detectors": sorted({s.detector for s in signals}),
+                "anomaly": (
+                    {"score": round(anomaly.score, 3), "threshold": round(anomaly.threshold, 3), "top": anomaly.top}
+                    if anomaly
+                    else None
+                ),
                 "sentiment_model": self.model_version(),
                 "nlp_profile": self.settings.nlp.profile,
                 "team": ent.team if ent else None,

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from infra.settings import Settings
 from models.nlp import Enricher, TextAnalysis
 from models.privacy import pseudonymize
 from models.sentiment import SentimentModel, rating_to_label
-
-from infra.settings import Settings
 from streams.records import (
     AspectHit,
     EnrichedEvent,

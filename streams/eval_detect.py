@@ -47,7 +47,7 @@ from models.nab import (
     score_file,
     windows_for,
 )
-from models.series import HalfSpaceTreesDetector, RollingPeak, SeriesDetector, StreamDetector
+from models.series import EntityVolumeDetector, HalfSpaceTreesDetector, RollingPeak, SeriesDetector, StreamDetector
 
 __all__ = ["DETECTORS", "detect_command", "eval_detect", "read_series"]
 
@@ -60,10 +60,16 @@ DETECTORS: dict[str, Callable[[int], StreamDetector]] = {
 }
 """Detector factories, called with the warmup (the file's probationary length) for each file."""
 
+STREAM: dict[str, Callable[[int], StreamDetector]] = {
+    "repmon_stream": lambda warmup: EntityVolumeDetector(warmup=warmup),
+}
+"""``--stream``: the worker's own EntityDetector (volume signal) too, reading values as counts."""
+
 REFERENCES = ("null", "perfect")
 
 DESCRIPTIONS = {
     "repmon": "seasonal (hour-of-day/week) EW baseline, z >= 5 two-sided, min count 10, refractory 50 points",
+    "repmon_stream": "the worker's EntityDetector, volume signal (one-sided, Poisson floor), refractory 50 points",
     "rolling_3sigma": "Huginn PeakDetector: mean + 3 std of the last 14 days, peaks 2 days apart",
     "river_hst": "MinMaxScaler | HalfSpaceTrees (defaults), QuantileFilter q=0.999, fires on crossing",
     "null": "never fires (NAB's null detector: score 0)",
@@ -94,7 +100,9 @@ def _label_key(rel: str, labels: dict[str, Any]) -> str | None:
     return next((k for k in labels if rel.endswith("/" + k)), None)
 
 
-def eval_detect(series_dir: Path, labels_file: Path, profile: str = "standard") -> dict[str, Any]:
+def eval_detect(
+    series_dir: Path, labels_file: Path, profile: str = "standard", *, stream: bool = False
+) -> dict[str, Any]:
     """Run the detectors on every labelled CSV under ``series_dir`` and score them the NAB way.
 
     Returns a JSON-ready dict: ``score`` (normalised NAB score per detector under ``profile``),
@@ -108,9 +116,10 @@ def eval_detect(series_dir: Path, labels_file: Path, profile: str = "standard") 
     files = sorted(series_dir.rglob("*.csv"))
     if not files:
         raise ValueError(f"no *.csv series under {series_dir}")
-    names = [*DETECTORS, *REFERENCES]
+    runs = {**DETECTORS, **(STREAM if stream else {})}
+    names = [*runs, *REFERENCES]
     scores: dict[str, dict[str, list[FileScore]]] = {d: {p: [] for p in PROFILES} for d in names}
-    seconds = dict.fromkeys(DETECTORS, 0.0)
+    seconds = dict.fromkeys(runs, 0.0)
     per_file: dict[str, Any] = {}
     unlabelled: list[str] = []
     seen_keys: set[str] = set()
@@ -131,7 +140,7 @@ def eval_detect(series_dir: Path, labels_file: Path, profile: str = "standard") 
         windows: list[Window] = windows_for(ts, labels[key])
         warmup = probationary_length(n)
         detections: dict[str, list[int]] = {}
-        for name, make in DETECTORS.items():
+        for name, make in runs.items():
             t0 = time.perf_counter()
             detections[name] = indices_of(ts, make(warmup).detect(series))
             seconds[name] += time.perf_counter() - t0
@@ -192,6 +201,9 @@ def eval_detect(series_dir: Path, labels_file: Path, profile: str = "standard") 
 _SERIES_OPT = typer.Option(..., "--series", help="Directory of timestamp,value CSVs (searched recursively).")
 _LABELS_OPT = typer.Option(..., "--labels", help="NAB labels JSON: combined_windows.json or combined_labels.json.")
 _JSON_OPT = typer.Option(False, "--json", help="Print one JSON object.")
+_STREAM_OPT = typer.Option(
+    False, "--stream", help="Also score the worker's own EntityDetector (volume signal), values read as counts."
+)
 
 
 def detect_command(
@@ -199,6 +211,7 @@ def detect_command(
     labels: Path = _LABELS_OPT,
     json_out: bool = _JSON_OPT,
     profile: str = "standard",
+    stream: bool = _STREAM_OPT,
 ) -> None:
     """NAB scores of repmon's series detector against a rolling 3-sigma peak detector and River
     HalfSpaceTrees (0 = never fires, 100 = perfect)."""
@@ -207,7 +220,7 @@ def detect_command(
     if not labels.is_file():
         raise typer.BadParameter(f"{labels} is not a file", param_hint="--labels")
     try:
-        result = eval_detect(series, labels, profile)
+        result = eval_detect(series, labels, profile, stream=stream)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if json_out:

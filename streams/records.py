@@ -214,7 +214,7 @@ class EnrichedEvent(_Record):
 
 
 SignalName = Literal[
-    "volume", "negative_share", "impact_negativity", "rating", "refund_rate", "aspect_negativity", "drift"
+    "volume", "negative_share", "impact_negativity", "rating", "refund_rate", "aspect_negativity", "drift", "anomaly"
 ]
 
 

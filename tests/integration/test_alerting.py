@@ -179,3 +179,48 @@ async def test_held_update_is_flushed_after_cooldown_and_rate_limit_holds(r: are
         assert "UPDATE" in got[-1].title and f"#{held[-1].seq}" in got[-1].title  # the latest update only
         gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
         assert all(g >= 0.19 for g in gaps), gaps  # 5 messages/s at most
+
+
+def minute_of(m: int, n: int, negatives: int) -> list[EnrichedEvent]:
+    """One minute of mentions with exactly ``negatives`` negative ones among ``n``."""
+    return [
+        EnrichedEvent(
+            event_id=f"x:{m}:{i}",
+            kind="mention",
+            source="t",
+            occurred_at=T0 + timedelta(minutes=m, seconds=i * 59 / n),
+            ingested_at=T0,
+            entity="northwind",
+            entities=[EntityMatch(key="northwind", kind="brand", text="Northwind", start=0, end=9)],
+            sentiment=Sentiment(
+                score=-0.7 if i < negatives else 0.4,
+                label="negative" if i < negatives else "positive",
+                confidence=0.9,
+                model_version="t",
+            ),
+            text_redacted="so slow today, not happy" if i < negatives else "nice flight",
+        )
+        for i in range(n)
+    ]
+
+
+async def test_river_anomaly_flags_a_mix_no_single_detector_fires_on(r: aredis.Redis, unique: str) -> None:
+    """Volume and negative share both about 3.5 sigma up: below every per-signal threshold (5),
+    rare as a pair. River's HalfSpaceTrees on the standardised inputs reports it once, as
+    ``info`` evidence: no incident, nothing at the receiver. The calm stream before it: nothing."""
+    with HttpReceiver() as rx:
+        h = Harness(settings_for(unique, rx), r)
+        calm = [e for e in stream(300, crisis=None, seed=5)]
+        odd = minute_of(300, 23, 9)
+        after = [e for e in stream(312, crisis=None, seed=6) if e.occurred_at >= T0 + timedelta(minutes=301)]
+        await h.feed(calm + odd + after)
+        hits = [s for s in h.signals if s.signal == "anomaly"]
+        assert [s.bucket_start for s in hits] == [T0 + timedelta(minutes=300)], [
+            (s.bucket_start, s.aspect, s.z) for s in hits
+        ]
+        hit = hits[0]
+        assert hit.severity == "info" and hit.detector.startswith("river-hst")
+        assert hit.aspect in {"volume", "negative_share"} and 3.0 <= hit.z < 5.0
+        assert hit.value >= hit.baseline > 0
+        assert not [s for s in h.signals if s.severity != "info"]
+        assert h.incidents == [] and rx.requests == []

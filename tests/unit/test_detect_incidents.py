@@ -146,3 +146,39 @@ def test_early_judgement_scales_the_volume_baseline_by_the_filled_fraction() -> 
     # a quarter of the way into a bucket, 60 events is already 4x the expected 15
     assert {v.signal for v in det.judge({"n": 60, "neg": 9}, None, frac=0.25)} == {"volume"}
     assert det.judge({"n": 60, "neg": 9}, None, frac=1.0) == []
+
+
+def test_a_nearly_empty_first_bucket_does_not_set_the_baseline() -> None:
+    """A stream that starts inside a bucket counts a sliver of it first (here: the aspect seen
+    twice, both positive). That sliver must not become the aspect's baseline: normal buckets
+    that follow (about 40% negative) are not news."""
+    rng = random.Random(3)
+    det = EntityDetector(DetectSettings(warmup_buckets=20, min_volume=50, min_negative=5), bucket_seconds=5)
+    det.update({"n": 40, "neg": 7, "asp:quality:n": 2, "asp:quality:neg": 0}, hour_of_week=10)
+    fired = []
+    for _ in range(200):
+        n = _poisson(rng, 1400)
+        asp = _poisson(rng, 80)
+        neg = sum(rng.random() < 0.39 for _ in range(asp))
+        fired += det.update(
+            {"n": n, "neg": round(n * 0.18), "asp:quality:n": asp, "asp:quality:neg": neg}, hour_of_week=10
+        )
+    assert fired == []
+    mean, _ = det.signals["asp:quality"].baseline(10, det.per_hour)
+    assert abs(mean - 0.39) < 0.03
+
+
+def test_a_sustained_shift_becomes_the_new_normal() -> None:
+    """Volume doubles for good: it fires (a crisis keeps firing while its baseline is protected),
+    but after ``sustained_shift_buckets`` of firing the new level is learned and it stops."""
+    rng = random.Random(4)
+    cfg = CFG.model_copy(update={"sustained_shift_buckets": 60})
+    det = EntityDetector(cfg)
+    for _ in range(300):
+        det.update({"n": poisson(rng, 40), "neg": 4})
+    fired_at = [
+        i for i in range(600) if any(v.signal == "volume" for v in det.update({"n": poisson(rng, 90), "neg": 9}))
+    ]
+    assert sum(i < 30 for i in fired_at) >= 25, fired_at[:40]  # the first half hour fires
+    assert 50 <= max(fired_at) < 400, max(fired_at)  # and then it is the new level
+    assert not any(det.update({"n": poisson(rng, 90), "neg": 9}) for _ in range(100))

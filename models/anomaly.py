@@ -1,0 +1,122 @@
+"""Multivariate anomaly watch per entity: River HalfSpaceTrees on the detectors' standardised inputs.
+
+The per-signal detectors (:mod:`models.detect`) each ask "is this one number surprising?". This
+watch asks the other question: "is this *combination* unusual for this entity?" A bucket where
+volume, negative share and reach-weighted negativity are each up by 3 sigma fires none of them
+(threshold 5), yet such a bucket is rare. Its inputs are the z-scores from
+:meth:`EntityDetector.standardize` (seasonal baselines already taken out, so the trees do not have
+to learn the daily rhythm), clipped to +-``CLIP`` and mapped to [0, 1]: HalfSpaceTrees needs fixed
+feature limits, and z-scores have them where raw counts do not.
+
+How it stays quiet (FIELD.md: anomaly and drift detectors that cry wolf):
+
+- River's ``anomaly.HalfSpaceTrees`` scores 0 for its whole first window, so the watch says nothing
+  until one window has passed and ``warmup`` scores after it have set the threshold;
+- the threshold is the ``q`` quantile of the scores seen so far (River's ``stats.Quantile``), and
+  buckets above it are not learned (as ``anomaly.QuantileFilter`` protects its detector), so a
+  long crisis does not become the trees' normal;
+- it reports when the score first crosses the threshold (one report per episode) and only when
+  at least one input is itself beyond ``min_abs_z``;
+- it is reported as an ``info`` signal: evidence in the incident and on the signals topic, never
+  a page on its own.
+
+>>> import random
+>>> rng = random.Random(7)
+>>> watch = AnomalyWatch(window_size=50, warmup=50)
+>>> calm = [watch.update({"volume": rng.gauss(0, 1), "negative_share": rng.gauss(0, 1)}) for _ in range(400)]
+>>> sum(x is not None for x in calm) <= 3
+True
+>>> hit = watch.update({"volume": 4.0, "negative_share": 4.5})
+>>> hit is not None and hit.top == "negative_share"
+True
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+
+from river import anomaly, stats
+
+__all__ = ["FEATURES", "AnomalyHit", "AnomalyWatch"]
+
+FEATURES = ("volume", "negative_share", "impact_negativity", "rating")
+CLIP = 8.0
+
+
+def _unit(z: float) -> float:
+    """A z-score clipped to +-CLIP and mapped to [0, 1] (0.5 = on the baseline)."""
+    return (max(-CLIP, min(CLIP, z)) + CLIP) / (2 * CLIP)
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyHit:
+    score: float
+    threshold: float
+    top: str  # the input furthest from its baseline
+    z: float  # its z-score
+    inputs: int
+
+
+@dataclass
+class AnomalyWatch:
+    q: float = 0.998
+    window_size: int = 64
+    warmup: int = 100
+    min_abs_z: float = 3.0
+    seed: int = 42
+    model: anomaly.HalfSpaceTrees = field(init=False)
+    quantile: stats.Quantile = field(init=False)
+    seen: int = 0
+    scored: int = 0
+    above: bool = False
+
+    def __post_init__(self) -> None:
+        self.model = anomaly.HalfSpaceTrees(
+            n_trees=10,
+            height=8,
+            window_size=self.window_size,
+            limits={f: (0.0, 1.0) for f in FEATURES},
+            seed=self.seed,
+        )
+        self.quantile = stats.Quantile(self.q)
+
+    def update(self, zs: dict[str, float]) -> AnomalyHit | None:
+        """Score one bucket's standardised inputs, then learn them (unless anomalous)."""
+        present = {k: v for k, v in zs.items() if k in FEATURES}
+        if len(present) < 2:
+            return None  # one input: the per-signal detector already says all there is to say
+        x = {f: _unit(present.get(f, 0.0)) for f in FEATURES}
+        first_window = self.seen < self.window_size
+        score = float(self.model.score_one(x))
+        threshold = self.quantile.get()
+        hot = (
+            not first_window
+            and self.scored >= self.warmup
+            and threshold is not None
+            and score >= threshold
+            and score > 0.0
+        )
+        if not hot:
+            self.model.learn_one(x)
+        if not first_window:
+            self.quantile.update(score)
+            self.scored += 1
+        self.seen += 1
+        top = max(present, key=lambda k: abs(present[k]))
+        fire = hot and not self.above and abs(present[top]) >= self.min_abs_z
+        self.above = hot
+        if not fire:
+            return None
+        return AnomalyHit(score, float(threshold or 0.0), top, present[top], len(present))
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(self)
+
+    @staticmethod
+    def from_bytes(data: bytes | None) -> AnomalyWatch:
+        if data:
+            obj = pickle.loads(data)  # noqa: S301 - our own state from our own Redis
+            if isinstance(obj, AnomalyWatch):
+                return obj
+        return AnomalyWatch()

@@ -1,0 +1,68 @@
+"""Prometheus metrics of a worker (``repmon worker --metrics-port N`` serves ``/metrics``).
+
+What an operator watches: events in and where they went (enriched, dead-lettered, skipped as
+redelivered), enrichment batch time (the part that could starve the loop if it ran on it), how
+far event time lags the wall clock (the watermark), buckets judged, signals and incidents by
+kind, and notification outcomes. Each worker has its own registry, so two pipelines in one
+process (tests) do not collide.
+
+>>> m = Metrics()
+>>> m.events.labels("enriched").inc(3)
+>>> b"repmon_events_total" in m.exposition()
+True
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter(
+            "repmon_events", "Raw events read, by outcome (enriched, dead_letter).", ["outcome"], registry=r
+        )
+        self.counted = Counter("repmon_window_counts", "(event, entity) pairs counted into windows.", registry=r)
+        self.duplicates = Counter(
+            "repmon_window_duplicates", "Redelivered (event, entity) pairs skipped (already counted).", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "repmon_enrich_batch_seconds",
+            "Time to enrich one batch (spaCy + sentiment, off the event loop).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "repmon_enrich_batch_size",
+            "Events per enrichment batch.",
+            buckets=(1, 8, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.watermark = Gauge("repmon_watermark_seconds", "Event-time watermark (epoch seconds).", registry=r)
+        self.watermark_lag = Gauge(
+            "repmon_watermark_lag_seconds", "Wall clock minus the event-time watermark.", registry=r
+        )
+        self.buckets = Counter("repmon_buckets_judged", "Closed buckets judged by the detectors.", registry=r)
+        self.signals = Counter("repmon_signals", "Signals emitted.", ["signal", "severity"], registry=r)
+        self.incidents = Counter("repmon_incident_messages", "Incident messages emitted.", ["status"], registry=r)
+        self.notifications = Counter(
+            "repmon_notifications", "Notification deliveries by outcome.", ["route", "status"], registry=r
+        )
+
+    def set_watermark(self, wm: float | None) -> None:
+        if wm is not None:
+            self.watermark.set(wm)
+            self.watermark_lag.set(max(0.0, time.time() - wm))
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""
+        start_http_server(port, addr=addr, registry=self.registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
