@@ -170,6 +170,7 @@ class Pipeline:
         @app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
             await self.checkpoint()
+            await self.detection.save_river()
 
         self._agents = (enrich_agent, dispatch_agent, labels_agent)
         return app
