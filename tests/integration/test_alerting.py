@@ -224,3 +224,24 @@ async def test_river_anomaly_flags_a_mix_no_single_detector_fires_on(r: aredis.R
         assert hit.value >= hit.baseline > 0
         assert not [s for s in h.signals if s.severity != "info"]
         assert h.incidents == [] and rx.requests == []
+
+
+async def test_a_new_leader_continues_the_river_state(r: aredis.Redis, unique: str) -> None:
+    """River watches live in the leader's memory and in Redis: a second engine (a new leader
+    after a rebalance) picks up what the first saved, and the first reloads when it leads again."""
+    with HttpReceiver() as rx:
+        settings = settings_for(unique, rx)
+        a, b = Harness(settings, r), Harness(settings, r)  # two workers' engines on the same Redis
+        events = stream(200, crisis=None, seed=8)
+        half = [e for e in events if e.occurred_at < T0 + timedelta(minutes=100)]
+        await a.feed(half)
+        await a.engine.save_river()  # what a leader does every 10 s and at shutdown
+        seen_a = a.engine._river[1]["northwind"].seen  # type: ignore[index]
+        assert seen_a > 30
+        await b.feed([e for e in events if e.occurred_at >= T0 + timedelta(minutes=100)])
+        seen_b = b.engine._river[1]["northwind"].seen  # type: ignore[index]
+        assert seen_b > seen_a + 50  # continued from a's state, not from scratch
+        await b.engine.save_river()
+        drifts, _ = await a.engine._river_state()  # a leads again: b's token, so it reloads
+        assert a.engine._river[1]["northwind"].seen == seen_b  # type: ignore[index]
+        assert drifts["northwind"].seen == b.engine._river[0]["northwind"].seen > 0  # type: ignore[index]
