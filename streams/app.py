@@ -75,6 +75,7 @@ class Pipeline:
         redis_url: str | None = None,
         web_port: int | None = None,
         metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
     ) -> None:
         self.settings = settings
         url = redis_url or settings.redis.url
@@ -85,7 +86,7 @@ class Pipeline:
         self.dispatcher = Dispatcher(settings.alerts, self.redis, key_prefix=settings.redis.key_prefix)
         self.metrics = Metrics()
         if metrics_port is not None:
-            self.metrics.serve(metrics_port)
+            self.metrics.serve(metrics_port, metrics_addr)
         # One thread owns the NLP pipeline and the online model: batches run off the event
         # loop, and the model is only ever touched by this thread (no locks needed).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repmon-nlp")

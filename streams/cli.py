@@ -46,8 +46,11 @@ def worker(
     web_port: Annotated[int | None, typer.Option(help="Serve Faust's web view on this port.")] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.", envvar="REPMON_METRICS_PORT"),
+        typer.Option(help="Serve Prometheus metrics on ADDR:PORT/metrics.", envvar="REPMON_METRICS_PORT"),
     ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option(help="Address for --metrics-port (0.0.0.0 in a container).", envvar="REPMON_METRICS_ADDR")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a stream worker (all agents). Scale out by running more, up to the partition count."""
     import faust
@@ -64,7 +67,7 @@ def worker(
         settings.kafka.partitions,
         settings.kafka.replication,
     )
-    pipeline = build_pipeline(settings, web_port=web_port, metrics_port=metrics_port)
+    pipeline = build_pipeline(settings, web_port=web_port, metrics_port=metrics_port, metrics_addr=metrics_addr)
     pipeline.load_models()
     faust.Worker(pipeline.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
