@@ -109,6 +109,50 @@ def replay(
 
 
 @app.command()
+def webhook(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8088,
+    mapping: Annotated[
+        Path | None, typer.Option("--mapping", "-m", help="Map pushed objects through a replay mapping TOML.")
+    ] = None,
+    tolerance: Annotated[float, typer.Option(help="Max age of a signature timestamp, seconds.")] = 300.0,
+) -> None:
+    """Receive signed HTTP pushes (POST /v1/events) into the raw topic; secret in REPMON_WEBHOOK_SECRET."""
+    import os
+
+    from aiohttp import web
+
+    from connectors.base import KafkaSink
+    from connectors.replay import load_mapping
+    from connectors.webhook import WebhookApp
+    from infra.kafka import ensure_topics
+    from streams.app import TOPICS
+
+    secrets = [s.strip().encode() for s in os.environ.get("REPMON_WEBHOOK_SECRET", "").split(",") if s.strip()]
+    if not secrets:
+        err.print(
+            "[red]REPMON_WEBHOOK_SECRET is not set[/red]: set it to the shared secret(s) the senders sign with "
+            "(comma-separated to rotate), e.g. export REPMON_WEBHOOK_SECRET=$(openssl rand -hex 32)"
+        )
+        raise typer.Exit(2)
+    settings = _settings(config)
+    _logging("info")
+    ensure_topics(
+        settings.kafka.bootstrap,
+        [settings.topic(t) for t in TOPICS],
+        settings.kafka.partitions,
+        settings.kafka.replication,
+    )
+    sink = KafkaSink(settings.kafka.bootstrap, settings.topic("raw"))
+    try:
+        hook = WebhookApp(sink, secrets, mapping=load_mapping(mapping) if mapping else None, tolerance=tolerance)
+        web.run_app(hook.app, host=host, port=port, print=lambda msg: err.print(msg))
+    finally:
+        sink.close()
+
+
+@app.command()
 def schema(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for one <record>.schema.json per record.")] = Path(
         "schemas-out"
