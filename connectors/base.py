@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 from pydantic import BaseModel
 
 from streams.records import dumps
@@ -91,9 +92,14 @@ class KafkaSink(Sink):
     def flush(self) -> None:
         self.producer.flush()
 
-    def close(self) -> None:
-        self.producer.flush()
-        self.producer.close()
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush and close; gives up after ``timeout`` s (a broker that is gone must not hang exit)."""
+        try:
+            # close() flushes first; kafka-python raises there when the broker is gone (its own
+            # atexit hook would then wait forever), so a timeout is logged and the sender dropped
+            self.producer.close(timeout=timeout)
+        except KafkaTimeoutError:
+            logger.error("broker did not acknowledge every message within %.0f s; closed anyway", timeout)
 
 
 class ListSink(Sink):
