@@ -131,7 +131,7 @@ class SignalState:
     overall: EwStat = field(default_factory=EwStat)
     seasonal: dict[str, EwStat] = field(default_factory=dict)
     den: EwStat = field(default_factory=EwStat)  # typical denominator of a share
-    streak: int = 0  # buckets fired minus buckets not fired, since it last was at 0
+    streak: int = 0  # suspect buckets (fired or >= PROTECT_Z off) minus the others, in [0, shift cap]
 
     def baseline(self, how: int | None, per_hour: float = 60.0) -> tuple[float, float]:
         """(mean, std), the seasonal slot blended in by how much history it has.
@@ -354,7 +354,10 @@ class EntityDetector:
         ) -> None:
             state = self._state(name)
             suspect = name in hot or (warm and z is not None and z >= PROTECT_Z)
-            state.streak = state.streak + 1 if suspect else max(0, state.streak - 1)
+            # net count of suspect buckets, capped: after a long shift, a new crisis must not find
+            # the signal "accepted" for as many buckets as the shift lasted
+            cap = self.cfg.sustained_shift_buckets
+            state.streak = min(cap, state.streak + 1) if suspect else max(0, state.streak - 1)
             if suspect and state.streak < self.cfg.sustained_shift_buckets:
                 m, s = state.baseline(how, ph)
                 floor = math.sqrt(max(m, 1.0)) if name == "volume" else 0.02

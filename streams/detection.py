@@ -79,6 +79,7 @@ class DetectionEngine:
         self.B = settings.windows.bucket_seconds
         self.signals_out = 0
         self.incidents_out = 0
+        self.watermark: float | None = None  # as of the last tick
         self._river: tuple[dict[str, DriftWatch], dict[str, AnomalyWatch]] | None = None
         self._river_token: bytes | None = None
         self._river_saved = 0.0
@@ -86,7 +87,7 @@ class DetectionEngine:
     async def tick(self, max_buckets: int = 5000) -> int:
         """Judge closed buckets (and the filling one, for early firing). Returns buckets judged."""
         B = self.B
-        wm = await self.store.watermark()
+        wm = self.watermark = await self.store.watermark()
         if wm is None:
             return 0
         last = int((wm - self.settings.windows.allowed_lateness_seconds) // B) * B - B

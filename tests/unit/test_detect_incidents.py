@@ -176,9 +176,12 @@ def test_a_sustained_shift_becomes_the_new_normal() -> None:
     det = EntityDetector(cfg)
     for _ in range(300):
         det.update({"n": poisson(rng, 40), "neg": 4})
-    fired_at = [
-        i for i in range(600) if any(v.signal == "volume" for v in det.update({"n": poisson(rng, 90), "neg": 9}))
-    ]
+    fired_at, streaks = [], []
+    for i in range(600):
+        if any(v.signal == "volume" for v in det.update({"n": poisson(rng, 90), "neg": 9})):
+            fired_at.append(i)
+        streaks.append(det.signals["volume"].streak)
+    assert max(streaks) == 60  # capped: a later crisis is protected again soon after the shift is learned
     assert sum(i < 30 for i in fired_at) >= 25, fired_at[:40]  # the first half hour fires
     assert 50 <= max(fired_at) < 400, max(fired_at)  # and then it is the new level
     assert not any(det.update({"n": poisson(rng, 90), "neg": 9}) for _ in range(100))
