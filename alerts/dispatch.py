@@ -57,8 +57,8 @@ import redis.asyncio as aredis
 
 from alerts.incidents import SEVERITY_RANK
 from alerts.render import Message, render
+from contract.records import Incident
 from infra.settings import AlertSettings, Route
-from streams.records import Incident
 
 __all__ = ["DELIVERED_TTL_SECONDS", "Delivery", "DeliveryStatus", "Dispatcher"]
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams.records import Incident, Signal
+from contract.records import Incident, Signal
 
 __all__ = [
     "SMS_LIMIT",

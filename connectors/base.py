@@ -19,7 +19,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from pydantic import BaseModel
 
-from streams.records import dumps
+from contract.records import dumps
 
 __all__ = ["RAW", "Connector", "KafkaSink", "Malformed", "Sink"]
 

@@ -47,7 +47,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors.base import Connector, Malformed, Sink
-from streams.records import make_event_id, parse_raw
+from contract.records import make_event_id, parse_raw
 
 __all__ = ["Mapping", "ReplayStats", "Replayer", "load_mapping"]
 

@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from connectors.base import Malformed, Sink
 from connectors.replay import Mapping, Replayer
-from streams.records import parse_raw
+from contract.records import parse_raw
 
 __all__ = ["HEADER", "SignatureError", "WebhookApp", "sign", "verify"]
 

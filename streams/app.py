@@ -32,11 +32,11 @@ import redis.asyncio as aredis
 from pydantic import ValidationError
 
 from alerts.dispatch import Dispatcher
+from contract.records import DeadLetter, EnrichedEvent, Incident, Signal, dumps, parse_raw
 from infra.settings import Settings
 from streams.detection import DetectionEngine
 from streams.enrich import EnrichStage, RawRecord
 from streams.metrics import Metrics
-from streams.records import DeadLetter, EnrichedEvent, Incident, Signal, dumps, parse_raw
 from streams.windows import WindowStore
 
 __all__ = ["TOPICS", "Pipeline", "build_pipeline", "validation_reason"]

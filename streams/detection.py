@@ -22,11 +22,11 @@ from typing import Any
 
 from alerts.incidents import IncidentState, Transition, step
 from alerts.render import signal_line
+from contract.records import Incident, Signal, TopMention
 from infra.settings import Settings
 from models.anomaly import AnomalyHit, AnomalyWatch
 from models.detect import EntityDetector, Verdict
 from models.drift import DriftWatch
-from streams.records import Incident, Signal, TopMention
 from streams.windows import WindowStore, bucket_dt
 
 __all__ = ["DetectionEngine", "hour_of_week"]

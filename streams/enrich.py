@@ -14,11 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.settings import Settings
-from models.nlp import Enricher, TextAnalysis
-from models.privacy import pseudonymize
-from models.sentiment import SentimentModel, rating_to_label
-from streams.records import (
+from contract.records import (
     AspectHit,
     EnrichedEvent,
     EntityMatch,
@@ -29,6 +25,10 @@ from streams.records import (
     Review,
     Sentiment,
 )
+from infra.settings import Settings
+from models.nlp import Enricher, TextAnalysis
+from models.privacy import pseudonymize
+from models.sentiment import SentimentModel, rating_to_label
 
 __all__ = ["EnrichStage", "RawRecord"]
 

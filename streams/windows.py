@@ -36,9 +36,9 @@ import orjson
 import redis.asyncio as aredis
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from contract.records import EnrichedEvent
 from infra.settings import Settings
 from models.trust import trust_score
-from streams.records import EnrichedEvent
 
 __all__ = ["AddResult", "WindowStore", "bucket_of", "contributions"]
 
@@ -105,7 +105,7 @@ def contributions(ev: EnrichedEvent) -> dict[str, float]:
     """The counters one enriched event adds to its bucket.
 
     >>> from datetime import datetime, UTC
-    >>> from streams.records import Sentiment
+    >>> from contract.records import Sentiment
     >>> s = Sentiment(score=-0.6, label="negative", confidence=0.9, model_version="m")
     >>> ev = EnrichedEvent(event_id="x:1", kind="mention", source="x", occurred_at=datetime.now(UTC),
     ...                    ingested_at=datetime.now(UTC), entity="acme", sentiment=s, impact=2.0)

@@ -15,11 +15,11 @@ import pytest
 import redis.asyncio as aredis
 
 from alerts.dispatch import Dispatcher
-from alerts.receiver import HttpReceiver
+from contract.records import EnrichedEvent, EntityMatch, Incident, Sentiment, Signal
 from infra.settings import Settings, load_settings
 from streams.detection import DetectionEngine
-from streams.records import EnrichedEvent, EntityMatch, Incident, Sentiment, Signal
 from streams.windows import WindowStore
+from tools.receiver import HttpReceiver
 
 pytestmark = pytest.mark.integration
 

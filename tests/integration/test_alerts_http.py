@@ -1,7 +1,7 @@
 """alerts.dispatch through real Redis and real Apprise, posting to a real local HTTP receiver.
 
 Nothing is mocked: Apprise's json:// and form:// plugins make real HTTP requests to
-:class:`alerts.receiver.HttpReceiver`, and every dedupe mark, claim, held update and counter lives
+:class:`tools.receiver.HttpReceiver`, and every dedupe mark, claim, held update and counter lives
 in the Redis of ``REPMON_TEST_REDIS`` under a key prefix unique to the test.
 """
 
@@ -20,9 +20,9 @@ import pytest
 import redis.asyncio as aredis
 
 from alerts.dispatch import Delivery, Dispatcher
-from alerts.receiver import HttpReceiver, Received
+from contract.records import Incident, Signal, TopMention
 from infra.settings import AlertSettings, Route
-from streams.records import Incident, Signal, TopMention
+from tools.receiver import HttpReceiver, Received
 
 pytestmark = pytest.mark.integration
 

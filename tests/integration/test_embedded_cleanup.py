@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streams.demo import wait_until
+from tools.demo import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.embedded]
 
@@ -45,7 +45,7 @@ def test_sigterm_of_the_demo_stops_broker_redis_and_worker(tmp_path: Path) -> No
     for key in ("REPMON_CONFIG", "REPMON_REDIS__URL", "REPMON_KAFKA__BOOTSTRAP"):
         env.pop(key, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "demo", "--minutes", "60"],
+        [sys.executable, "-m", "cli.main", "demo", "--minutes", "60"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

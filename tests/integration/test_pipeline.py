@@ -27,16 +27,16 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from alerts.receiver import HttpReceiver
 from connectors.base import KafkaSink
 from connectors.demo import generate
+from contract.records import EnrichedEvent
 from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from infra.kafka import TopicTail, ensure_topics
 from infra.settings import Settings, load_settings
 from streams.app import TOPICS
-from streams.demo import WorkerProcess, wait_until
-from streams.records import EnrichedEvent
 from streams.windows import bucket_of
+from tools.demo import WorkerProcess, wait_until
+from tools.receiver import HttpReceiver
 
 START = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 

@@ -18,7 +18,7 @@ from infra.kafka import ensure_topics
 from infra.settings import load_settings
 from models.sentiment import SentimentModel
 from streams.app import TOPICS
-from streams.demo import WorkerProcess, wait_until
+from tools.demo import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from contract.records import AspectHit, EnrichedEvent, EntityMatch, Sentiment
 from infra.settings import load_settings
-from streams.records import AspectHit, EnrichedEvent, EntityMatch, Sentiment
 from streams.windows import WindowStore, bucket_of
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from streams.cli import app
-from streams.records import (
+from cli.main import app
+from contract.records import (
     RECORDS,
     SCHEMA_VERSION,
     EnrichedEvent,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from alerts.render import SMS_LIMIT, gsm_length, notify_type, render, to_gsm
-from streams.records import Incident, Signal, TopMention
+from contract.records import Incident, Signal, TopMention
 
 T0 = datetime(2026, 11, 2, 9, 20, tzinfo=UTC)
 IID = "inc-northwind-20261102T0920-e7b252d5"

@@ -8,7 +8,7 @@ import pytest
 
 from connectors.base import ListSink
 from connectors.replay import Replayer, load_mapping
-from streams.records import parse_raw
+from contract.records import parse_raw
 
 from ..conftest import SHARED_DATA
 

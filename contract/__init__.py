@@ -1,0 +1,1 @@
+"""The event contract: raw, enriched, signal, incident and dead-letter records (pydantic)."""

@@ -1,1 +1,0 @@
-"""repmon: streams/agents."""

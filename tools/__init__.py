@@ -1,0 +1,1 @@
+"""Developer tools: the demo, benchmarks, backtest and evaluation harnesses."""
