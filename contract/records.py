@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, f
 __all__ = [
     "RECORDS",
     "SCHEMA_VERSION",
+    "TOPICS",
     "AspectHit",
     "DeadLetter",
     "EnrichedEvent",
@@ -37,6 +38,9 @@ __all__ = [
     "parse_raw",
     "utcnow",
 ]
+
+#: Topic names (without the ``<prefix>.``) the pipeline reads and writes.
+TOPICS = ("raw", "enriched", "signals", "incidents", "deadletter", "labels")
 
 SCHEMA_VERSION = 1
 

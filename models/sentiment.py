@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import re
 import tempfile
 from collections import Counter
@@ -29,13 +28,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import orjson
 from river import linear_model, optim
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 __all__ = ["LABELS", "SentimentModel", "SentimentResult", "lexicon_label", "rating_to_label"]
 
 LABELS = ("negative", "neutral", "positive")
-FORMAT = 1
+FORMAT = 2  # JSON checkpoints (1 was a pickle)
 
 _URL = re.compile(r"https?://\S+")
 _HANDLE = re.compile(r"@\w+")
@@ -106,30 +106,40 @@ class SentimentModel:
         step = 0 if self.n_learned == 0 else 2 ** int(math.log2(self.n_learned))
         return f"{self.name}@{FORMAT}:{step}"
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_vader", None)
-        state.pop("_compounds", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._vader = SentimentIntensityAnalyzer()
-        self._compounds = {}
-
-    def save(self, path: Path | str) -> None:
-        """Atomic checkpoint: write a temp file beside ``path``, then rename over it."""
-        p = Path(path)
-        header = {
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON state: parameters and the weights of each class."""
+        opt = self.model.optimizer
+        return {
             "format": FORMAT,
             "model": self.name,
             "n_learned": self.n_learned,
-            "saved": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": self.created,
+            "prior_weight": self.prior_weight,
+            "lr": float(opt.learning_rate),
+            "l2": float(self.model.l2),
+            "weights": {str(c): dict(w) for c, w in self.model.weights.items()},
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SentimentModel:
+        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("model") != cls.name:
+            got = {k: d.get(k) for k in ("format", "model")} if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a repmon sentiment checkpoint of format {FORMAT} (got {got})")
+        m = cls(prior_weight=float(d["prior_weight"]), lr=float(d["lr"]), l2=float(d["l2"]))
+        for c, w in d["weights"].items():
+            m.model.weights[c].update({str(k): float(v) for k, v in w.items()})
+        m.n_learned = int(d["n_learned"])
+        m.created = str(d["created"])
+        return m
+
+    def save(self, path: Path | str) -> None:
+        """Atomic JSON checkpoint: write a temp file beside ``path``, then rename over it."""
+        p = Path(path)
+        doc = {**self.to_dict(), "saved": datetime.now(UTC).isoformat(timespec="seconds")}
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".")
         try:
             with os.fdopen(fd, "wb") as f:
-                pickle.dump((header, self), f, protocol=pickle.HIGHEST_PROTOCOL)
+                f.write(orjson.dumps(doc))
             os.replace(tmp, p)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -137,14 +147,12 @@ class SentimentModel:
 
     @classmethod
     def load(cls, path: Path | str) -> SentimentModel:
-        with Path(path).open("rb") as f:
-            header, model = pickle.load(f)  # noqa: S301 - our own checkpoint file
-        if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(model, cls):
+        try:
+            return cls.from_dict(orjson.loads(Path(path).read_bytes()))
+        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(
-                f"{path}: not a repmon sentiment checkpoint of format {FORMAT} (got {header!r}); "
-                "delete it to start cold, or point sentiment.checkpoint_path elsewhere"
-            )
-        return model
+                f"{path}: {exc}; delete it to start cold, or point sentiment.checkpoint_path elsewhere"
+            ) from None
 
     # -- inference --------------------------------------------------------------------------
     def compound(self, text: str) -> float:

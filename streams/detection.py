@@ -8,7 +8,8 @@ far, against the share of the baseline expected by then), it opens the incident 
 of waiting for the bucket to close ("early firing"); the closed bucket then continues the thread.
 
 Outputs go to two callbacks, so the worker sends them to Kafka and the backtest collects them.
-State (detector baselines, incident threads, the closed pointer) lives in Redis.
+State (detector baselines, incident threads, the closed pointer, the River watches) goes through
+the :class:`~streams.state.StateStore` seam: Redis in the worker, memory in the backtest.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
-from alerts.incidents import IncidentState, Transition, step
+from alerts.incidents import IncidentState, Transition, build_incident, step
 from alerts.render import signal_line
-from contract.records import Incident, Signal, TopMention
+from contract.records import Incident, Signal
 from infra.settings import Settings
 from models.anomaly import AnomalyHit, AnomalyWatch
 from models.detect import EntityDetector, Verdict
 from models.drift import DriftWatch
-from streams.windows import WindowStore, bucket_dt
+from streams.state import StateStore
+from streams.windows import Windows, bucket_dt
 
 __all__ = ["DetectionEngine", "hour_of_week"]
 
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 Emit = Callable[[Any], Awaitable[None]]
 MODEL = "*"  # entity key of signals about the sentiment model itself
 RIVER_SAVE_SECONDS = 10.0  # River watches are saved this often (they are evidence, not pages)
+
+
+async def _discard(_: Any) -> None:
+    return None
 
 
 def hour_of_week(t: int) -> int:
@@ -64,16 +69,19 @@ class DetectionEngine:
     def __init__(
         self,
         settings: Settings,
-        store: WindowStore,
+        windows: Windows,
+        state: StateStore,
         *,
-        emit_signal: Emit,
-        emit_incident: Emit,
+        emit_signal: Emit | None = None,
+        emit_incident: Emit | None = None,
         model_version: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.emit_signal = emit_signal
-        self.emit_incident = emit_incident
+        self.windows = windows
+        self.state = state
+        # where signals and incidents go: the worker's topics, or the backtest's lists
+        self.emit_signal: Emit = emit_signal or _discard
+        self.emit_incident: Emit = emit_incident or _discard
         self.model_version = model_version
         self.entities = [e.key for e in settings.entities]
         self.B = settings.windows.bucket_seconds
@@ -81,27 +89,28 @@ class DetectionEngine:
         self.incidents_out = 0
         self.watermark: float | None = None  # as of the last tick
         self._river: tuple[dict[str, DriftWatch], dict[str, AnomalyWatch]] | None = None
-        self._river_token: bytes | None = None
+        self._river_token: str | None = None
         self._river_saved = 0.0
 
     async def tick(self, max_buckets: int = 5000) -> int:
         """Judge closed buckets (and the filling one, for early firing). Returns buckets judged."""
         B = self.B
-        wm = self.watermark = await self.store.watermark()
+        wm = self.watermark = await self.windows.watermark()
         if wm is None:
             return 0
         last = int((wm - self.settings.windows.allowed_lateness_seconds) // B) * B - B
-        closed = await self.store.closed()
+        ptr = await self.state.pointer("closed")
+        closed = int(ptr) if ptr is not None else None
         if closed is None:
-            first = await self.store.first_event_ts()
+            first = await self.windows.first_event_ts()
             if first is None:
                 return 0
             # the stream began inside its first bucket: a partial count would teach the volume
             # baselines a dip, so the first bucket judged and learned is the first whole one
             closed = int(first // B) * B - (B if first % B == 0 else 0)
         ents = self.entities
-        det_raw = await self.store.load_state("det", ents)
-        inc_raw = await self.store.load_state("inc", ents)
+        det_raw = await self.state.load("det", ents)
+        inc_raw = await self.state.load("inc", ents)
         dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e], self.B) for e in ents}
         incs = {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
         judged = 0
@@ -109,7 +118,7 @@ class DetectionEngine:
         if t <= last:
             drifts, anoms = await self._river_state()
             while t <= last and judged < max_buckets:
-                stats = await self.store.bucket_stats(ents, t)
+                stats = await self.windows.bucket_stats(ents, t)
                 how = hour_of_week(t)
                 for e in ents:
                     zs = dets[e].standardize(stats[e], how)  # before the bucket is learned
@@ -136,25 +145,26 @@ class DetectionEngine:
         closed_now = t - B
         if judged == 0 or closed_now >= last:
             await self._early(wm, closed_now, dets, incs)
-        await self.store.save_state(
+        await self.state.save(
             {"det": {e: d.to_dict() for e, d in dets.items()}, "inc": {e: i.to_dict() for e, i in incs.items()}},
-            closed_now,
+            {"closed": closed_now},
         )
         return judged
 
     async def _river_state(self) -> tuple[dict[str, DriftWatch], dict[str, AnomalyWatch]]:
         """The River watches, from memory while this engine was the last to save them.
 
-        Unpickling a HalfSpaceTrees forest takes ~60 ms, and the leader's timer ticks twice a
+        Decoding a HalfSpaceTrees forest takes tens of ms, and the leader's timer ticks twice a
         second: reading them from Redis on every tick stalled the event loop (end-to-end
         throughput halved). Redis holds a token of the last save; a worker that did not write it
         (a new leader after a rebalance, a restart) loads the saved state once.
         """
-        token = await self.store.load_blob("river:token")
+        doc = await self.state.load_blob("river:token")
+        token = str(doc["token"]) if doc and "token" in doc else None
         if self._river is None or token != self._river_token:
             ents = self.entities
-            drifts = {e: DriftWatch.from_bytes(await self.store.load_blob(f"drift:{e}")) for e in [*ents, MODEL]}
-            anoms = {e: AnomalyWatch.from_bytes(await self.store.load_blob(f"anom:{e}")) for e in ents}
+            drifts = {e: DriftWatch.from_dict(await self.state.load_blob(f"drift:{e}")) for e in [*ents, MODEL]}
+            anoms = {e: AnomalyWatch.from_dict(await self.state.load_blob(f"anom:{e}")) for e in ents}
             self._river = (drifts, anoms)
             self._river_token = token
         return self._river
@@ -165,11 +175,11 @@ class DetectionEngine:
             return
         drifts, anoms = self._river
         for key, w in drifts.items():
-            await self.store.save_blob(f"drift:{key}", w.to_bytes())
+            await self.state.save_blob(f"drift:{key}", w.to_dict())
         for key, a in anoms.items():
-            await self.store.save_blob(f"anom:{key}", a.to_bytes())
-        token = uuid.uuid4().hex.encode()
-        await self.store.save_blob("river:token", token)
+            await self.state.save_blob(f"anom:{key}", a.to_dict())
+        token = uuid.uuid4().hex
+        await self.state.save_blob("river:token", {"token": token})
         self._river_token = token
         self._river_saved = time.monotonic()
 
@@ -228,9 +238,9 @@ class DetectionEngine:
             return
         # partitions ahead of the watermark have already counted more of this bucket: expect the
         # share of it that the furthest partition has seen, or early firing overreacts to skew
-        high = await self.store.watermark(high=True) or wm
+        high = await self.windows.watermark(high=True) or wm
         frac = min(1.0, max((high - t) / B, 1.0 / B))
-        stats = await self.store.bucket_stats(self.entities, t)
+        stats = await self.windows.bucket_stats(self.entities, t)
         cfg = self.settings.detect
         for e in self.entities:
             if incs[e].is_open:
@@ -295,60 +305,29 @@ class DetectionEngine:
         early: bool,
         anomaly: AnomalyHit | None = None,
     ) -> Incident:
-        B = self.B
-        recent = [t - i * B for i in range(5)]
-        tops = await self.store.top_mentions(entity, recent, k=5)
-        terms = await self.store.top_terms(entity, recent, k=8)
-        aspects = sorted(
-            ((k.split(":")[1], int(v)) for k, v in stats.items() if k.startswith("asp:") and k.endswith(":neg")),
-            key=lambda x: (-x[1], x[0]),
-        )[:5]
+        recent = [t - i * self.B for i in range(5)]
         ent = self.settings.entity(entity)
-        name = ent.name if ent else entity
-        if tr.status == "resolved":
-            title = f"RESOLVED: {name} is back to normal"
-            summary = f"No crisis signal for {self.settings.detect.resolve_after_quiet_buckets} buckets."
-        else:
-            what = ", ".join(
-                dict.fromkeys(s.signal.replace("_", " ") + (f" ({s.aspect})" if s.aspect else "") for s in signals)
-            )
-            title = f"{tr.status.upper()}: {name} - {what}"
-            summary = "; ".join(describe(s) for s in signals)
-        n = stats.get("n", 0.0)
-        updated = bucket_dt(t + B)
-        return Incident(
-            incident_id=tr.incident_id,
+        return build_incident(
+            tr,
             entity=entity,
-            status=tr.status,
-            seq=tr.seq,
-            severity=tr.severity,
-            opened_at=datetime.fromisoformat(tr.opened_at),
-            updated_at=updated,
-            resolved_at=updated if tr.status == "resolved" else None,
-            title=title,
-            summary=summary,
+            name=ent.name if ent else entity,
+            team=ent.team if ent else None,
+            bucket_start=bucket_dt(t),
+            bucket_seconds=self.B,
             signals=signals,
-            top_mentions=[
-                TopMention(event_id=m["id"], text=m["text"], sentiment=m["s"], impact=m["impact"], url=m.get("url"))
-                for m in tops
-            ],
-            top_aspects=aspects,
-            top_terms=terms,
+            stats=stats,
+            top_mentions=await self.windows.top_mentions(entity, recent, k=5),
+            top_terms=await self.windows.top_terms(entity, recent, k=8),
+            early=early,
+            quiet_buckets=self.settings.detect.resolve_after_quiet_buckets,
+            anomaly=(
+                {"score": round(anomaly.score, 3), "threshold": round(anomaly.threshold, 3), "top": anomaly.top}
+                if anomaly
+                else None
+            ),
             evidence={
-                "window": [bucket_dt(t).isoformat(), updated.isoformat()],
-                "bucket_seconds": B,
-                "early": early,
-                "bucket": {k: v for k, v in stats.items() if not k.startswith("asp:")},
-                "negative_share": (stats.get("neg", 0.0) / n) if n else None,
-                "detectors": sorted({s.detector for s in signals}),
-                "anomaly": (
-                    {"score": round(anomaly.score, 3), "threshold": round(anomaly.threshold, 3), "top": anomaly.top}
-                    if anomaly
-                    else None
-                ),
                 "sentiment_model": self.model_version(),
                 "nlp_profile": self.settings.nlp.profile,
-                "team": ent.team if ent else None,
                 "topics": {"enriched": self.settings.topic("enriched"), "signals": self.settings.topic("signals")},
             },
         )

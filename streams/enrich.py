@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,10 +56,11 @@ class EnrichStage:
         self.settings = settings
         self.enricher: Enricher | None = None
         self.sentiment: SentimentModel | None = None
-        secret = os.environ.get("REPMON_AUTHOR_KEY_SECRET")
-        if not secret:
+        if settings.author_key_secret is None:
             logger.warning("REPMON_AUTHOR_KEY_SECRET is not set: author keys use a per-app default secret")
             secret = f"repmon:{settings.app_id}"
+        else:
+            secret = settings.author_key_secret.get_secret_value()
         self._secret = secret.encode()
         self._hints: dict[str, str] = {}
         for e in settings.entities:

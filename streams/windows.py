@@ -10,8 +10,9 @@ Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a buc
 - ``p:terms:{entity}:{t}``        hash of terms in negative mentions;
 - ``p:wm`` / ``p:wmt``            per-partition max event time / wall time of its last update;
 - ``p:stats``                     counters: ``counted`` and ``duplicates`` (per event and entity);
-- ``p:closed``                    start of the last bucket the detectors judged;
-- ``p:state:{name}:{entity}``     detector and incident state (JSON).
+
+Detector and incident state are not kept here but behind :mod:`streams.state`.
+:class:`MemoryWindows` counts the same way in process (the backtest and unit tests).
 
 Counting is one Lua script per (event, entity): the event id is recorded with ``SET NX`` and
 the bucket updated in the same atomic step, so a redelivered batch is never counted twice.
@@ -27,6 +28,7 @@ import logging
 import math
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +42,7 @@ from contract.records import EnrichedEvent
 from infra.settings import Settings
 from models.trust import trust_score
 
-__all__ = ["AddResult", "WindowStore", "bucket_of", "contributions"]
+__all__ = ["AddResult", "MemoryWindows", "RedisWindows", "Windows", "bucket_dt", "bucket_of", "contributions"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,108 +163,91 @@ class AddResult:
     unmatched: int = 0
 
 
-class WindowStore:
-    """Event-time buckets per entity in Redis. One instance per worker; async, never blocks."""
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What one event adds to each of its entities' buckets."""
+
+    event_id: str
+    entities: list[str]
+    ts: float
+    fields: dict[str, float]
+    top_member: str  # JSON of a top mention, or "" when the event is not one
+    top_score: float
+    terms: list[str]
+
+
+class Windows(ABC):
+    """Event-time buckets per entity: counted idempotently, read back for detection and trust."""
 
     top_cap = 10
     idle_partition_seconds = 30.0
 
-    def __init__(self, redis: aredis.Redis, settings: Settings) -> None:
-        self.r = redis
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.p = settings.redis.key_prefix
         self.B = settings.windows.bucket_seconds
-        self._add = self.r.register_script(_ADD_LUA)
         self._stop = set(STOP_WORDS)
         for e in settings.entities:
             self._stop.update(w.lower() for w in re.findall(r"\w+", " ".join([e.name, *e.aliases])))
 
-    # -- keys -------------------------------------------------------------------------------
-    def k_bucket(self, entity: str, t: int) -> str:
-        return f"{self.p}:b:{entity}:{t}"
-
-    def k_hour(self, entity: str, t: int) -> str:
-        return f"{self.p}:h:{entity}:{t}"
-
-    def k_top(self, entity: str, t: int) -> str:
-        return f"{self.p}:top:{entity}:{t}"
-
-    def k_terms(self, entity: str, t: int) -> str:
-        return f"{self.p}:terms:{entity}:{t}"
-
-    def k_state(self, name: str, entity: str) -> str:
-        return f"{self.p}:state:{name}:{entity}"
-
-    # -- writes -----------------------------------------------------------------------------
+    # -- what an event adds -----------------------------------------------------------------
     def _terms(self, ev: EnrichedEvent) -> list[str]:
         if not ev.text_redacted or ev.sentiment is None or ev.sentiment.label != "negative":
             return []
         words = _WORD.findall(ev.text_redacted.lower())
         return sorted({w for w in words if w not in self._stop and not w.startswith("'")})[:20]
 
+    def counted(self, ev: EnrichedEvent) -> Counted | None:
+        """The event's contribution, or None when it names no tracked entity."""
+        keys = sorted({m.key for m in ev.entities} | ({ev.entity} if ev.entity else set()))
+        if not keys:
+            return None
+        top_member, top_score = "", 0.0
+        if ev.kind == "mention" and ev.sentiment is not None and ev.sentiment.score < 0:
+            top_member = orjson.dumps(
+                {
+                    "id": ev.event_id,
+                    "text": (ev.text_redacted or "")[:280],
+                    "s": round(ev.sentiment.score, 3),
+                    "impact": round(ev.impact, 3),
+                    "url": ev.url,
+                }
+            ).decode()
+            top_score = -ev.sentiment.score * ev.impact
+        return Counted(
+            ev.event_id, keys, ev.occurred_at.timestamp(), contributions(ev), top_member, top_score, self._terms(ev)
+        )
+
+    # -- writes and reads, per backend ------------------------------------------------------
+    @abstractmethod
     async def add_batch(self, items: Sequence[tuple[EnrichedEvent, int]]) -> AddResult:
         """Count each ``(event, partition)`` into its entities' buckets; idempotent per event id."""
-        res = AddResult()
-        now = time.time()
-        calls: list[Any] = []
-        async with self.r.pipeline(transaction=False) as pipe:
-            for ev, partition in items:
-                keys = sorted({m.key for m in ev.entities} | ({ev.entity} if ev.entity else set()))
-                if not keys:
-                    res.unmatched += 1
-                    continue
-                ts = ev.occurred_at.timestamp()
-                t = bucket_of(ts, self.B)
-                fields = contributions(ev)
-                top_member, top_score = "", 0.0
-                if ev.kind == "mention" and ev.sentiment is not None and ev.sentiment.score < 0:
-                    top_member = orjson.dumps(
-                        {
-                            "id": ev.event_id,
-                            "text": (ev.text_redacted or "")[:280],
-                            "s": round(ev.sentiment.score, 3),
-                            "impact": round(ev.impact, 3),
-                            "url": ev.url,
-                        }
-                    ).decode()
-                    top_score = -ev.sentiment.score * ev.impact
-                terms = orjson.dumps(self._terms(ev)).decode()
-                for key in keys:
-                    calls.append(key)
-                    await self._add(
-                        keys=[
-                            f"{self.p}:seen:{key}:{ev.event_id}",
-                            self.k_bucket(key, t),
-                            self.k_top(key, t),
-                            self.k_terms(key, t),
-                            f"{self.p}:wm",
-                            f"{self.p}:wmt",
-                            f"{self.p}:first",
-                            self.k_hour(key, bucket_of(ts, 3600)),
-                            f"{self.p}:stats",
-                        ],
-                        args=[
-                            self.settings.windows.dedupe_ttl_seconds,
-                            self.settings.windows.bucket_retention_seconds,
-                            partition,
-                            ts,
-                            now,
-                            orjson.dumps(fields).decode(),
-                            top_member,
-                            top_score,
-                            self.top_cap,
-                            terms,
-                            self.settings.windows.retention_seconds,
-                        ],
-                        client=pipe,
-                    )
-            results = await pipe.execute() if calls else []
-        for r in results:
-            if int(r):
-                res.counted += 1
-            else:
-                res.duplicates += 1
-        return res
+
+    @abstractmethod
+    async def _partitions(self) -> tuple[dict[str, float], dict[str, float]]:
+        """``({partition: max event time}, {partition: wall time of its last update})``."""
+
+    @abstractmethod
+    async def stats(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def first_event_ts(self) -> float | None: ...
+
+    @abstractmethod
+    async def bucket_stats(self, entities: Iterable[str], t: int) -> dict[str, dict[str, float]]: ...
+
+    @abstractmethod
+    async def _rows(self, entity: str, ts: Sequence[int], hourly: bool) -> list[dict[str, float]]:
+        """The counters of ``entity`` in each bucket start of ``ts`` (fine or hourly buckets)."""
+
+    @abstractmethod
+    async def _tops(self, entity: str, buckets: Sequence[int], k: int) -> list[tuple[float, str]]:
+        """``(score, member JSON)`` of the top mentions of each bucket."""
+
+    @abstractmethod
+    async def _term_rows(self, entity: str, buckets: Sequence[int]) -> list[dict[str, int]]: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
 
     # -- time -------------------------------------------------------------------------------
     async def watermark(self, *, high: bool = False) -> float | None:
@@ -270,52 +255,26 @@ class WindowStore:
 
         ``high=True`` gives the max instead: how far the furthest partition has counted.
         """
-        wm = await self.r.hgetall(f"{self.p}:wm")
-        if not wm:
+        parts, walls = await self._partitions()
+        if not parts:
             return None
-        wall = await self.r.hgetall(f"{self.p}:wmt")
-        parts = {k: float(v) for k, v in wm.items()}
-        walls = {k: float(wall.get(k, 0.0)) for k in parts}
+        walls = {k: walls.get(k, 0.0) for k in parts}
         freshest = max(walls.values())
         active = [parts[k] for k in parts if freshest - walls[k] <= self.idle_partition_seconds]
         if high or not active:
             return max(parts.values())
         return min(active)
 
-    async def stats(self) -> dict[str, int]:
-        raw = await self.r.hgetall(f"{self.p}:stats")
-        return {_s(k): int(v) for k, v in raw.items()}
-
-    async def first_event_ts(self) -> float | None:
-        v = await self.r.get(f"{self.p}:first")
-        return float(v) if v is not None else None
-
-    async def closed(self) -> int | None:
-        v = await self.r.get(f"{self.p}:closed")
-        return int(float(v)) if v is not None else None
-
     # -- reads ------------------------------------------------------------------------------
-    async def bucket_stats(self, entities: Iterable[str], t: int) -> dict[str, dict[str, float]]:
-        ents = list(entities)
-        async with self.r.pipeline(transaction=False) as pipe:
-            for e in ents:
-                pipe.hgetall(self.k_bucket(e, t))
-            rows = await pipe.execute()
-        return {e: {_s(k): float(v) for k, v in row.items()} for e, row in zip(ents, rows, strict=True)}
-
     async def window_stats(self, entity: str, start: int, end: int) -> dict[str, float]:
         """Sum of the counters in ``[start, end)``: from fine buckets for windows up to an hour
         (or not aligned on hours), else from the hourly rollups."""
         hourly = end - start > 3600 and start % 3600 == 0 and end % 3600 == 0
-        step, key = (3600, self.k_hour) if hourly else (self.B, self.k_bucket)
-        async with self.r.pipeline(transaction=False) as pipe:
-            for t in range(start, end, step):
-                pipe.hgetall(key(entity, t))
-            rows = await pipe.execute()
+        step = 3600 if hourly else self.B
         total: dict[str, float] = {}
-        for row in rows:
+        for row in await self._rows(entity, range(start, end, step), hourly):
             for k, v in row.items():
-                total[_s(k)] = total.get(_s(k), 0.0) + float(v)
+                total[k] = total.get(k, 0.0) + v
         return total
 
     async def trust(self, entity: str, window_seconds: int, at: float) -> dict[str, Any]:
@@ -341,11 +300,7 @@ class WindowStore:
         }
 
     async def top_mentions(self, entity: str, buckets: Sequence[int], k: int = 5) -> list[dict[str, Any]]:
-        async with self.r.pipeline(transaction=False) as pipe:
-            for t in buckets:
-                pipe.zrevrange(self.k_top(entity, t), 0, k - 1, withscores=True)
-            rows = await pipe.execute()
-        items = [(float(score), orjson.loads(m)) for row in rows for m, score in row]
+        items = [(score, orjson.loads(m)) for score, m in await self._tops(entity, buckets, k)]
         items.sort(key=lambda x: -x[0])
         seen: set[str] = set()
         out = []
@@ -356,36 +311,222 @@ class WindowStore:
         return out[:k]
 
     async def top_terms(self, entity: str, buckets: Sequence[int], k: int = 8) -> list[tuple[str, int]]:
+        counts: dict[str, int] = {}
+        for row in await self._term_rows(entity, buckets):
+            for term, c in row.items():
+                counts[term] = counts.get(term, 0) + c
+        return sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:k]
+
+
+class RedisWindows(Windows):
+    """The buckets in Redis. One instance per worker; async, never blocks."""
+
+    def __init__(self, redis: aredis.Redis, settings: Settings) -> None:
+        super().__init__(settings)
+        self.r = redis
+        self.p = settings.redis.key_prefix
+        self._add = self.r.register_script(_ADD_LUA)
+
+    # -- keys -------------------------------------------------------------------------------
+    def k_bucket(self, entity: str, t: int) -> str:
+        return f"{self.p}:b:{entity}:{t}"
+
+    def k_hour(self, entity: str, t: int) -> str:
+        return f"{self.p}:h:{entity}:{t}"
+
+    def k_top(self, entity: str, t: int) -> str:
+        return f"{self.p}:top:{entity}:{t}"
+
+    def k_terms(self, entity: str, t: int) -> str:
+        return f"{self.p}:terms:{entity}:{t}"
+
+    # -- writes -----------------------------------------------------------------------------
+    async def add_batch(self, items: Sequence[tuple[EnrichedEvent, int]]) -> AddResult:
+        res = AddResult()
+        now = time.time()
+        w = self.settings.windows
+        calls = 0
+        async with self.r.pipeline(transaction=False) as pipe:
+            for ev, partition in items:
+                c = self.counted(ev)
+                if c is None:
+                    res.unmatched += 1
+                    continue
+                t = bucket_of(c.ts, self.B)
+                fields, terms = orjson.dumps(c.fields).decode(), orjson.dumps(c.terms).decode()
+                for key in c.entities:
+                    calls += 1
+                    await self._add(
+                        keys=[
+                            f"{self.p}:seen:{key}:{c.event_id}",
+                            self.k_bucket(key, t),
+                            self.k_top(key, t),
+                            self.k_terms(key, t),
+                            f"{self.p}:wm",
+                            f"{self.p}:wmt",
+                            f"{self.p}:first",
+                            self.k_hour(key, bucket_of(c.ts, 3600)),
+                            f"{self.p}:stats",
+                        ],
+                        args=[
+                            w.dedupe_ttl_seconds,
+                            w.bucket_retention_seconds,
+                            partition,
+                            c.ts,
+                            now,
+                            fields,
+                            c.top_member,
+                            c.top_score,
+                            self.top_cap,
+                            terms,
+                            w.retention_seconds,
+                        ],
+                        client=pipe,
+                    )
+            results = await pipe.execute() if calls else []
+        for r in results:
+            if int(r):
+                res.counted += 1
+            else:
+                res.duplicates += 1
+        return res
+
+    # -- reads ------------------------------------------------------------------------------
+    async def _partitions(self) -> tuple[dict[str, float], dict[str, float]]:
+        wm = await self.r.hgetall(f"{self.p}:wm")
+        wall = await self.r.hgetall(f"{self.p}:wmt") if wm else {}
+        return {_s(k): float(v) for k, v in wm.items()}, {_s(k): float(v) for k, v in wall.items()}
+
+    async def stats(self) -> dict[str, int]:
+        raw = await self.r.hgetall(f"{self.p}:stats")
+        return {_s(k): int(v) for k, v in raw.items()}
+
+    async def first_event_ts(self) -> float | None:
+        v = await self.r.get(f"{self.p}:first")
+        return float(v) if v is not None else None
+
+    async def bucket_stats(self, entities: Iterable[str], t: int) -> dict[str, dict[str, float]]:
+        ents = list(entities)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for e in ents:
+                pipe.hgetall(self.k_bucket(e, t))
+            rows = await pipe.execute()
+        return {e: {_s(k): float(v) for k, v in row.items()} for e, row in zip(ents, rows, strict=True)}
+
+    async def _rows(self, entity: str, ts: Sequence[int], hourly: bool) -> list[dict[str, float]]:
+        key = self.k_hour if hourly else self.k_bucket
+        async with self.r.pipeline(transaction=False) as pipe:
+            for t in ts:
+                pipe.hgetall(key(entity, t))
+            rows = await pipe.execute()
+        return [{_s(k): float(v) for k, v in row.items()} for row in rows]
+
+    async def _tops(self, entity: str, buckets: Sequence[int], k: int) -> list[tuple[float, str]]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for t in buckets:
+                pipe.zrevrange(self.k_top(entity, t), 0, k - 1, withscores=True)
+            rows = await pipe.execute()
+        return [(float(score), _s(m)) for row in rows for m, score in row]
+
+    async def _term_rows(self, entity: str, buckets: Sequence[int]) -> list[dict[str, int]]:
         async with self.r.pipeline(transaction=False) as pipe:
             for t in buckets:
                 pipe.hgetall(self.k_terms(entity, t))
             rows = await pipe.execute()
-        counts: dict[str, int] = {}
-        for row in rows:
-            for term, c in row.items():
-                counts[_s(term)] = counts.get(_s(term), 0) + int(c)
-        return sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:k]
+        return [{_s(k): int(v) for k, v in row.items()} for row in rows]
 
-    async def load_blob(self, name: str) -> bytes | None:
-        v = await self.r.get(f"{self.p}:blob:{name}")
-        return v.encode() if isinstance(v, str) else v
 
-    async def save_blob(self, name: str, data: bytes) -> None:
-        await self.r.set(f"{self.p}:blob:{name}", data)
+class MemoryWindows(Windows):
+    """The same counting in process: the backtest and unit tests, no Redis.
 
-    async def load_state(self, name: str, entities: Iterable[str]) -> dict[str, dict[str, Any] | None]:
-        ents = list(entities)
-        vals = await self.r.mget([self.k_state(name, e) for e in ents]) if ents else []
-        return {e: (orjson.loads(v) if v else None) for e, v in zip(ents, vals, strict=True)}
+    Nothing expires (a backtest holds the whole replay); everything else is as in Redis: one
+    count per ``(entity, event_id)``, per-partition watermarks, top mentions capped per bucket.
 
-    async def save_state(self, states: dict[str, dict[str, dict[str, Any]]], closed: int) -> None:
-        """Save ``{name: {entity: state}}`` and the closed pointer in one transaction."""
-        async with self.r.pipeline(transaction=True) as pipe:
-            for name, per_entity in states.items():
-                for e, st in per_entity.items():
-                    pipe.set(self.k_state(name, e), orjson.dumps(st))
-            pipe.set(f"{self.p}:closed", closed)
-            await pipe.execute()
+    >>> from datetime import datetime, UTC
+    >>> from infra.settings import Settings
+    >>> w = MemoryWindows(Settings(entities=[{"name": "Acme"}]))
+    >>> ev = EnrichedEvent(event_id="x:1", kind="mention", source="x", occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+    ...                    ingested_at=datetime.now(UTC), entity="acme")
+    >>> import asyncio
+    >>> asyncio.run(w.add_batch([(ev, 0), (ev, 0)]))
+    AddResult(counted=1, duplicates=1, unmatched=0)
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.seen: set[tuple[str, str]] = set()
+        self.buckets: dict[tuple[str, int], dict[str, float]] = {}
+        self.hours: dict[tuple[str, int], dict[str, float]] = {}
+        self.tops: dict[tuple[str, int], dict[str, float]] = {}
+        self.terms: dict[tuple[str, int], dict[str, int]] = {}
+        self.wm: dict[str, float] = {}
+        self.wmt: dict[str, float] = {}
+        self.first: float | None = None
+        self.counts = {"counted": 0, "duplicates": 0}
+
+    async def add_batch(self, items: Sequence[tuple[EnrichedEvent, int]]) -> AddResult:
+        res = AddResult()
+        now = time.time()
+        for ev, partition in items:
+            c = self.counted(ev)
+            if c is None:
+                res.unmatched += 1
+                continue
+            t = bucket_of(c.ts, self.B)
+            for key in c.entities:
+                if (key, c.event_id) in self.seen:
+                    res.duplicates += 1
+                    self.counts["duplicates"] += 1
+                else:
+                    self.seen.add((key, c.event_id))
+                    res.counted += 1
+                    self.counts["counted"] += 1
+                    for row in (
+                        self.buckets.setdefault((key, t), {}),
+                        self.hours.setdefault((key, bucket_of(c.ts, 3600)), {}),
+                    ):
+                        for k, v in c.fields.items():
+                            row[k] = row.get(k, 0.0) + v
+                    if c.top_member:
+                        top = self.tops.setdefault((key, t), {})
+                        top[c.top_member] = c.top_score
+                        if len(top) > self.top_cap:
+                            del top[min(top, key=lambda m: (top[m], m))]
+                    if c.terms:
+                        tr = self.terms.setdefault((key, t), {})
+                        for term in c.terms:
+                            tr[term] = tr.get(term, 0) + 1
+                p = str(partition)
+                self.wm[p] = max(self.wm.get(p, -1.0), c.ts)
+                self.wmt[p] = now
+                self.first = c.ts if self.first is None else min(self.first, c.ts)
+        return res
+
+    async def _partitions(self) -> tuple[dict[str, float], dict[str, float]]:
+        return dict(self.wm), dict(self.wmt)
+
+    async def stats(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    async def first_event_ts(self) -> float | None:
+        return self.first
+
+    async def bucket_stats(self, entities: Iterable[str], t: int) -> dict[str, dict[str, float]]:
+        return {e: dict(self.buckets.get((e, t), {})) for e in entities}
+
+    async def _rows(self, entity: str, ts: Sequence[int], hourly: bool) -> list[dict[str, float]]:
+        src = self.hours if hourly else self.buckets
+        return [dict(src.get((entity, t), {})) for t in ts]
+
+    async def _tops(self, entity: str, buckets: Sequence[int], k: int) -> list[tuple[float, str]]:
+        out = []
+        for t in buckets:
+            top = self.tops.get((entity, t), {})
+            out += [(score, m) for m, score in sorted(top.items(), key=lambda x: -x[1])[:k]]
+        return out
+
+    async def _term_rows(self, entity: str, buckets: Sequence[int]) -> list[dict[str, int]]:
+        return [dict(self.terms.get((entity, t), {})) for t in buckets]
 
 
 def _s(v: Any) -> str:

@@ -82,3 +82,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# -- tests on ../shared/data -----------------------------------------------------------------
+# They are marked `shared_data`. Where the data is not there (a fresh clone elsewhere), they are
+# deselected and named in the summary as not run: never skipped silently, never passed vacuously.
+_NOT_RUN: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SHARED_DATA.is_dir():
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("shared_data") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        _NOT_RUN.extend(item.nodeid for item in drop)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _NOT_RUN:
+        terminalreporter.section("not run: shared data missing", sep="=", yellow=True)
+        terminalreporter.write_line(f"{len(_NOT_RUN)} tests need {SHARED_DATA} (see its README); not run:")
+        for nodeid in _NOT_RUN:
+            terminalreporter.write_line(f"  {nodeid}")

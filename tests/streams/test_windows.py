@@ -1,4 +1,5 @@
-"""Redis trust windows: event-time buckets, idempotent under redelivery, watermark per partition."""
+"""Trust windows, in Redis and in memory alike: event-time buckets, idempotent under redelivery,
+watermark per partition."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import pytest
 
 from contract.records import AspectHit, EnrichedEvent, EntityMatch, Sentiment
 from infra.settings import load_settings
-from streams.windows import WindowStore, bucket_of
-
-pytestmark = pytest.mark.integration
+from streams.windows import MemoryWindows, RedisWindows, Windows, bucket_of
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -32,16 +31,23 @@ def ev(i: int, entity: str, minute: float, label: str = "negative", impact: floa
     )
 
 
-@pytest.fixture
-async def store(aredis, unique):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.integration), "memory"])
+async def store(request, unique):  # type: ignore[no-untyped-def]
     s = load_settings(None, redis={"key_prefix": f"t{unique}"})
-    yield WindowStore(aredis, s)
+    if request.param == "memory":
+        yield MemoryWindows(s)
+        return
+    import redis.asyncio
+
+    aredis = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
+    yield RedisWindows(aredis, s)
     keys = [k async for k in aredis.scan_iter(f"t{unique}:*")]
     if keys:
         await aredis.delete(*keys)
+    await aredis.aclose()
 
 
-async def test_counts_equal_and_redelivery_not_counted_twice(store: WindowStore) -> None:
+async def test_counts_equal_and_redelivery_not_counted_twice(store: Windows) -> None:
     events = [ev(i, "northwind", i * 0.25, "negative" if i % 3 == 0 else "positive") for i in range(40)]
     items = [(e, i % 2) for i, e in enumerate(events)]
     first = await store.add_batch(items)
@@ -58,7 +64,7 @@ async def test_counts_equal_and_redelivery_not_counted_twice(store: WindowStore)
     assert per_bucket["northwind"]["events"] == sum(1 for e in events if e.occurred_at < T0 + timedelta(seconds=B))
 
 
-async def test_late_event_updates_its_bucket_and_watermark_is_min_of_partitions(store: WindowStore) -> None:
+async def test_late_event_updates_its_bucket_and_watermark_is_min_of_partitions(store: Windows) -> None:
     await store.add_batch([(ev(1, "northwind", 10), 0), (ev(2, "northwind", 3), 1)])
     assert await store.watermark() == (T0 + timedelta(minutes=3)).timestamp()  # partition 1 lags
     await store.add_batch([(ev(3, "northwind", 12), 1)])
@@ -70,7 +76,7 @@ async def test_late_event_updates_its_bucket_and_watermark_is_min_of_partitions(
     assert await store.first_event_ts() == late.occurred_at.timestamp()
 
 
-async def test_top_mentions_and_terms(store: WindowStore) -> None:
+async def test_top_mentions_and_terms(store: Windows) -> None:
     await store.add_batch([(ev(i, "northwind", 0, impact=1.0 + i), 0) for i in range(15)])
     t = bucket_of(T0.timestamp(), store.B)
     top = await store.top_mentions("northwind", [t], k=3)
@@ -79,7 +85,7 @@ async def test_top_mentions_and_terms(store: WindowStore) -> None:
     assert terms["delivery"] == 15 and terms["late"] == 15 and "the" not in terms
 
 
-async def test_trust_score_from_the_windows(store: WindowStore) -> None:
+async def test_trust_score_from_the_windows(store: Windows) -> None:
     base = [ev(i, "northwind", -360 + i * 0.5, "positive" if i % 5 else "negative") for i in range(600)]
     now = [ev(1000 + i, "northwind", i * 0.5, "negative" if i % 2 else "positive") for i in range(40)]
     await store.add_batch([(e, 0) for e in base + now])

@@ -43,7 +43,7 @@ def incident(status: str = "open", severity: str = "critical", seq: int = 1, **k
         "severity": severity,
         "opened_at": T0,
         "updated_at": T0 + timedelta(minutes=5),
-        "title": f"{status.upper()}: Northwind - negative share, volume",
+        "title": "Northwind - negative share, volume",
         "summary": "negative share 62% vs baseline 14% (z=9.1, n=80)",
         "signals": [
             sig(),
@@ -111,7 +111,7 @@ def test_resolved_body_says_how_long() -> None:
         summary="No crisis signal for 15 buckets.",
         resolved_at=T0 + timedelta(minutes=65),
         updated_at=T0 + timedelta(minutes=65),
-        title="RESOLVED: Northwind is back to normal",
+        title="Northwind is back to normal",
     )
     m = render(inc)
     assert m.title == f"[CRITICAL] RESOLVED: Northwind is back to normal (thread {IID} #7)"
@@ -169,6 +169,6 @@ def test_notify_type_mapping(status: str, severity: str, expected: str) -> None:
     assert render(inc, sms=True).notify_type == expected
 
 
-def test_status_is_said_once_in_title_even_if_detection_title_lacks_it() -> None:
+def test_the_renderer_puts_the_status_in_front_of_the_title() -> None:
     m = render(incident("escalated", seq=4, title="Northwind negative share"))
     assert m.title == f"[CRITICAL] ESCALATED: Northwind negative share (thread {IID} #4)"

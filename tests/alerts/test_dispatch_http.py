@@ -62,7 +62,7 @@ def incident(
         opened_at=T0,
         updated_at=T0 + timedelta(minutes=seq),
         resolved_at=T0 + timedelta(minutes=seq) if resolved else None,
-        title=f"{status.upper()}: {entity} - negative share",
+        title=f"{entity} - negative share",
         summary="No crisis signal for 15 buckets." if resolved else "negative share 62% vs baseline 14%",
         signals=[] if resolved else [signal],
         top_mentions=[

@@ -14,11 +14,11 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from contract.records import TOPICS
 from infra.kafka import ensure_topics
 from infra.settings import load_settings
 from models.sentiment import SentimentModel
-from streams.app import TOPICS
-from tools.demo import WorkerProcess, wait_until
+from tools.stack import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ PHRASE = "the zorblax on board was pure blorft"
 def test_killed_worker_restores_its_model(kafka_bootstrap: str, redis_url: str) -> None:
     prefix = f"rs{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="repmon-restart-"))
-    ckpt = workdir / "sentiment.pkl"
+    ckpt = workdir / "sentiment.json"
     settings = load_settings(None, kafka={"bootstrap": kafka_bootstrap, "topic_prefix": prefix, "partitions": 2})
     topics = {t: settings.topic(t) for t in TOPICS}
     ensure_topics(kafka_bootstrap, topics.values(), 2)

@@ -108,6 +108,7 @@ def test_bad_mapping_names_the_key(tmp_path: Path) -> None:
         load_mapping(write(tmp_path, "m2.toml", 'kind = "tweet"\nsource = "x"\n[columns]\noccurred_at = "t"\n'))
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize(
     ("mapping", "path"),
     [
@@ -119,8 +120,7 @@ def test_bad_mapping_names_the_key(tmp_path: Path) -> None:
 )
 def test_shipped_mappings_on_the_shared_data(mapping: str, path: str) -> None:
     data = SHARED_DATA / path
-    if not data.exists():
-        pytest.skip("shared data not present")
+    assert data.exists(), f"{data} is missing from the shared data"
     sink = ListSink()
     Replayer(load_mapping(MAPPINGS / f"{mapping}.toml"), [data], limit=300, progress=False).run(sink)
     good, _ = decode(sink)

@@ -18,7 +18,8 @@ from alerts.dispatch import Dispatcher
 from contract.records import EnrichedEvent, EntityMatch, Incident, Sentiment, Signal
 from infra.settings import Settings, load_settings
 from streams.detection import DetectionEngine
-from streams.windows import WindowStore
+from streams.state import RedisState
+from streams.windows import RedisWindows
 from tools.receiver import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,7 @@ def stream(minutes: int, crisis: range | None, seed: int = 1) -> list[EnrichedEv
 
 class Harness:
     def __init__(self, settings: Settings, r: aredis.Redis) -> None:
-        self.store = WindowStore(r, settings)
+        self.store = RedisWindows(r, settings)
         self.dispatcher = Dispatcher(settings.alerts, r, key_prefix=settings.redis.key_prefix)
         self.incidents: list[Incident] = []
         self.signals: list[Signal] = []
@@ -93,7 +94,13 @@ class Harness:
             self.incidents.append(i)
             await self.dispatcher.dispatch(i)
 
-        self.engine = DetectionEngine(settings, self.store, emit_signal=on_signal, emit_incident=on_incident)
+        self.engine = DetectionEngine(
+            settings,
+            self.store,
+            RedisState(r, settings.redis.key_prefix),
+            emit_signal=on_signal,
+            emit_incident=on_incident,
+        )
 
     async def feed(self, events: list[EnrichedEvent], batch: int = 200) -> None:
         for i in range(0, len(events), batch):

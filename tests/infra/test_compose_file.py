@@ -33,8 +33,8 @@ def test_services_and_wiring() -> None:
     assert worker["environment"]["REPMON_REDIS__URL"].startswith("redis://redis:")
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     # Prometheus metrics: served inside the container, published on the host's loopback only
-    port = worker["environment"]["REPMON_METRICS_PORT"]
-    assert worker["environment"]["REPMON_METRICS_ADDR"] == "0.0.0.0"
+    port = worker["environment"]["REPMON_WORKER__METRICS_PORT"]
+    assert worker["environment"]["REPMON_WORKER__METRICS_ADDR"] == "0.0.0.0"
     assert f"127.0.0.1:{port}:{port}" in worker["ports"]
     assert services["kafka"]["healthcheck"]["test"] and services["redis"]["healthcheck"]["test"]
     assert "process.roles" not in str(kafka_env) and kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"

@@ -159,8 +159,6 @@ KEEP = ["realTraffic/speed_7578.csv", "realKnownCause/ec2_request_latency_system
 
 @pytest.fixture
 def two_nab_files(tmp_path: Path) -> tuple[Path, Path]:
-    if not NAB.exists():
-        pytest.skip(f"shared data not present at {NAB}")
     labels = json.loads((NAB / "labels" / "combined_windows.json").read_text())
     for k in KEEP:
         (tmp_path / "data" / k).parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +167,7 @@ def two_nab_files(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "data", tmp_path / "labels.json"
 
 
+@pytest.mark.shared_data
 def test_eval_detect_on_real_nab_files(two_nab_files: tuple[Path, Path]) -> None:
     data, labels = two_nab_files
     out = eval_detect(data, labels)
@@ -193,6 +192,7 @@ def test_eval_detect_on_real_nab_files(two_nab_files: tuple[Path, Path]) -> None
     assert low_fn["profile"] == "reward_low_FN_rate" and low_fn["totals"]["null"]["raw"] == -14.0
 
 
+@pytest.mark.shared_data
 def test_detect_command_prints_json_and_table(two_nab_files: tuple[Path, Path]) -> None:
     data, labels = two_nab_files
     app = typer.Typer()

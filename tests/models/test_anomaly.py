@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import random
 
+import orjson
+
 from models.anomaly import AnomalyWatch
 
 
@@ -25,7 +27,8 @@ def test_state_survives_a_round_trip_and_an_episode_is_reported_once() -> None:
     w = AnomalyWatch()
     for _ in range(400):
         w.update(calm(rng))
-    w = AnomalyWatch.from_bytes(w.to_bytes())
+    saved = orjson.dumps(w.to_dict())  # what Redis holds: JSON, never a pickle
+    w = AnomalyWatch.from_dict(orjson.loads(saved))
     odd = {"volume": 3.5, "negative_share": 3.8, "impact_negativity": 3.6}
     first = w.update(odd)
     assert first is not None and first.inputs == 3 and first.top == "negative_share"

@@ -29,14 +29,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.base import KafkaSink
 from connectors.demo import generate
-from contract.records import EnrichedEvent
+from contract.records import TOPICS, EnrichedEvent
 from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from infra.kafka import TopicTail, ensure_topics
 from infra.settings import Settings, load_settings
-from streams.app import TOPICS
 from streams.windows import bucket_of
-from tools.demo import WorkerProcess, wait_until
 from tools.receiver import HttpReceiver
+from tools.stack import WorkerProcess, wait_until
 
 START = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 
@@ -86,14 +85,14 @@ def run_stack(bootstrap: str, redis_url: str, unique: str, broker_name: str) -> 
         metrics_port = sock.getsockname()[1]
     with HttpReceiver() as receiver:
         env = {
-            "REPMON_METRICS_PORT": str(metrics_port),
+            "REPMON_WORKER__METRICS_PORT": str(metrics_port),
             "REPMON_APP_ID": prefix,
             "REPMON_KAFKA__BOOTSTRAP": bootstrap,
             "REPMON_KAFKA__TOPIC_PREFIX": prefix,
             "REPMON_KAFKA__PARTITIONS": "3",
             "REPMON_REDIS__URL": redis_url,
             "REPMON_REDIS__KEY_PREFIX": prefix,
-            "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.pkl"),
+            "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.json"),
             "REPMON_ALERTS__ROUTES": json.dumps(
                 [{"name": "it", "urls": [receiver.apprise_url("/it")], "min_severity": "warning"}]
             ),

@@ -1,0 +1,134 @@
+"""The state seam: per-entity state, pointers and blobs, as JSON documents.
+
+Everything the detection keeps between ticks goes through this one small interface:
+
+- **entity state** ``(name, entity) -> dict``: detector baselines (``det``), incident threads
+  (``inc``);
+- **pointers** ``name -> float``: e.g. ``closed``, the start of the last bucket judged;
+- **blobs** ``name -> dict``: larger documents, e.g. the River watches.
+
+:meth:`StateStore.save` writes entity states and pointers in one atomic step, so a new leader never
+finds baselines that learned a bucket the pointer says was not judged.
+
+Only JSON goes in and comes out (``orjson``): a Redis that anyone on the network can write must
+not mean code execution in the worker, which unpickling what was read back would. Two
+implementations: :class:`RedisState` for the worker and :class:`MemoryState` for the backtest and
+the unit tests (no Redis needed).
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+import redis.asyncio as aredis
+
+__all__ = ["MemoryState", "RedisState", "StateStore"]
+
+Doc = dict[str, Any]
+
+
+class StateStore(ABC):
+    """Entity state, pointers and blobs. Documents are JSON objects (plain dicts)."""
+
+    @abstractmethod
+    async def load(self, name: str, entities: Iterable[str]) -> dict[str, Doc | None]:
+        """``{entity: state or None}`` for each entity."""
+
+    @abstractmethod
+    async def save(self, states: Mapping[str, Mapping[str, Doc]], pointers: Mapping[str, float]) -> None:
+        """Write ``{name: {entity: state}}`` and the pointers in one atomic step."""
+
+    @abstractmethod
+    async def pointer(self, name: str) -> float | None: ...
+
+    @abstractmethod
+    async def load_blob(self, name: str) -> Doc | None: ...
+
+    @abstractmethod
+    async def save_blob(self, name: str, doc: Doc) -> None: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the store holds (a client it owns)."""
+
+
+class MemoryState(StateStore):
+    """In-process state: the backtest and unit tests. Documents are copied in and out, so a caller
+    that mutates what it loaded does not change the store behind its back (as with Redis)."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, str], Doc] = {}
+        self.pointers: dict[str, float] = {}
+        self.blobs: dict[str, Doc] = {}
+
+    async def load(self, name: str, entities: Iterable[str]) -> dict[str, Doc | None]:
+        return {e: copy.deepcopy(self.states.get((name, e))) for e in entities}
+
+    async def save(self, states: Mapping[str, Mapping[str, Doc]], pointers: Mapping[str, float]) -> None:
+        for name, per_entity in states.items():
+            for e, st in per_entity.items():
+                self.states[(name, e)] = copy.deepcopy(dict(st))
+        self.pointers.update(pointers)
+
+    async def pointer(self, name: str) -> float | None:
+        return self.pointers.get(name)
+
+    async def load_blob(self, name: str) -> Doc | None:
+        return copy.deepcopy(self.blobs.get(name))
+
+    async def save_blob(self, name: str, doc: Doc) -> None:
+        self.blobs[name] = copy.deepcopy(doc)
+
+
+class RedisState(StateStore):
+    """State in Redis under ``{prefix}:state:{name}:{entity}``, ``{prefix}:ptr:{name}`` and
+    ``{prefix}:blob:{name}``; every value is a JSON document."""
+
+    def __init__(self, redis: aredis.Redis, prefix: str) -> None:
+        self.r = redis
+        self.p = prefix
+
+    def _k_state(self, name: str, entity: str) -> str:
+        return f"{self.p}:state:{name}:{entity}"
+
+    async def load(self, name: str, entities: Iterable[str]) -> dict[str, Doc | None]:
+        ents = list(entities)
+        vals = await self.r.mget([self._k_state(name, e) for e in ents]) if ents else []
+        return {e: _doc(v) for e, v in zip(ents, vals, strict=True)}
+
+    async def save(self, states: Mapping[str, Mapping[str, Doc]], pointers: Mapping[str, float]) -> None:
+        async with self.r.pipeline(transaction=True) as pipe:
+            for name, per_entity in states.items():
+                for e, st in per_entity.items():
+                    pipe.set(self._k_state(name, e), orjson.dumps(st))
+            for name, value in pointers.items():
+                pipe.set(f"{self.p}:ptr:{name}", repr(float(value)))
+            await pipe.execute()
+
+    async def pointer(self, name: str) -> float | None:
+        v = await self.r.get(f"{self.p}:ptr:{name}")
+        return float(v) if v is not None else None
+
+    async def load_blob(self, name: str) -> Doc | None:
+        return _doc(await self.r.get(f"{self.p}:blob:{name}"))
+
+    async def save_blob(self, name: str, doc: Doc) -> None:
+        await self.r.set(f"{self.p}:blob:{name}", orjson.dumps(doc))
+
+
+def _doc(raw: bytes | str | None) -> Doc | None:
+    """A stored JSON object, or None when absent or not a JSON object (never anything else).
+
+    >>> _doc(b'{"a": 1}'), _doc(None), _doc(b"[1]"), _doc(b"\\x80\\x04garbage")
+    ({'a': 1}, None, None, None)
+    """
+    if raw is None:
+        return None
+    try:
+        v = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return v if isinstance(v, dict) else None

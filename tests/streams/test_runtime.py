@@ -1,0 +1,129 @@
+"""The worker's agents and timers driven in process: plain messages in, plain messages out.
+
+No broker and no Redis: the components are built with ``memory=True`` and the outbox is a list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from connectors.base import Malformed
+from connectors.demo import generate
+from contract.records import DeadLetter, EnrichedEvent, Incident
+from infra.settings import load_settings
+from streams.compose import Components, build
+from streams.detection import DetectionEngine
+from streams.metrics import Metrics
+from streams.runtime import Message, Runtime
+from streams.state import MemoryState
+from streams.windows import MemoryWindows
+
+START = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
+MENTION = {
+    "kind": "mention",
+    "event_id": "x:1",
+    "source": "x",
+    "text": "Northwind lost my bag",
+    "occurred_at": "2026-11-02T06:00:05+00:00",
+}
+
+
+class ListOutbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+    def values(self, topic: str) -> list[bytes]:
+        return [v for t, _, v in self.sent if t == topic]
+
+
+@pytest.fixture(scope="module")
+def components() -> Components:
+    settings = load_settings(None, detect={"warmup_buckets": 30})
+    c = build(settings, memory=True)
+    c.stage.load_models()
+    return c
+
+
+def fresh(c: Components) -> Components:
+    """New, empty windows and state around the already loaded models."""
+    s = c.settings
+    windows, state = MemoryWindows(s), MemoryState()
+    detection = DetectionEngine(s, windows, state, model_version=lambda: c.stage.model_version)
+    return dataclasses.replace(c, windows=windows, state=state, detection=detection, metrics=Metrics())
+
+
+def as_message(item: dict[str, object] | Malformed, offset: int) -> Message:
+    value = item.payload if isinstance(item, Malformed) else orjson.dumps(item)
+    return Message(value=value, key=b"k", topic="repmon.raw", partition=offset % 2, offset=offset)
+
+
+async def test_raw_batch_is_enriched_counted_and_bad_input_dead_lettered(components: Components) -> None:
+    out = ListOutbox()
+    rt = Runtime(fresh(components), out)
+    msgs = [
+        Message(
+            value=orjson.dumps(
+                {
+                    "kind": "mention",
+                    "event_id": "x:1",
+                    "source": "x",
+                    "text": "Northwind lost my bag",
+                    "occurred_at": "2026-11-02T06:00:05+00:00",
+                }
+            ),
+            partition=0,
+            offset=1,
+        ),
+        Message(value=b"\xff\xfe not json", key=None, topic="repmon.raw", partition=1, offset=7),
+        Message(value=orjson.dumps({"kind": "review", "rating": 9}), partition=0, offset=2),
+    ]
+    await rt.on_raw(msgs)
+    enriched = [EnrichedEvent.model_validate_json(v) for v in out.values("enriched")]
+    assert [e.event_id for e in enriched] == ["x:1"] and enriched[0].entity == "northwind"
+    dead = [DeadLetter.model_validate_json(v) for v in out.values("deadletter")]
+    assert sorted((d.stage, d.partition, d.offset) for d in dead) == [("validate", 0, 2), ("validate", 1, 7)]
+    assert all(d.reason for d in dead)
+    assert (await rt.c.windows.stats())["counted"] == 1
+
+
+async def test_a_generated_crisis_opens_one_incident_through_the_detect_timer(components: Components) -> None:
+    out = ListOutbox()
+    rt = Runtime(fresh(components), out)
+    items = generate(components.settings.entities, start=START, minutes=150, crisis_at_minute=110)
+    for i in range(0, len(items), 256):
+        await rt.on_raw([as_message(x, i + j) for j, x in enumerate(items[i : i + 256])])
+        while await rt.detect_tick() > 0:
+            pass
+    incidents = [Incident.model_validate_json(v) for v in out.values("incidents")]
+    opened = [i for i in incidents if i.status == "open"]
+    assert [i.entity for i in opened] == ["northwind"], [i.title for i in incidents]
+    assert START.timestamp() + 110 * 60 <= opened[0].opened_at.timestamp() <= START.timestamp() + 115 * 60
+    assert out.values("signals")
+    assert rt.metrics.buckets._value.get() > 100
+
+
+async def test_labels_teach_the_model_and_bad_labels_are_dead_lettered(components: Components) -> None:
+    out = ListOutbox()
+    rt = Runtime(fresh(components), out)
+    assert rt.c.stage.sentiment is not None
+    before = rt.c.stage.sentiment.n_learned
+    good = [Message(value=orjson.dumps({"text": f"refund took {i} weeks", "label": "negative"})) for i in range(40)]
+    await rt.on_labels([*good, Message(value=b'{"text": "x", "label": "meh"}', offset=5)])
+    assert rt.c.stage.sentiment.n_learned == before + 40
+    dead = [DeadLetter.model_validate_json(v) for v in out.values("deadletter")]
+    assert len(dead) == 1 and "label must be" in dead[0].reason
+
+
+async def test_an_undecodable_incident_is_dead_lettered_not_dropped(components: Components) -> None:
+    out = ListOutbox()
+    rt = Runtime(fresh(components), out)
+    await rt.on_incident(Message(value=b'{"incident_id": 3}', topic="repmon.incidents", offset=9))
+    dead = [DeadLetter.model_validate_json(v) for v in out.values("deadletter")]
+    assert [(d.stage, d.offset) for d in dead] == [("dispatch", 9)]

