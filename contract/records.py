@@ -64,7 +64,9 @@ def make_event_id(source: str, native_id: str | None = None, content: Any = None
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # NaN and infinities are refused: JSON cannot carry them back (they serialise as null) and
+    # they poison every sum they reach
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     def dumps(self) -> bytes:
         return dumps(self)
@@ -282,7 +284,13 @@ class DeadLetter(_Record):
     partition: int | None = None
     offset: int | None = None
     key: str | None = None
-    payload: str = Field(description="The original message (UTF-8, undecodable bytes replaced).")
+    payload: str = Field(
+        description="The message as UTF-8 (undecodable bytes replaced), personal data and credentials redacted, "
+        "cut to the first 64 KiB (see payload_truncated)."
+    )
+    payload_bytes: int | None = Field(default=None, description="Size of the original message in bytes.")
+    payload_sha256: str | None = Field(default=None, description="SHA-256 of the original message bytes.")
+    payload_truncated: bool = False
     received_at: AwareDatetime = Field(default_factory=utcnow)
 
 

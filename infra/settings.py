@@ -18,7 +18,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
@@ -96,10 +105,23 @@ class KafkaSettings(_Section):
     topic_prefix: str = Field(default="repmon", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=4, ge=1, le=1024)
     replication: int = Field(default=1, ge=1)
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+    processing_guarantee: Literal["at_least_once"] = Field(
         default="at_least_once",
-        description="exactly_once needs a broker with transactions (Apache Kafka; not tansu).",
+        description="Delivery is at least once; counting is idempotent by event id, incident messages by "
+        "(incident, seq). exactly_once is refused: the windows and alert state live in Redis, outside any "
+        "Kafka transaction, so Kafka's guarantee would not cover them.",
     )
+
+    @field_validator("processing_guarantee", mode="before")
+    @classmethod
+    def _no_exactly_once(cls, v: Any) -> Any:
+        if v == "exactly_once":
+            raise ValueError(
+                "exactly_once is not supported: counts, detector state and alert state live in Redis, outside "
+                "Kafka transactions, so a read-committed consumer would still see duplicates and threads could "
+                "be stranded in aborted transactions; use at_least_once (counting and alerts are idempotent)"
+            )
+        return v
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
@@ -131,6 +153,20 @@ class WindowSettings(_Section):
     )
     retention_seconds: int = Field(
         default=35 * 86400, ge=3600, description="TTL of hourly rollups (24 h, 7 d and 30 d views)."
+    )
+    max_future_seconds: int = Field(
+        default=600, ge=0, description="Events dated further ahead of the wall clock are dead-lettered."
+    )
+    max_age_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        description="Events older than this (default: bucket_retention_seconds, older buckets cannot be judged) "
+        "are dead-lettered, unless backfill_since allows them.",
+    )
+    backfill_since: AwareDatetime | None = Field(
+        default=None,
+        description="Backfill mode: accept events from this time on however old (replaying history into a "
+        "fresh key prefix); unset: live mode, bounded by max_age_seconds.",
     )
     rollups_seconds: list[int] = Field(
         default_factory=lambda: [900, 3600, 86400, 7 * 86400, 30 * 86400],

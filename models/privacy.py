@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Collection
 
-__all__ = ["luhn_ok", "pseudonymize", "redact"]
+__all__ = ["luhn_ok", "pseudonymize", "redact", "redact_payload", "redact_url"]
 
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 URL_QUERY = re.compile(r"\b(https?://[^\s?#]+)\?[^\s#]+")
@@ -26,6 +26,14 @@ PHONE = re.compile(
     r"(?![ .-]?\d)(?!\w)"
 )
 HANDLE = re.compile(r"(?<![\w@])@(\w{1,30})")
+# a JSON member or key=value pair whose name says it holds a credential or a session
+SECRET_FIELD = re.compile(
+    r"""(?ix)
+    ( ["']?[\w.-]*(?:token|secret|passw(?:or)?d|session|api[_-]?key|auth(?:orization)?|cookie|credential)[\w.-]*["']?
+      \s*[:=]\s*["']? )
+    [^"'\s,&}]+
+    """
+)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -83,6 +91,29 @@ def redact(text: str, keep_handles: Collection[str] = ()) -> tuple[str, Counter[
 
     out = HANDLE.sub(handle, out)
     return out, counts
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL with its query redacted (it often carries sessions, tokens or e-mail addresses).
+
+    >>> redact_url("https://shop.example/r/9?session=abc&email=a%40b.c#frag")
+    'https://shop.example/r/9?[REDACTED]#frag'
+    >>> redact_url("https://news.example/a/1"), redact_url(None)
+    ('https://news.example/a/1', None)
+    """
+    if url is None:
+        return None
+    return redact(url)[0]
+
+
+def redact_payload(text: str) -> str:
+    """What a dead letter keeps of a message: :func:`redact` plus credential-looking fields.
+
+    >>> redact_payload('{"text": "mail me at a@b.io", "session_token": "s3cr3t", "api_key":"k1"}')
+    '{"text": "mail me at [EMAIL]", "session_token": "[REDACTED]", "api_key":"[REDACTED]"}'
+    """
+    out = SECRET_FIELD.sub(lambda m: m.group(1) + "[REDACTED]", text)
+    return redact(out)[0]
 
 
 def pseudonymize(value: str, secret: bytes) -> str:

@@ -26,7 +26,7 @@ from contract.records import (
 )
 from infra.settings import Settings
 from models.nlp import Enricher, TextAnalysis
-from models.privacy import pseudonymize
+from models.privacy import pseudonymize, redact_url
 from models.sentiment import SentimentModel, rating_to_label
 
 __all__ = ["EnrichStage", "RawRecord"]
@@ -189,7 +189,7 @@ class EnrichStage:
             impact=_impact(rec.reach) if isinstance(rec, Mention) else 1.0,
             text_redacted=an.text_redacted if text else None,
             author_key=pseudonymize(author, self._secret) if author else None,
-            url=rec.url,
+            url=redact_url(rec.url),  # queries carry sessions, tokens, e-mail addresses
             rating=rec.rating if isinstance(rec, Review) else None,
             purchase_status=rec.status if isinstance(rec, Purchase) else None,
             amount=rec.amount if isinstance(rec, Purchase) else None,

@@ -54,6 +54,15 @@ class Metrics:
         self.notifications = Counter(
             "repmon_notifications", "Notification deliveries by outcome.", ["route", "status"], registry=r
         )
+        self.dead_letters = Counter(
+            "repmon_dead_letters", "Messages dead-lettered, by stage and reason kind.", ["stage", "kind"], registry=r
+        )
+        self.dependency_up = Gauge(
+            "repmon_dependency_up", "1 while the dependency answers, 0 during an outage.", ["dependency"], registry=r
+        )
+        self.dependency_errors = Counter(
+            "repmon_dependency_errors", "Failed calls to a dependency (each retried).", ["dependency"], registry=r
+        )
 
     def set_watermark(self, wm: float | None) -> None:
         if wm is not None:

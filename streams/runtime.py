@@ -15,23 +15,35 @@ test drives an agent with a list of messages and reads what it sent, with no bro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import orjson
 from pydantic import ValidationError
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from alerts.dispatch import Dispatcher
 from contract.records import TOPICS, DeadLetter, EnrichedEvent, Incident, Signal, dumps, parse_raw
+from models.privacy import redact_payload
 from streams.compose import Components
 from streams.enrich import RawRecord
+from streams.windows import AddResult, Windows
 
 __all__ = ["TOPICS", "Message", "Outbox", "Runtime", "validation_reason"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: What a dead letter keeps of a message (characters): far below the broker's 1 MB message limit.
+DEAD_PAYLOAD_CHARS = 64 * 1024
+#: Errors that mean "Redis is not there right now", not "this record is bad".
+OUTAGES = (ConnectionError, TimeoutError, BusyLoadingError)
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,10 @@ class Outbox(Protocol):
     """Where the runtime's output goes: ``topic`` is a name of :data:`TOPICS` (no prefix)."""
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+
+
+def _adding(windows: Windows, ev: EnrichedEvent, partition: int) -> Callable[[], Awaitable[AddResult]]:
+    return lambda: windows.add_batch([(ev, partition)])
 
 
 def validation_reason(exc: Exception) -> str:
@@ -88,19 +104,48 @@ class Runtime:
 
     # -- raw -> enriched --------------------------------------------------------------------
     async def dead_letter(self, stage: str, reason: str, error: str, msg: Message) -> None:
+        """Send ``msg`` to the dead-letter topic with the reason: redacted as enrichment redacts,
+        cut to :data:`DEAD_PAYLOAD_CHARS` (with the original's size and hash), so that no message,
+        however large or sensitive, can be refused by the broker or leak through the dead letters."""
+        text = msg.value.decode("utf-8", "replace")
+        cut = len(text) > DEAD_PAYLOAD_CHARS
         rec = DeadLetter(
-            reason=reason,
-            error=error,
+            reason=reason[:2000],
+            error=error[:200],
             stage=stage,
             topic=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
-            key=msg.key.decode("utf-8", "replace") if msg.key is not None else None,
-            payload=msg.value.decode("utf-8", "replace"),
+            key=redact_payload(msg.key.decode("utf-8", "replace"))[:512] if msg.key is not None else None,
+            payload=redact_payload(text[:DEAD_PAYLOAD_CHARS]),
+            payload_bytes=len(msg.value),
+            payload_sha256=hashlib.sha256(msg.value).hexdigest(),
+            payload_truncated=cut,
         )
-        await self.out.send("deadletter", msg.key, dumps(rec))
+        await self.out.send("deadletter", msg.key[:512] if msg.key else None, dumps(rec))
         self.metrics.events.labels("dead_letter").inc()
-        logger.warning("dead letter (%s) at %s[%s]@%s: %s", stage, msg.topic, msg.partition, msg.offset, reason)
+        self.metrics.dead_letters.labels(stage, error[:40]).inc()
+        logger.warning("dead letter (%s) at %s[%s]@%s: %s", stage, msg.topic, msg.partition, msg.offset, reason[:300])
+
+    def _out_of_horizon(self, ts: float, now: float) -> str | None:
+        """Why an event time is refused, or None. Refused events never reach a window."""
+        w = self.settings.windows
+        if ts > now + w.max_future_seconds:
+            return (
+                f"occurred_at is {ts - now:.0f} s ahead of the wall clock (windows.max_future_seconds="
+                f"{w.max_future_seconds}); fix the source's clock or time zone"
+            )
+        if w.backfill_since is not None:
+            if ts < w.backfill_since.timestamp():
+                return f"occurred_at is before windows.backfill_since ({w.backfill_since.isoformat()})"
+            return None
+        max_age = w.max_age_seconds or w.bucket_retention_seconds
+        if ts < now - max_age:
+            return (
+                f"occurred_at is {(now - ts) / 86400:.1f} days old, older than the live horizon "
+                f"(windows.max_age_seconds={max_age}); replay history with windows.backfill_since"
+            )
+        return None
 
     async def on_raw(self, messages: Sequence[Message]) -> None:
         """Validate, enrich off the loop, count into the windows, publish.
@@ -108,13 +153,22 @@ class Runtime:
         Counting happens here, where each raw partition is read in order, so the partition's
         watermark (its highest event time) is only advanced once every earlier event of that
         partition has been counted: buckets are judged complete, however partitions interleave.
+        No message can stop the agent: whatever one record does wrong sends that record to the
+        dead letters; an outage of Redis holds the batch and retries until it is back.
         """
         good: list[tuple[Message, RawRecord]] = []
+        now = time.time()
         for msg in messages:
             try:
-                good.append((msg, parse_raw(msg.value)))
+                rec = parse_raw(msg.value)
             except (ValidationError, ValueError) as exc:
                 await self.dead_letter("validate", validation_reason(exc), type(exc).__name__, msg)
+                continue
+            why = self._out_of_horizon(rec.occurred_at.timestamp(), now)
+            if why is not None:
+                await self.dead_letter("horizon", why, "EventTimeOutOfRange", msg)
+                continue
+            good.append((msg, rec))
         if not good:
             return
         loop = asyncio.get_running_loop()
@@ -134,14 +188,60 @@ class Runtime:
                     pairs.append((msg, one[0]))
                 except Exception as exc:
                     await self.dead_letter("enrich", validation_reason(exc), type(exc).__name__, msg)
-        res = await self.c.windows.add_batch([(enr, msg.partition) for msg, enr in pairs])
+        pairs = await self._count(pairs)
+        for msg, enr in pairs:
+            try:
+                await self.out.send("enriched", (enr.entity or enr.event_id).encode(), dumps(enr))
+            except Exception as exc:  # e.g. a record the broker refuses: it is counted, say why it is not out
+                await self.dead_letter("publish", validation_reason(exc), type(exc).__name__, msg)
+        self.metrics.events.labels("enriched").inc(len(pairs))
+
+    async def _count(self, pairs: list[tuple[Message, EnrichedEvent]]) -> list[tuple[Message, EnrichedEvent]]:
+        """Count into the windows; returns the pairs counted (the others are dead-lettered).
+
+        Counting is idempotent by event id, so a batch is simply tried again after an outage.
+        A failure that is not an outage is one record's fault: the batch is counted one by one.
+        """
+        items = [(enr, msg.partition) for msg, enr in pairs]
+        try:
+            res = await self.retrying("redis", lambda: self.c.windows.add_batch(items))
+        except Exception:
+            logger.exception("counting a batch failed; counting it one by one")
+            res, kept = AddResult(), []
+            for msg, enr in pairs:
+                try:
+                    one = await self.retrying("redis", _adding(self.c.windows, enr, msg.partition))
+                except Exception as exc:
+                    await self.dead_letter("count", validation_reason(exc), type(exc).__name__, msg)
+                    continue
+                kept.append((msg, enr))
+                res.counted, res.duplicates = res.counted + one.counted, res.duplicates + one.duplicates
+            pairs = kept
         self.metrics.counted.inc(res.counted)
         self.metrics.duplicates.inc(res.duplicates)
         if res.duplicates:
             logger.info("skipped %d redelivered events (already counted)", res.duplicates)
-        for _, enr in pairs:
-            await self.out.send("enriched", (enr.entity or enr.event_id).encode(), dumps(enr))
-        self.metrics.events.labels("enriched").inc(len(pairs))
+        return pairs
+
+    async def retrying(self, dependency: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` until it gets through an outage of ``dependency`` (connection lost,
+        timeout, a server still loading), with capped exponential backoff; other errors raise."""
+        delay = RETRY_FIRST_SECONDS
+        up = self.metrics.dependency_up.labels(dependency)
+        while True:
+            try:
+                out = await call()
+            except OUTAGES as exc:
+                up.set(0)
+                self.metrics.dependency_errors.labels(dependency).inc()
+                logger.warning(
+                    "%s unavailable (%s: %s); retrying in %.1f s", dependency, type(exc).__name__, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            up.set(1)
+            return out
 
     # -- windows -> signals -> incidents ----------------------------------------------------
     async def _emit_signal(self, sig: Signal) -> None:
@@ -153,8 +253,16 @@ class Runtime:
         self.metrics.incidents.labels(inc.status).inc()
 
     async def detect_tick(self) -> int:
-        """Timer (leader only): judge the buckets that closed."""
-        judged = await self.c.detection.tick()
+        """Timer (leader only): judge the buckets that closed. An outage skips the tick (state is
+        saved atomically per tick, so the next one starts where the last good one ended)."""
+        try:
+            judged = await self.c.detection.tick()
+        except OUTAGES as exc:
+            self.metrics.dependency_up.labels("redis").set(0)
+            self.metrics.dependency_errors.labels("redis").inc()
+            logger.warning("detection tick skipped: redis unavailable (%s: %s)", type(exc).__name__, exc)
+            return 0
+        self.metrics.dependency_up.labels("redis").set(1)
         self.metrics.buckets.inc(judged)
         self.metrics.set_watermark(self.c.detection.watermark)
         return judged
@@ -166,13 +274,19 @@ class Runtime:
         except ValidationError as exc:
             await self.dead_letter("dispatch", validation_reason(exc), type(exc).__name__, msg)
             return
-        for d in await self.dispatcher.dispatch(inc):
+        for d in await self.retrying("redis", lambda: self.dispatcher.dispatch(inc)):
             self.metrics.notifications.labels(d.route, d.status).inc()
             logger.info("alert %s seq %s -> %s: %s", d.incident_id, d.seq, d.route, d.status)
 
     async def flush_alerts(self) -> None:
-        """Timer: send the updates whose cooldown has passed."""
-        for d in await self.dispatcher.flush_due():
+        """Timer: send the updates whose cooldown has passed (an outage waits for the next tick)."""
+        try:
+            due = await self.dispatcher.flush_due()
+        except OUTAGES as exc:
+            self.metrics.dependency_errors.labels("redis").inc()
+            logger.warning("alert flush skipped: redis unavailable (%s: %s)", type(exc).__name__, exc)
+            return
+        for d in due:
             self.metrics.notifications.labels(d.route, d.status).inc()
 
     # -- human labels -----------------------------------------------------------------------

@@ -91,6 +91,11 @@ class RedisState(StateStore):
         self.r = redis
         self.p = prefix
 
+    @staticmethod
+    def pointer_key(prefix: str, name: str) -> str:
+        """The Redis key of a pointer (tools that watch a run read it directly)."""
+        return f"{prefix}:ptr:{name}"
+
     def _k_state(self, name: str, entity: str) -> str:
         return f"{self.p}:state:{name}:{entity}"
 
@@ -105,11 +110,11 @@ class RedisState(StateStore):
                 for e, st in per_entity.items():
                     pipe.set(self._k_state(name, e), orjson.dumps(st))
             for name, value in pointers.items():
-                pipe.set(f"{self.p}:ptr:{name}", repr(float(value)))
+                pipe.set(self.pointer_key(self.p, name), repr(float(value)))
             await pipe.execute()
 
     async def pointer(self, name: str) -> float | None:
-        v = await self.r.get(f"{self.p}:ptr:{name}")
+        v = await self.r.get(self.pointer_key(self.p, name))
         return float(v) if v is not None else None
 
     async def load_blob(self, name: str) -> Doc | None:

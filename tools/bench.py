@@ -42,6 +42,8 @@ from tools.stack import LocalStack, wait_until
 
 __all__ = ["bench_enrichment", "run_bench"]
 
+BENCH_START = datetime(2026, 11, 2, tzinfo=UTC)
+
 
 def _percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile.
@@ -58,7 +60,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _sample(settings: Settings, events: int) -> list[dict[str, Any]]:
     minutes = max(10, events // 40)
-    rows = [e for e in generate(settings.entities, start=datetime(2026, 11, 2, tzinfo=UTC), minutes=minutes)]
+    rows = [e for e in generate(settings.entities, start=BENCH_START, minutes=minutes)]
     out = [r for r in rows if isinstance(r, dict) and "_malformed" not in r]
     while len(out) < events:  # extend deterministically with fresh ids
         extra: list[dict[str, Any]] = []
@@ -147,7 +149,8 @@ def bench_end_to_end(
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-"))
     prefix = f"bench{int(time.time())}"
-    with LocalStack(settings, workdir, config=config, prefix=prefix, broker="auto", redis="auto") as stack:
+    env = {"REPMON_WINDOWS__BACKFILL_SINCE": BENCH_START.isoformat()}  # generated history: backfill mode
+    with LocalStack(settings, workdir, config=config, prefix=prefix, env=env, broker="auto", redis="auto") as stack:
         bootstrap, topics, worker = stack.bootstrap, stack.topics, stack.worker
 
         seen: dict[str, float] = {}

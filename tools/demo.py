@@ -26,6 +26,7 @@ from connectors.base import KafkaSink
 from connectors.demo import generate
 from infra.kafka import TopicTail
 from infra.settings import Settings
+from streams.state import RedisState
 from tools.receiver import HttpReceiver
 from tools.stack import LocalStack, wait_until
 
@@ -51,7 +52,9 @@ def run_demo(
         console.print("[bold]repmon demo[/bold]: starting the embedded broker (tansu) and Redis ...")
         receiver = stack.enter_context(HttpReceiver())
         routes = [{"name": "demo-webhook", "urls": [receiver.apprise_url("/hooks/crisis")], "min_severity": "warning"}]
-        local = stack.enter_context(LocalStack(settings, workdir, routes=routes, config=config))
+        # the sample is history (fixed dates, so every run judges the same buckets): backfill mode
+        env = {"REPMON_WINDOWS__BACKFILL_SINCE": start.isoformat()}
+        local = stack.enter_context(LocalStack(settings, workdir, routes=routes, config=config, env=env))
         broker_bootstrap, redis_url, worker, topics = local.bootstrap, local.redis_url, local.worker, local.topics
         console.print(
             f"broker {broker_bootstrap}  redis {redis_url}  webhook {receiver.url}  worker pid {worker.proc.pid}"
@@ -111,7 +114,7 @@ def run_demo(
             return state.get("enriched", 0) + state.get("dead_letter", 0) >= sent
 
         def caught_up() -> bool:
-            closed = r.get(f"{settings.redis.key_prefix}:closed")
+            closed = r.get(RedisState.pointer_key(settings.redis.key_prefix, "closed"))
             last_ts = events[-1]["occurred_at"] if isinstance(events[-1], dict) else None
             if closed is None or last_ts is None:
                 return False

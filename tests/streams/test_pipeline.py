@@ -93,6 +93,7 @@ def run_stack(bootstrap: str, redis_url: str, unique: str, broker_name: str) -> 
             "REPMON_REDIS__URL": redis_url,
             "REPMON_REDIS__KEY_PREFIX": prefix,
             "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.json"),
+            "REPMON_WINDOWS__BACKFILL_SINCE": START.isoformat(),  # generated history: backfill mode
             "REPMON_ALERTS__ROUTES": json.dumps(
                 [{"name": "it", "urls": [receiver.apprise_url("/it")], "min_severity": "warning"}]
             ),

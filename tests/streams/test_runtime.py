@@ -45,7 +45,7 @@ class ListOutbox:
 
 @pytest.fixture(scope="module")
 def components() -> Components:
-    settings = load_settings(None, detect={"warmup_buckets": 30})
+    settings = load_settings(None, detect={"warmup_buckets": 30}, windows={"backfill_since": START})
     c = build(settings, memory=True)
     c.stage.load_models()
     return c
