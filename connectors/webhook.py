@@ -42,11 +42,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
 from connectors.base import Malformed, Sink
-from connectors.replay import Mapping, Replayer
-from contract.records import parse_raw
+from connectors.mapping import Mapping, to_item
 
 __all__ = ["HEADER", "SignatureError", "WebhookApp", "sign", "verify"]
 
@@ -122,7 +120,7 @@ class WebhookApp:
             raise ValueError("a webhook needs at least one non-empty secret (REPMON_WEBHOOK_SECRET)")
         self.sink = sink
         self.secrets = list(secrets)
-        self.mapper = Replayer(mapping, []) if mapping else None
+        self.mapping = mapping
         self.tolerance = tolerance
         self.max_body = max_body
         self.stats = {"accepted": 0, "invalid": 0, "rejected": 0}
@@ -132,18 +130,6 @@ class WebhookApp:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, **self.stats})
-
-    def _record(self, item: Any) -> dict[str, Any] | Malformed:
-        if isinstance(item, Malformed):
-            return item
-        if not isinstance(item, dict):
-            return Malformed(orjson.dumps(item), "not a JSON object")
-        try:
-            rec = self.mapper.to_record(item) if self.mapper else item
-            parse_raw(rec)
-            return rec
-        except (ValueError, KeyError, TypeError, ValidationError) as exc:
-            return Malformed(orjson.dumps({**item, "_error": str(exc)[:300]}, default=str), str(exc)[:300])
 
     def _produce(self, items: list[dict[str, Any] | Malformed]) -> None:
         for item in items:
@@ -164,7 +150,7 @@ class WebhookApp:
             logger.warning("webhook request from %s rejected: %s", request.remote, exc)
             return web.json_response({"error": str(exc)}, status=401)
         try:
-            items: list[dict[str, Any] | Malformed] = [self._record(x) for x in _objects(body)]
+            items: list[dict[str, Any] | Malformed] = [to_item(x, self.mapping) for x in _objects(body)]
             status = 202
         except ValueError as exc:
             items, status = [Malformed(body, str(exc))], 400  # signed: keep it, the worker dead-letters it
