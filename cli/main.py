@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cli.eval import eval_app
 from infra.settings import ConfigError, Settings, load_settings
@@ -37,6 +38,27 @@ def _settings(config: Path | None) -> Settings:
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _kafka_or_exit(bootstrap: str, settings: Settings, topics: list[str], option: str, timeout: float = 10.0) -> None:
+    """Create the topics, or exit 1 with one line naming the broker and the fix (no traceback)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from infra.kafka import ensure_topics
+
+    try:
+        KafkaAdminClient(
+            bootstrap_servers=bootstrap, bootstrap_timeout_ms=int(timeout * 1000), request_timeout_ms=5000
+        ).close()
+        ensure_topics(bootstrap, topics, settings.kafka.partitions, settings.kafka.replication)
+    except (KafkaError, OSError, ValueError) as exc:
+        err.print(
+            f"[red]Kafka at {escape(bootstrap)} is not reachable ({type(exc).__name__}: {escape(str(exc))})[/red]: "
+            f"start the broker "
+            f"or point {option} / kafka.bootstrap (REPMON_KAFKA__BOOTSTRAP) at a running one"
+        )
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -85,22 +107,34 @@ def replay(
     json_out: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
 ) -> None:
     """Replay recorded events into the raw topic through a column mapping."""
-    from connectors.base import KafkaSink
+    from connectors.base import DeliveryError, KafkaSink
     from connectors.replay import Replayer, load_mapping
-    from infra.kafka import ensure_topics
     from streams.app import TOPICS
 
     settings = _settings(config)
+    try:
+        the_mapping = load_mapping(mapping)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     boot = bootstrap or settings.kafka.bootstrap
-    ensure_topics(boot, [settings.topic(t) for t in TOPICS], settings.kafka.partitions, settings.kafka.replication)
+    _kafka_or_exit(boot, settings, [settings.topic(t) for t in TOPICS], "--bootstrap")
     sink = KafkaSink(boot, settings.topic("raw"))
     try:
-        replayer = Replayer(
-            load_mapping(mapping), files, speed=speed, limit=limit, progress=progress, sort_by_time=sort
-        )
+        replayer = Replayer(the_mapping, files, speed=speed, limit=limit, progress=progress, sort_by_time=sort)
         stats = replayer.run(sink)
+    except DeliveryError as exc:
+        out = exc.stats.as_dict() if exc.stats else {}
+        if json_out:
+            typer.echo(json.dumps({**out, "error": str(exc)}, default=str))
+        err.print(
+            f"[red]replay failed: {escape(str(exc))}[/red]; stopped after row {out.get('read', '?')}. Check the broker "
+            "(or --bootstrap) and run the same replay again: event ids are stable, so rows already "
+            "delivered are deduplicated downstream."
+        )
+        raise typer.Exit(1) from None
     finally:
-        sink.close()
+        sink.close(timeout=10)
     out = stats.as_dict()
     if json_out:
         typer.echo(json.dumps(out, default=str))

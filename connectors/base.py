@@ -164,10 +164,19 @@ class KafkaSink(Sink):
         most); raise :class:`DeliveryError` naming the broker if any was not acknowledged."""
         w, self._window = self._window, _Window()
         cause = None
-        try:
-            self.producer.flush(timeout)
-        except KafkaTimeoutError:
-            cause = f"no acknowledgement within {timeout:g} s"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(1000):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                self.producer.flush(left)
+                break
+            except KafkaTimeoutError:
+                cause = f"no acknowledgement within {timeout:g} s"
+                break
+            except KafkaError:
+                # kafka-python wakes flush() when it splits a batch the broker found too large,
+                # before the halves are answered ("Future not done"): wait for them
+                continue
         with w.lock:
             acked, error = w.acked, w.error
         self.acked += acked
