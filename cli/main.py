@@ -55,8 +55,8 @@ def _kafka_or_exit(bootstrap: str, settings: Settings, topics: list[str], option
     except (KafkaError, OSError, ValueError) as exc:
         err.print(
             f"[red]Kafka at {escape(bootstrap)} is not reachable ({type(exc).__name__}: {escape(str(exc))})[/red]: "
-            f"start the broker "
-            f"or point {option} / kafka.bootstrap (REPMON_KAFKA__BOOTSTRAP) at a running one"
+            f"start the broker or point {option + ' / ' if option else ''}kafka.bootstrap (REPMON_KAFKA__BOOTSTRAP) "
+            "at a running one"
         )
         raise typer.Exit(1) from None
 
@@ -158,9 +158,9 @@ def webhook(
     from aiohttp import web
 
     from connectors.base import KafkaSink
-    from connectors.replay import load_mapping
+    from connectors.mapping import load_mapping
+    from connectors.seen import MemorySeen, RedisSeen, SeenCache
     from connectors.webhook import WebhookApp
-    from infra.kafka import ensure_topics
     from streams.app import TOPICS
 
     secrets = [s.strip().encode() for s in os.environ.get("REPMON_WEBHOOK_SECRET", "").split(",") if s.strip()]
@@ -171,19 +171,41 @@ def webhook(
         )
         raise typer.Exit(2)
     settings = _settings(config)
-    _logging("info")
-    ensure_topics(
-        settings.kafka.bootstrap,
-        [settings.topic(t) for t in TOPICS],
-        settings.kafka.partitions,
-        settings.kafka.replication,
-    )
-    sink = KafkaSink(settings.kafka.bootstrap, settings.topic("raw"))
     try:
-        hook = WebhookApp(sink, secrets, mapping=load_mapping(mapping) if mapping else None, tolerance=tolerance)
+        the_mapping = load_mapping(mapping) if mapping else None
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    _logging("info")
+    _kafka_or_exit(settings.kafka.bootstrap, settings, [settings.topic(t) for t in TOPICS], "")
+    seen: SeenCache = MemorySeen()
+    if settings.redis.url:  # one replay cache for every webhook process behind a load balancer
+        import redis
+        import redis.asyncio
+
+        url = settings.redis.url
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5).ping()
+        except (redis.RedisError, OSError) as exc:
+            err.print(
+                f"[red]Redis at {escape(url)} is not reachable ({escape(str(exc))})[/red]: start it or fix "
+                "redis.url (REPMON_REDIS__URL); the webhook keeps its replay cache there"
+            )
+            raise typer.Exit(1) from None
+        seen = RedisSeen(redis.asyncio.Redis.from_url(url, socket_timeout=5), address=url)
+    # bounded waits: a request is answered (503 + Retry-After) while its sender still listens
+    sink = KafkaSink(
+        settings.kafka.bootstrap,
+        settings.topic("raw"),
+        max_block_ms=10_000,
+        request_timeout_ms=10_000,
+        delivery_timeout_ms=25_000,
+    )
+    try:
+        hook = WebhookApp(sink, secrets, mapping=the_mapping, tolerance=tolerance, ack_timeout=30.0, seen=seen)
         web.run_app(hook.app, host=host, port=port, print=lambda msg: err.print(msg))
     finally:
-        sink.close()
+        sink.close(timeout=10)
 
 
 @app.command()

@@ -8,6 +8,7 @@ acknowledged, a signed body published again on every replay, a 400,000-item arra
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -216,3 +217,74 @@ async def test_a_stalled_body_times_out_with_408(kafka_bootstrap: str, topic: st
         writer.close()
         assert status.split()[1] == b"408"
     assert end_offsets(kafka_bootstrap, topic) == 0
+
+
+# -- the `repmon webhook` command --------------------------------------------------------------
+
+
+def _cli_env(**env: str) -> dict[str, str]:
+    import os
+
+    from ..conftest import ROOT
+
+    return {**os.environ, "PYTHONPATH": str(ROOT), "REPMON_WEBHOOK_SECRET": SECRET.decode(), **env}
+
+
+def test_the_command_names_an_unreachable_broker_or_redis_and_exits_1(kafka_bootstrap: str, unique: str) -> None:
+    import subprocess
+
+    from ..conftest import ROOT
+
+    cmd = [sys.executable, "-m", "cli.main", "webhook", "--port", str(free_port())]
+    for env, needle in [
+        ({"REPMON_KAFKA__BOOTSTRAP": (kafka := f"127.0.0.1:{free_port()}")}, f"Kafka at {kafka} is not reachable"),
+        (
+            {
+                "REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
+                "REPMON_KAFKA__TOPIC_PREFIX": f"whc{unique}",
+                "REPMON_REDIS__URL": (redis := f"redis://127.0.0.1:{free_port()}/0"),
+            },
+            f"Redis at {redis} is not reachable",
+        ),
+    ]:
+        r = subprocess.run(cmd, env=_cli_env(**env), cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+async def test_the_command_accepts_a_signed_body_once_with_the_redis_cache(
+    kafka_bootstrap: str, redis_url: str, unique: str
+) -> None:
+    from ..conftest import ROOT
+
+    port = free_port()
+    prefix = f"whc{unique}"
+    env = {"REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap, "REPMON_KAFKA__TOPIC_PREFIX": prefix}
+    env["REPMON_REDIS__URL"] = redis_url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *["-m", "cli.main", "webhook", "--port", str(port)],
+        env=_cli_env(**env),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient() as client:
+            deadline = time.monotonic() + 120
+            while True:  # wait until it serves (topics created, Redis checked)
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    assert proc.returncode is None, "repmon webhook exited"
+                    assert time.monotonic() < deadline, "repmon webhook did not start in 120 s"
+                    await asyncio.sleep(0.2)
+            body = orjson.dumps([review(1), review(2)])
+            headers = signed(body)
+            url = f"http://127.0.0.1:{port}/v1/events"
+            codes = [(await client.post(url, content=body, headers=headers)).status_code for _ in range(2)]
+        assert codes == [202, 200]
+        assert end_offsets(kafka_bootstrap, f"{prefix}.raw") == 2
+    finally:
+        proc.terminate()
+        await proc.wait()
