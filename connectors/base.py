@@ -192,6 +192,15 @@ class KafkaSink(Sink):
             self.producer.close(timeout=timeout)
         except KafkaTimeoutError:
             logger.error("broker did not acknowledge every message within %.0f s; closed anyway", timeout)
+        w = self._window
+        if w.sent > w.acked:  # sent after the last flush and not acknowledged: say so, never silently
+            logger.error(
+                "%d of %d records sent since the last flush were not acknowledged by Kafka at %s: %s",
+                w.sent - w.acked,
+                w.sent,
+                self.bootstrap,
+                w.error or "no answer before close",
+            )
 
 
 class ListSink(Sink):

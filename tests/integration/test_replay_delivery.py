@@ -80,3 +80,27 @@ def test_an_unreachable_broker_is_named_with_the_fix_and_no_traceback(tmp_path: 
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert f"Kafka at {address} is not reachable" in r.stderr and "--bootstrap" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_kafka_sink_flush_raises_for_lost_records_and_counts_acks(kafka_bootstrap: str, unique: str) -> None:
+    from connectors.base import DeliveryError, KafkaSink
+
+    ok = KafkaSink(kafka_bootstrap, f"rp{unique}.ok")
+    try:
+        for i in range(3):
+            ok.send_bytes(b"v%d" % i, None)
+        ok.flush()
+        assert (ok.acked, ok.failed) == (3, 0)
+    finally:
+        ok.close()
+    address = f"127.0.0.1:{free_port()}"
+    gone = KafkaSink(address, f"rp{unique}.gone", api_version=(2, 8), max_block_ms=300)
+    try:
+        for i in range(50):  # one metadata wait for the first, not 50
+            gone.send_bytes(b"v%d" % i, None)
+        assert gone.failing
+        with pytest.raises(DeliveryError, match=f"50 of 50 records were not acknowledged by Kafka at {address}"):
+            gone.flush(timeout=5)
+        assert gone.failed == 50 and not gone.failing  # the next batch starts clean
+    finally:
+        gone.close(timeout=1)
