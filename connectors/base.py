@@ -261,6 +261,7 @@ class Connector(ABC):
 
     kind: ClassVar[str] = ""
     name: ClassVar[str] = "connector.v1"
+    flush_every: ClassVar[int] = 10_000  # check acknowledgements at least this often (endless streams)
     progress: bool = False
     total: int | None = None  # expected number of items, for the progress bar
 
@@ -285,13 +286,14 @@ class Connector(ABC):
                     stats.sent += 1
                     if sink.failing:
                         break
+                    if stats.sent % self.flush_every == 0:
+                        sink.flush()
                     tick()
-                try:
-                    sink.flush()
-                except DeliveryError as exc:
-                    stats.failed = exc.failed
-                    exc.stats = stats
-                    raise
+                sink.flush()
+        except DeliveryError as exc:
+            stats.failed = exc.failed
+            exc.stats = stats
+            raise
         finally:
             stats.seconds = round(time.monotonic() - t0, 3)
             self.stop()

@@ -150,3 +150,19 @@ def test_rows_that_cannot_be_records_keep_their_content_and_reason(
 
 def test_a_valid_record_passes_unmapped() -> None:
     assert to_item(dict(GOOD)) == GOOD
+
+
+class Counting(ListSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes: list[int] = []
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushes.append(len(self.items))
+
+
+def test_run_checks_acknowledgements_periodically_for_long_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Fixed, "flush_every", 4)
+    sink = Counting()
+    Fixed([GOOD] * 10).run(sink)
+    assert sink.flushes == [4, 8, 10]
