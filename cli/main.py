@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cli.eval import eval_app
 from infra.settings import ConfigError, Settings, load_settings
@@ -39,6 +40,27 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _kafka_or_exit(bootstrap: str, settings: Settings, topics: list[str], option: str, timeout: float = 10.0) -> None:
+    """Create the topics, or exit 1 with one line naming the broker and the fix (no traceback)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from infra.kafka import ensure_topics
+
+    try:
+        KafkaAdminClient(
+            bootstrap_servers=bootstrap, bootstrap_timeout_ms=int(timeout * 1000), request_timeout_ms=5000
+        ).close()
+        ensure_topics(bootstrap, topics, settings.kafka.partitions, settings.kafka.replication)
+    except (KafkaError, OSError, ValueError) as exc:
+        err.print(
+            f"[red]Kafka at {escape(bootstrap)} is not reachable ({type(exc).__name__}: {escape(str(exc))})[/red]: "
+            f"start the broker or point {option + ' / ' if option else ''}kafka.bootstrap (REPMON_KAFKA__BOOTSTRAP) "
+            "at a running one"
+        )
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def worker(
     config: ConfigOpt = None,
@@ -54,7 +76,7 @@ def worker(
     """Run a stream worker (all agents). Scale out by running more, up to the partition count."""
     import faust
 
-    from infra.kafka import ensure_topics, wait_for_broker
+    from infra.kafka import ensure_topics, partition_count, wait_for_broker
     from streams.app import TOPICS, build_worker
 
     settings = _settings(config)
@@ -69,6 +91,7 @@ def worker(
     w = settings.worker
     worker = build_worker(
         settings,
+        raw_partitions=partition_count(settings.kafka.bootstrap, settings.topic("raw")),
         web_port=web_port,
         metrics_port=metrics_port if metrics_port is not None else w.metrics_port,
         metrics_addr=metrics_addr or w.metrics_addr,
@@ -90,22 +113,34 @@ def replay(
     json_out: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
 ) -> None:
     """Replay recorded events into the raw topic through a column mapping."""
-    from connectors.base import KafkaSink
+    from connectors.base import DeliveryError, KafkaSink
     from connectors.replay import Replayer, load_mapping
     from contract.records import TOPICS
-    from infra.kafka import ensure_topics
 
     settings = _settings(config)
+    try:
+        the_mapping = load_mapping(mapping)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     boot = bootstrap or settings.kafka.bootstrap
-    ensure_topics(boot, [settings.topic(t) for t in TOPICS], settings.kafka.partitions, settings.kafka.replication)
+    _kafka_or_exit(boot, settings, [settings.topic(t) for t in TOPICS], "--bootstrap")
     sink = KafkaSink(boot, settings.topic("raw"))
     try:
-        replayer = Replayer(
-            load_mapping(mapping), files, speed=speed, limit=limit, progress=progress, sort_by_time=sort
-        )
+        replayer = Replayer(the_mapping, files, speed=speed, limit=limit, progress=progress, sort_by_time=sort)
         stats = replayer.run(sink)
+    except DeliveryError as exc:
+        out = exc.stats.as_dict() if exc.stats else {}
+        if json_out:
+            typer.echo(json.dumps({**out, "error": str(exc)}, default=str))
+        err.print(
+            f"[red]replay failed: {escape(str(exc))}[/red]; stopped after row {out.get('read', '?')}. Check the broker "
+            "(or --bootstrap) and run the same replay again: event ids are stable, so rows already "
+            "delivered are deduplicated downstream."
+        )
+        raise typer.Exit(1) from None
     finally:
-        sink.close()
+        sink.close(timeout=10)
     out = stats.as_dict()
     if json_out:
         typer.echo(json.dumps(out, default=str))
@@ -124,37 +159,58 @@ def webhook(
     tolerance: Annotated[float, typer.Option(help="Max age of a signature timestamp, seconds.")] = 300.0,
 ) -> None:
     """Receive signed HTTP pushes (POST /v1/events) into the raw topic; secret in REPMON_WEBHOOK_SECRET."""
-    import os
-
     from aiohttp import web
 
     from connectors.base import KafkaSink
-    from connectors.replay import load_mapping
+    from connectors.mapping import load_mapping
+    from connectors.seen import MemorySeen, RedisSeen, SeenCache
     from connectors.webhook import WebhookApp
     from contract.records import TOPICS
-    from infra.kafka import ensure_topics
 
-    secrets = [s.strip().encode() for s in os.environ.get("REPMON_WEBHOOK_SECRET", "").split(",") if s.strip()]
+    settings = _settings(config)
+    raw = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    secrets = [s.strip().encode() for s in raw.split(",") if s.strip()]
     if not secrets:
         err.print(
             "[red]REPMON_WEBHOOK_SECRET is not set[/red]: set it to the shared secret(s) the senders sign with "
             "(comma-separated to rotate), e.g. export REPMON_WEBHOOK_SECRET=$(openssl rand -hex 32)"
         )
         raise typer.Exit(2)
-    settings = _settings(config)
-    _logging("info")
-    ensure_topics(
-        settings.kafka.bootstrap,
-        [settings.topic(t) for t in TOPICS],
-        settings.kafka.partitions,
-        settings.kafka.replication,
-    )
-    sink = KafkaSink(settings.kafka.bootstrap, settings.topic("raw"))
     try:
-        hook = WebhookApp(sink, secrets, mapping=load_mapping(mapping) if mapping else None, tolerance=tolerance)
+        the_mapping = load_mapping(mapping) if mapping else None
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    _logging("info")
+    _kafka_or_exit(settings.kafka.bootstrap, settings, [settings.topic(t) for t in TOPICS], "")
+    seen: SeenCache = MemorySeen()
+    if settings.redis.url:  # one replay cache for every webhook process behind a load balancer
+        import redis
+        import redis.asyncio
+
+        url = settings.redis.url
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5).ping()
+        except (redis.RedisError, OSError) as exc:
+            err.print(
+                f"[red]Redis at {escape(url)} is not reachable ({escape(str(exc))})[/red]: start it or fix "
+                "redis.url (REPMON_REDIS__URL); the webhook keeps its replay cache there"
+            )
+            raise typer.Exit(1) from None
+        seen = RedisSeen(redis.asyncio.Redis.from_url(url, socket_timeout=5), address=url)
+    # bounded waits: a request is answered (503 + Retry-After) while its sender still listens
+    sink = KafkaSink(
+        settings.kafka.bootstrap,
+        settings.topic("raw"),
+        max_block_ms=10_000,
+        request_timeout_ms=10_000,
+        delivery_timeout_ms=25_000,
+    )
+    try:
+        hook = WebhookApp(sink, secrets, mapping=the_mapping, tolerance=tolerance, ack_timeout=30.0, seen=seen)
         web.run_app(hook.app, host=host, port=port, print=lambda msg: err.print(msg))
     finally:
-        sink.close()
+        sink.close(timeout=10)
 
 
 @app.command()

@@ -4,24 +4,34 @@ All raw kinds go to one topic, ``<prefix>.raw``: one validated entry point, the 
 discriminates. Connectors never drop bad input: a row that cannot become a valid record is sent
 as it is (with an ``_error`` field where it was JSON), so the pipeline dead-letters it with the
 reason and nothing is lost silently.
+
+Acknowledgement discipline: a record counts as delivered only when the broker acknowledged it
+(acks=all). :meth:`Sink.flush` raises :class:`DeliveryError` when any record handed to the sink
+since the previous flush was not acknowledged, so no caller can claim it as accepted.
+
+The contract every (pull) connector follows is :class:`Connector`; :mod:`connectors.registry`
+finds them by ``kind``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import orjson
 from kafka import KafkaProducer
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from pydantic import BaseModel
 
 from contract.records import dumps
 
-__all__ = ["RAW", "Connector", "KafkaSink", "Malformed", "Sink"]
+__all__ = ["RAW", "Connector", "DeliveryError", "Item", "KafkaSink", "ListSink", "Malformed", "RunStats", "Sink"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +47,18 @@ class Malformed:
     reason: str
 
 
+Item = BaseModel | dict[str, Any] | Malformed
+
+
+class DeliveryError(Exception):
+    """Records handed to a sink were not acknowledged by the broker (nothing may be claimed)."""
+
+    def __init__(self, failed: int, total: int, address: str, cause: str) -> None:
+        self.failed, self.total, self.address, self.cause = failed, total, address, cause
+        self.stats: RunStats | None = None  # set by Connector.run
+        super().__init__(f"{failed} of {total} records were not acknowledged by Kafka at {address}: {cause}")
+
+
 class Sink(ABC):
     """Where a connector's events go. ``send_any`` accepts records, dicts and :class:`Malformed`."""
 
@@ -46,8 +68,13 @@ class Sink(ABC):
     @abstractmethod
     def send_bytes(self, value: bytes, key: bytes | None) -> None: ...
 
-    def flush(self) -> None:  # noqa: B027 - optional hook
-        pass
+    @property
+    def failing(self) -> bool:
+        """True once a record since the last flush is known to be lost: stop sending, flush, report."""
+        return False
+
+    def flush(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook
+        """Wait for every record since the last flush; raise :class:`DeliveryError` if any was lost."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -58,7 +85,7 @@ class Sink(ABC):
         k = d.get("brand") or d.get("product") or d.get("event_id")
         return str(k).encode() if k else None
 
-    def send_any(self, item: BaseModel | dict[str, Any] | Malformed) -> None:
+    def send_any(self, item: Item) -> None:
         if isinstance(item, Malformed):
             self.invalid += 1
             self.send_bytes(item.payload, None)
@@ -72,25 +99,90 @@ class Sink(ABC):
         self.sent += 1
 
 
+class _Window:
+    """Acknowledgements of the records sent since the last flush (updated from the sender thread)."""
+
+    __slots__ = ("acked", "error", "failed", "lock", "sent")
+
+    def __init__(self) -> None:
+        self.sent = self.acked = self.failed = 0
+        self.error: str | None = None
+        self.lock = threading.Lock()
+
+    def ack(self, _metadata: object = None) -> None:
+        with self.lock:
+            self.acked += 1
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            self.failed += 1
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
+
+
 class KafkaSink(Sink):
-    """Produces to one topic with kafka-python (acks=all, small linger)."""
+    """Produces to one topic with kafka-python (acks=all, small linger); every send is checked.
+
+    ``producer`` overrides the producer settings (e.g. ``delivery_timeout_ms``, ``max_block_ms``).
+    """
 
     def __init__(self, bootstrap: str, topic: str, **producer: Any) -> None:
+        self.bootstrap = bootstrap
         self.topic = topic
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            linger_ms=5,
-            retries=5,
-            max_in_flight_requests_per_connection=1,  # keeps per-key order across retries
+        self.acked = 0
+        self.failed = 0
+        self._window = _Window()
+        config: dict[str, Any] = {
+            "acks": "all",
+            "linger_ms": 5,
+            "retries": 5,
+            "max_in_flight_requests_per_connection": 1,  # keeps per-key order across retries
             **producer,
-        )
+        }
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, **config)
+
+    @property
+    def failing(self) -> bool:
+        return self._window.failed > 0
 
     def send_bytes(self, value: bytes, key: bytes | None) -> None:
-        self.producer.send(self.topic, key=key, value=value)
+        w = self._window
+        w.sent += 1
+        if w.failed:
+            # the broker is refusing or gone: do not wait max_block_ms once more per record
+            w.fail(KafkaError("not sent after an earlier failure in the same batch"))
+            return
+        try:
+            fut = self.producer.send(self.topic, key=key, value=value)
+        except KafkaError as exc:  # metadata or buffer timeout, record too large
+            w.fail(exc)
+            return
+        fut.add_callback(w.ack)
+        fut.add_errback(w.fail)
 
-    def flush(self) -> None:
-        self.producer.flush()
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the broker answered for every record since the last flush (``timeout`` s at
+        most); raise :class:`DeliveryError` naming the broker if any was not acknowledged."""
+        w, self._window = self._window, _Window()
+        cause = None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(1000):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                self.producer.flush(left)
+                break
+            except KafkaTimeoutError:
+                cause = f"no acknowledgement within {timeout:g} s"
+                break
+            except KafkaError:
+                # kafka-python wakes flush() when it splits a batch the broker found too large,
+                # before the halves are answered ("Future not done"): wait for them
+                continue
+        with w.lock:
+            acked, error = w.acked, w.error
+        self.acked += acked
+        self.failed += w.sent - acked
+        if acked < w.sent:
+            raise DeliveryError(w.sent - acked, w.sent, self.bootstrap, error or cause or "not acknowledged")
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush and close; gives up after ``timeout`` s (a broker that is gone must not hang exit)."""
@@ -100,6 +192,15 @@ class KafkaSink(Sink):
             self.producer.close(timeout=timeout)
         except KafkaTimeoutError:
             logger.error("broker did not acknowledge every message within %.0f s; closed anyway", timeout)
+        w = self._window
+        if w.sent > w.acked:  # sent after the last flush and not acknowledged: say so, never silently
+            logger.error(
+                "%d of %d records sent since the last flush were not acknowledged by Kafka at %s: %s",
+                w.sent - w.acked,
+                w.sent,
+                self.bootstrap,
+                w.error or "no answer before close",
+            )
 
 
 class ListSink(Sink):
@@ -112,23 +213,121 @@ class ListSink(Sink):
         self.items.append((key, value))
 
 
-class Connector(ABC):
-    """A source of raw events.
+@dataclass
+class RunStats:
+    """What one :meth:`Connector.run` did. ``failed``: records the broker did not acknowledge."""
 
-    Rules: :meth:`events` must be idempotent on ``event_id`` (the same input yields the same
-    ids, so a re-run is deduplicated downstream), must not block forever, and yields records,
-    dicts in the record shape, or :class:`Malformed` for input it cannot read.
+    read: int = 0
+    sent: int = 0
+    invalid: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    first_event: str | None = None
+    last_event: str | None = None
+
+    @property
+    def events_per_s(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "events_per_s": round(self.events_per_s, 1)}
+
+    def count(self, item: Item) -> None:
+        self.read += 1
+        if isinstance(item, Malformed):
+            self.invalid += 1
+            return
+        when = item.get("occurred_at") if isinstance(item, dict) else getattr(item, "occurred_at", None)
+        if when is not None:
+            when = when.isoformat() if hasattr(when, "isoformat") else str(when)
+            self.first_event = self.first_event or when
+            self.last_event = when
+
+
+class Connector(ABC):
+    """The contract of a source of raw events (one file per source, registered by ``kind``).
+
+    - ``kind``: the registry key (``repmon`` names the source by it); ``name``: kind + contract
+      version, e.g. ``replay.v1``;
+    - :meth:`start` opens what the source needs (sessions, cursors); :meth:`stop` releases it and
+      is always called, also after an error;
+    - :meth:`stream` yields records, dicts in the record shape, or :class:`Malformed` for input it
+      cannot read; never drops input; is idempotent on ``event_id`` (the same input yields the
+      same ids, so a re-run is deduplicated downstream) and never blocks forever;
+    - :meth:`run` is the one way to produce: through a :class:`Sink`, stopping at the first lost
+      record, and raising :class:`DeliveryError` (with the stats) unless every record was
+      acknowledged.
     """
 
-    name: str = "connector.v1"
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = "connector.v1"
+    flush_every: ClassVar[int] = 10_000  # check acknowledgements at least this often (endless streams)
+    progress: bool = False
+    total: int | None = None  # expected number of items, for the progress bar
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        pass
 
     @abstractmethod
-    def events(self) -> Iterator[BaseModel | dict[str, Any] | Malformed]: ...
+    def stream(self) -> Iterator[Item]: ...
 
-    def run(self, sink: Sink) -> int:
-        n = 0
-        for ev in self.events():
-            sink.send_any(ev)
-            n += 1
-        sink.flush()
-        return n
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def run(self, sink: Sink) -> RunStats:
+        stats = RunStats()
+        t0 = time.monotonic()
+        self.start()
+        try:
+            with self._progress(stats, t0) as tick:
+                for item in self.stream():
+                    stats.count(item)
+                    sink.send_any(item)
+                    stats.sent += 1
+                    if sink.failing:
+                        break
+                    if stats.sent % self.flush_every == 0:
+                        sink.flush()
+                    tick()
+                sink.flush()
+        except DeliveryError as exc:
+            stats.failed = exc.failed
+            exc.stats = stats
+            raise
+        finally:
+            stats.seconds = round(time.monotonic() - t0, 3)
+            self.stop()
+        return stats
+
+    @contextlib.contextmanager
+    def _progress(self, stats: RunStats, t0: float) -> Iterator[Callable[[], None]]:
+        if not self.progress:
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        prog = Progress(
+            TextColumn(self.kind or self.name),
+            BarColumn(),
+            TextColumn("{task.completed} events"),
+            TextColumn("{task.fields[rate]:.0f}/s"),
+            TextColumn("invalid {task.fields[invalid]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        task = prog.add_task(self.kind, total=self.total, rate=0.0, invalid=0)
+
+        def update() -> None:
+            el = time.monotonic() - t0
+            prog.update(task, completed=stats.read, rate=stats.read / el if el else 0, invalid=stats.invalid)
+
+        def tick() -> None:
+            if stats.read % 500 == 0:
+                update()
+
+        prog.start()
+        try:
+            yield tick
+        finally:
+            update()
+            prog.stop()

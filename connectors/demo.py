@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from connectors.base import Connector, Malformed
+from connectors.registry import register
 from infra.settings import Entity
 
 __all__ = ["DemoConnector", "generate", "write_sample"]
@@ -275,7 +276,9 @@ def generate(
     return events
 
 
+@register
 class DemoConnector(Connector):
+    kind = "demo"
     name = "demo.v1"
 
     def __init__(self, entities: Sequence[Entity], **kwargs: Any) -> None:
@@ -283,7 +286,7 @@ class DemoConnector(Connector):
         self.kwargs = kwargs
         self.kwargs.setdefault("start", datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=4))
 
-    def events(self) -> Iterator[dict[str, Any] | Malformed]:
+    def stream(self) -> Iterator[dict[str, Any] | Malformed]:
         yield from generate(self.entities, **self.kwargs)
 
 

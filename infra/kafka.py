@@ -128,3 +128,19 @@ def end_offsets(bootstrap: str, topic: str) -> int:
         return int(sum(consumer.end_offsets(tps).values()))
     finally:
         consumer.close()
+
+
+def partition_count(bootstrap: str, topic: str, timeout: float = 30.0) -> int:
+    """Number of partitions of ``topic`` as the broker has it (waits for its metadata)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            parts = consumer.partitions_for_topic(topic)
+            if parts:
+                return len(parts)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no partitions on {bootstrap} after {timeout:.0f} s")
+            time.sleep(0.2)
+    finally:
+        consumer.close()

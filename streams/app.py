@@ -11,6 +11,7 @@ that never expire and recoveries that hang), so the app runs with ``store="memor
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from streams.compose import Components, build
 from streams.runtime import TOPICS, Message, Runtime
 
 __all__ = ["TOPICS", "FaustOutbox", "Worker", "build_worker"]
+
+logger = logging.getLogger(__name__)
 
 
 class FaustOutbox:
@@ -89,10 +92,11 @@ def build_worker(
     web_port: int | None = None,
     metrics_port: int | None = None,
     metrics_addr: str = "127.0.0.1",
+    raw_partitions: int | None = None,
 ) -> Worker:
     """The Faust app of one worker: three agents and three timers over one :class:`Runtime`."""
     s = settings
-    components = build(s, redis_url=redis_url)
+    components = build(s, redis_url=redis_url, raw_partitions=raw_partitions)
     if metrics_port is not None:
         components.metrics.serve(metrics_port, metrics_addr)
     app = _faust_app(s, web_port)
@@ -118,6 +122,23 @@ def build_worker(
     async def labels_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(256, within=0.5):  # type: ignore[attr-defined]
             await rt.on_labels(_messages(events))
+
+    @app.timer(interval=1.0)
+    async def partitions_timer() -> None:
+        # which raw partitions this worker holds, and how far the broker has them: the high-water
+        # mark comes with every fetch response (no extra request; works on tansu too)
+        raw = topics["raw"].get_topic_name()
+        held: dict[int, tuple[int, int | None]] = {}
+        for tp in app.consumer.assignment():
+            if tp.topic != raw:
+                continue
+            hw = app.consumer.highwater(tp)
+            if hw is not None:  # not fetched yet: it holds the watermark until it is
+                held[tp.partition] = (int(hw), await app.consumer.position(tp))
+        try:
+            await rt.report_partitions(held)
+        except Exception:
+            logger.exception("partition report failed; the watermark waits for the next one")
 
     @app.timer(interval=0.5, on_leader=True)
     async def detect_timer() -> None:

@@ -60,8 +60,14 @@ class Components:
         self.executor.shutdown(wait=True)
 
 
-def build(settings: Settings, *, redis_url: str | None = None, memory: bool = False) -> Components:
-    """Build the components. ``memory=True``: in-process windows and state, no dispatcher."""
+def build(
+    settings: Settings, *, redis_url: str | None = None, memory: bool = False, raw_partitions: int | None = None
+) -> Components:
+    """Build the components. ``memory=True``: in-process windows and state, no dispatcher.
+
+    ``raw_partitions``: how many partitions the raw topic has on the broker (the worker reads it at
+    start); every one of them must have counted past a bucket before it is judged.
+    """
     stage = EnrichStage(settings)
     if memory:
         windows: Windows = MemoryWindows(settings)
@@ -69,7 +75,8 @@ def build(settings: Settings, *, redis_url: str | None = None, memory: bool = Fa
         r, dispatcher = None, None
     else:
         r = redis_client(settings, redis_url)
-        windows = RedisWindows(r, settings)
+        # every raw partition must have counted past a bucket before it is judged
+        windows = RedisWindows(r, settings, partitions=raw_partitions or settings.kafka.partitions)
         state = RedisState(r, settings.redis.key_prefix)
         dispatcher = Dispatcher(settings.alerts, r, key_prefix=settings.redis.key_prefix)
     detection = DetectionEngine(settings, windows, state, model_version=lambda: stage.model_version)

@@ -93,6 +93,9 @@ class Runtime:
         self.out = outbox
         self.settings = components.settings
         self.metrics = components.metrics
+        # per raw partition, the next offset after the last message this worker processed
+        self.done: dict[int, int] = {}
+        self._drained: dict[int, int] = {}  # partitions fetched to their end with nothing processed yet
         components.detection.emit_signal = self._emit_signal
         components.detection.emit_incident = self._emit_incident
 
@@ -156,6 +159,12 @@ class Runtime:
         No message can stop the agent: whatever one record does wrong sends that record to the
         dead letters; an outage of Redis holds the batch and retries until it is back.
         """
+        if messages:
+            await self._handle_raw(messages)
+        for msg in messages:  # processed (counted, or dead-lettered): it no longer holds a window open
+            self.done[msg.partition] = max(self.done.get(msg.partition, 0), msg.offset + 1)
+
+    async def _handle_raw(self, messages: Sequence[Message]) -> None:
         good: list[tuple[Message, RawRecord]] = []
         now = time.time()
         for msg in messages:
@@ -242,6 +251,29 @@ class Runtime:
                 continue
             up.set(1)
             return out
+
+    async def report_partitions(self, assigned: dict[int, tuple[int, int | None]]) -> None:
+        """Timer (every worker): tell the windows which of its raw partitions are caught up.
+
+        ``assigned`` is ``{partition: (broker high-water mark, consumer fetch position)}`` for the
+        raw partitions this worker holds now. A partition is caught up when everything below the
+        high-water mark has been processed here; one just assigned, with nothing processed yet, when
+        the consumer has fetched to its end on two reports in a row (a fetched message would have
+        been processed in between).
+        """
+        for p in list(self.done):
+            if p not in assigned:  # revoked: another worker may move it on meanwhile
+                del self.done[p]
+        idle: dict[int, bool] = {}
+        for p, (hw, pos) in assigned.items():
+            done = self.done.get(p)
+            if done is not None:
+                idle[p] = done >= hw
+            else:
+                fetched_all = hw == 0 or (pos is not None and pos >= hw)
+                idle[p] = hw == 0 or (fetched_all and self._drained.get(p) == hw)
+                self._drained[p] = hw if fetched_all else -1
+        await self.retrying("redis", lambda: self.c.windows.report_partitions(idle, self.c.windows.clock()))
 
     # -- windows -> signals -> incidents ----------------------------------------------------
     async def _emit_signal(self, sig: Signal) -> None:

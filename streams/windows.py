@@ -9,6 +9,8 @@ Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a buc
 - ``p:top:{entity}:{t}``          sorted set of the most negative, most far-reaching mentions;
 - ``p:terms:{entity}:{t}``        hash of terms in negative mentions;
 - ``p:wm`` / ``p:wmt``            per-partition max event time / wall time of its last update;
+- ``p:idle``                      per-partition wall time of its consumer's last "caught up with the
+                                  broker's high-water mark" report;
 - ``p:stats``                     counters: ``counted`` and ``duplicates`` (per event and entity);
 
 Detector and incident state are not kept here but behind :mod:`streams.state`.
@@ -18,8 +20,9 @@ Counting is one Lua script per (event, entity): the event id is recorded with ``
 the bucket updated in the same atomic step, so a redelivered batch is never counted twice.
 Watermark: the highest event time of each *raw* partition, advanced by the worker that reads
 that partition in order, right after counting its events; the effective watermark is the minimum
-over partitions that are not idle, so one partition running ahead in a fast replay cannot close
-buckets that another partition still has events for (replay gives the same windows as live).
+over every partition that may still bring events (see :meth:`Windows.watermark`), so one partition
+running ahead, a partition whose worker has not started yet, or one whose worker died, cannot let a
+bucket be judged while it still holds events for it (replay gives the same windows as live).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import math
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -180,9 +183,17 @@ class Windows(ABC):
     """Event-time buckets per entity: counted idempotently, read back for detection and trust."""
 
     top_cap = 10
-    idle_partition_seconds = 30.0
+    #: a partition's "caught up" report counts this long; after that it holds the watermark
+    #: back again (its worker may be gone, and new events may have arrived since)
+    idle_report_seconds = 5.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, partitions: int | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.clock = clock
+        # partitions: how many raw partitions must have counted past a bucket before it is judged;
+        # None (backtest, unit tests) counts the partitions that have reported events
+        self.partitions = partitions
         self.settings = settings
         self.B = settings.windows.bucket_seconds
         self._stop = set(STOP_WORDS)
@@ -250,20 +261,39 @@ class Windows(ABC):
         pass
 
     # -- time -------------------------------------------------------------------------------
-    async def watermark(self, *, high: bool = False) -> float | None:
-        """Effective event-time watermark: min over non-idle partitions' max event time.
+    @abstractmethod
+    async def _idle_reports(self) -> dict[str, float]:
+        """``{partition: wall time of its last "caught up with the broker" report}``."""
 
-        ``high=True`` gives the max instead: how far the furthest partition has counted.
+    @abstractmethod
+    async def report_partitions(self, idle: dict[int, bool], now: float) -> None:
+        """Record which raw partitions are caught up with their broker high-water mark."""
+
+    async def watermark(self, *, high: bool = False) -> float | None:
+        """Effective event-time watermark: the minimum over the partitions that may still bring events.
+
+        With ``partitions`` set (the worker), every raw partition counts: one holds the watermark at
+        its max event time (or holds everything, before its first event) unless its consumer
+        reported in the last ``idle_report_seconds`` that it has processed everything up to the
+        broker's high-water mark. So a bucket is never judged while a partition that has not
+        reported yet, or whose worker died, may still hold its events. ``high=True`` gives the
+        max instead: how far the furthest partition has counted.
         """
-        parts, walls = await self._partitions()
+        parts, _ = await self._partitions()
         if not parts:
             return None
-        walls = {k: walls.get(k, 0.0) for k in parts}
-        freshest = max(walls.values())
-        active = [parts[k] for k in parts if freshest - walls[k] <= self.idle_partition_seconds]
-        if high or not active:
+        if high:
             return max(parts.values())
-        return min(active)
+        if self.partitions is None:
+            return min(parts.values())
+        now = self.clock()
+        idle = {p for p, at in (await self._idle_reports()).items() if now - at <= self.idle_report_seconds}
+        holding = [parts.get(str(p)) for p in range(self.partitions) if str(p) not in idle]
+        if not holding:
+            return max(parts.values())  # everything caught up: nothing more can come for now
+        if any(h is None for h in holding):
+            return None  # a partition that may hold events has not counted any yet
+        return min(h for h in holding if h is not None)
 
     # -- reads ------------------------------------------------------------------------------
     async def window_stats(self, entity: str, start: int, end: int) -> dict[str, float]:
@@ -321,8 +351,15 @@ class Windows(ABC):
 class RedisWindows(Windows):
     """The buckets in Redis. One instance per worker; async, never blocks."""
 
-    def __init__(self, redis: aredis.Redis, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(
+        self,
+        redis: aredis.Redis,
+        settings: Settings,
+        *,
+        partitions: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(settings, partitions=partitions, clock=clock)
         self.r = redis
         self.p = settings.redis.key_prefix
         self._add = self.r.register_script(_ADD_LUA)
@@ -397,6 +434,21 @@ class RedisWindows(Windows):
         wall = await self.r.hgetall(f"{self.p}:wmt") if wm else {}
         return {_s(k): float(v) for k, v in wm.items()}, {_s(k): float(v) for k, v in wall.items()}
 
+    async def _idle_reports(self) -> dict[str, float]:
+        raw = await self.r.hgetall(f"{self.p}:idle")
+        return {_s(k): float(v) for k, v in raw.items()}
+
+    async def report_partitions(self, idle: dict[int, bool], now: float) -> None:
+        if not idle:
+            return
+        async with self.r.pipeline(transaction=False) as pipe:
+            for p, caught_up in idle.items():
+                if caught_up:
+                    pipe.hset(f"{self.p}:idle", str(p), repr(now))
+                else:
+                    pipe.hdel(f"{self.p}:idle", str(p))
+            await pipe.execute()
+
     async def stats(self) -> dict[str, int]:
         raw = await self.r.hgetall(f"{self.p}:stats")
         return {_s(k): int(v) for k, v in raw.items()}
@@ -452,8 +504,11 @@ class MemoryWindows(Windows):
     AddResult(counted=1, duplicates=1, unmatched=0)
     """
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(
+        self, settings: Settings, *, partitions: int | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(settings, partitions=partitions, clock=clock)
+        self.idle: dict[str, float] = {}
         self.seen: set[tuple[str, str]] = set()
         self.buckets: dict[tuple[str, int], dict[str, float]] = {}
         self.hours: dict[tuple[str, int], dict[str, float]] = {}
@@ -504,6 +559,16 @@ class MemoryWindows(Windows):
 
     async def _partitions(self) -> tuple[dict[str, float], dict[str, float]]:
         return dict(self.wm), dict(self.wmt)
+
+    async def _idle_reports(self) -> dict[str, float]:
+        return dict(self.idle)
+
+    async def report_partitions(self, idle: dict[int, bool], now: float) -> None:
+        for p, caught_up in idle.items():
+            if caught_up:
+                self.idle[str(p)] = now
+            else:
+                self.idle.pop(str(p), None)
 
     async def stats(self) -> dict[str, int]:
         return dict(self.counts)

@@ -84,7 +84,7 @@ async def test_signed_pushes_reach_the_raw_topic_and_bad_ones_are_kept_for_the_d
     assert orjson.loads(values[0])["event_id"] == "shop:r-1"
     assert orjson.loads(values[1])["_error"]  # the invalid record, with the reason, for the worker's DLQ
     assert values[2] == junk
-    assert app.stats == {"accepted": 1, "invalid": 2, "rejected": 3}
+    assert app.stats == {"accepted": 1, "invalid": 2, "rejected": 3, "duplicate": 0, "failed": 0}
 
 
 async def test_a_mapping_turns_any_shape_into_records(kafka_bootstrap: str, unique: str) -> None:
