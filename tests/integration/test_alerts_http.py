@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -126,6 +126,59 @@ def statuses(ds: list[Delivery]) -> dict[str, str]:
     return {d.route: d.status for d in ds}
 
 
+FINAL = frozenset({"delivered", "dead", "duplicate", "filtered"})
+
+
+class Outcomes:
+    """What the route senders report to ``on_delivery``, with a wait on a condition."""
+
+    def __init__(self) -> None:
+        self.items: list[Delivery] = []
+        self._cond = asyncio.Condition()
+
+    async def add(self, d: Delivery) -> None:
+        async with self._cond:
+            self.items.append(d)
+            self._cond.notify_all()
+
+    async def wait(self, pred: Callable[[list[Delivery]], bool], timeout: float = 10.0) -> list[Delivery]:
+        async with self._cond:
+            await asyncio.wait_for(self._cond.wait_for(lambda: pred(self.items)), timeout)
+            return list(self.items)
+
+    def final(self, route: str, iid: str, seq: int) -> Delivery | None:
+        done = [x for x in self.items if (x.route, x.incident_id, x.seq) == (route, iid, seq) and x.status in FINAL]
+        return done[-1] if done else None
+
+
+Make = Callable[..., tuple[Dispatcher, Outcomes]]
+
+
+@pytest.fixture
+async def make(r: aredis.Redis, prefix: str) -> AsyncIterator[Make]:
+    """Dispatchers on the test's Redis and prefix (as many workers as asked), stopped at the end."""
+    made: list[Dispatcher] = []
+
+    def _make(s: AlertSettings, redis: aredis.Redis | None = None) -> tuple[Dispatcher, Outcomes]:
+        out = Outcomes()
+        d = Dispatcher(s, redis or r, key_prefix=prefix)
+        d.on_delivery = out.add
+        made.append(d)
+        return d, out
+
+    yield _make
+    for d in made:
+        await d.aclose()
+
+
+async def send(d: Dispatcher, out: Outcomes, inc: Incident, timeout: float = 10.0) -> list[Delivery]:
+    """``dispatch``, then wait for the final outcome of every queued message: what reached the channel."""
+    first = await d.dispatch(inc)
+    queued = [x for x in first if x.status == "queued"]
+    await out.wait(lambda _: all(out.final(x.route, x.incident_id, x.seq) for x in queued), timeout)
+    return [out.final(x.route, x.incident_id, x.seq) or x if x.status == "queued" else x for x in first]
+
+
 async def wait_for(rx: HttpReceiver, what: Any, timeout: float = 10.0) -> list[Received]:
     """Wait on the receiver's condition in a thread, keeping the event loop free."""
     return await asyncio.to_thread(rx.wait_for, what, timeout)
@@ -133,15 +186,16 @@ async def wait_for(rx: HttpReceiver, what: Any, timeout: float = 10.0) -> list[R
 
 # (a) ---------------------------------------------------------------------------------------
 async def test_open_incident_arrives_once_explained_and_redelivery_is_a_duplicate(
-    r: aredis.Redis, prefix: str, rx: HttpReceiver
+    r: aredis.Redis, prefix: str, rx: HttpReceiver, make: Make
 ) -> None:
-    d = Dispatcher(settings(route("cx", rx.apprise_url("/cx"))), r, key_prefix=prefix)
+    d, out = make(settings(route("cx", rx.apprise_url("/cx"))))
     inc = incident("open", 1, "critical")
 
-    first = await d.dispatch(inc)
+    first = await send(d, out, inc)
     assert [(x.route, x.status, x.attempts) for x in first] == [("cx", "delivered", 1)]
     [got] = rx.requests
     assert got.path == "/cx" and got.headers["Content-Type"].startswith("application/json")
+    assert got.idempotency_key == d.idempotency_key("cx", inc.incident_id, 1)
     assert got.json["type"] == "failure"
     assert got.title.startswith("[CRITICAL] OPEN: northwind") and f"{inc.incident_id} #1" in got.title
     body = got.message
@@ -155,64 +209,56 @@ async def test_open_incident_arrives_once_explained_and_redelivery_is_a_duplicat
     again = await d.dispatch(inc)
     assert statuses(again) == {"cx": "duplicate"}
     # a restarted worker (new Dispatcher, same Redis) does not send it either
-    again2 = await Dispatcher(d.settings, r, key_prefix=prefix).dispatch(inc)
+    d2, _ = make(d.settings)
+    again2 = await d2.dispatch(inc)
     assert statuses(again2) == {"cx": "duplicate"}
     assert len(rx.attempts) == 1
     assert await d.stats() == {"delivered": 1, "duplicate": 2}
+    assert await d.pending() == {"cx": 0}
 
 
 # (b) ---------------------------------------------------------------------------------------
-async def test_failing_channel_is_retried_and_gets_the_message_once(r: aredis.Redis, prefix: str) -> None:
+async def test_failing_channel_is_retried_and_gets_the_message_once(make: Make) -> None:
     with HttpReceiver(fail_first=2) as rx:
-        d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), retries=3), r, key_prefix=prefix)
-        [res] = await d.dispatch(incident())
+        d, out = make(settings(route("cx", rx.apprise_url("/cx"))))
+        [res] = await send(d, out, incident())
         assert (res.status, res.attempts, res.error) == ("delivered", 3, None)
         assert [a.status for a in rx.attempts] == [500, 500, 200]
+        assert len({a.idempotency_key for a in rx.attempts}) == 1  # the same key on every attempt
         assert len(rx.requests) == 1
+        assert [x.status for x in out.items] == ["retrying", "retrying", "delivered"]
         assert statuses(await d.dispatch(incident())) == {"cx": "duplicate"}
         assert len(rx.attempts) == 3
 
 
-async def test_exhausted_retries_fail_unmarked_and_a_redelivery_sends_it(r: aredis.Redis, prefix: str) -> None:
-    with HttpReceiver(status_sequence=[500, 503, 429]) as rx:
-        d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), retries=2), r, key_prefix=prefix)
-        [res] = await d.dispatch(incident())
-        assert (res.status, res.attempts) == ("failed", 3)
-        assert res.error is not None and "429" in res.error
-        assert not await r.exists(f"{prefix}:alert:delivered:cx:{incident().incident_id}:1")
-        assert rx.requests == []
-
-        [res] = await d.dispatch(incident())  # the incident is redelivered: now it goes out
-        assert (res.status, res.attempts) == ("delivered", 1)
-        assert len(rx.requests) == 1 and len(rx.attempts) == 4
-        assert await d.stats() == {"failed": 1, "delivered": 1}
-
-
-async def test_multi_url_route_retries_only_the_url_that_failed(r: aredis.Redis, prefix: str) -> None:
+async def test_multi_url_route_retries_only_the_url_that_failed(make: Make) -> None:
     with HttpReceiver() as ok, HttpReceiver(fail_first=1) as flaky:
-        d = Dispatcher(
-            settings(route("both", ok.apprise_url("/ok"), flaky.apprise_url("/flaky"))), r, key_prefix=prefix
-        )
-        [res] = await d.dispatch(incident())
+        d, out = make(settings(route("both", ok.apprise_url("/ok"), flaky.apprise_url("/flaky"))))
+        [res] = await send(d, out, incident())
         assert (res.status, res.attempts) == ("delivered", 2)
         assert len(ok.attempts) == 1 and len(ok.requests) == 1
         assert len(flaky.attempts) == 2 and len(flaky.requests) == 1
 
 
-async def test_two_workers_never_send_the_same_message_concurrently(r: aredis.Redis, prefix: str) -> None:
+async def test_two_workers_never_send_the_same_message_concurrently(make: Make) -> None:
     with HttpReceiver(delay=0.3) as rx:
         s = settings(route("cx", rx.apprise_url("/cx")))
-        a, b = Dispatcher(s, r, key_prefix=prefix), Dispatcher(s, r, key_prefix=prefix)
+        (a, out_a), (b, out_b) = make(s), make(s)
         ra, rb = await asyncio.gather(a.dispatch(incident()), b.dispatch(incident()))
-        assert sorted([ra[0].status, rb[0].status]) == ["delivered", "duplicate"]
+        assert sorted([ra[0].status, rb[0].status]) == ["duplicate", "queued"]
+        waits = [
+            asyncio.create_task(o.wait(lambda xs: any(x.status == "delivered" for x in xs))) for o in (out_a, out_b)
+        ]
+        await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
         assert len(rx.attempts) == 1
+        assert [x.status for x in out_a.items + out_b.items] == ["delivered"]
 
 
-async def test_slow_channel_times_out_without_blocking_the_loop(r: aredis.Redis, prefix: str) -> None:
+async def test_slow_channel_times_out_without_blocking_the_loop(make: Make) -> None:
     with HttpReceiver(delay=3.0) as rx:
-        d = Dispatcher(
-            settings(route("cx", rx.apprise_url("/cx")), retries=0, timeout_seconds=0.5), r, key_prefix=prefix
-        )
+        d, out = make(settings(route("cx", rx.apprise_url("/cx")), timeout_seconds=0.5, retry_backoff_seconds=5))
         ticks = 0
 
         async def ticker() -> None:
@@ -223,35 +269,34 @@ async def test_slow_channel_times_out_without_blocking_the_loop(r: aredis.Redis,
 
         task = asyncio.create_task(ticker())
         t = time.monotonic()
-        [res] = await d.dispatch(incident())
+        [queued] = await d.dispatch(incident())
+        assert queued.status == "queued" and time.monotonic() - t < 0.5  # dispatch never waits for a channel
+        [res] = await out.wait(lambda xs: bool(xs))
         took = time.monotonic() - t
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        assert res.status == "failed" and res.error is not None
+        assert res.status == "retrying" and res.error is not None and res.retry_at is not None
         assert took < 2.5, took
         assert ticks >= took / 0.02 * 0.5, (ticks, took)  # the loop kept running while Apprise waited
 
 
 # (c) ---------------------------------------------------------------------------------------
 async def test_one_crisis_is_one_thread_updates_held_then_flushed(
-    r: aredis.Redis, prefix: str, rx: HttpReceiver
+    r: aredis.Redis, rx: HttpReceiver, make: Make
 ) -> None:
     cooldown = 0.5
-    d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), cooldown_seconds=cooldown), r, key_prefix=prefix)
-
-    flushed: asyncio.Queue[list[Delivery]] = asyncio.Queue()
+    d, out = make(settings(route("cx", rx.apprise_url("/cx")), cooldown_seconds=cooldown))
 
     async def timer() -> None:  # what the worker does: flush held updates every so often
         while True:
             await asyncio.sleep(0.05)
-            if done := await d.flush_due():
-                flushed.put_nowait(done)
+            await d.flush_due()
 
     def titles(rs: list[Received]) -> list[str]:
         return [x.title.split("] ", 1)[1].split(":", 1)[0] + x.title.rsplit(" ", 1)[1].rstrip(")") for x in rs]
 
-    assert statuses(await d.dispatch(incident("open", 1))) == {"cx": "delivered"}
+    assert statuses(await send(d, out, incident("open", 1))) == {"cx": "delivered"}
     assert statuses(await d.dispatch(incident("update", 2))) == {"cx": "cooldown"}
     assert statuses(await d.dispatch(incident("update", 3))) == {"cx": "cooldown"}  # replaces #2 as the held one
     assert statuses(await d.dispatch(incident("update", 2))) == {"cx": "cooldown"}  # a late #2 does not replace #3
@@ -261,15 +306,14 @@ async def test_one_crisis_is_one_thread_updates_held_then_flushed(
     try:
         got = await wait_for(rx, 2)
         assert titles(got) == ["OPEN#1", "UPDATE#3"]  # only the latest held update, once
-        [done] = await asyncio.wait_for(flushed.get(), 5)  # and the flush has recorded it
-        assert (done.seq, done.status) == (3, "delivered")
+        await out.wait(lambda xs: any((x.seq, x.status) == (3, "delivered") for x in xs), 5)  # and it is recorded
         assert got[1].at - got[0].at >= cooldown * 0.9
 
         # escalation goes out at once, and a held update it supersedes is dropped
         assert statuses(await d.dispatch(incident("update", 4))) == {"cx": "cooldown"}
-        assert statuses(await d.dispatch(incident("escalated", 5, "critical"))) == {"cx": "delivered"}
+        assert statuses(await send(d, out, incident("escalated", 5, "critical"))) == {"cx": "delivered"}
         assert statuses(await d.dispatch(incident("update", 6, "critical"))) == {"cx": "cooldown"}
-        assert statuses(await d.dispatch(incident("resolved", 7, "critical"))) == {"cx": "delivered"}
+        assert statuses(await send(d, out, incident("resolved", 7, "critical"))) == {"cx": "delivered"}
         got = rx.requests
         assert titles(got) == ["OPEN#1", "UPDATE#3", "ESCALATED#5", "RESOLVED#7"]
         assert got[3].json["type"] == "success" and got[2].json["type"] == "failure"
@@ -279,7 +323,7 @@ async def test_one_crisis_is_one_thread_updates_held_then_flushed(
             await task
     # nothing is left held once the thread resolved; stale updates stay quiet
     assert await d.flush_due() == []
-    assert await r.zcard(f"{prefix}:alert:held") == 0
+    assert await r.zcard(f"{d.p}:held") == 0
     [late] = await d.dispatch(incident("update", 4))
     assert (late.status, late.error) == ("filtered", "superseded by #7")
     assert len(rx.attempts) == 4
@@ -287,19 +331,19 @@ async def test_one_crisis_is_one_thread_updates_held_then_flushed(
     assert stats["delivered"] == 4 and stats["cooldown"] == 5
 
 
-async def test_update_after_cooldown_goes_out_directly(r: aredis.Redis, prefix: str, rx: HttpReceiver) -> None:
-    d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), cooldown_seconds=0), r, key_prefix=prefix)
+async def test_update_after_cooldown_goes_out_directly(rx: HttpReceiver, make: Make) -> None:
+    d, out = make(settings(route("cx", rx.apprise_url("/cx")), cooldown_seconds=0))
     for i, status in enumerate(["open", "update", "update"], 1):
-        assert statuses(await d.dispatch(incident(status, i))) == {"cx": "delivered"}
+        assert statuses(await send(d, out, incident(status, i))) == {"cx": "delivered"}
     assert len(rx.requests) == 3
 
 
 # (d) ---------------------------------------------------------------------------------------
-async def test_rate_limit_spaces_messages_on_a_route(r: aredis.Redis, prefix: str, rx: HttpReceiver) -> None:
-    d = Dispatcher(settings(route("slack-like", rx.apprise_url("/s"), rate_per_second=5)), r, key_prefix=prefix)
+async def test_rate_limit_spaces_messages_on_a_route(rx: HttpReceiver, make: Make) -> None:
+    d, out = make(settings(route("slack-like", rx.apprise_url("/s"), rate_per_second=5)))
     incs = [incident("open", 1, iid=f"inc-{i}", entity=f"brand{i}") for i in range(5)]
     t = time.monotonic()
-    results = await asyncio.gather(*(d.dispatch(i) for i in incs))  # concurrent callers share the bucket
+    results = await asyncio.gather(*(send(d, out, i) for i in incs))  # concurrent callers share the bucket
     assert all(res[0].status == "delivered" for res in results)
     got = rx.wait_for(5, 5)
     assert len(got) == 5
@@ -309,28 +353,28 @@ async def test_rate_limit_spaces_messages_on_a_route(r: aredis.Redis, prefix: st
 
 
 # (e) ---------------------------------------------------------------------------------------
-async def test_routing_by_severity_entity_and_team(r: aredis.Redis, prefix: str, rx: HttpReceiver) -> None:
+async def test_routing_by_severity_entity_and_team(rx: HttpReceiver, make: Make) -> None:
     s = settings(
         route("all", rx.apprise_url("/all")),
         route("oncall", rx.apprise_url("/oncall"), min_severity="critical"),
         route("acme", rx.apprise_url("/acme"), entities=["Acme"], min_severity="info"),
         route("cx-team", rx.apprise_url("/cx"), teams=["cx"]),
     )
-    d = Dispatcher(s, r, key_prefix=prefix)
+    d, out = make(s)
     nw = "inc-northwind-1"
-    got = await d.dispatch(incident("open", 1, "warning", iid=nw))
+    got = await send(d, out, incident("open", 1, "warning", iid=nw))
     assert statuses(got) == {"all": "delivered", "oncall": "filtered", "acme": "filtered", "cx-team": "delivered"}
-    got = await d.dispatch(incident("open", 1, "critical", entity="acme/rocket", iid="inc-acme-1", team=None))
+    got = await send(d, out, incident("open", 1, "critical", entity="acme/rocket", iid="inc-acme-1", team=None))
     assert statuses(got) == {"all": "delivered", "oncall": "delivered", "acme": "delivered", "cx-team": "filtered"}
-    got = await d.dispatch(incident("open", 1, "info", entity="acme", iid="inc-acme-2", team="cx"))
+    got = await send(d, out, incident("open", 1, "info", entity="acme", iid="inc-acme-2", team="cx"))
     assert statuses(got) == {"all": "filtered", "oncall": "filtered", "acme": "delivered", "cx-team": "filtered"}
-    got = await d.dispatch(incident("open", 1, "warning", entity="globex", iid="inc-globex-1", team="marketing"))
+    got = await send(d, out, incident("open", 1, "warning", entity="globex", iid="inc-globex-1", team="marketing"))
     assert statuses(got) == {"all": "delivered", "oncall": "filtered", "acme": "filtered", "cx-team": "filtered"}
 
     # the northwind thread escalates (now on-call hears of it), then resolves: every route it used hears that
-    got = await d.dispatch(incident("escalated", 2, "critical", iid=nw))
+    got = await send(d, out, incident("escalated", 2, "critical", iid=nw))
     assert statuses(got) == {"all": "delivered", "oncall": "delivered", "acme": "filtered", "cx-team": "delivered"}
-    got = await d.dispatch(incident("resolved", 3, "critical", iid=nw, team=None))
+    got = await send(d, out, incident("resolved", 3, "critical", iid=nw, team=None))
     assert statuses(got) == {"all": "delivered", "oncall": "delivered", "acme": "filtered", "cx-team": "delivered"}
 
     by_path: dict[str, int] = {}
@@ -340,16 +384,16 @@ async def test_routing_by_severity_entity_and_team(r: aredis.Redis, prefix: str,
 
 
 # (f) ---------------------------------------------------------------------------------------
-async def test_sms_route_gets_a_single_segment_body(r: aredis.Redis, prefix: str, rx: HttpReceiver) -> None:
+async def test_sms_route_gets_a_single_segment_body(rx: HttpReceiver, make: Make) -> None:
     s = settings(
         route("sms-form", rx.apprise_url("/sms", "form"), sms=True),
         route("sms-json", rx.apprise_url("/sms-json"), sms=True),
         route("chat", rx.apprise_url("/chat")),
     )
-    d = Dispatcher(s, r, key_prefix=prefix)
+    d, _ = make(s)
     long_entity = "northwind/" + "very-long-product-name-" * 5
     await d.dispatch(incident("open", 1, "critical", entity=long_entity))
-    got = {x.path: x for x in rx.wait_for(3, 5)}
+    got = {x.path: x for x in await wait_for(rx, 3, 5)}
     form = got["/sms"]
     assert form.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
     assert form.form["type"] == "failure" and form.form["title"] == ""
@@ -361,9 +405,9 @@ async def test_sms_route_gets_a_single_segment_body(r: aredis.Redis, prefix: str
 
 
 async def test_console_logs_the_rendered_message(
-    r: aredis.Redis, prefix: str, rx: HttpReceiver, caplog: pytest.LogCaptureFixture
+    rx: HttpReceiver, make: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
-    d = Dispatcher(settings(route("cx", rx.apprise_url("/cx")), console=True), r, key_prefix=prefix)
+    d, _ = make(settings(route("cx", rx.apprise_url("/cx")), console=True))
     with caplog.at_level(logging.WARNING, logger="repmon.alerts"):
         await d.dispatch(incident("open", 1, "critical"))
     [rec] = [x for x in caplog.records if x.name == "repmon.alerts"]
