@@ -146,8 +146,11 @@ class Outcomes:
             await asyncio.wait_for(self._cond.wait_for(lambda: pred(self.items)), timeout)
             return list(self.items)
 
-    def final(self, route: str, iid: str, seq: int) -> Delivery | None:
-        done = [x for x in self.items if (x.route, x.incident_id, x.seq) == (route, iid, seq) and x.status in FINAL]
+    def final(self, route: str, iid: str, seq: int, since: int = 0) -> Delivery | None:
+        """The last final outcome of a message (among the outcomes from index ``since`` on)."""
+        done = [
+            x for x in self.items[since:] if (x.route, x.incident_id, x.seq) == (route, iid, seq) and x.status in FINAL
+        ]
         return done[-1] if done else None
 
 
@@ -173,10 +176,11 @@ async def make(r: aredis.Redis, prefix: str) -> AsyncIterator[Make]:
 
 async def send(d: Dispatcher, out: Outcomes, inc: Incident, timeout: float = 10.0) -> list[Delivery]:
     """``dispatch``, then wait for the final outcome of every queued message: what reached the channel."""
+    since = len(out.items)
     first = await d.dispatch(inc)
     queued = [x for x in first if x.status == "queued"]
-    await out.wait(lambda _: all(out.final(x.route, x.incident_id, x.seq) for x in queued), timeout)
-    return [out.final(x.route, x.incident_id, x.seq) or x if x.status == "queued" else x for x in first]
+    await out.wait(lambda _: all(out.final(x.route, x.incident_id, x.seq, since) for x in queued), timeout)
+    return [out.final(x.route, x.incident_id, x.seq, since) or x if x.status == "queued" else x for x in first]
 
 
 async def wait_for(rx: HttpReceiver, what: Any, timeout: float = 10.0) -> list[Received]:
@@ -418,3 +422,145 @@ def test_bad_apprise_url_fails_at_start_naming_the_route() -> None:
     s = settings(route("pager", "nosuchscheme://x/y"))
     with pytest.raises(ValueError, match=r"alerts\.routes\[pager\]\.urls\[0\]"):
         Dispatcher(s, aredis.Redis())
+
+
+# (g) faults: nothing stuck, nothing lost ------------------------------------------------------
+def fast(*routes: Route, **kw: Any) -> AlertSettings:
+    """Small timings: retries 50-200 ms apart, no cooldown."""
+    base: dict[str, Any] = {"cooldown_seconds": 0, "retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.2}
+    return settings(*routes, **{**base, **kw})
+
+
+def seqs_by_thread(rs: list[Received]) -> dict[str, list[tuple[int, str]]]:
+    """Per thread, in arrival order: (seq, status word) from the titles."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for x in rs:
+        word = x.title.split("] ", 1)[1].split(":", 1)[0]
+        iid, seq = x.title.rsplit("(thread ", 1)[1].rstrip(")").split(" #")
+        out.setdefault(iid, []).append((int(seq), word))
+    return out
+
+
+async def test_channel_down_then_back_gets_every_message_once_in_order_open_first(
+    r: aredis.Redis, prefix: str, make: Make
+) -> None:
+    with HttpReceiver() as rx:
+        rx.fail(500)
+        d, out = make(fast(route("cx", rx.apprise_url("/cx"))))
+        a, b = "inc-a", "inc-b"
+        script = [
+            incident("open", 1, iid=a),
+            incident("open", 1, iid=b, entity="globex"),
+            incident("update", 2, iid=a),
+            incident("escalated", 3, "critical", iid=a),  # supersedes the pending update #2 of a
+            incident("update", 2, iid=b, entity="globex"),
+            incident("update", 4, "critical", iid=a),
+            incident("resolved", 5, "critical", iid=a),  # supersedes the pending update #4 of a
+        ]
+        for inc in script:
+            assert statuses(await d.dispatch(inc)) == {"cx": "queued"}
+        # the channel is down for a while: several attempts fail, none is given up
+        await asyncio.to_thread(rx.wait_for, 6, 10, attempts=True)
+        assert rx.requests == [] and "dead" not in await d.stats()
+        assert await d.pending() == {"cx": 5}  # a: open, escalated, resolved; b: open, update
+        rx.recover()
+        await out.wait(lambda xs: sum(x.status == "delivered" for x in xs) == 5)
+        got = rx.requests
+        assert seqs_by_thread(got) == {
+            a: [(1, "OPEN"), (3, "ESCALATED"), (5, "RESOLVED")],
+            b: [(1, "OPEN"), (2, "UPDATE")],
+        }
+        assert len({x.idempotency_key for x in got}) == 5  # one key per message
+        superseded = sorted((x.incident_id, x.seq) for x in out.items if x.status == "filtered")
+        assert superseded == [(a, 2), (a, 4)]
+        stats = await d.stats()
+        assert stats["delivered"] == 5 and stats["retrying"] >= 2 and "dead" not in stats
+        assert await d.pending() == {"cx": 0}
+        # redelivered incidents (the worker restarted) are duplicates: nothing more is sent
+        for inc in script:
+            [res] = await d.dispatch(inc)
+            assert res.status in ("duplicate", "filtered"), res
+        assert len(rx.requests) == 5
+
+
+async def test_hanging_channel_gets_one_post_per_attempt_and_dedupes_on_the_key(make: Make) -> None:
+    timeout = 0.4
+    with HttpReceiver(delay=3.0, delay_first=3, dedupe=True) as rx:  # takes the post, then hangs 3 s
+        s = fast(route("cx", rx.apprise_url("/cx")), timeout_seconds=timeout)
+        (w1, out1), (w2, out2) = make(s), make(s)  # two workers on the same Redis
+        inc = incident("open", 1)
+        await asyncio.gather(w1.dispatch(inc), w2.dispatch(inc))
+        posts = await asyncio.to_thread(rx.wait_for, 4, 15, attempts=True)
+        assert len(rx.requests) == 1  # the channel shows the OPEN once
+        waits = [asyncio.create_task(o.wait(lambda xs: any(x.status == "delivered" for x in xs))) for o in (out1, out2)]
+        await asyncio.wait(waits, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        outcomes = out1.items + out2.items
+        [done] = [x for x in outcomes if x.status == "delivered"]
+        posts = rx.attempts
+        assert done.attempts == len(posts) == 4  # 3 timed out (the receiver took the first), the 4th answered
+        assert [x.status for x in outcomes].count("retrying") == 3
+        assert {x.idempotency_key for x in posts} == {w1.idempotency_key("cx", inc.incident_id, 1)}
+        assert [x.duplicate for x in posts] == [False, True, True, True]
+        gaps = [b.at - a.at for a, b in itertools.pairwise(posts)]
+        assert all(g >= timeout * 0.9 for g in gaps), gaps  # never a second post while one is in flight
+
+
+async def test_a_hanging_route_does_not_delay_another_route(make: Make) -> None:
+    with HttpReceiver(delay=5.0) as slow, HttpReceiver() as quick:
+        s = fast(route("slow", slow.apprise_url("/slow")), route("quick", quick.apprise_url("/q")), timeout_seconds=3)
+        d, _ = make(s)
+        incs = [incident("open", 1, iid=f"inc-{i}", entity=f"brand{i}") for i in range(3)]
+
+        async def worker() -> None:  # the incidents agent: one incident after the other
+            for inc in incs:
+                await d.dispatch(inc)
+
+        t = time.monotonic()
+        task = asyncio.create_task(worker())
+        try:
+            got = await wait_for(quick, 3, timeout=1.5)
+            assert len(got) == 3, [x.title for x in got]  # while the slow route still hangs on its first post
+            assert time.monotonic() - t < 1.5
+            assert len(slow.attempts) == 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def test_a_message_failing_past_the_horizon_is_a_dead_notification(
+    r: aredis.Redis, prefix: str, make: Make
+) -> None:
+    with HttpReceiver() as rx:
+        rx.fail(503)
+        d, out = make(fast(route("cx", rx.apprise_url("/cx")), delivery_horizon_seconds=0.8))
+        inc = incident("open", 1)
+        t = time.monotonic()
+        assert statuses(await d.dispatch(inc)) == {"cx": "queued"}
+        await out.wait(lambda xs: any(x.status == "dead" for x in xs), 5)
+        took = time.monotonic() - t
+        [dead] = [x for x in out.items if x.status == "dead"]
+        assert 0.8 <= took < 3, took
+        assert dead.incident == inc and dead.attempts == len(rx.attempts) >= 3
+        assert dead.error is not None and "503" in dead.error
+        assert [x.status for x in out.items] == ["retrying"] * dead.attempts + ["dead"]
+        stats = await d.stats()
+        assert stats["dead"] == 1 and "delivered" not in stats
+        assert await d.pending() == {"cx": 0}
+        assert [k async for k in r.scan_iter(f"{prefix}:alert:outbox:*")] == []
+        # it was never marked delivered: once the channel is back, a redelivery of the incident sends it
+        rx.recover()
+        assert statuses(await send(d, out, inc)) == {"cx": "delivered"}
+        assert len(rx.requests) == 1
+
+
+async def test_the_outbox_is_bounded(make: Make) -> None:
+    with HttpReceiver() as rx:
+        rx.fail(500)
+        d, _ = make(fast(route("cx", rx.apprise_url("/cx")), max_pending_threads=2))
+        got = [await d.dispatch(incident("open", 1, iid=f"inc-{i}", entity=f"brand{i}")) for i in range(3)]
+        assert [g[0].status for g in got] == ["queued", "queued", "dead"]
+        assert got[2][0].error is not None and "outbox full" in got[2][0].error
+        assert (await d.stats())["dead"] == 1
