@@ -53,9 +53,10 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
   about one), spaced in-process and awaited with ``asyncio.sleep``; retries count too.
 - **never block the loop**: Apprise is called with ``async_notify``, which runs each plugin's
   blocking HTTP call in Apprise's thread pool.
-- **Redis trouble**: the senders log Redis errors and try again later (backing off to 30 s);
-  ``dispatch`` keeps an incident it could not queue in memory (bounded) and queues it once Redis
-  answers; ``flush_due`` logs and returns. None of them raises for it.
+- **Redis trouble**: the senders log Redis errors and try again later (within
+  ``outbox_poll_seconds``); ``dispatch`` keeps an incident it could not queue in memory (at most
+  10 000, oldest dropped first) and queues it once Redis answers (tried again within 5 s; those
+  outcomes go to ``on_delivery``); ``flush_due`` logs and returns. None of them raises for it.
 - **counts**: ``{prefix}:alert:stats`` counts ``delivered``, ``retrying`` (failed attempts), ``dead``,
   ``duplicate`` and ``cooldown`` results.
 - **console**: with ``alerts.console`` every incident is also logged on ``repmon.alerts`` at WARNING.
@@ -726,7 +727,7 @@ class Dispatcher:
                     out = await self._dispatch(incident)
                 except (RedisError, OSError) as exc:
                     errors += 1
-                    wait = min(30.0, 0.25 * 2 ** min(errors, 7))
+                    wait = min(5.0, 0.25 * 2 ** min(errors, 5))
                     logger.error(
                         "alert backlog (%d): Redis still failing: %s (again in %.1f s)", len(self._backlog), exc, wait
                     )

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,7 @@ import redis.asyncio as aredis
 from alerts.dispatch import Delivery, Dispatcher
 from contract.records import Incident, Signal, TopMention
 from infra.settings import AlertSettings, Route
+from tests.conftest import free_port
 from tools.receiver import HttpReceiver, Received
 
 pytestmark = pytest.mark.integration
@@ -564,3 +567,47 @@ async def test_the_outbox_is_bounded(make: Make) -> None:
         assert [g[0].status for g in got] == ["queued", "queued", "dead"]
         assert got[2][0].error is not None and "outbox full" in got[2][0].error
         assert (await d.stats())["dead"] == 1
+
+
+@contextlib.contextmanager
+def redis_server(port: int) -> Iterator[None]:
+    """A real redis-server of the test's own, on ``port`` (so the test can stop and restart it)."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # ready once it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_the_dispatcher_survives_redis_going_away(rx: HttpReceiver, make: Make) -> None:
+    port = free_port()
+    client = aredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=2, socket_connect_timeout=1)
+    try:
+        d, out = make(fast(route("cx", rx.apprise_url("/cx"))), client)
+        with redis_server(port):
+            assert statuses(await send(d, out, incident("open", 1, iid="inc-1"))) == {"cx": "delivered"}
+        # Redis is gone: nothing raises, the incident is kept, the senders keep running
+        [res] = await d.dispatch(incident("open", 1, iid="inc-2", entity="globex"))
+        assert res.status == "queued" and res.error is not None and "Redis unavailable" in res.error
+        assert await d.flush_due() == []
+        assert all(not t.done() for t in d._tasks.values())
+        with redis_server(port):  # back (empty: it kept nothing): the kept incident goes out
+            got = await wait_for(rx, 2, 15)
+            assert [x.title.rsplit("(thread ", 1)[1] for x in got] == ["inc-1 #1)", "inc-2 #1)"]
+            await out.wait(lambda xs: any((x.incident_id, x.status) == ("inc-2", "delivered") for x in xs))
+            await d.aclose()
+    finally:
+        await client.aclose()
