@@ -36,9 +36,10 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
   nothing sent. A lease per route and thread (``{prefix}:alert:lease:{route}:{incident_id}``,
   ``SET NX PX``, longer than one bounded attempt) keeps two workers from attempting messages of a
   thread at the same time, so a channel that hangs is never posted to by a second attempt while the
-  first is in flight. Every request carries an ``Idempotency-Key`` header (a hash of prefix, route,
-  incident and seq, the same on every attempt) so a receiver that took a message whose answer timed
-  out can drop the retry (HTTP gives no better guarantee). On a route with several URLs each URL's
+  first is in flight. Every request to a json://, form:// or xml:// URL carries an ``Idempotency-Key``
+  header (a hash of prefix, route, incident and seq, the same on every attempt and worker) so a
+  receiver that took a message whose answer timed out can drop the retry (HTTP gives no better
+  guarantee; other channels may show such a message twice). On a route with several URLs each URL's
   success is remembered too, so a retry only goes to the URLs that failed.
 - **grouping**: ``open``, ``escalated`` and ``resolved`` are queued at once, and so is an ``update``
   whose severity is above what the route last got (or has queued) for the thread. Any other
@@ -383,7 +384,12 @@ class Dispatcher:
         for ev in self._wake.values():
             ev.set()  # a sender that swallowed a cancellation (some libraries do) still sees _closed
         tasks = list(self._tasks.values())
+        loop = asyncio.get_running_loop()
         for t in tasks:
+            if t.get_loop() is not loop:  # started in another loop (closed by now, or not running here)
+                with contextlib.suppress(RuntimeError):
+                    t.cancel()
+                continue
             while not t.done():
                 t.cancel()
                 await asyncio.wait([t], timeout=1.0)
@@ -608,7 +614,7 @@ class Dispatcher:
         nxt = cast(list[tuple[Any, float]], await self.r.zrange(key, 0, 0, withscores=True))
         if not nxt:
             return self.settings.outbox_poll_seconds
-        return max(nxt[0][1] - self.clock(), 0.05)  # due but leased elsewhere: look again soon
+        return max(nxt[0][1] - self.clock(), 0.2)  # due but leased by another worker: look again soon
 
     def _lease_ms(self, route: Route) -> int:
         """Lease lifetime: longer than one bounded attempt (rate wait, timeout, Redis) with a margin."""
@@ -770,13 +776,24 @@ class Dispatcher:
 
 
 def _with_args(url: str, timeout: float, key: str) -> str:
-    """Add Apprise's socket read/connect timeouts (``rto``/``cto``) unless the URL sets them, and the
-    ``Idempotency-Key`` header (``+Header=value``: json://, form://, xml:// send it; others ignore it)."""
+    """Add Apprise's socket read/connect timeouts (``rto``/``cto``) unless the URL sets them, and on
+    Apprise's generic HTTP plugins (json, form, xml) the ``Idempotency-Key`` header (``+Header=value``;
+    other plugins give ``+`` arguments other meanings, e.g. PagerDuty custom details).
+
+    >>> _with_args("json://h/p?rto=3", 10, "k")
+    'json://h/p?rto=3&cto=10&+Idempotency-Key=k'
+    >>> _with_args("slack://a/b/c", 10, "k")
+    'slack://a/b/c?rto=10&cto=10'
+    """
     query = url.split("?", 1)[1] if "?" in url else ""
     keys = {kv.split("=", 1)[0] for kv in query.split("&") if kv}
     extra = [f"{k}={timeout:g}" for k in ("rto", "cto") if k not in keys]
-    extra.append(f"+{IDEMPOTENCY_HEADER}={key}")
+    if url.split("://", 1)[0].lower() in _HEADER_SCHEMES:
+        extra.append(f"+{IDEMPOTENCY_HEADER}={key}")
     return url + ("&" if "?" in url else "?") + "&".join(extra)
+
+
+_HEADER_SCHEMES = frozenset({"json", "jsons", "form", "forms", "xml", "xmls"})
 
 
 def _member(route: str, iid: str) -> str:

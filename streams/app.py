@@ -31,7 +31,7 @@ import orjson
 import redis.asyncio as aredis
 from pydantic import ValidationError
 
-from alerts.dispatch import Dispatcher
+from alerts.dispatch import Delivery, Dispatcher
 from contract.records import DeadLetter, EnrichedEvent, Incident, Signal, dumps, parse_raw
 from infra.settings import Settings
 from streams.detection import DetectionEngine
@@ -83,8 +83,10 @@ class Pipeline:
             raise ValueError("no Redis URL: set redis.url / REPMON_REDIS__URL, or run through `repmon demo`")
         self.redis = aredis.Redis.from_url(url)
         self.store = WindowStore(self.redis, settings)
-        self.dispatcher = Dispatcher(settings.alerts, self.redis, key_prefix=settings.redis.key_prefix)
         self.metrics = Metrics()
+        self.dispatcher = Dispatcher(
+            settings.alerts, self.redis, key_prefix=settings.redis.key_prefix, on_delivery=self._on_delivery
+        )
         if metrics_port is not None:
             self.metrics.serve(metrics_port, metrics_addr)
         # One thread owns the NLP pipeline and the online model: batches run off the event
@@ -270,6 +272,11 @@ class Pipeline:
             self.metrics.notifications.labels(d.route, d.status).inc()
             logger.info("alert %s seq %s -> %s: %s", d.incident_id, d.seq, d.route, d.status)
 
+    def _on_delivery(self, d: Delivery) -> None:
+        """Outcomes the alert senders decide later (delivered, retrying, dead, ...)."""
+        self.metrics.notifications.labels(d.route, d.status).inc()
+        logger.info("alert %s seq %s -> %s: %s", d.incident_id, d.seq, d.route, d.status)
+
     # -- human labels -----------------------------------------------------------------------
     async def handle_labels(self, events: Sequence[Any]) -> None:
         rows: list[tuple[str, str]] = []
@@ -286,6 +293,7 @@ class Pipeline:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.stage.learn, rows)
 
     async def close(self) -> None:
+        await self.dispatcher.aclose()
         await self.redis.aclose()
         self.executor.shutdown(wait=True)
 

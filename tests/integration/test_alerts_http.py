@@ -611,3 +611,22 @@ async def test_the_dispatcher_survives_redis_going_away(rx: HttpReceiver, make: 
             await d.aclose()
     finally:
         await client.aclose()
+
+
+async def test_the_horizon_is_measured_on_the_injected_clock(make: Make) -> None:
+    now = [1_000_000.0]
+    with HttpReceiver() as rx:
+        rx.fail(500)
+        s = fast(route("cx", rx.apprise_url("/cx")), delivery_horizon_seconds=6 * 3600, outbox_poll_seconds=0.1)
+        d, out = make(s)
+        d.clock = lambda: now[0]
+        await d.dispatch(incident("open", 1))
+        [first] = await out.wait(lambda xs: len(xs) >= 1)
+        assert first.status == "retrying" and first.retry_at is not None
+        assert now[0] + 0.025 <= first.retry_at <= now[0] + 0.05  # the gap, on the fake clock
+        now[0] += 3600  # an hour later: tried again, not given up
+        await out.wait(lambda xs: len(xs) >= 2)
+        assert [x.status for x in out.items] == ["retrying", "retrying"]
+        now[0] += 5 * 3600  # six hours after it was queued
+        [dead] = [x for x in await out.wait(lambda xs: xs[-1].status == "dead") if x.status == "dead"]
+        assert dead.seq == 1 and dead.attempts >= 2
