@@ -24,8 +24,11 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
   once, error ``outbox full``); within a thread an older pending ``update`` is dropped when a newer
   message is queued; the keys expire after the horizon. A worker that restarts finds its outbox.
 - **nothing stuck**: each route has its own sender, so a slow or hanging channel delays only its own
-  route. An attempt is bounded by ``timeout_seconds`` (socket timeouts ``rto``/``cto`` on the URL,
-  Apprise's service and call timeouts, and an outer ``asyncio.wait_for`` one second later).
+  route (a route sends one message at a time). An attempt is bounded by ``timeout_seconds`` (socket
+  timeouts ``rto``/``cto`` on the URL, Apprise's service and call timeouts, and an outer
+  ``asyncio.timeout`` one second later). A sender is woken when its worker queues a message and
+  otherwise looks at its outbox every ``outbox_poll_seconds`` (messages queued by other workers,
+  or left by a worker that stopped).
 - **order per thread**: a route sends the messages of a thread in ``seq`` order, one at a time; the
   next waits until the previous one is delivered or dead. An ``open`` (or ``escalated``,
   ``resolved``) is never dropped, so a thread never starts at ``update`` on a route while its
@@ -44,12 +47,11 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
 - **grouping**: ``open``, ``escalated`` and ``resolved`` are queued at once, and so is an ``update``
   whose severity is above what the route last got (or has queued) for the thread. Any other
   ``update`` within ``cooldown_seconds`` of the thread's last message queued or delivered on that
-  route is held (``cooldown``):
-  the latest held update per route and thread is kept in Redis, and :meth:`Dispatcher.flush_due`
-  (the worker calls it from a timer) queues it once the cooldown has passed. A message of the thread
-  with a higher ``seq`` that is queued or goes out first makes the held one moot: it is dropped. An
-  ``update`` older than what the route already got or has pending is ``filtered`` (superseded). One
-  crisis is one thread of a few messages, not a flood.
+  route is held (``cooldown``): the latest held update per route and thread is kept in Redis, and
+  :meth:`Dispatcher.flush_due` (the worker calls it from a timer) queues it once the cooldown has
+  passed. A message of the thread with a higher ``seq`` that is queued or goes out first makes the
+  held one moot: it is dropped. An ``update`` older than what the route already got or has pending
+  is ``filtered`` (superseded). One crisis is one thread of a few messages, not a flood.
 - **rate limit**: at most ``rate_per_second`` requests per second per route (Slack webhooks allow
   about one), spaced in-process and awaited with ``asyncio.sleep``; retries count too.
 - **never block the loop**: Apprise is called with ``async_notify``, which runs each plugin's
