@@ -630,3 +630,19 @@ async def test_the_horizon_is_measured_on_the_injected_clock(make: Make) -> None
         now[0] += 5 * 3600  # six hours after it was queued
         [dead] = [x for x in await out.wait(lambda xs: xs[-1].status == "dead") if x.status == "dead"]
         assert dead.seq == 1 and dead.attempts >= 2
+
+
+async def test_a_restarted_worker_sends_what_the_stopped_one_left_pending(make: Make) -> None:
+    with HttpReceiver() as rx:
+        rx.fail(500)
+        s = fast(route("cx", rx.apprise_url("/cx")))
+        old, _ = make(s)
+        for inc in (incident("open", 1), incident("update", 2)):
+            assert statuses(await old.dispatch(inc)) == {"cx": "queued"}
+        await asyncio.to_thread(rx.wait_for, 2, 10, attempts=True)
+        await old.aclose()  # the worker stops with both messages pending (in Redis, not in its memory)
+        rx.recover()
+        new, out = make(s)
+        assert await new.flush_due() == []  # the worker's timer starts the senders of the new process
+        await out.wait(lambda xs: sum(x.status == "delivered" for x in xs) == 2)
+        assert seqs_by_thread(rx.requests) == {incident().incident_id: [(1, "OPEN"), (2, "UPDATE")]}
