@@ -646,3 +646,23 @@ async def test_a_restarted_worker_sends_what_the_stopped_one_left_pending(make: 
         assert await new.flush_due() == []  # the worker's timer starts the senders of the new process
         await out.wait(lambda xs: sum(x.status == "delivered" for x in xs) == 2)
         assert seqs_by_thread(rx.requests) == {incident().incident_id: [(1, "OPEN"), (2, "UPDATE")]}
+
+
+async def test_two_workers_sharing_a_thread_keep_its_order_and_send_each_message_once(make: Make) -> None:
+    with HttpReceiver() as rx:
+        rx.fail(500)
+        s = fast(route("cx", rx.apprise_url("/cx")), retry_backoff_max_seconds=0.1)
+        (w1, out), (w2, _) = make(s), make(s)
+        w2.on_delivery = out.add  # one record of both workers' outcomes
+        iid = incident().incident_id
+        assert statuses(await w1.dispatch(incident("open", 1))) == {"cx": "queued"}
+        assert statuses(await w2.dispatch(incident("escalated", 2, "critical"))) == {"cx": "queued"}  # rebalanced
+        assert statuses(await w1.dispatch(incident("resolved", 3, "critical"))) == {"cx": "queued"}
+        await asyncio.to_thread(rx.wait_for, 4, 10, attempts=True)
+        rx.recover()
+        got = await wait_for(rx, 3)
+        assert seqs_by_thread(got) == {iid: [(1, "OPEN"), (2, "ESCALATED"), (3, "RESOLVED")]}
+        assert all(a.idempotency_key != b.idempotency_key for a, b in itertools.pairwise(got))
+        done = await out.wait(lambda xs: sum(x.status == "delivered" for x in xs) == 3)
+        assert sorted(x.seq for x in done if x.status == "delivered") == [1, 2, 3]
+        assert len(rx.requests) == 3
