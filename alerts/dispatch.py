@@ -1,6 +1,11 @@
-"""Incidents -> Apprise routes, without floods and without duplicates.
+"""Incidents -> Apprise routes, without floods, without duplicates, and without losing any.
 
-Rules, per route:
+:meth:`Dispatcher.dispatch` decides, per route, what happens to an incident and puts the messages
+to send in a durable per-route *outbox* in Redis; one sender task per route (started on the first
+:meth:`~Dispatcher.dispatch` or :meth:`~Dispatcher.flush_due`, stopped by
+:meth:`~Dispatcher.aclose`) sends them. ``dispatch`` never waits for a channel: the message is
+``queued``, and its outcome (``delivered``, ``retrying``, ``dead``, ...) is reported later to the
+``on_delivery`` callback. Rules, per route:
 
 - **routing**: a route takes an incident when its ``min_severity`` is reached (info < warning <
   critical), its ``entities`` list is empty or names the entity (``brand/product`` also matches a
@@ -8,33 +13,55 @@ Rules, per route:
   ``incident.evidence["team"]``. Every route that took a message of a thread is remembered in Redis;
   the ``resolved`` message goes to all of them (and to any route it matches itself). A route that
   does not take the incident gets a ``filtered`` :class:`Delivery`.
+- **nothing lost**: a taken message is queued in Redis (``{prefix}:alert:outbox:{route}:{incident}``,
+  a hash of pending messages by ``seq``; ``{prefix}:alert:outbox:{route}``, a sorted set of the
+  threads with pending messages scored by when their next attempt is due). A failed attempt (Apprise
+  reports failure, raises or times out) is reported ``retrying`` and tried again after an exponential
+  backoff with jitter (``retry_backoff_seconds`` doubling up to ``retry_backoff_max_seconds``, each
+  gap drawn in [d/2, d]) until it is delivered or ``delivery_horizon_seconds`` after it was queued:
+  then it is a ``dead`` notification (counted, reported with its incident, removed). The outbox is
+  bounded: at most ``max_pending_threads`` threads per route (a message beyond it is ``dead`` at
+  once, error ``outbox full``); within a thread an older pending ``update`` is dropped when a newer
+  message is queued; the keys expire after the horizon. A worker that restarts finds its outbox.
+- **nothing stuck**: each route has its own sender, so a slow or hanging channel delays only its own
+  route (a route sends one message at a time). An attempt is bounded by ``timeout_seconds`` (socket
+  timeouts ``rto``/``cto`` on the URL, Apprise's service and call timeouts, and an outer
+  ``asyncio.timeout`` one second later). A sender is woken when its worker queues a message and
+  otherwise looks at its outbox every ``outbox_poll_seconds`` (messages queued by other workers,
+  or left by a worker that stopped).
+- **order per thread**: a route sends the messages of a thread in ``seq`` order, one at a time; the
+  next waits until the previous one is delivered or dead. An ``open`` (or ``escalated``,
+  ``resolved``) is never dropped, so a thread never starts at ``update`` on a route while its
+  ``open`` is pending.
 - **one message once**: ``(route, incident_id, seq)`` is marked delivered in Redis
   (``{prefix}:alert:delivered:{route}:{incident_id}:{seq}``, 30 days) only after the channel
-  accepted it; a redelivered incident finds the mark: ``duplicate``, nothing sent. A short claim key
-  (``SET NX PX``, refreshed before every attempt) keeps two workers from sending the same message at
-  the same time; the mark is checked again once the claim is held. On a route with several URLs each
-  URL's success is remembered too, so a retry only goes to the URLs that failed.
-- **retries**: an attempt that fails (Apprise reports failure, raises or times out) is retried up to
-  ``retries`` times, ``retry_backoff_seconds * 2**n`` apart. After the last failure the result is
-  ``failed`` and the message is *not* marked delivered, so a later redelivery of the incident tries
-  again. (A channel that answers an error although it posted the message, or that times out after
-  posting, can still show it twice: HTTP gives no better guarantee.)
-- **grouping**: ``open``, ``escalated`` and ``resolved`` go out at once, and so does an ``update``
-  whose severity is above what the route last got for the thread. Any other ``update`` within
-  ``cooldown_seconds`` of the thread's last delivered message on that route is held (``cooldown``):
-  the latest held update per route and thread is kept in Redis, and :meth:`Dispatcher.flush_due`
-  (the worker calls it from a timer) sends it once the cooldown has passed. A message of the thread
-  with a higher ``seq`` that goes out first makes the held one moot: it is dropped. An ``update``
-  older than what the route already got is ``filtered`` (superseded). One crisis is one thread of a
-  few messages, not a flood.
+  accepted it; a redelivered incident finds the mark (or the pending message): ``duplicate``,
+  nothing sent. A lease per route and thread (``{prefix}:alert:lease:{route}:{incident_id}``,
+  ``SET NX PX``, longer than one bounded attempt) keeps two workers from attempting messages of a
+  thread at the same time, so a channel that hangs is never posted to by a second attempt while the
+  first is in flight. Every request to a json://, form:// or xml:// URL carries an ``Idempotency-Key``
+  header (a hash of prefix, route, incident and seq, the same on every attempt and worker) so a
+  receiver that took a message whose answer timed out can drop the retry (HTTP gives no better
+  guarantee; other channels may show such a message twice). On a route with several URLs each URL's
+  success is remembered too, so a retry only goes to the URLs that failed.
+- **grouping**: ``open``, ``escalated`` and ``resolved`` are queued at once, and so is an ``update``
+  whose severity is above what the route last got (or has queued) for the thread. Any other
+  ``update`` within ``cooldown_seconds`` of the thread's last message queued or delivered on that
+  route is held (``cooldown``): the latest held update per route and thread is kept in Redis, and
+  :meth:`Dispatcher.flush_due` (the worker calls it from a timer) queues it once the cooldown has
+  passed. A message of the thread with a higher ``seq`` that is queued or goes out first makes the
+  held one moot: it is dropped. An ``update`` older than what the route already got or has pending
+  is ``filtered`` (superseded). One crisis is one thread of a few messages, not a flood.
 - **rate limit**: at most ``rate_per_second`` requests per second per route (Slack webhooks allow
   about one), spaced in-process and awaited with ``asyncio.sleep``; retries count too.
 - **never block the loop**: Apprise is called with ``async_notify``, which runs each plugin's
-  blocking HTTP call in Apprise's thread pool. Each call is bounded by ``timeout_seconds``: socket
-  timeouts on the URL (``rto``/``cto``), Apprise's service and call timeouts, and an outer
-  ``asyncio.wait_for``.
-- **counts**: ``{prefix}:alert:stats`` counts ``delivered``, ``failed``, ``duplicate`` and
-  ``cooldown`` results.
+  blocking HTTP call in Apprise's thread pool.
+- **Redis trouble**: the senders log Redis errors and try again later (within
+  ``outbox_poll_seconds``); ``dispatch`` keeps an incident it could not queue in memory (at most
+  10 000, oldest dropped first) and queues it once Redis answers (tried again within 5 s; those
+  outcomes go to ``on_delivery``); ``flush_due`` logs and returns. None of them raises for it.
+- **counts**: ``{prefix}:alert:stats`` counts ``delivered``, ``retrying`` (failed attempts), ``dead``,
+  ``duplicate`` and ``cooldown`` results.
 - **console**: with ``alerts.console`` every incident is also logged on ``repmon.alerts`` at WARNING.
 
 The Redis scripts touch several keys at once: a single Redis (or a cluster with one hash slot per
@@ -44,23 +71,29 @@ prefix) is assumed.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import hashlib
+import inspect
 import json
 import logging
+import random
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import apprise
 import redis.asyncio as aredis
+from redis.exceptions import RedisError
 
 from alerts.incidents import SEVERITY_RANK
 from alerts.render import Message, render
 from contract.records import Incident
 from infra.settings import AlertSettings, Route
 
-__all__ = ["DELIVERED_TTL_SECONDS", "Delivery", "DeliveryStatus", "Dispatcher"]
+__all__ = ["DELIVERED_TTL_SECONDS", "IDEMPOTENCY_HEADER", "Delivery", "DeliveryStatus", "Dispatcher", "backoff"]
 
 logger = logging.getLogger(__name__)
 console_logger = logging.getLogger("repmon.alerts")
@@ -68,13 +101,24 @@ console_logger = logging.getLogger("repmon.alerts")
 DELIVERED_TTL_SECONDS = 30 * 86400
 """How long delivered marks, thread routes and held updates are kept."""
 
-DeliveryStatus = Literal["delivered", "duplicate", "filtered", "failed", "cooldown"]
-COUNTED: frozenset[str] = frozenset({"delivered", "failed", "duplicate", "cooldown"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+BACKLOG_MAX = 10_000
+"""Incidents kept in memory while Redis does not answer ``dispatch``."""
+
+DeliveryStatus = Literal["queued", "delivered", "duplicate", "filtered", "cooldown", "retrying", "dead"]
+COUNTED: frozenset[str] = frozenset({"delivered", "retrying", "dead", "duplicate", "cooldown"})
+
+OnDelivery = Callable[["Delivery"], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """What happened to one message on one route."""
+    """What happened to one message on one route.
+
+    ``queued``: in the route's outbox (its outcome comes later, to ``on_delivery``); ``retrying``:
+    an attempt failed, another one is due at ``retry_at`` (epoch seconds); ``dead``: given up (past
+    the horizon, or the outbox was full), with the ``incident`` for a dead-notification topic.
+    """
 
     route: str
     incident_id: str
@@ -82,15 +126,21 @@ class Delivery:
     status: DeliveryStatus
     attempts: int = 0
     error: str | None = None
+    retry_at: float | None = None
+    incident: Incident | None = field(default=None, repr=False, compare=False)
 
 
-# KEYS: claim. ARGV: token, ttl ms. Extend our claim, or take it if it lapsed; 0 if someone else has it.
-_REFRESH_CLAIM = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"""
+def backoff(attempts: int, base: float, cap: float, rng: random.Random) -> float:
+    """Gap before the next attempt after ``attempts`` failed ones: ``d = min(cap, base * 2**(attempts-1))``
+    drawn in ``[d/2, d]`` ("equal jitter": workers that failed together do not retry together).
+
+    >>> rng = random.Random(1)
+    >>> [round(backoff(n, 1.0, 5.0, rng), 2) for n in (1, 2, 3, 4, 5)]
+    [0.57, 1.85, 3.53, 3.14, 3.74]
+    """
+    d = min(cap, base * 2 ** max(attempts - 1, 0))
+    return d / 2 + rng.uniform(0, d / 2)
+
 
 # KEYS: claim. ARGV: token. Release only our own claim.
 _RELEASE_CLAIM = """
@@ -106,6 +156,69 @@ if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'incident', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+# KEYS: thread outbox hash, route outbox zset, delivered mark, last hash, held hash, held index.
+# ARGV: seq, status, envelope json, now, ttl s, max threads, incident id, held index member,
+# severity rank, last-hash ttl s. The last hash also gets when (qat) and how loud (qrank) the thread
+# was last queued, for the cooldown.
+# Queue one message: {'queued', dropped seqs...} | {'duplicate'} | {'superseded', seq} | {'full'}.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'duplicate'} end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {'duplicate'} end
+local seq = tonumber(ARGV[1])
+local fields = redis.call('HGETALL', KEYS[1])
+if ARGV[2] == 'update' then
+  local last = redis.call('HGET', KEYS[4], 'seq')
+  if last and tonumber(last) >= seq then return {'superseded', last} end
+  for i = 1, #fields, 2 do
+    if tonumber(fields[i]) > seq then return {'superseded', fields[i]} end
+  end
+end
+if #fields == 0 and not redis.call('ZSCORE', KEYS[2], ARGV[7]) then
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) then return {'full'} end
+end
+local out = {'queued'}
+for i = 1, #fields, 2 do
+  if tonumber(fields[i]) < seq and cjson.decode(fields[i + 1])['status'] == 'update' then
+    redis.call('HDEL', KEYS[1], fields[i])
+    table.insert(out, fields[i])
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[7])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('HSET', KEYS[4], 'qat', ARGV[4])
+local qrank = redis.call('HGET', KEYS[4], 'qrank')
+if (not qrank) or tonumber(qrank) < tonumber(ARGV[9]) then redis.call('HSET', KEYS[4], 'qrank', ARGV[9]) end
+redis.call('EXPIRE', KEYS[4], ARGV[10])
+local held = redis.call('HGET', KEYS[5], 'seq')
+if held and tonumber(held) <= seq then
+  redis.call('DEL', KEYS[5])
+  redis.call('ZREM', KEYS[6], ARGV[8])
+end
+return out
+"""
+
+# KEYS: thread outbox hash, route outbox zset. ARGV: seq ('' for none), incident id, now.
+# Remove a message (delivered, dead or duplicate); the thread's next message is due now.
+_REMOVE = """
+if ARGV[1] ~= '' then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: thread outbox hash, route outbox zset. ARGV: seq, envelope json, due, incident id.
+# A failed attempt: keep the message (if still pending) with its new count, due again later.
+_RETRY_LATER = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+if redis.call('HLEN', KEYS[1]) > 0 then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
 return 1
 """
 
@@ -148,8 +261,8 @@ class _RateLimiter:
             await asyncio.sleep(at - now)
 
 
-class _Claim:
-    """A ``SET NX PX`` claim on one message, owned through a random token."""
+class _Lease:
+    """A ``SET NX PX`` lease, owned through a random token."""
 
     def __init__(self, dispatcher: Dispatcher, key: str, ttl_ms: int) -> None:
         self.d, self.key, self.ttl_ms = dispatcher, key, ttl_ms
@@ -158,9 +271,6 @@ class _Claim:
     async def take(self) -> bool:
         return bool(await self.d.r.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
-    async def refresh(self) -> bool:
-        return bool(await self.d.eval(_REFRESH_CLAIM, [self.key], [self.token, self.ttl_ms]))
-
     async def release(self) -> None:
         await self.d.eval(_RELEASE_CLAIM, [self.key], [self.token])
 
@@ -168,39 +278,54 @@ class _Claim:
 class Dispatcher:
     """Sends incidents to the Apprise routes of ``settings`` (see the module docstring for the rules).
 
-    One Apprise object per route is built here, once; a URL Apprise cannot use raises
-    :class:`ValueError` naming the route.
+    Every route's URLs are checked here, once; a URL Apprise cannot use raises :class:`ValueError`
+    naming the route. ``on_delivery`` (sync or async) receives the outcomes decided by the route
+    senders: ``delivered``, ``retrying``, ``dead``, ``duplicate`` and ``filtered`` (a pending update
+    superseded); ``dispatch`` and ``flush_due`` return theirs. ``clock`` (epoch seconds) and ``rng``
+    (jitter) can be injected.
     """
 
-    def __init__(self, settings: AlertSettings, redis: aredis.Redis, *, key_prefix: str = "rm") -> None:
+    def __init__(
+        self,
+        settings: AlertSettings,
+        redis: aredis.Redis,
+        *,
+        key_prefix: str = "rm",
+        on_delivery: OnDelivery | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
         self.settings = settings
         self.r = redis
         self.p = f"{key_prefix}:alert"
+        self.on_delivery = on_delivery
+        self.clock = clock
+        self.rng = rng or random.Random()
         self.routes: dict[str, Route] = {}
-        self._apprise: dict[str, apprise.Apprise] = {}
-        self._tags: dict[str, list[str]] = {}
+        self._urls: dict[str, list[str]] = {}
         self._limits: dict[str, _RateLimiter] = {}
         timeout = settings.timeout_seconds
         # in-memory persistent store: nothing written under the user's home; no config files are read
-        asset = apprise.AppriseAsset(async_mode=True, storage_mode="memory", service_timeout=timeout)
+        self._asset = apprise.AppriseAsset(async_mode=True, storage_mode="memory", service_timeout=timeout)
         for route in settings.routes:
             if route.name in self.routes:
                 raise ValueError(f"alerts.routes: two routes are named {route.name!r}; give each a unique name")
-            ap = apprise.Apprise(asset=asset)
-            tags = []
+            ap = apprise.Apprise(asset=self._asset)
             for i, url in enumerate(route.urls):
-                tag = f"u{i}"
-                if not ap.add(_with_timeouts(url, timeout), tag=tag):
+                if not ap.add(_with_args(url, timeout, "0" * 32)):
                     scheme = url.split("://", 1)[0]
                     raise ValueError(
                         f"alerts.routes[{route.name}].urls[{i}]: Apprise cannot use this {scheme}:// URL "
                         "(unknown scheme or bad format; see https://github.com/caronc/apprise/wiki)"
                     )
-                tags.append(tag)
             self.routes[route.name] = route
-            self._apprise[route.name] = ap
-            self._tags[route.name] = tags
+            self._urls[route.name] = list(route.urls)
             self._limits[route.name] = _RateLimiter(route.rate_per_second)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._backlog: collections.deque[Incident] = collections.deque()
+        self._closed = False
 
     # -- keys -----------------------------------------------------------------------------
     def _k_delivered(self, route: str, iid: str, seq: int) -> str:
@@ -212,13 +337,72 @@ class Dispatcher:
     def _k_last(self, route: str, iid: str) -> str:
         return f"{self.p}:last:{route}:{iid}"
 
+    def _k_outbox(self, route: str) -> str:
+        return f"{self.p}:outbox:{route}"
+
+    def _k_thread_outbox(self, route: str, iid: str) -> str:
+        return f"{self.p}:outbox:{route}:{iid}"
+
+    def _k_lease(self, route: str, iid: str) -> str:
+        return f"{self.p}:lease:{route}:{iid}"
+
     @property
     def _k_held_index(self) -> str:
         return f"{self.p}:held"
 
+    def idempotency_key(self, route: str, incident_id: str, seq: int) -> str:
+        """The ``Idempotency-Key`` of a message: the same on every attempt, by any worker."""
+        return hashlib.sha256(f"{self.p}\0{route}\0{incident_id}\0{seq}".encode()).hexdigest()[:32]
+
     async def eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run a Lua script (EVAL; Redis caches the compiled script)."""
         return await cast(Awaitable[Any], self.r.eval(script, len(keys), *keys, *args))
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start (or restart, if one ended) the sender of every route and the backlog task.
+
+        Needs a running loop; ``dispatch`` and ``flush_due`` call it, so a worker that calls
+        ``flush_due`` from a timer keeps the senders alive without more wiring.
+        """
+        if self._closed:
+            raise RuntimeError("Dispatcher is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new loop (tests): the old tasks belong to a closed one
+            self._loop, self._tasks, self._wake = loop, {}, {}
+        for name in [*self.routes, ""]:
+            task = self._tasks.get(name)
+            if task is not None and not task.done():
+                continue
+            if task is not None and not task.cancelled() and task.exception() is not None:
+                logger.error("alert sender %r ended: %r; restarted", name, task.exception())
+            self._wake.setdefault(name, asyncio.Event())
+            coro = self._route_loop(name) if name else self._backlog_loop()
+            self._tasks[name] = loop.create_task(coro, name=f"repmon-alerts-{name or 'backlog'}")
+
+    async def aclose(self) -> None:
+        """Stop the senders. Messages still pending stay in Redis for the next start (by any worker)."""
+        self._closed = True
+        for ev in self._wake.values():
+            ev.set()  # a sender that swallowed a cancellation (some libraries do) still sees _closed
+        tasks = list(self._tasks.values())
+        loop = asyncio.get_running_loop()
+        for t in tasks:
+            if t.get_loop() is not loop:  # started in another loop (closed by now, or not running here)
+                with contextlib.suppress(RuntimeError):
+                    t.cancel()
+                continue
+            while not t.done():
+                t.cancel()
+                await asyncio.wait([t], timeout=1.0)
+            if not t.cancelled() and t.exception() is not None:
+                logger.error("alert sender %s ended with %r", t.get_name(), t.exception())
+        self._tasks = {}
+
+    def _wake_route(self, name: str) -> None:
+        ev = self._wake.get(name)
+        if ev is not None:
+            ev.set()
 
     # -- routing --------------------------------------------------------------------------
     def matches(self, route: Route, incident: Incident) -> bool:
@@ -251,33 +435,59 @@ class Dispatcher:
 
     # -- dispatch -------------------------------------------------------------------------
     async def dispatch(self, incident: Incident) -> list[Delivery]:
-        """Send ``incident`` to its routes; one :class:`Delivery` per configured route, in config order.
+        """Queue ``incident`` on its routes; one :class:`Delivery` per configured route, in config order.
 
-        Never raises for a channel's failure (that is a ``failed`` delivery); Redis errors propagate.
+        Never waits for a channel and never raises for one. When Redis fails, the incident is kept in
+        memory and queued later; its deliveries are then ``queued`` with the error.
         """
+        self.start()
         if self.settings.console:
             msg = render(incident)
             console_logger.warning("%s\n%s", msg.title, msg.body)
-        selected = await self._select(incident)
-        jobs = [
-            self._deliver(route, incident)
-            if name in selected
-            else _done(Delivery(name, incident.incident_id, incident.seq, "filtered"))
-            for name, route in self.routes.items()
-        ]
-        out = list(await asyncio.gather(*jobs))
-        await self._count(out)
+        try:
+            out = await self._dispatch(incident)
+        except (RedisError, OSError) as exc:
+            self._keep(incident)
+            error = f"Redis unavailable, kept in memory: {type(exc).__name__}: {exc}"
+            logger.error("alert %s #%s not queued yet: %s", incident.incident_id, incident.seq, error)
+            return [Delivery(n, incident.incident_id, incident.seq, "queued", error=error) for n in self.routes]
+        await self._count_quietly(out)
         return out
 
-    async def flush_due(self) -> list[Delivery]:
-        """Send the held updates whose cooldown has passed (the worker calls this from a timer).
+    async def _dispatch(self, incident: Incident) -> list[Delivery]:
+        selected = await self._select(incident)
+        out = []
+        for name, route in self.routes.items():
+            if name in selected:
+                out.append(await self._admit(route, incident))
+            else:
+                out.append(Delivery(name, incident.incident_id, incident.seq, "filtered"))
+        return out
 
-        Safe to call from several workers: each held update is taken by one of them. A held update
-        whose send fails is held again, due after another cooldown.
+    def _keep(self, incident: Incident) -> None:
+        if len(self._backlog) >= BACKLOG_MAX:
+            lost = self._backlog.popleft()
+            logger.error("alert backlog full: incident %s #%s dropped", lost.incident_id, lost.seq)
+        self._backlog.append(incident)
+        self._wake_route("")
+
+    async def flush_due(self) -> list[Delivery]:
+        """Queue the held updates whose cooldown has passed (the worker calls this from a timer).
+
+        Safe to call from several workers: each held update is taken by one of them. Also (re)starts
+        the route senders. Logs Redis errors and returns what it did.
         """
-        now = time.time()
-        members = cast(list[bytes | str], await self.r.zrangebyscore(self._k_held_index, "-inf", now))
+        self.start()
         out: list[Delivery] = []
+        try:
+            await self._flush_due(out)
+        except (RedisError, OSError) as exc:
+            logger.error("held alerts not flushed (will try again): %s: %s", type(exc).__name__, exc)
+        await self._count_quietly(out)
+        return out
+
+    async def _flush_due(self, out: list[Delivery]) -> None:
+        members = cast(list[bytes | str], await self.r.zrangebyscore(self._k_held_index, "-inf", self.clock()))
         for member in members:
             if not await self.r.zrem(self._k_held_index, member):
                 continue  # another worker took it
@@ -298,101 +508,209 @@ class Dispatcher:
             except ValueError as exc:  # written by an older, incompatible version
                 logger.error("held alert %s on route %s is unreadable and dropped: %s", iid, route_name, exc)
                 continue
-            d = await self._deliver(route, incident, flushing=True)
-            if d.status == "failed":
-                await self._hold(route, incident, time.time() + max(self.settings.cooldown_seconds, 1.0))
-            out.append(d)
-        await self._count(out)
-        return out
+            out.append(await self._admit(route, incident, flushing=True))
 
     async def stats(self) -> dict[str, int]:
         """The ``{prefix}:alert:stats`` counters."""
         return {k: int(v) for k, v in (await self._hash(f"{self.p}:stats")).items()}
 
+    async def pending(self) -> dict[str, int]:
+        """Messages waiting in each route's outbox."""
+        out: dict[str, int] = {}
+        for name in self.routes:
+            threads = cast(list[Any], await self.r.zrange(self._k_outbox(name), 0, -1))
+            n = 0
+            for iid in threads:
+                n += int(await cast(Awaitable[int], self.r.hlen(self._k_thread_outbox(name, _s(iid)))))
+            out[name] = n
+        return out
+
     async def _hash(self, key: str) -> dict[str, str]:
         raw = await cast(Awaitable[dict[Any, Any]], self.r.hgetall(key))
         return {_s(k): _s(v) for k, v in raw.items()}
 
-    # -- one message on one route ---------------------------------------------------------
-    async def _deliver(self, route: Route, incident: Incident, *, flushing: bool = False) -> Delivery:
+    # -- into the outbox ------------------------------------------------------------------
+    async def _admit(self, route: Route, incident: Incident, *, flushing: bool = False) -> Delivery:
         name, iid, seq = route.name, incident.incident_id, incident.seq
-        done_key = self._k_delivered(name, iid, seq)
-        if await self.r.exists(done_key):
-            return Delivery(name, iid, seq, "duplicate")
-        if incident.status == "update":
+        rank = SEVERITY_RANK.get(incident.severity, 0)
+        if incident.status == "update" and not flushing:
             last = await self._hash(self._k_last(name, iid))
-            if last and int(last.get("seq", 0)) >= seq:
+            if "seq" in last and int(last["seq"]) >= seq:
                 return Delivery(name, iid, seq, "filtered", error=f"superseded by #{last['seq']}")
-            louder = SEVERITY_RANK.get(incident.severity, 0) > int(last.get("rank", -1))
-            since = time.time() - float(last.get("at", 0))
-            if not flushing and last and not louder and since < self.settings.cooldown_seconds:
-                await self._hold(route, incident, float(last["at"]) + self.settings.cooldown_seconds)
+            louder = rank > max(int(last.get("rank", -1)), int(last.get("qrank", -1)))
+            ref = max(float(last.get("at", 0)), float(last.get("qat", 0)))  # last delivered or queued
+            if last and not louder and self.clock() - ref < self.settings.cooldown_seconds:
+                await self._hold(route, incident, ref + self.settings.cooldown_seconds)
                 return Delivery(name, iid, seq, "cooldown")
-        claim = _Claim(self, f"{self.p}:claim:{name}:{iid}:{seq}", self._claim_ms(route))
-        if not await claim.take():
-            return Delivery(name, iid, seq, "duplicate", error="being sent by another worker")
+        now = self.clock()
+        envelope = {
+            "status": incident.status,
+            "incident": incident.model_dump_json(),
+            "queued_at": now,
+            "expires_at": now + self.settings.delivery_horizon_seconds,
+            "attempts": 0,
+            "error": None,
+        }
+        keys = [
+            self._k_thread_outbox(name, iid),
+            self._k_outbox(name),
+            self._k_delivered(name, iid, seq),
+            self._k_last(name, iid),
+            self._k_held(name, iid),
+            self._k_held_index,
+        ]
+        ttl = int(self.settings.delivery_horizon_seconds + 86400)
+        args = [seq, incident.status, json.dumps(envelope), now, ttl, self.settings.max_pending_threads, iid]
+        args += [_member(name, iid), rank, DELIVERED_TTL_SECONDS]
+        res = [_s(x) for x in await self.eval(_ENQUEUE, keys, args)]
+        if res[0] == "duplicate":
+            return Delivery(name, iid, seq, "duplicate")
+        if res[0] == "superseded":
+            return Delivery(name, iid, seq, "filtered", error=f"superseded by #{res[1]}")
+        if res[0] == "full":
+            error = f"outbox full ({self.settings.max_pending_threads} threads pending)"
+            logger.error("alert %s #%s to route %s is dead: %s", iid, seq, name, error)
+            return Delivery(name, iid, seq, "dead", error=error, incident=incident)
+        for dropped in res[1:]:
+            await self._report(Delivery(name, iid, int(dropped), "filtered", error=f"superseded by #{seq}"))
+        self._wake_route(name)
+        return Delivery(name, iid, seq, "queued")
+
+    async def _hold(self, route: Route, incident: Incident, due: float) -> None:
+        keys = [self._k_held(route.name, incident.incident_id), self._k_held_index]
+        args = [incident.seq, incident.model_dump_json(), due, _member(route.name, incident.incident_id)]
+        await self.eval(_HOLD, keys, [*args, DELIVERED_TTL_SECONDS])
+
+    # -- out of the outbox: one sender per route ------------------------------------------
+    async def _route_loop(self, name: str) -> None:
+        wake = self._wake[name]
+        poll = self.settings.outbox_poll_seconds
+        errors = 0
+        while not self._closed:
+            wake.clear()
+            try:
+                wait = await self._pump(name)
+                errors = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down, or a bug: log, never end the sender
+                errors += 1
+                wait = min(30.0, 0.25 * 2 ** min(errors, 7))
+                logger.error("alert sender %s: %s: %s (again in %.1f s)", name, type(exc).__name__, exc, wait)
+            if wait > 0 and not wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(wait, poll)):
+                        await wake.wait()
+
+    async def _pump(self, name: str) -> float:
+        """Work the due threads of a route once; seconds until it should look again (0: at once)."""
+        route = self.routes[name]
+        key = self._k_outbox(name)
+        now = self.clock()
+        due = cast(list[Any], await self.r.zrangebyscore(key, "-inf", now, start=0, num=64))
+        worked = False
+        for iid in due:
+            worked = await self._work_thread(route, _s(iid)) or worked
+        if worked:
+            return 0.0
+        nxt = cast(list[tuple[Any, float]], await self.r.zrange(key, 0, 0, withscores=True))
+        if not nxt:
+            return self.settings.outbox_poll_seconds
+        return max(nxt[0][1] - self.clock(), 0.2)  # due but leased by another worker: look again soon
+
+    def _lease_ms(self, route: Route) -> int:
+        """Lease lifetime: longer than one bounded attempt (rate wait, timeout, Redis) with a margin."""
+        attempt = self.settings.timeout_seconds + 1.0 + 1.0 / route.rate_per_second
+        return int((attempt + max(5.0, attempt)) * 1000)
+
+    async def _work_thread(self, route: Route, iid: str) -> bool:
+        """Under the thread's lease, make one attempt at its first pending message (or retire it)."""
+        name = route.name
+        lease = _Lease(self, self._k_lease(name, iid), self._lease_ms(route))
+        if not await lease.take():
+            return False  # another worker is on this thread
         try:
-            if await self.r.exists(done_key):  # delivered between our first look and the claim
-                return Delivery(name, iid, seq, "duplicate")
-            ok, attempts, error = await self._send(route, render(incident, sms=route.sms), claim, done_key)
+            hkey, okey = self._k_thread_outbox(name, iid), self._k_outbox(name)
+            msgs = await self._hash(hkey)
+            if not msgs:
+                await self.eval(_REMOVE, [hkey, okey], ["", iid, self.clock()])
+                return True
+            seq = min(int(k) for k in msgs)
+            env = json.loads(msgs[str(seq)])
+            attempts = int(env.get("attempts", 0))
+            incident: Incident | None = None
+            error: str | None
+            try:
+                incident = Incident.model_validate_json(env["incident"])
+            except (ValueError, KeyError) as exc:
+                error = f"unreadable pending message: {exc}"
+            else:
+                error = env.get("error") or "not delivered"
+            done_key = self._k_delivered(name, iid, seq)
+            if await self.r.exists(done_key):
+                await self.eval(_REMOVE, [hkey, okey], [seq, iid, self.clock()])
+                await self._report(Delivery(name, iid, seq, "duplicate", attempts))
+                return True
+            if incident is None or self.clock() >= float(env["expires_at"]):
+                await self.eval(_REMOVE, [hkey, okey], [seq, iid, self.clock()])
+                logger.error("alert %s #%s to route %s is dead after %d attempts: %s", iid, seq, name, attempts, error)
+                await self._report(Delivery(name, iid, seq, "dead", attempts, error, incident=incident))
+                return True
+            ok, error = await self._attempt(route, incident, done_key)
+            attempts += 1
+            now = self.clock()
             if ok:
                 member = _member(name, iid)
                 keys = [done_key, self._k_last(name, iid), self._k_held(name, iid), self._k_held_index]
                 rank = SEVERITY_RANK.get(incident.severity, 0)
-                await self.eval(_MARK_DELIVERED, keys, [DELIVERED_TTL_SECONDS, time.time(), seq, rank, member])
-                return Delivery(name, iid, seq, "delivered", attempts)
-            if error == "claim lost":
-                return Delivery(name, iid, seq, "duplicate", attempts, "being sent by another worker")
-            logger.error("alert %s #%s to route %s failed after %d attempts: %s", iid, seq, name, attempts, error)
-            return Delivery(name, iid, seq, "failed", attempts, error)
+                await self.eval(_MARK_DELIVERED, keys, [DELIVERED_TTL_SECONDS, now, seq, rank, member])
+                await self.eval(_REMOVE, [hkey, okey], [seq, iid, now])
+                await self._report(Delivery(name, iid, seq, "delivered", attempts))
+                return True
+            gap = backoff(
+                attempts, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds, self.rng
+            )
+            retry_at = min(now + gap, float(env["expires_at"]))
+            env.update(attempts=attempts, error=error)
+            await self.eval(_RETRY_LATER, [hkey, okey], [seq, json.dumps(env), retry_at, iid])
+            logger.warning("alert %s #%s to route %s: attempt %d failed: %s", iid, seq, name, attempts, error)
+            await self._report(Delivery(name, iid, seq, "retrying", attempts, error, retry_at=retry_at))
+            return True
         finally:
-            await claim.release()
+            await lease.release()
 
-    async def _send(self, route: Route, msg: Message, claim: _Claim, done_key: str) -> tuple[bool, int, str | None]:
-        """Attempts with backoff; returns (delivered, attempts, last error)."""
-        tags = self._tags[route.name]
+    async def _attempt(self, route: Route, incident: Incident, done_key: str) -> tuple[bool, str | None]:
+        """One attempt at every URL of the route that has not taken the message yet."""
+        urls = self._urls[route.name]
         parts_key = f"{done_key}:urls"
-        multi = len(tags) > 1
-        pending = list(tags)
-        if multi:
+        pending = list(range(len(urls)))
+        if len(urls) > 1:
             sent = {_s(t) for t in await cast(Awaitable[set[Any]], self.r.smembers(parts_key))}
-            pending = [t for t in tags if t not in sent]
-        error: str | None = None
-        attempts = 0
-        for attempt in range(self.settings.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.settings.retry_backoff_seconds * 2 ** (attempt - 1))
-            if not await claim.refresh():
-                return False, attempts, "claim lost"
-            await self._limits[route.name].acquire()
-            attempts += 1
-            results = await asyncio.gather(*(self._notify(route.name, tag, msg) for tag in pending))
-            ok_tags = [t for t, (ok, _) in zip(pending, results, strict=True) if ok]
-            errors = [e for ok, e in results if not ok and e]
-            if multi and ok_tags:
-                async with self.r.pipeline(transaction=False) as pipe:
-                    pipe.sadd(parts_key, *ok_tags)
-                    pipe.expire(parts_key, DELIVERED_TTL_SECONDS)
-                    await pipe.execute()
-            pending = [t for t in pending if t not in ok_tags]
-            if not pending:
-                return True, attempts, None
-            error = "; ".join(errors) or "channel refused the message"
-            logger.warning(
-                "alert to route %s: attempt %d/%d failed: %s", route.name, attempts, self.settings.retries + 1, error
-            )
-        return False, attempts, error
+            pending = [i for i in pending if f"u{i}" not in sent]
+        msg = render(incident, sms=route.sms)
+        key = self.idempotency_key(route.name, incident.incident_id, incident.seq)
+        await self._limits[route.name].acquire()
+        results = await asyncio.gather(*(self._notify(f"u{i}", urls[i], msg, key) for i in pending))
+        ok = [f"u{i}" for i, (good, _) in zip(pending, results, strict=True) if good]
+        if len(urls) > 1 and ok:
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.sadd(parts_key, *ok)
+                pipe.expire(parts_key, DELIVERED_TTL_SECONDS)
+                await pipe.execute()
+        if len(ok) == len(pending):
+            return True, None
+        return False, "; ".join(e for good, e in results if not good and e) or "channel refused the message"
 
-    async def _notify(self, route: str, tag: str, msg: Message) -> tuple[bool, str | None]:
-        """One Apprise call to one URL of a route: (accepted, error)."""
+    async def _notify(self, tag: str, url: str, msg: Message, key: str) -> tuple[bool, str | None]:
+        """One Apprise call to one URL, with the message's idempotency key: (accepted, error)."""
         timeout = self.settings.timeout_seconds
+        ap = apprise.Apprise(asset=self._asset)
+        ap.add(_with_args(url, timeout, key))
         try:
-            result = await asyncio.wait_for(
-                self._apprise[route].async_notify(
-                    body=msg.body, title=msg.title, notify_type=msg.notify_type, tag=tag, timeout=timeout
-                ),
-                timeout + 1.0,
-            )
+            async with asyncio.timeout(timeout + 1.0):  # not wait_for: on 3.11 it can swallow a cancellation
+                result = await ap.async_notify(
+                    body=msg.body, title=msg.title, notify_type=msg.notify_type, timeout=timeout
+                )
         except TimeoutError:
             return False, f"{tag}: no answer within {timeout:g} s"
         except Exception as exc:  # a channel must never take the worker down
@@ -405,15 +723,49 @@ class Dispatcher:
         finally:
             result.close()
 
-    async def _hold(self, route: Route, incident: Incident, due: float) -> None:
-        keys = [self._k_held(route.name, incident.incident_id), self._k_held_index]
-        args = [incident.seq, incident.model_dump_json(), due, _member(route.name, incident.incident_id)]
-        await self.eval(_HOLD, keys, [*args, DELIVERED_TTL_SECONDS])
+    # -- Redis trouble: incidents kept in memory -------------------------------------------
+    async def _backlog_loop(self) -> None:
+        wake = self._wake[""]
+        errors = 0
+        while not self._closed:
+            wake.clear()
+            while self._backlog and not self._closed:
+                incident = self._backlog[0]
+                try:
+                    out = await self._dispatch(incident)
+                except (RedisError, OSError) as exc:
+                    errors += 1
+                    wait = min(5.0, 0.25 * 2 ** min(errors, 5))
+                    logger.error(
+                        "alert backlog (%d): Redis still failing: %s (again in %.1f s)", len(self._backlog), exc, wait
+                    )
+                    await asyncio.sleep(wait)
+                    continue
+                errors = 0
+                self._backlog.popleft()
+                await self._count_quietly(out)
+                for d in out:
+                    await self._report(d, count=False)
+            await wake.wait()
 
-    def _claim_ms(self, route: Route) -> int:
-        """Claim lifetime: one attempt's worst case (rate wait, backoff, timeout) plus a margin."""
-        longest_backoff = self.settings.retry_backoff_seconds * 2 ** max(self.settings.retries - 1, 0)
-        return int((self.settings.timeout_seconds + 1.0 + longest_backoff + 1.0 / route.rate_per_second + 5.0) * 1000)
+    # -- outcomes -------------------------------------------------------------------------
+    async def _report(self, d: Delivery, *, count: bool = True) -> None:
+        if count:
+            await self._count_quietly([d])
+        if self.on_delivery is None:
+            return
+        try:
+            res = self.on_delivery(d)
+            if inspect.isawaitable(res):
+                await res
+        except Exception:  # the caller's hook must not stop a sender
+            logger.exception("on_delivery hook failed for %s", d)
+
+    async def _count_quietly(self, deliveries: Iterable[Delivery]) -> None:
+        try:
+            await self._count(deliveries)
+        except (RedisError, OSError) as exc:
+            logger.warning("alert stats not counted: %s", exc)
 
     async def _count(self, deliveries: Iterable[Delivery]) -> None:
         counted = [d.status for d in deliveries if d.status in COUNTED]
@@ -425,14 +777,25 @@ class Dispatcher:
             await pipe.execute()
 
 
-def _with_timeouts(url: str, timeout: float) -> str:
-    """Add Apprise's socket read/connect timeouts (``rto``/``cto``) unless the URL sets them."""
+def _with_args(url: str, timeout: float, key: str) -> str:
+    """Add Apprise's socket read/connect timeouts (``rto``/``cto``) unless the URL sets them, and on
+    Apprise's generic HTTP plugins (json, form, xml) the ``Idempotency-Key`` header (``+Header=value``;
+    other plugins give ``+`` arguments other meanings, e.g. PagerDuty custom details).
+
+    >>> _with_args("json://h/p?rto=3", 10, "k")
+    'json://h/p?rto=3&cto=10&+Idempotency-Key=k'
+    >>> _with_args("slack://a/b/c", 10, "k")
+    'slack://a/b/c?rto=10&cto=10'
+    """
     query = url.split("?", 1)[1] if "?" in url else ""
     keys = {kv.split("=", 1)[0] for kv in query.split("&") if kv}
     extra = [f"{k}={timeout:g}" for k in ("rto", "cto") if k not in keys]
-    if not extra:
-        return url
+    if url.split("://", 1)[0].lower() in _HEADER_SCHEMES:
+        extra.append(f"+{IDEMPOTENCY_HEADER}={key}")
     return url + ("&" if "?" in url else "?") + "&".join(extra)
+
+
+_HEADER_SCHEMES = frozenset({"json", "jsons", "form", "forms", "xml", "xmls"})
 
 
 def _member(route: str, iid: str) -> str:
@@ -441,7 +804,3 @@ def _member(route: str, iid: str) -> str:
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-async def _done(d: Delivery) -> Delivery:
-    return d

@@ -78,6 +78,7 @@ def worker(
 
     from infra.kafka import ensure_topics, partition_count, wait_for_broker
     from streams.app import TOPICS, build_worker
+    from streams.supervise import EXIT_AGENT_CRASHED, crashed
 
     settings = _settings(config)
     _logging(loglevel)
@@ -97,7 +98,11 @@ def worker(
         metrics_addr=metrics_addr or w.metrics_addr,
     )
     worker.load_models()
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    try:
+        faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    finally:
+        if crashed():  # an agent raised: say so to the supervisor that restarts the worker
+            raise SystemExit(EXIT_AGENT_CRASHED)
 
 
 @app.command()

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Topic names (without the ``<prefix>.``) the pipeline reads and writes.
-TOPICS = ("raw", "enriched", "signals", "incidents", "deadletter", "labels")
+TOPICS = ("raw", "enriched", "signals", "incidents", "deadletter", "labels", "deadnotifications")
 
 SCHEMA_VERSION = 1
 
@@ -294,6 +294,19 @@ class DeadLetter(_Record):
     received_at: AwareDatetime = Field(default_factory=utcnow)
 
 
+class DeadNotification(_Record):
+    """An incident message a route never accepted before the delivery horizon: somebody was not paged."""
+
+    version: int = SCHEMA_VERSION
+    route: str
+    incident_id: str
+    seq: int
+    attempts: int
+    error: str | None = None
+    incident: Incident | None = None
+    given_up_at: AwareDatetime = Field(default_factory=utcnow)
+
+
 RECORDS: dict[str, Any] = {
     "mention": Mention,
     "review": Review,
@@ -304,6 +317,7 @@ RECORDS: dict[str, Any] = {
     "signal": Signal,
     "incident": Incident,
     "dead_letter": DeadLetter,
+    "dead_notification": DeadNotification,
 }
 
 

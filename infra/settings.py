@@ -250,9 +250,18 @@ class AlertSettings(_Section):
     routes: list[Route] = Field(default_factory=list)
     console: bool = Field(default=True, description="Also print incidents to the worker's log.")
     cooldown_seconds: float = Field(default=600, ge=0, description="Min gap between updates of one incident.")
-    retries: int = Field(default=4, ge=0)
-    retry_backoff_seconds: float = Field(default=0.5, ge=0)
-    timeout_seconds: float = Field(default=10.0, gt=0)
+    retry_backoff_seconds: float = Field(default=0.5, ge=0, description="First retry gap (doubles, with jitter).")
+    retry_backoff_max_seconds: float = Field(default=300.0, gt=0, description="Longest gap between two attempts.")
+    timeout_seconds: float = Field(default=10.0, gt=0, description="One attempt's bound (socket and call).")
+    delivery_horizon_seconds: float = Field(
+        default=6 * 3600.0, gt=0, description="A message still undelivered this long after it was queued is dead."
+    )
+    max_pending_threads: int = Field(
+        default=10_000, ge=1, description="Per route: incident threads with pending messages (the outbox bound)."
+    )
+    outbox_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often a route's sender looks for work queued by other workers."
+    )
 
 
 class WorkerSettings(_Section):

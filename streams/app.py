@@ -23,6 +23,7 @@ import faust
 from infra.settings import Settings
 from streams.compose import Components, build
 from streams.runtime import TOPICS, Message, Runtime
+from streams.supervise import fatal_on_error, shutdown_deadline
 
 __all__ = ["TOPICS", "FaustOutbox", "Worker", "build_worker"]
 
@@ -107,6 +108,7 @@ def build_worker(
     rt = Runtime(components, FaustOutbox(topics))
 
     @app.agent(topics["raw"], name="enrich")
+    @fatal_on_error("enrich")
     async def enrich_agent(stream: faust.StreamT[bytes]) -> None:
         # take_events (faust-streaming) keeps each message's partition and offset
         batches = stream.take_events(s.nlp.batch_size, within=s.nlp.batch_within_seconds)  # type: ignore[attr-defined]
@@ -114,11 +116,13 @@ def build_worker(
             await rt.on_raw(_messages(events))
 
     @app.agent(topics["incidents"], name="dispatch")
+    @fatal_on_error("dispatch")
     async def dispatch_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             await rt.on_incident(_message(event))
 
     @app.agent(topics["labels"], name="labels")
+    @fatal_on_error("labels")
     async def labels_agent(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(256, within=0.5):  # type: ignore[attr-defined]
             await rt.on_labels(_messages(events))
@@ -154,6 +158,7 @@ def build_worker(
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+        shutdown_deadline()  # SIGTERM always stops the worker, even if a stop step hangs
         await rt.shutdown()
 
     return Worker(app, rt, components)

@@ -55,6 +55,8 @@ class Components:
     )
 
     async def close(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         self.executor.shutdown(wait=True)

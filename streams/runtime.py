@@ -26,8 +26,8 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-from alerts.dispatch import Dispatcher
-from contract.records import TOPICS, DeadLetter, EnrichedEvent, Incident, Signal, dumps, parse_raw
+from alerts.dispatch import Delivery, Dispatcher
+from contract.records import TOPICS, DeadLetter, DeadNotification, EnrichedEvent, Incident, Signal, dumps, parse_raw
 from models.privacy import redact_payload
 from streams.compose import Components
 from streams.enrich import RawRecord
@@ -96,6 +96,8 @@ class Runtime:
         # per raw partition, the next offset after the last message this worker processed
         self.done: dict[int, int] = {}
         self._drained: dict[int, int] = {}  # partitions fetched to their end with nothing processed yet
+        if components.dispatcher is not None:
+            components.dispatcher.on_delivery = self._on_delivery
         components.detection.emit_signal = self._emit_signal
         components.detection.emit_incident = self._emit_incident
 
@@ -310,6 +312,21 @@ class Runtime:
             self.metrics.notifications.labels(d.route, d.status).inc()
             logger.info("alert %s seq %s -> %s: %s", d.incident_id, d.seq, d.route, d.status)
 
+    async def _on_delivery(self, d: Delivery) -> None:
+        """Outcomes the route senders decide later: delivered, retrying, dead, ..."""
+        self.metrics.notifications.labels(d.route, d.status).inc()
+        logger.info("alert %s seq %s -> %s: %s", d.incident_id, d.seq, d.route, d.status)
+        if d.status == "dead":
+            rec = DeadNotification(
+                route=d.route,
+                incident_id=d.incident_id,
+                seq=d.seq,
+                attempts=d.attempts,
+                error=d.error,
+                incident=d.incident,
+            )
+            await self.out.send("deadnotifications", d.incident_id.encode(), dumps(rec))
+
     async def flush_alerts(self) -> None:
         """Timer: send the updates whose cooldown has passed (an outage waits for the next tick)."""
         try:
@@ -346,3 +363,5 @@ class Runtime:
     async def shutdown(self) -> None:
         await self.checkpoint()
         await self.c.detection.save_river()
+        if self.c.dispatcher is not None:
+            await self.c.dispatcher.aclose()

@@ -13,8 +13,15 @@ Rules:
   arrived and the status it was answered with;
 - the first requests are answered with ``status_sequence`` (e.g. ``[500, 429]``), or with HTTP 500
   for the first ``fail_first`` requests; every later one with 200. A 429 carries ``Retry-After: 1``;
+- :meth:`HttpReceiver.fail` makes it answer every request with an error status (a channel that is
+  down) until :meth:`HttpReceiver.recover`;
+- ``delay`` holds answers back (a slow or hanging channel): every answer, or with ``delay_first``
+  only the first ``delay_first`` ones. The request is recorded (and, if 2xx, taken) on arrival:
+  a client that gives up waiting does not know it was taken;
+- with ``dedupe=True`` it behaves like a receiver honouring idempotency keys: a request whose
+  ``Idempotency-Key`` header was already taken is answered 200 but recorded as a ``duplicate``;
 - :attr:`HttpReceiver.attempts` holds every request, :attr:`HttpReceiver.requests` the accepted
-  (2xx) ones: the notifications a channel would have shown;
+  (2xx, not duplicate) ones: the notifications a channel would have shown;
 - :meth:`HttpReceiver.wait_for` blocks on a :class:`threading.Condition` (no polling) until a count
   or predicate holds, or the timeout passes, and returns what arrived either way.
 
@@ -60,6 +67,16 @@ class Received:
     """``time.time()`` on arrival."""
     status: int
     """The HTTP status the receiver answered with."""
+    duplicate: bool = False
+    """Taken before under the same ``Idempotency-Key`` (only with ``dedupe=True``)."""
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The ``Idempotency-Key`` header, if the sender gave one."""
+        for k, v in self.headers.items():
+            if k.lower() == "idempotency-key":
+                return v
+        return None
 
     @property
     def message(self) -> str:
@@ -110,11 +127,19 @@ def _parse_body(content_type: str, body: bytes) -> tuple[Any, dict[str, str]]:
 class HttpReceiver:
     """Records every request on ``127.0.0.1:<free port>``; see the module docstring for the rules.
 
-    ``delay`` (seconds) holds every answer back, to play a slow channel.
+    ``delay`` (seconds) holds every answer back (or the first ``delay_first`` ones), to play a slow
+    or hanging channel; ``dedupe`` honours ``Idempotency-Key`` headers.
     """
 
     def __init__(
-        self, *, fail_first: int = 0, status_sequence: Sequence[int] = (), fail_status: int = 500, delay: float = 0.0
+        self,
+        *,
+        fail_first: int = 0,
+        status_sequence: Sequence[int] = (),
+        fail_status: int = 500,
+        delay: float = 0.0,
+        delay_first: int | None = None,
+        dedupe: bool = False,
     ) -> None:
         if fail_first and status_sequence:
             raise ValueError("give fail_first or status_sequence, not both")
@@ -122,6 +147,10 @@ class HttpReceiver:
             raise ValueError("fail_first must be >= 0")
         self._statuses = list(status_sequence) or [fail_status] * fail_first
         self._delay = delay
+        self._delay_left = delay_first
+        self._dedupe = dedupe
+        self._taken: set[str] = set()
+        self._failing: int | None = None
         self._attempts: list[Received] = []
         self._cond = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
@@ -144,7 +173,21 @@ class HttpReceiver:
                 if self.command == "GET" and not form:
                     form = query
                 with receiver._cond:
-                    status = receiver._statuses.pop(0) if receiver._statuses else 200
+                    if receiver._failing is not None:
+                        status = receiver._failing
+                    else:
+                        status = receiver._statuses.pop(0) if receiver._statuses else 200
+                    key = next((v for k, v in self.headers.items() if k.lower() == "idempotency-key"), None)
+                    duplicate = False
+                    if receiver._dedupe and key is not None and status < 300:
+                        duplicate = key in receiver._taken
+                        receiver._taken.add(key)
+                    delay = receiver._delay
+                    if receiver._delay_left is not None:
+                        if receiver._delay_left > 0:
+                            receiver._delay_left -= 1
+                        else:
+                            delay = 0.0
                     receiver._attempts.append(
                         Received(
                             method=self.command,
@@ -157,11 +200,12 @@ class HttpReceiver:
                             at=time.monotonic(),
                             received_at=time.time(),
                             status=status,
+                            duplicate=duplicate,
                         )
                     )
                     receiver._cond.notify_all()
-                if receiver._delay:
-                    time.sleep(receiver._delay)  # a thread of the server, never an event loop
+                if delay:
+                    time.sleep(delay)  # a thread of the server, never an event loop
                 reply = b'{"ok": true}' if status < 300 else b'{"ok": false}'
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -176,7 +220,11 @@ class HttpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return None  # a client that gave up on a held answer (a timeout) is not an error here
+
+        server = Server(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -201,6 +249,17 @@ class HttpReceiver:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+    # -- faults ---------------------------------------------------------------------------
+    def fail(self, status: int = 500) -> None:
+        """Answer every request with ``status`` (a channel that is down) until :meth:`recover`."""
+        with self._cond:
+            self._failing = status
+
+    def recover(self) -> None:
+        """Stop :meth:`fail`: answer as configured again (200 once ``status_sequence`` is used up)."""
+        with self._cond:
+            self._failing = None
 
     # -- addresses ------------------------------------------------------------------------
     @property
@@ -229,9 +288,9 @@ class HttpReceiver:
 
     @property
     def requests(self) -> list[Received]:
-        """The accepted (2xx) requests so far: what a channel would show (a copy)."""
+        """The accepted (2xx, not duplicate) requests so far: what a channel would show (a copy)."""
         with self._cond:
-            return [r for r in self._attempts if r.ok]
+            return [r for r in self._attempts if r.ok and not r.duplicate]
 
     def wait_for(
         self,
@@ -242,7 +301,7 @@ class HttpReceiver:
     ) -> list[Received]:
         """Block until ``what`` requests arrived (or the predicate holds on them), at most ``timeout`` s.
 
-        Counts accepted requests, or every request with ``attempts=True``. Returns the requests
+        Counts accepted (not duplicate) requests, or every request with ``attempts=True``. Returns the requests
         either way; the caller asserts on them. From async code, call it through
         ``asyncio.to_thread`` when the event loop must keep running meanwhile.
         """
@@ -250,7 +309,7 @@ class HttpReceiver:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                items = list(self._attempts) if attempts else [r for r in self._attempts if r.ok]
+                items = list(self._attempts) if attempts else [r for r in self._attempts if r.ok and not r.duplicate]
                 left = deadline - time.monotonic()
                 if pred(items) or left <= 0:
                     return items
