@@ -104,6 +104,12 @@ class KafkaSettings(_Section):
     bootstrap: str = Field(default="127.0.0.1:9092", description="host:port[,host:port] (env REPMON_KAFKA__BOOTSTRAP).")
     topic_prefix: str = Field(default="repmon", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=4, ge=1, le=1024)
+    session_timeout_seconds: float = Field(
+        default=60.0,
+        ge=6.0,
+        le=300.0,
+        description="How long the group waits before a silent worker's partitions go to the others.",
+    )
     replication: int = Field(default=1, ge=1)
     processing_guarantee: Literal["at_least_once"] = Field(
         default="at_least_once",

@@ -81,6 +81,8 @@ def _faust_app(s: Settings, web_port: int | None) -> faust.App:
         web_bind=s.worker.web_bind,
         web_host=s.worker.web_bind,
         producer_linger_ms=5,
+        broker_session_timeout=s.kafka.session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, s.kafka.session_timeout_seconds / 10),
         broker_commit_every=1000,
         broker_commit_interval=1.0,
     )

@@ -260,7 +260,7 @@ class DetectionEngine:
         early: bool,
         anomaly: AnomalyHit | None = None,
     ) -> None:
-        signals = [self._signal(e, t, v) for v in verdicts]
+        signals = [self._signal(e, t, v, early=early) for v in verdicts]
         for sig in signals:
             await self.emit_signal(sig)
         self.signals_out += len(signals)
@@ -277,10 +277,11 @@ class DetectionEngine:
             await self.emit_incident(await self._incident(e, t, tr, signals, stats, early, anomaly))
             self.incidents_out += 1
 
-    def _signal(self, entity: str, t: int, v: Verdict) -> Signal:
+    def _signal(self, entity: str, t: int, v: Verdict, *, early: bool = False) -> Signal:
         name = v.signal if v.aspect is None else f"{v.signal}:{v.aspect}"
+        # the verdict on a bucket still filling and the one on the closed bucket are two signals
         return Signal(
-            signal_id=f"{entity}:{name}:{t}",
+            signal_id=f"{entity}:{name}:{t}" + (":early" if early else ""),
             entity=entity,
             signal=v.signal,
             aspect=v.aspect,

@@ -13,8 +13,9 @@ import pytest
 
 from connectors.base import Malformed
 from connectors.demo import generate
-from contract.records import DeadLetter, EnrichedEvent, Incident
+from contract.records import DeadLetter, EnrichedEvent, Incident, Signal
 from infra.settings import load_settings
+from models.detect import Verdict
 from streams.compose import Components, build
 from streams.detection import DetectionEngine
 from streams.metrics import Metrics
@@ -105,7 +106,11 @@ async def test_a_generated_crisis_opens_one_incident_through_the_detect_timer(co
     opened = [i for i in incidents if i.status == "open"]
     assert [i.entity for i in opened] == ["northwind"], [i.title for i in incidents]
     assert START.timestamp() + 110 * 60 <= opened[0].opened_at.timestamp() <= START.timestamp() + 115 * 60
-    assert out.values("signals")
+    ids = [Signal.model_validate_json(v).signal_id for v in out.values("signals")]
+    assert ids and len(ids) == len(set(ids))  # the early and the closed verdict on a bucket are two signals
+    v = Verdict("volume", 90.0, 20.0, 4.0, 17.0, 90, "critical", "d")
+    early, closed = (rt.c.detection._signal("northwind", 600, v, early=x) for x in (True, False))
+    assert early.signal_id != closed.signal_id
     assert rt.metrics.buckets._value.get() > 100
 
 

@@ -1,0 +1,279 @@
+"""Faults injected into real workers on Apache Kafka and redis-server.
+
+- poison input (a megabyte of 0xFF, half a megabyte of quotes, a megabyte of text, an infinite
+  amount, events dated 1970 and 2100) never stops a worker: each goes to the dead letters, small,
+  and every good event after it is enriched and counted;
+- a Redis that dies and comes back (with its append-only file) is waited out: the worker stays up
+  and the windows count every event exactly once;
+- a worker killed with SIGKILL in the middle of a stream, beside a second one: no event lost or
+  counted twice, and the crisis in that stream is one incident thread.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from kafka import KafkaProducer
+
+from connectors.base import KafkaSink
+from connectors.demo import generate
+from contract.records import TOPICS, DeadLetter
+from infra.kafka import TopicTail, ensure_topics
+from infra.settings import load_settings
+from tools.stack import WorkerProcess, wait_until
+
+from ..conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def worker_env(bootstrap: str, redis_url: str, prefix: str, workdir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "REPMON_APP_ID": prefix,
+        "REPMON_KAFKA__BOOTSTRAP": bootstrap,
+        "REPMON_KAFKA__TOPIC_PREFIX": prefix,
+        "REPMON_KAFKA__PARTITIONS": "2",
+        "REPMON_KAFKA__SESSION_TIMEOUT_SECONDS": "6",
+        "REPMON_REDIS__URL": redis_url,
+        "REPMON_REDIS__KEY_PREFIX": prefix,
+        "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.json"),
+        "REPMON_AUTHOR_KEY_SECRET": "test-secret",
+        "REPMON_ALERTS__ROUTES": "[]",
+        **extra,
+    }
+
+
+def topics_for(bootstrap: str, prefix: str) -> dict[str, str]:
+    topics = {t: f"{prefix}.{t}" for t in TOPICS}
+    ensure_topics(bootstrap, topics.values(), 2)
+    return topics
+
+
+def mention(i: int, when: datetime, brand: str = "Northwind") -> dict[str, Any]:
+    return {
+        "kind": "mention",
+        "event_id": f"f:{i}",
+        "source": "fault-test",
+        "brand": brand,
+        "text": f"{brand} flight {i} was fine",
+        "occurred_at": when.isoformat(),
+    }
+
+
+def test_poison_input_never_stops_a_worker(kafka_bootstrap: str, redis_url: str, unique: str) -> None:
+    prefix = f"fp{unique}"
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-faults-"))
+    topics = topics_for(kafka_bootstrap, prefix)
+    now = datetime.now(UTC)
+    poison = [
+        b"\xff" * 1_000_000,
+        orjson.dumps({"kind": "mention", "text": '"' * 450_000}),
+        orjson.dumps({**mention(0, now), "text": "x" * 990_000}),
+        orjson.dumps(
+            {
+                "kind": "purchase",
+                "event_id": "p:1",
+                "source": "shop",
+                "order_id": "o",
+                "status": "paid",
+                "brand": "Northwind",
+                "occurred_at": now.isoformat(),
+            }
+        ).replace(b'"paid"', b'"paid","amount":1e999'),
+        orjson.dumps(mention(-1, datetime(1970, 1, 1, tzinfo=UTC))),
+        orjson.dumps(mention(-2, datetime(2100, 1, 1, tzinfo=UTC))),
+    ]
+    with WorkerProcess(worker_env(kafka_bootstrap, redis_url, prefix, workdir), workdir / "worker.log") as worker:
+        prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=2_000_000, linger_ms=5)
+        for p in poison:
+            prod.send(topics["raw"], p, key=b"northwind")
+        for i in range(1, 201):
+            prod.send(topics["raw"], orjson.dumps(mention(i, now - timedelta(seconds=i))), key=b"northwind")
+        prod.flush()
+        prod.close()
+        tail = TopicTail(kafka_bootstrap, [topics["enriched"], topics["deadletter"]], keep=[topics["deadletter"]])
+        try:
+            ok = wait_until(
+                lambda: (
+                    not worker.alive()
+                    or (tail.count(topics["enriched"]) >= 200 and tail.count(topics["deadletter"]) >= 6)
+                ),
+                120,
+            )
+            assert worker.alive(), worker.tail()
+            assert ok, (tail.counts, worker.tail())
+            letters = [DeadLetter.model_validate_json(v) for v in tail.values(topics["deadletter"])]
+            assert sorted(d.stage for d in letters) == [
+                "horizon",
+                "horizon",
+                "validate",
+                "validate",
+                "validate",
+                "validate",
+            ]
+            assert all(len(d.payload) <= 64 * 1024 for d in letters)
+            assert sum(d.payload_truncated for d in letters) >= 3
+        finally:
+            tail.stop()
+        r = redis.Redis.from_url(redis_url)
+        assert int(r.hget(f"{prefix}:stats", "counted") or 0) == 200
+        r.close()
+        # and a worker still consumes: SIGTERM stops it cleanly, in time
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.proc.wait(45)  # raises if SIGTERM did not stop it in time
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A redis-server of this test's own, with an append-only file, that the test may kill and restart."""
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is not installed: `make test` installs it (infra/redis.sh)"
+    port = free_port()
+    args = [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(tmp_path),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]
+
+    class Server:
+        proc: subprocess.Popen[bytes] | None = None
+
+        def start(self) -> None:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            client = redis.Redis(port=port)
+            assert wait_until(lambda: _pings(client), 10), "redis-server did not start"
+            client.close()
+
+        def kill(self) -> None:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    server = Server()
+    server.start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0", server
+    finally:
+        if server.proc and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_a_redis_restart_is_waited_out_and_counts_stay_exact(
+    kafka_bootstrap: str, own_redis: tuple[str, Any], unique: str
+) -> None:
+    url, server = own_redis
+    prefix = f"fr{unique}"
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-faults-"))
+    topics = topics_for(kafka_bootstrap, prefix)
+    now = datetime.now(UTC)
+    sink = KafkaSink(kafka_bootstrap, topics["raw"])
+    r = redis.Redis.from_url(url)
+    counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0) if _pings(r) else -1  # noqa: E731
+    with WorkerProcess(worker_env(kafka_bootstrap, url, prefix, workdir), workdir / "worker.log") as worker:
+        for i in range(300):
+            sink.send_any(mention(i, now - timedelta(seconds=300 - i), "Northwind" if i % 2 else "Skyline"))
+        sink.flush()
+        assert wait_until(lambda: counted() >= 300 or not worker.alive(), 90), worker.tail()
+        server.kill()
+        for i in range(300, 600):
+            sink.send_any(mention(i, now - timedelta(seconds=600 - i), "Northwind" if i % 2 else "Skyline"))
+        sink.flush()
+        sink.close()
+        # the worker meets the outage (its next batch cannot be counted): it retries, it does not exit
+        assert not wait_until(lambda: not worker.alive(), 3), worker.tail()
+        server.start()
+        assert wait_until(lambda: counted() >= 600 or not worker.alive(), 90), worker.tail()
+        assert worker.alive(), worker.tail()
+        assert counted() == 600 and int(r.hget(f"{prefix}:stats", "duplicates") or 0) >= 0
+    r.close()
+
+
+def test_sigkill_of_one_of_two_workers_loses_nothing_and_keeps_one_thread(
+    kafka_bootstrap: str, redis_url: str, unique: str
+) -> None:
+    prefix = f"fk{unique}"
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-faults-"))
+    topics = topics_for(kafka_bootstrap, prefix)
+    settings = load_settings(None)
+    start = (datetime.now(UTC) - timedelta(minutes=150)).replace(second=0, microsecond=0)
+    events = [
+        e
+        for e in generate(settings.entities, start=start, minutes=150, crisis_at_minute=110, crisis_minutes=20)
+        if isinstance(e, dict)
+    ]
+    env = worker_env(kafka_bootstrap, redis_url, prefix, workdir)
+    r = redis.Redis.from_url(redis_url)
+    stats = lambda: {k.decode(): int(v) for k, v in r.hgetall(f"{prefix}:stats").items()}  # noqa: E731
+    w1 = WorkerProcess(env, workdir / "worker1.log")
+    w2 = WorkerProcess(env, workdir / "worker2.log")
+    try:
+        sink = KafkaSink(kafka_bootstrap, topics["raw"])
+        half = len(events) // 2
+        for e in events[:half]:
+            sink.send_any(e)
+        sink.flush()
+        assert wait_until(lambda: stats().get("counted", 0) >= half // 3, 120), w1.tail()
+        w1.proc.send_signal(signal.SIGKILL)  # mid-stream, nothing flushed, no goodbye to the group
+        w1.proc.wait(10)
+        for e in events[half:]:
+            sink.send_any(e)
+        sink.flush()
+        sink.close()
+        kept = [topics["incidents"], topics["enriched"]]
+        tail = TopicTail(kafka_bootstrap, kept, keep=kept)
+
+        def enriched_ids() -> set[str]:
+            return {json.loads(v)["event_id"] for v in tail.values(topics["enriched"])}
+
+        try:
+            assert wait_until(lambda: not w2.alive() or len(enriched_ids()) >= len(events), 180), (stats(), w2.tail())
+            assert w2.alive(), w2.tail()
+            assert wait_until(lambda: any(b'"northwind"' in v for v in tail.values(topics["incidents"])), 60), w2.tail()
+            incidents = [json.loads(v) for v in tail.values(topics["incidents"])]
+            enriched = {e["event_id"]: e for e in map(json.loads, tail.values(topics["enriched"]))}
+        finally:
+            tail.stop()
+        # every event counted once per entity it names; redeliveries after the kill were seen and skipped
+        pairs = sum(
+            len({m["key"] for m in e["entities"]} | ({e["entity"]} if e["entity"] else set()))
+            for e in enriched.values()
+        )
+        assert wait_until(lambda: stats().get("counted", 0) >= pairs, 30)
+        assert stats()["counted"] == pairs, (stats(), pairs)
+        crisis = [i for i in incidents if i["entity"] == "northwind"]
+        assert len({i["incident_id"] for i in crisis}) == 1, [(i["incident_id"], i["status"]) for i in crisis]
+        assert crisis[0]["status"] == "open"
+        assert len({(i["incident_id"], i["seq"]) for i in crisis if i["status"] == "open"}) == 1
+    finally:
+        w2.stop()
+        w1.stop()
+        r.close()
