@@ -181,6 +181,11 @@ def _binom_tail(k: float, n: float, p: float) -> float:
     return float(_sp.betainc(k, n - k + 1.0, p))
 
 
+def _log_spread(mad: float, tail: float, mu: float) -> float:
+    poisson = math.sqrt(max(mu, 0.25)) / (mu + 1.0)
+    return max(1.2533 * mad, math.sqrt(max(tail, 0.0)), poisson, 0.05)
+
+
 # -- counts ---------------------------------------------------------------------------------------
 @dataclass
 class CountState:
@@ -204,7 +209,8 @@ class CountState:
     streak: int = 0
     last_fire: int | None = None  # bucket index of the last verdict
     recent: list[list[float]] = field(default_factory=list)  # [x, mu] of the last hour's buckets
-    disp: float = 1.0  # dispersion index var/mean of the counts (>= 1; 1 = Poisson)
+    hmad: float = 0.0  # the same robust spreads for the hourly sums (sparse series)
+    htail: float = 0.0
 
     def hourly(self, x: float, mu: float, per_hour: float) -> tuple[float, float]:
         """(count, expected) over the last hour including this bucket (sparse-series resolution)."""
@@ -234,8 +240,11 @@ class CountState:
 
     def sigma(self, mu: float) -> float:
         """Spread of ``log(x + 1)``: the robust residual spread, never below the Poisson noise."""
-        poisson = math.sqrt(max(mu, 0.25)) / (mu + 1.0)
-        return max(1.2533 * self.mad, math.sqrt(max(self.tail, 0.0)), poisson, 0.05)
+        return _log_spread(self.mad, self.tail, mu)
+
+    def hsigma(self, hmu: float) -> float:
+        """Spread of the log of the hourly sum."""
+        return _log_spread(self.hmad, self.htail, hmu)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -385,10 +394,11 @@ class EntityDetector:
         if exact and not fires and frac >= 1.0 and mu_full < min_n and x > mu and self.per_hour > 1:
             # a sparse series: judge the last hour too (the resolution its volume supports)
             hx, hmu = state.hourly(x, mu, self.per_hour)
-            d = max(state.disp, 1.0)
-            hz = _tail_z(count_tail(hx / d, max(hmu, 0.05) / d, 0.0))
+            hz = (math.log(hx + 1.0) - math.log(hmu + 1.0)) / state.hsigma(hmu)
             if hz >= self.cfg.z_threshold and hx >= min_n:
-                fires, detector, z = True, "hourly-quasipoisson-v2", hz
+                hz = min(hz, _tail_z(count_tail(hx, max(hmu, 0.05), 0.0)))
+                if hz >= self.cfg.z_threshold:
+                    fires, detector, z = True, "log-hourly-v2", hz
         cus = max(0.0, state.cusum + min(z, PROTECT_Z) - self.cfg.cusum_k) if frac >= 1.0 else state.cusum
         excess = state.excess + (x - mu) if cus > 0 else 0.0
         if exact and not fires and cus >= self.cfg.cusum_h and excess >= min_n and x > mu:
@@ -581,8 +591,13 @@ class EntityDetector:
             # the spread including bursts up to TAIL_K robust sigmas: a bursty series needs more
             c = min(abs(r), TAIL_K * 1.2533 * max(state.mad, 0.02))
             state.tail += (c * c - state.tail) / state.mad_w
-            dx = min(x, mu + 6.0 * math.sqrt(max(mu, 0.25) * max(state.disp, 1.0)))
-            state.disp += ((dx - mu) ** 2 / max(mu, 0.25) - state.disp) / state.mad_w
+            hx, hmu = state.hourly(x, mu, ph)
+            hr = math.log(hx + 1.0) - math.log(hmu + 1.0)
+            hs = state.hsigma(hmu)
+            hc = max(min(hr, PROTECT_Z * hs), -PROTECT_Z * hs) if state.n >= 10 else hr
+            state.hmad += (abs(hc) - state.hmad) / state.mad_w
+            hc = min(abs(hr), TAIL_K * 1.2533 * max(state.hmad, 0.02))
+            state.htail += (hc * hc - state.htail) / state.mad_w
         state.recent.append([x if not protect else min(x, mu), mu])
         del state.recent[: max(len(state.recent) - int(ph), 0)]
         # level learns the deseasonalised value; the slots learn their offset from the level
