@@ -78,6 +78,7 @@ FIRED_WEIGHT = 0.25  # a bucket that fired teaches the baseline this much, clipp
 PROTECT_Z = 3.0  # ... and so does one this far off its baseline in the bad direction
 MIX_Z = 2.0  # a volume rise pages only if its negative share is this far above baseline (or worse)
 DISPERSION_HALFLIVES = 4.0  # the dispersion remembers this many level half-lives
+SPARSE_EVENTS = 1.0  # a bucket expecting fewer events moves the level (and calibration) less
 TAIL_K = 6.0  # the count spread includes bursts up to this many robust sigmas (module doc)
 Z_CAP = 38.0  # z of a tail probability below the float range
 
@@ -181,9 +182,13 @@ def _binom_tail(k: float, n: float, p: float) -> float:
     return float(_sp.betainc(k, n - k + 1.0, p))
 
 
+def _poisson_log_sd(mu: float) -> float:
+    """Standard deviation of ``log(x + 1)`` for a Poisson count of mean ``mu`` (delta method)."""
+    return math.sqrt(max(mu, 0.25)) / (mu + 1.0)
+
+
 def _log_spread(mad: float, tail: float, mu: float) -> float:
-    poisson = math.sqrt(max(mu, 0.25)) / (mu + 1.0)
-    return max(1.2533 * mad, math.sqrt(max(tail, 0.0)), poisson, 0.05)
+    return max(1.2533 * mad, math.sqrt(max(tail, 0.0)), _poisson_log_sd(mu), 0.05)
 
 
 # -- counts ---------------------------------------------------------------------------------------
@@ -211,6 +216,7 @@ class CountState:
     recent: list[list[float]] = field(default_factory=list)  # [x, mu] of the last hour's buckets
     hmad: float = 0.0  # the same robust spreads for the hourly sums (sparse series)
     htail: float = 0.0
+    cal: list[float] = field(default_factory=lambda: [0.0, 0.0])  # EW sums of x and exp(pred) - 1
 
     def hourly(self, x: float, mu: float, per_hour: float) -> tuple[float, float]:
         """(count, expected) over the last hour including this bucket (sparse-series resolution)."""
@@ -235,8 +241,14 @@ class CountState:
         """Expected ``log(x + 1)`` of a whole bucket."""
         return self.level.mean + self.offset(how, per_hour)
 
+    def calibration(self) -> float:
+        """Mean count over ``exp(predicted log) - 1`` (a log-scale mean is below the count mean,
+        most of all for sparse counts: 0.12 for a Poisson rate of 0.2), from the learned buckets."""
+        return self.cal[0] / self.cal[1] if self.cal[1] > 1e-9 and self.cal[0] > 0 else 1.0
+
     def expect(self, how: int | None, per_hour: float, frac: float = 1.0) -> float:
-        return max(math.exp(self.predict(how, per_hour)) - 1.0, 0.0) * frac
+        """Expected count of a bucket (``frac`` of it)."""
+        return max(math.exp(self.predict(how, per_hour)) - 1.0, 0.0) * self.calibration() * frac
 
     def sigma(self, mu: float) -> float:
         """Spread of ``log(x + 1)``: the robust residual spread, never below the Poisson noise."""
@@ -383,7 +395,7 @@ class EntityDetector:
         mu_full = state.expect(how, self.per_hour)
         mu = mu_full * frac
         # a partial bucket is compared with the share of the bucket expected by then
-        y, m = math.log(x / frac + 1.0) if frac < 1.0 else math.log(x + 1.0), math.log(mu_full + 1.0)
+        y, m = math.log(x / frac + 1.0) if frac < 1.0 else math.log(x + 1.0), state.predict(how, self.per_hour)
         sigma = state.sigma(mu_full) / math.sqrt(frac)
         z = (y - m) / sigma
         min_n = self.cfg.min_volume if sig.name == "volume" else self.cfg.min_negative
@@ -563,7 +575,7 @@ class EntityDetector:
             state.n += 1
             return
         m = state.predict(how, ph)
-        mu = max(math.exp(m) - 1.0, 0.0)
+        mu = state.expect(how, ph)
         sigma = state.sigma(mu)
         r = y - m
         z = r / sigma
@@ -591,17 +603,23 @@ class EntityDetector:
             # the spread including bursts up to TAIL_K robust sigmas: a bursty series needs more
             c = min(abs(r), TAIL_K * 1.2533 * max(state.mad, 0.02))
             state.tail += (c * c - state.tail) / state.mad_w
-            hx, hmu = state.hourly(x, mu, ph)
-            hr = math.log(hx + 1.0) - math.log(hmu + 1.0)
-            hs = state.hsigma(hmu)
-            hc = max(min(hr, PROTECT_Z * hs), -PROTECT_Z * hs) if state.n >= 10 else hr
+            a_cal = a_mad * min(1.0, max(mu, 0.05) / SPARSE_EVENTS)
+            state.cal[0] = (1.0 - a_cal) * state.cal[0] + min(x, (mu + 1.0) * math.exp(PROTECT_Z * sigma) - 1.0)
+            state.cal[1] = (1.0 - a_cal) * state.cal[1] + max(math.exp(m) - 1.0, 0.0)
+        hx, hmu = state.hourly(x, mu, ph)
+        hr = math.log(hx + 1.0) - math.log(hmu + 1.0)
+        hs = state.hsigma(hmu)
+        if not protect and (state.n < 10 or hr < PROTECT_Z * hs):  # an hour far off is not learned
+            hc = max(hr, -PROTECT_Z * hs) if state.n >= 10 else hr
             state.hmad += (abs(hc) - state.hmad) / state.mad_w
             hc = min(abs(hr), TAIL_K * 1.2533 * max(state.hmad, 0.02))
             state.htail += (hc * hc - state.htail) / state.mad_w
-        state.recent.append([x if not protect else min(x, mu), mu])
+        state.recent.append([x, mu])
         del state.recent[: max(len(state.recent) - int(ph), 0)]
         # level learns the deseasonalised value; the slots learn their offset from the level
-        state.level.update(state.level.mean + rl, alpha, weight)
+        # a bucket of a sparse series carries little information: it moves the level less
+        info = min(1.0, max(mu, 0.05) / SPARSE_EVENTS)
+        state.level.update(state.level.mean + rl, alpha * info, weight)
         if how is not None:
             slot_alpha = 1.0 - 0.5 ** (1.0 / (SEASON_VISITS * ph))
             dev = m + rl - state.level.mean

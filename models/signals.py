@@ -24,8 +24,8 @@ are reported as ``info`` (a volume spike whose sentiment mix is no worse than us
 >>> SIGNALS["refund_rate"].value({"purchase:placed": 8, "purchase:refunded": 2})
 0.2
 >>> [s.name for s in SIGNALS.values() if s.pages]  # doctest: +NORMALIZE_WHITESPACE
-['negative_volume', 'complaints', 'negative_share', 'impact_negativity', 'aspect_negativity',
- 'rating', 'refund_rate']
+['negative_volume', 'complaints', 'negative_share', 'complaint_share', 'impact_negativity',
+ 'aspect_negativity', 'rating', 'refund_rate']
 >>> aspect_keys("delivery")
 ('asp:delivery:neg', 'asp:delivery:n')
 """
@@ -168,6 +168,7 @@ SIGNALS: dict[str, SignalDef] = {
         SignalDef("negative_volume", "count", (NEG,), doc="negative mentions + reviews"),
         SignalDef("complaints", "count", (COMPLAINTS,), doc="texts with a negative aspect"),
         SignalDef("negative_share", "share", (NEG,), (N,), doc="neg / n"),
+        SignalDef("complaint_share", "share", (COMPLAINTS,), (N,), doc="complaints / n"),
         SignalDef(
             "impact_negativity",
             "share",
