@@ -223,3 +223,65 @@ def test_state_round_trips() -> None:
 def test_verdict_key_maps_trending_back_to_volume() -> None:
     v = Verdict("trending", 1.0, 1.0, 1.0, 6.0, 1, "info", "d")
     assert v.key == "volume" and math.isfinite(v.z)
+
+
+def test_contributions_write_only_the_tables_counters() -> None:
+    from contract.records import AspectHit, EnrichedEvent, Sentiment
+    from models.signals import ASPECT_PREFIX, COUNTERS, PURCHASE_PREFIX
+    from streams.windows import contributions
+
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+    neg = Sentiment(score=-0.7, label="negative", confidence=0.9, model_version="m")
+    events = [
+        EnrichedEvent(
+            event_id="r:1",
+            kind="review",
+            source="s",
+            occurred_at=now,
+            ingested_at=now,
+            entity="acme",
+            sentiment=neg,
+            rating=1,
+            aspects=[AspectHit(aspect="delivery", term="late", start=0, end=4, sentiment=-0.8)],
+        ),
+        EnrichedEvent(
+            event_id="p:1",
+            kind="purchase",
+            source="s",
+            occurred_at=now,
+            ingested_at=now,
+            entity="acme",
+            purchase_status="refunded",
+        ),
+        EnrichedEvent(
+            event_id="f:1",
+            kind="feedback",
+            source="s",
+            occurred_at=now,
+            ingested_at=now,
+            entity="acme",
+            metric="nps",
+            score=3,
+        ),
+    ]
+    keys = {k for ev in events for k in contributions(ev)}
+    assert keys >= {"n", "neg", "complaints", "asp:delivery:n", "asp:delivery:neg", "rating_n", "purchase:refunded"}
+    stray = {k for k in keys if k not in COUNTERS and not k.startswith((ASPECT_PREFIX, PURCHASE_PREFIX))}
+    assert stray == set()
+
+
+def test_trust_and_detection_read_the_same_definitions() -> None:
+    from models.trust import trust_score
+
+    bucket = {
+        N: 50,
+        NEG: 20,
+        COMPLAINTS: 5,
+        "rating_n": 4,
+        "rating_sum": 10,
+        "purchase:placed": 8,
+        "purchase:refunded": 2,
+    }
+    comps = {c.name: c.value for c in trust_score(bucket).components}
+    for name in ("negative_share", "complaint_share", "rating", "refund_rate"):
+        assert comps[name] == round(SIGNALS[name].value(bucket) or 0.0, 4), name
