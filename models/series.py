@@ -426,19 +426,19 @@ class EntityVolumeDetector:
         self.cfg = (cfg or DetectSettings()).model_copy(update={"warmup_buckets": max(1, warmup)})
         self.early = early
         self.det: EntityDetector | None = None
-        self.prev: datetime | None = None
-        self.open_early = False
+        self.first: tuple[datetime, float] | None = None
 
     def update(self, ts: datetime, value: float) -> float | None:
         if not math.isfinite(value):
             return None
-        if self.det is None:
-            if self.prev is None:
-                self.prev = ts
-                return None
-            step = max(1, int((ts - self.prev).total_seconds()))
-            self.det = EntityDetector(self.cfg, bucket_seconds=step)
         x = max(float(value), 0.0)
+        if self.det is None:
+            if self.first is None:
+                self.first = (ts, x)  # the bucket length is known from the second row on
+                return None
+            step = max(1, int((ts - self.first[0]).total_seconds()))
+            self.det = EntityDetector(self.cfg, bucket_seconds=step)
+            self.det.update({"n": self.first[1]}, how_of(self.first[0]))
         how = how_of(ts)
         z: float | None = None
         if self.early:

@@ -78,6 +78,13 @@ async def aredis(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:  # type:
     await client.aclose()
 
 
+@pytest.fixture(autouse=True)
+def _shared_data_present(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``shared_data`` read the development data: they fail, loudly, without it."""
+    if request.node.get_closest_marker("shared_data") and not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not present at {SHARED_DATA} (tests marked shared_data need it)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -211,7 +211,7 @@ def test_agrees_with_a_port_of_nabs_sweeper(seed: int) -> None:
 NAB = SHARED_DATA / "nab_dev"
 
 
-@pytest.mark.skipif(not NAB.exists(), reason=f"shared data not present at {NAB}")
+@pytest.mark.shared_data
 def test_windows_rebuilt_from_points_match_nabs_windows_file() -> None:
     windows = json.loads((NAB / "labels" / "combined_windows.json").read_text())
     points = json.loads((NAB / "labels" / "combined_labels.json").read_text())
