@@ -332,7 +332,71 @@ class SignalState:
         )
 
 
-State = CountState | SignalState
+@dataclass
+class SeqState:
+    """A sequential test over the last events of a sparse stream (rating drop, negative shift).
+
+    The baseline is per *event* (EW over ``SEQ_HALFLIFE`` events), not per bucket, and the CUSUM
+    of the log-likelihood ratio "shifted by the size worth paging" vs "as usual" is fed from the
+    bucket sums: an empty bucket adds nothing, so a stream of a few reviews a day is judged on
+    its reviews, whatever the bucket length.
+    """
+
+    mean: float = 0.0
+    var: float = 0.0
+    w: float = 0.0
+    n: int = 0  # events learned
+    cusum: float = 0.0
+    support: float = 0.0  # events since the CUSUM left 0
+    bad: float = 0.0  # ... and their sum (negative events, for a share)
+    alarm: float = 0.0  # events since the CUSUM crossed h (a lasting shift is a new level)
+    per_bucket: float = 0.0  # EW events per non-empty bucket: the test fires only on sparse streams
+
+    def llr(self, sig: SignalDef, count: float, total: float) -> float:
+        """Log-likelihood ratio of a bucket's ``count`` events summing to ``total``."""
+        if sig.kind == "mean":
+            sd2 = max(self.var, SEQ_MIN_SD**2)
+            return (RATING_DROP / sd2) * (count * (self.mean - RATING_DROP / 2.0) - total)
+        p0 = min(max(self.mean, 0.01), 0.9)
+        p1 = min(0.95, max(2.0 * p0, p0 + 0.15))
+        return total * math.log(p1 / p0) + (count - total) * math.log((1.0 - p1) / (1.0 - p0))
+
+    def learn(self, x_sum: float, x_sq: float, count: float) -> None:
+        """Fold a bucket's events into the per-event baseline."""
+        a = 1.0 - 0.5 ** (1.0 / SEQ_HALFLIFE)
+        decay = (1.0 - a) ** count
+        w_new = decay * self.w + count
+        if w_new <= 0:
+            return
+        m_b = x_sum / count
+        v_b = max(x_sq / count - m_b * m_b, 0.0)
+        old_w = decay * self.w
+        mean = (old_w * self.mean + count * m_b) / w_new
+        self.var = (old_w * (self.var + (self.mean - mean) ** 2) + count * (v_b + (m_b - mean) ** 2)) / w_new
+        self.mean, self.w = mean, w_new
+        self.n += int(count)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "seq"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeqState:
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
+
+
+SEQ_SIGNALS = ("negative_share", "rating")  # judged per event too, for sparse streams
+SEQ_HALFLIFE = 100.0  # events: the per-event baseline's memory
+SEQ_WARMUP = 30  # events before a sequential test may fire
+SEQ_H = 7.0  # CUSUM decision threshold (log-likelihood ratio)
+SEQ_SHIFT = 60.0  # events in alarm after which the shift is a new level, learned
+RATING_DROP = 1.0  # stars: the drop worth paging
+SEQ_MIN_SD = 0.7  # stars: floor of the rating spread
+SEQ_DETECTOR = "cusum-events-v1"
+
+
+State = CountState | SignalState | SeqState
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,7 +535,38 @@ class EntityDetector:
                 out.append(self._read_share(sig, st, how))
             else:
                 out.append(self._read_mean(sig, st, how))
+        if frac >= 1.0:
+            out.extend(self._read_seq(SIGNALS[name], st) for name in SEQ_SIGNALS)
         return [r for r in out if r is not None]
+
+    def _seq_inputs(self, sig: SignalDef, st: dict[str, float]) -> tuple[float, float, float]:
+        """(events, sum, sum of squares) of a sequential signal in a bucket."""
+        count = sig.support_of(st) if sig.kind == "mean" else sig.den_of(st)
+        total = sig.num_of(st)
+        sq = st.get(sig.sq, 0.0) if sig.sq else total
+        return count, total, sq
+
+    def _read_seq(self, sig: SignalDef, st: dict[str, float]) -> _Judged | None:
+        state = self.signals.get(f"seq:{sig.name}")
+        count, total, _ = self._seq_inputs(sig, st)
+        if not isinstance(state, SeqState) or count <= 0 or state.n < SEQ_WARMUP:
+            return None
+        cus = max(0.0, state.cusum + state.llr(sig, count, total))
+        support = state.support + count if cus > 0 else 0.0
+        # minimum support: three reviews for a rating; for a share, min_volume events of which
+        # min_negative negative (about: the episode's earlier negatives are estimated)
+        min_support = 3.0 if sig.kind == "mean" else float(self.cfg.min_volume)
+        bad = state.bad + total if cus > 0 else 0.0
+        min_bad = 0.0 if sig.kind == "mean" else float(self.cfg.min_negative)
+        # a dense stream is judged per bucket; the per-event test is for the sparse ones, where no
+        # bucket has the support to judge (its false alarms are rare per event, not per minute)
+        sparse = state.per_bucket < self.cfg.min_volume
+        # one verdict per episode: when the CUSUM crosses h (it stays above while the shift lasts)
+        fires = sparse and cus >= SEQ_H > state.cusum and support >= min_support and bad >= min_bad
+        z = math.sqrt(2.0 * cus)
+        value = total / count
+        scale = math.sqrt(max(state.var, SEQ_MIN_SD**2)) if sig.kind == "mean" else 0.0
+        return _Judged(sig, None, value, state.mean, scale, z, count, fires, SEQ_DETECTOR, cus)
 
     # -- public API -----------------------------------------------------------------------------
     def standardize(self, st: dict[str, float], hour_of_week: int | None = None) -> dict[str, float]:
@@ -485,6 +580,8 @@ class EntityDetector:
             return {}
         out: dict[str, float] = {}
         for r in self._readings(st, hour_of_week, exact=False):
+            if r.detector == SEQ_DETECTOR:
+                continue
             if r.aspect is not None or r.sig.name not in ("volume", "negative_share", "impact_negativity", "rating"):
                 continue
             if r.sig.kind == "share" and r.support < self.cfg.min_volume:
@@ -509,15 +606,22 @@ class EntityDetector:
         that rose with it in proportion are ``info`` too: more talk, same tone.
         """
         by_name = {r.sig.name: r for r in readings if r.aspect is None}
-        fired = [r for r in readings if r.fires]
+        fired, seen = [], set()
+        for r in readings:
+            key = signal_key(r.sig.name, r.aspect)
+            if r.fires and key not in seen:  # a bucket test and a sequential test: one verdict
+                seen.add(key)
+                fired.append(r)
         share = by_name.get("negative_share")
-        worse = any(r.sig.pages and r.sig.kind != "count" for r in fired) or (share is not None and share.z >= MIX_Z)
+        worse = any(r.sig.pages and r.sig.kind != "count" for r in fired) or (
+            share is not None and share.detector != SEQ_DETECTOR and self._mix_worse(share)
+        )
         rising = any(r.sig.name == "volume" for r in fired)
         out = []
         for r in fired:
             key = signal_key(r.sig.name, r.aspect)
             state = self.signals.get(key)
-            last = state.last_fire if state is not None else None
+            last = state.last_fire if isinstance(state, CountState | SignalState) else None
             onset = last is None or self.buckets - last > self.episode_gap
             name = "aspect_negativity" if r.aspect else r.sig.name
             severity: Severity = severity_for(r.z, self.cfg)
@@ -541,6 +645,15 @@ class EntityDetector:
             )
         return out
 
+    def _mix_worse(self, share: _Judged) -> bool:
+        """The negative share is above its baseline beyond chance (exact binomial tail at
+        ``MIX_Z``) and on ``min_negative`` negatives at least: a handful of negatives among a
+        burst of praise does not make the burst a crisis."""
+        neg = share.value * share.support
+        if share.z < MIX_Z or neg < self.cfg.min_negative:
+            return False
+        return _tail_z(_binom_tail(neg, share.support, share.baseline)) >= MIX_Z
+
     def learn(self, st: dict[str, float], hour_of_week: int | None, fired: list[Verdict]) -> None:
         """Update the baselines with a closed bucket (robust: see the module doc)."""
         if self.buckets == 0 and not any(v > 0 for v in st.values()):
@@ -554,9 +667,32 @@ class EntityDetector:
                     self._learn_share(sig, st, how, signal_key(sig.name, a) in hot, a)
             else:
                 self._learn_share(sig, st, how, sig.name in hot)
+        for name in SEQ_SIGNALS:
+            self._learn_seq(SIGNALS[name], st)
         self.buckets += 1
 
-    def _shift_guard(self, state: State, suspect: bool) -> bool:
+    def _learn_seq(self, sig: SignalDef, st: dict[str, float]) -> None:
+        count, total, sq = self._seq_inputs(sig, st)
+        if count <= 0:
+            return  # an empty bucket costs nothing
+        key = f"seq:{sig.name}"
+        state = self.signals.get(key)
+        if not isinstance(state, SeqState):
+            state = self.signals[key] = SeqState()
+        state.per_bucket += (count - state.per_bucket) / min(state.n + 1.0, 100.0)
+        if state.n >= SEQ_WARMUP:
+            state.cusum = max(0.0, state.cusum + state.llr(sig, count, total))
+            state.support = state.support + count if state.cusum > 0 else 0.0
+            state.bad = state.bad + total if state.cusum > 0 else 0.0
+            state.alarm = state.alarm + count if state.cusum >= SEQ_H else 0.0
+            if state.alarm >= SEQ_SHIFT:  # a lasting shift: the new level, learned from now on
+                state.cusum = state.support = state.bad = state.alarm = 0.0
+            state.cusum = min(state.cusum, 2.0 * SEQ_H)
+            if state.cusum >= SEQ_H / 2.0:
+                return  # suspect: the shift is not learned while it is being judged
+        state.learn(total, sq, count)
+
+    def _shift_guard(self, state: CountState | SignalState, suspect: bool) -> bool:
         """Update the suspect streak; True when the bucket must be learned protected."""
         cap = self.cfg.sustained_shift_buckets
         state.streak = min(cap, state.streak + 1) if suspect else max(0, state.streak - 1)
@@ -657,6 +793,26 @@ class EntityDetector:
             value, self.alpha, how, weight, den=support if sig.kind == "share" else None, per_hour=self.per_hour
         )
 
+    def idle(self, k: int) -> None:
+        """Account for ``k`` empty buckets at once (the backtest skips them; the live engine
+        learns each). Shares, means and the per-event tests are untouched by empty buckets by
+        design; a count's level decays as ``k`` zero buckets would move it (closed form, without
+        the seasonal slots), its CUSUM and hourly window run out."""
+        if k <= 0 or self.buckets == 0:
+            return
+        for state in self.signals.values():
+            if isinstance(state, CountState) and state.level.n > 0:
+                mu = state.expect(None, self.per_hour)
+                info = min(1.0, max(mu, 0.05) / SPARSE_EVENTS)
+                state.level.mean *= (1.0 - self.alpha * info) ** k
+                state.cusum = max(0.0, state.cusum - k * self.cfg.cusum_k)
+                state.excess = 0.0 if state.cusum == 0 else state.excess
+                keep = max(int(self.per_hour) - k, 0)
+                state.recent = state.recent[len(state.recent) - keep :] if keep else []
+                state.n += k
+                state.streak = max(0, state.streak - k)
+        self.buckets += k
+
     def update(self, st: dict[str, float], hour_of_week: int | None = None) -> list[Verdict]:
         """Judge one closed bucket, then learn from it."""
         verdicts = self.judge(st, hour_of_week)
@@ -670,8 +826,14 @@ class EntityDetector:
     def from_dict(cls, cfg: DetectSettings, data: dict[str, Any] | None, bucket_seconds: int = 60) -> EntityDetector:
         if not data or data.get("v") != 5:
             return cls(cfg, bucket_seconds=bucket_seconds)
-        signals: dict[str, State] = {
-            k: CountState.from_dict(v) if v.get("kind") == "count" else SignalState.from_dict(v)
-            for k, v in data["signals"].items()
-        }
+        signals: dict[str, State] = {}
+        for k, v in data["signals"].items():
+            kind = v.get("kind")
+            signals[k] = (
+                CountState.from_dict(v)
+                if kind == "count"
+                else SeqState.from_dict(v)
+                if kind == "seq"
+                else SignalState.from_dict(v)
+            )
         return cls(cfg, signals, int(data["buckets"]), bucket_seconds)
