@@ -551,22 +551,29 @@ class EntityDetector:
         count, total, _ = self._seq_inputs(sig, st)
         if not isinstance(state, SeqState) or count <= 0 or state.n < SEQ_WARMUP:
             return None
+        cus, fires = self._seq_step(state, sig, count, total)
+        z = math.sqrt(2.0 * cus)
+        # the value is the episode's (all events since the CUSUM left 0), its support too
+        support = state.support + count if state.cusum > 0 else count
+        value = ((state.bad if state.cusum > 0 else 0.0) + total) / support
+        scale = math.sqrt(max(state.var, SEQ_MIN_SD**2)) if sig.kind == "mean" else 0.0
+        return _Judged(sig, None, value, state.mean, scale, z, support, fires, SEQ_DETECTOR, cus)
+
+    def _seq_step(self, state: SeqState, sig: SignalDef, count: float, total: float) -> tuple[float, bool]:
+        """(CUSUM after the bucket, whether it fires)."""
         cus = max(0.0, state.cusum + state.llr(sig, count, total))
         support = state.support + count if cus > 0 else 0.0
-        # minimum support: three reviews for a rating; for a share, min_volume events of which
-        # min_negative negative (about: the episode's earlier negatives are estimated)
-        min_support = 3.0 if sig.kind == "mean" else float(self.cfg.min_volume)
         bad = state.bad + total if cus > 0 else 0.0
-        min_bad = 0.0 if sig.kind == "mean" else float(self.cfg.min_negative)
+        # minimum support: three reviews for a rating; min_volume events, min_negative of them
+        # negative, for a share
+        if sig.kind == "mean":
+            enough = support >= 3.0
+        else:
+            enough = support >= self.cfg.min_volume and bad >= self.cfg.min_negative
         # a dense stream is judged per bucket; the per-event test is for the sparse ones, where no
         # bucket has the support to judge (its false alarms are rare per event, not per minute)
         sparse = state.per_bucket < self.cfg.min_volume
-        # one verdict per episode: when the CUSUM crosses h (it stays above while the shift lasts)
-        fires = sparse and cus >= SEQ_H > state.cusum and support >= min_support and bad >= min_bad
-        z = math.sqrt(2.0 * cus)
-        value = total / count
-        scale = math.sqrt(max(state.var, SEQ_MIN_SD**2)) if sig.kind == "mean" else 0.0
-        return _Judged(sig, None, value, state.mean, scale, z, count, fires, SEQ_DETECTOR, cus)
+        return cus, sparse and enough and cus >= SEQ_H
 
     # -- public API -----------------------------------------------------------------------------
     def standardize(self, st: dict[str, float], hour_of_week: int | None = None) -> dict[str, float]:
@@ -681,13 +688,19 @@ class EntityDetector:
             state = self.signals[key] = SeqState()
         state.per_bucket += (count - state.per_bucket) / min(state.n + 1.0, 100.0)
         if state.n >= SEQ_WARMUP:
-            state.cusum = max(0.0, state.cusum + state.llr(sig, count, total))
-            state.support = state.support + count if state.cusum > 0 else 0.0
-            state.bad = state.bad + total if state.cusum > 0 else 0.0
-            state.alarm = state.alarm + count if state.cusum >= SEQ_H else 0.0
-            if state.alarm >= SEQ_SHIFT:  # a lasting shift: the new level, learned from now on
+            cus, fired = self._seq_step(state, sig, count, total)
+            state.support = state.support + count if cus > 0 else 0.0
+            state.bad = state.bad + total if cus > 0 else 0.0
+            if fired:
+                # one verdict per episode: the episode's level is the reference from now on, so
+                # a further drop (another star) is a new episode and recovery is learned again
+                state.mean = state.bad / max(state.support, 1.0)
                 state.cusum = state.support = state.bad = state.alarm = 0.0
-            state.cusum = min(state.cusum, 2.0 * SEQ_H)
+                return
+            state.cusum = min(cus, 2.0 * SEQ_H)
+            state.alarm = state.alarm + count if state.cusum >= SEQ_H else 0.0
+            if state.alarm >= SEQ_SHIFT:  # a lasting shift (a dense stream): the new level, learned
+                state.cusum = state.support = state.bad = state.alarm = 0.0
             if state.cusum >= SEQ_H / 2.0:
                 return  # suspect: the shift is not learned while it is being judged
         state.learn(total, sq, count)

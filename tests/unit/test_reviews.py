@@ -143,3 +143,16 @@ def test_sparse_backtest_on_real_reviews_is_fast_and_does_not_page_bursts(tmp_pa
     assert report["path"].startswith("sparse") and report["events"] == 3150
     sc = report["labels"]["all"]
     assert sc["bursts"] >= 10 and sc["burst_pages"] <= sc["bursts"] // 5, sc
+
+
+def test_a_further_drop_is_a_new_episode_a_lasting_level_is_not() -> None:
+    rng = random.Random(4)
+    det = EntityDetector(DEFAULTS)
+    days = [_usual(rng) for _ in range(200)]  # ~3.9 stars
+    days += [[[rng.choice([3, 3, 2, 2, 4])] for _ in range(3)] for _ in range(60)]  # ~2.8 stars for two months
+    days += [[[rng.choice([1, 1, 2])] for _ in range(3)] for _ in range(10)]  # then ~1.3
+    hits = [h for h in _replay(det, days) if h[1] == "rating" and h[2] != "info"]
+    first = [d for d, _, _ in hits if 200 <= d < 260]
+    assert first and first[0] < 215  # the first drop, early
+    assert len(first) <= 2  # and then the lower level is the reference: not a page a day
+    assert [d for d, _, _ in hits if d >= 260][:1] and min(d for d, _, _ in hits if d >= 260) <= 264
