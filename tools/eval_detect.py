@@ -167,7 +167,8 @@ def eval_detect(
             seconds[name] += time.perf_counter() - t0
         detections["null"] = []
         detections["perfect"] = perfect_detections(windows)
-        row: dict[str, Any] = {"points": n, "windows": len(windows), "detectors": {}}
+        days = max((ts[-1] - ts[probationary_length(n)]).total_seconds() / 86400.0, 1e-9)
+        row: dict[str, Any] = {"points": n, "windows": len(windows), "scored_days": round(days, 2), "detectors": {}}
         for name, idx in detections.items():
             fs = {p: score_file(n, windows, idx, pr) for p, pr in PROFILES.items()}
             for p, s in fs.items():
@@ -185,6 +186,12 @@ def eval_detect(
     if not per_file:
         raise ValueError(f"none of the CSVs under {series_dir} has labels in {labels_file}")
 
+    def budget(name: str, keys: Sequence[str]) -> float:
+        """False detections per series per 30 days outside the labelled windows (alert budget)."""
+        days = sum(per_file[k]["scored_days"] for k in keys)
+        fp = sum(per_file[k]["detectors"][name]["fp"] for k in keys)
+        return round(fp / max(days / 30.0, 1e-9), 3)
+
     def total(name: str) -> dict[str, Any]:
         fs = scores[name][prof.name]
         return {
@@ -193,6 +200,7 @@ def eval_detect(
             "fp": sum(f.fp for f in fs),
             "fn": sum(f.fn for f in fs),
             "detections": sum(r["detectors"][name]["detections"] for r in per_file.values()),
+            "fp_per_series_30d": budget(name, list(per_file)),
         }
 
     groups: dict[str, Any] = {}
@@ -208,6 +216,7 @@ def eval_detect(
                     for d in names
                 },
                 "fp": {d: sum(scores[d][prof.name][i].fp for i in sel_idx) for d in names},
+                "fp_per_series_30d": {d: budget(d, [keys[i] for i in sel_idx]) for d in names},
             }
 
     return {
@@ -270,13 +279,14 @@ def detect_command(
     sel = result["profile"]
     tbl = Table(
         title=f"NAB scores: {result['files']} series, {result['windows']} windows, {result['seconds']['total']} s",
-        caption=f"* = --profile; TP/FP/FN (windows hit, false positives, windows missed) under {sel}",
+        caption=f"* = --profile; TP/FP/FN (windows hit, false positives, windows missed) under {sel}; "
+        "FP/30d: false detections per series per 30 days (alert budget)",
     )
     tbl.add_column("detector")
     for p in PROFILES:
         short = p.removeprefix("reward_").removesuffix("_rate")
         tbl.add_column(short + ("*" if p == sel else ""), justify="right")
-    for col in ("alerts", "TP", "FP", "FN", "s"):
+    for col in ("alerts", "TP", "FP", "FN", "FP/30d", "s"):
         tbl.add_column(col, justify="right")
     for d, by_profile in result["scores"].items():
         t = result["totals"][d]
@@ -287,6 +297,7 @@ def detect_command(
             str(t["tp"]),
             str(t["fp"]),
             str(t["fn"]),
+            str(t["fp_per_series_30d"]),
             str(result["seconds"].get(d, "")),
         )
     console = Console()
@@ -296,9 +307,10 @@ def detect_command(
         gt.add_column("detector")
         for p in PROFILES:
             gt.add_column(p.removeprefix("reward_").removesuffix("_rate"), justify="right")
-        gt.add_column(f"FP ({sel})", justify="right")
+        gt.add_column("FP", justify="right")
+        gt.add_column("FP/30d", justify="right")
         for d, by_profile in g["scores"].items():
-            gt.add_row(d, *(f"{by_profile[p]:.1f}" for p in PROFILES), str(g["fp"][d]))
+            gt.add_row(d, *(f"{by_profile[p]:.1f}" for p in PROFILES), str(g["fp"][d]), str(g["fp_per_series_30d"][d]))
         console.print(gt)
     for d, text in result["detectors"].items():
         console.print(f"[bold]{d}[/bold]: {text}")

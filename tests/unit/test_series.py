@@ -187,7 +187,7 @@ def test_eval_detect_on_real_nab_files(two_nab_files: tuple[Path, Path]) -> None
         row = speed["detectors"][d]
         assert row["tp"] + row["fn"] == 4 and set(row["raw"]) == set(PROFILES)
         assert row["detections"] >= row["tp"] + row["fp"]
-    assert out["totals"]["null"] == {"raw": -7.0, "tp": 0, "fp": 0, "fn": 7, "detections": 0}
+    assert out["totals"]["null"] == {"raw": -7.0, "tp": 0, "fp": 0, "fn": 7, "detections": 0, "fp_per_series_30d": 0.0}
     assert out["unlabelled"] == [] and out["missing"] == []
     low_fn = eval_detect(data, labels, profile="reward_low_FN")
     assert low_fn["profile"] == "reward_low_FN_rate" and low_fn["totals"]["null"]["raw"] == -14.0
@@ -271,3 +271,13 @@ def test_eval_detect_on_real_tweet_volumes(tmp_path: Path) -> None:
     weeks = sum(r["points"] for r in out["per_file"].values()) * 300 / (7 * 86400)
     assert out["totals"]["repmon"]["detections"] <= 3 * weeks
     assert out["groups"]["holdout"]["files"] == ["realTweets/Twitter_volume_CRM.csv"]
+
+
+def test_eval_reports_the_alert_budget(tmp_path: Path) -> None:
+    data, labels = _synthetic_labelled(tmp_path)
+    out = eval_detect(data, labels)
+    days = sum(r["scored_days"] for r in out["per_file"].values())
+    assert 30 < days < 45  # two series of ~17.6 scored days each (6000 5-minute rows less probation)
+    for d in ("repmon", "rolling_3sigma", "river_hst"):
+        assert out["totals"][d]["fp_per_series_30d"] == round(out["totals"][d]["fp"] / (days / 30.0), 3)
+    assert out["totals"]["null"]["fp_per_series_30d"] == 0.0
