@@ -460,7 +460,8 @@ class EntityDetector:
         mu = mu_full * frac
         # a partial bucket is compared with the share of the bucket expected by then
         y, m = math.log(x / frac + 1.0) if frac < 1.0 else math.log(x + 1.0), state.predict(how, self.per_hour)
-        sigma = state.sigma(mu_full) / math.sqrt(frac)
+        # a partial bucket: the same rate spread, the Poisson noise of the count seen so far
+        sigma = _log_spread(state.mad, state.tail, mu_full * frac) if frac < 1.0 else state.sigma(mu_full)
         z = (y - m) / sigma
         min_n = self.cfg.min_volume if sig.name == "volume" else self.cfg.min_negative
         fires, detector = False, "log-seasonal-v2"
@@ -609,8 +610,9 @@ class EntityDetector:
 
         The mix is worse when a share or mean signal fires (negative share, reach-weighted or
         aspect negativity, rating, refunds) or the negative share is ``MIX_Z`` above baseline.
-        With a volume rise and no worse mix, the rise is ``trending`` and the negative counts
-        that rose with it in proportion are ``info`` too: more talk, same tone.
+        With no worse mix, a volume rise is ``trending`` (info): more talk, same tone. The
+        negative counts page on their own (a hundred times the usual negative mentions is a
+        crisis even when the share of them is the usual one).
         """
         by_name = {r.sig.name: r for r in readings if r.aspect is None}
         fired, seen = [], set()
@@ -623,7 +625,6 @@ class EntityDetector:
         worse = any(r.sig.pages and r.sig.kind != "count" for r in fired) or (
             share is not None and share.detector != SEQ_DETECTOR and self._mix_worse(share)
         )
-        rising = any(r.sig.name == "volume" for r in fired)
         out = []
         for r in fired:
             key = signal_key(r.sig.name, r.aspect)
@@ -632,10 +633,8 @@ class EntityDetector:
             onset = last is None or self.buckets - last > self.episode_gap
             name = "aspect_negativity" if r.aspect else r.sig.name
             severity: Severity = severity_for(r.z, self.cfg)
-            if not worse and rising and r.sig.kind == "count":
-                severity = "info"
-                if r.sig.name == "volume":
-                    name = TRENDING
+            if r.sig.name == "volume" and not worse:
+                name, severity = TRENDING, "info"
             out.append(
                 Verdict(
                     name,

@@ -139,7 +139,7 @@ def test_daily_pattern_does_not_fire_thanks_to_the_seasonal_baseline() -> None:
     # ...and a burst at 3 am that would be an ordinary afternoon is caught only with the seasonal slot
     night = {"n": 60, "neg": 9}  # an afternoon's volume at 3 am, the usual 15% negative: news, not a crisis
     got = {(v.signal, v.severity) for v in det.judge(night, hour_of_week=3)}
-    assert ("trending", "info") in got and {sev for _, sev in got} == {"info"}  # negatives rose in proportion
+    assert ("trending", "info") in got and not any(sig == "volume" for sig, _ in got)
     assert flat.judge(night, hour_of_week=None) == []
 
 
