@@ -762,7 +762,8 @@ class EntityDetector:
             state.hmad += (abs(hc) - state.hmad) / state.mad_w
             hc = min(abs(hr), TAIL_K * 1.2533 * max(state.hmad, 0.02))
             state.htail += (hc * hc - state.htail) / state.mad_w
-        state.recent.append([x, mu])
+        # a bucket that fired is counted at its expectation: its episode must not re-fire the hour after
+        state.recent.append([min(x, mu) if hot else x, mu])
         del state.recent[: max(len(state.recent) - int(ph), 0)]
         # level learns the deseasonalised value; the slots learn their offset from the level
         # a bucket of a sparse series carries little information: it moves the level less
