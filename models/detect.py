@@ -4,18 +4,23 @@ The signals and the bucket counters they read are defined once in :mod:`models.s
 signal of an entity keeps its own baseline, by kind:
 
 **Counts** (``volume``, ``negative_volume``, ``complaints``) are over-dispersed, bursty and
-seasonal. The expected count of a bucket is ``mu = level x season``: ``level`` an exponentially
-weighted mean of the deseasonalised counts, ``season`` a multiplicative profile learned online,
-hour of the day first (it helps from the second day) then hour of the week (blended in as each
-slot gets visits). The noise is negative binomial, ``var = mu + phi mu^2``, with the dispersion
-``phi`` learned online from the (clipped) squared errors. Two tests per bucket:
+seasonal, so they are modelled in log space, ``y = log(x + 1)``: the prediction is an
+exponentially weighted ``level`` plus a seasonal offset learned online, per hour of the day first
+(trusted after two days: it helps from the first days) then per hour of the week (after two
+weeks). The spread is robust and burst-aware: the EW mean absolute residual (residuals clipped
+at ``PROTECT_Z`` spreads before they are learned) and the EW root mean square of the residuals
+clipped at ``TAIL_K`` robust spreads, whichever is larger, never below the Poisson noise of the
+expected count: a series that bursts often needs a larger jump to fire than a calm one. The
+expected count (for Poisson caps, sums and messages) is calibrated to the mean count, which a
+log-scale mean underestimates. A sparse bucket (under one expected event) moves the level less.
+Three tests:
 
-- a *spike*: the exact NB upper tail of the count (``P(X >= x)``, as a one-sided z), so a bursty
-  series needs a larger jump than a Poisson one and a quiet one needs ``min_volume`` events;
-- a *sustained rise*: a CUSUM of the NB log-likelihood ratio of a doubled rate against ``mu``
-  (quasi-likelihood: each bucket's evidence divided by its over-dispersion ``1 + phi mu``), which
-  catches a slow build-up no single bucket shows; it fires at ``cusum_h`` and once it has
-  ``min_volume`` events of excess.
+- a *spike*: ``z = (y - prediction) / spread``, capped by the exact Poisson tail of the count,
+  from ``min_volume`` events (``min_negative`` for negative counts);
+- a *sustained rise*: a CUSUM of ``z - cusum_k`` that fires at ``cusum_h`` with ``min_volume``
+  events of excess: a slow build-up no single bucket shows;
+- on a sparse series (under ``min_volume`` expected per bucket), the same spike test on the sum of
+  the last hour's buckets, with its own robust spread: the resolution its volume supports.
 
 **Shares** (negative share, reach-weighted negativity, per-aspect negativity, refund rate) and
 **means** (star rating) keep an EW mean and variance overall and per hour of the week, judged on
@@ -29,13 +34,21 @@ and is learned at full weight. Warm-up counts from the entity's own first event 
 to the config weeks after the stream began is not judged on the empty buckets before), and a
 share or mean needs its own warm-up history.
 
+**Sparse review streams** (a few reviews a day in minute buckets) have per-event tests of the
+rating (a drop of ``RATING_DROP`` star) and the negative share: a CUSUM of the log-likelihood
+ratio fed from the bucket sums, so empty buckets cost nothing (:class:`SeqState`), with a per-event
+baseline and warm-up, a minimum support, and one verdict per episode (its level then becomes the
+reference, so a further drop is a new episode). They fire only where the bucket tests cannot
+judge (under ``min_volume`` events per non-empty bucket).
+
 A verdict carries ``onset``: the first bucket of an episode of that signal (no verdict of it in
 the previous ``episode_gap_seconds``). Pages are incidents (:mod:`alerts.incidents`); ``onset``
 is what a benchmark that wants one detection per anomaly (NAB) scores.
 
-**Crisis means negativity**: a volume rise whose sentiment mix is no worse than usual (negative
-share not up, no negative count or rating signal) is reported as ``trending`` at ``info``
-severity, never a page; a burst of five-star reviews is news, not a crisis.
+**Crisis means negativity**: a volume rise whose sentiment mix is no worse than usual (no share
+or mean signal firing, the negative share not above baseline beyond chance on ``min_negative``
+negatives) is reported as ``trending`` at ``info`` severity, never a page; a burst of five-star
+reviews is news, not a crisis. Negative mention counts and complaints page on their own.
 
 >>> from infra.settings import DetectSettings
 >>> det = EntityDetector(DetectSettings(warmup_buckets=5, min_volume=5, min_negative=3))

@@ -116,7 +116,12 @@ Kind = Literal["count", "share", "mean"]
 Bad = Literal["up", "down"]
 
 
+_KEYS: dict[tuple[str, str | None], tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
+
+
 def _sum(bucket: Mapping[str, float], keys: tuple[str, ...]) -> float:
+    if len(keys) == 1:
+        return float(bucket.get(keys[0], 0.0))
     return float(sum(bucket.get(k, 0.0) for k in keys))
 
 
@@ -136,10 +141,17 @@ class SignalDef:
     doc: str = ""
 
     def keys(self, aspect: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-        def fill(ks: tuple[str, ...]) -> tuple[str, ...]:
-            return tuple(k.format(a=aspect) for k in ks) if self.per_aspect else ks
+        """``(num, den, support)`` counter names (per aspect: filled in, cached)."""
+        cached = _KEYS.get((self.name, aspect))
+        if cached is None:
 
-        return fill(self.num), fill(self.den), fill(self.support or self.den)
+            def fill(ks: tuple[str, ...]) -> tuple[str, ...]:
+                return tuple(k.format(a=aspect) for k in ks) if self.per_aspect else ks
+
+            cached = _KEYS[(self.name, aspect)] = (fill(self.num), fill(self.den), fill(self.support or self.den))
+            if len(_KEYS) > 10_000:  # aspects are a bounded taxonomy; never grow without bound
+                _KEYS.clear()
+        return cached
 
     def num_of(self, b: Mapping[str, float], aspect: str | None = None) -> float:
         return _sum(b, self.keys(aspect)[0])
