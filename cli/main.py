@@ -222,6 +222,9 @@ def backtest(
     holdout: Annotated[
         list[str], typer.Option("--holdout", help="Entities whose key contains this: the held-out group.")
     ] = [],  # noqa: B006
+    sparse: Annotated[
+        bool, typer.Option("--sparse", help="In memory, empty buckets skipped (implied by --labels): years in seconds.")
+    ] = False,
 ) -> None:
     """Replay recorded events through the same pipeline logic in event time; report the alerts."""
     from rich.table import Table
@@ -233,7 +236,7 @@ def backtest(
     settings = _settings(config)
     _logging("warning")
     label_data = json.loads(labels.read_text()) if labels else None
-    report = run_backtest(settings, files, mapping, limit=limit, labels=label_data, holdout=holdout)
+    report = run_backtest(settings, files, mapping, limit=limit, labels=label_data, holdout=holdout, sparse=sparse)
     if json_out:
         typer.echo(json.dumps(report, default=str))
         return

@@ -322,10 +322,12 @@ def backtest(
     batch: int = 64,
     labels: dict[str, Any] | None = None,
     holdout: Sequence[str] = (),
+    sparse: bool = False,
 ) -> dict[str, Any]:
     """Replay ``files`` through enrichment, windows and detection; return the alert report.
 
-    With ``labels``: the sparse in-memory path and the label scores (module doc)."""
+    ``sparse`` (implied by ``labels``): the in-memory path that skips empty buckets (module doc);
+    with ``labels``, the label scores too."""
     sink = ListSink()
     stats = Replayer(load_mapping(mapping), list(files), speed=0.0, limit=limit, progress=False).run(sink)
     recs: list[RawRecord] = []
@@ -336,10 +338,11 @@ def backtest(
         except ValueError:
             invalid += 1
     recs.sort(key=lambda r: r.occurred_at)
-    if labels is not None:
+    if labels is not None or sparse:
         report = _run_sparse(settings, recs, batch)
         report["entities"] = [e.key for e in settings.entities]
-        report["labels"] = score_labels(report, labels, holdout)
+        if labels is not None:
+            report["labels"] = score_labels(report, labels, holdout)
         report["invalid_rows"] = invalid
         report["replay"] = stats.as_dict()
         return report

@@ -156,3 +156,15 @@ def test_a_further_drop_is_a_new_episode_a_lasting_level_is_not() -> None:
     assert first and first[0] < 215  # the first drop, early
     assert len(first) <= 2  # and then the lower level is the reference: not a page a day
     assert [d for d, _, _ in hits if d >= 260][:1] and min(d for d, _, _ in hits if d >= 260) <= 264
+
+
+@pytest.mark.shared_data
+def test_sparse_backtest_without_labels(tmp_path: Path) -> None:
+    from infra.settings import load_settings
+    from tools.backtest import backtest
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "c.toml").write_text('[[entities]]\nname = "amazon"\nkind = "brand"\n')
+    mapping = root / "infra" / "config" / "replay" / "amazon_alexa.toml"
+    report = backtest(load_settings(tmp_path / "c.toml"), [ALEXA], mapping, limit=600, sparse=True)
+    assert report["path"].startswith("sparse") and "labels" not in report and report["events"] == 600
