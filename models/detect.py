@@ -833,8 +833,10 @@ class EntityDetector:
                 state.level.mean *= (1.0 - self.alpha * info) ** k
                 state.cusum = max(0.0, state.cusum - k * self.cfg.cusum_k)
                 state.excess = 0.0 if state.cusum == 0 else state.excess
-                keep = max(int(self.per_hour) - k, 0)
-                state.recent = state.recent[len(state.recent) - keep :] if keep else []
+                # the last hour's window: empty buckets, each expected at the (decayed) level
+                hour = int(self.per_hour)
+                state.recent.extend([0.0, state.expect(None, self.per_hour)] for _ in range(min(k, hour)))
+                del state.recent[: max(len(state.recent) - hour, 0)]
                 state.n += k
                 state.streak = max(0, state.streak - k)
         self.buckets += k

@@ -21,8 +21,8 @@ there (they only add info signals). It then reports, against the labels:
   than volume opens between 3 days before the labelled week and 14 days after its start;
 - **positive bursts** paged: incidents (warning or critical) opening on the burst's day or the
   next, which should be none;
-- **false pages** per entity per 30 days: incidents opening outside every drop window (the
-  alert budget);
+- **false pages** per entity per 30 days of its activity (first to last event): incidents
+  opening outside every drop window (the alert budget);
 
 per group with ``holdout`` patterns (entities whose key contains one are the ``holdout`` group).
 """
@@ -194,6 +194,7 @@ def _run_sparse(settings: Settings, recs: Sequence[RawRecord], batch: int) -> di
             prev = t
     report = _report(settings, recs, signals, incidents, time.monotonic() - t0)
     report["path"] = "sparse (in memory, empty buckets skipped)"
+    report["active_days"] = {e: round((max(b) - min(b) + B) / 86400.0, 2) for e, b in buckets.items()}
     return report
 
 
@@ -299,6 +300,9 @@ def score_labels(report: dict[str, Any], labels: dict[str, Any], holdout: Sequen
             and not any(_matches(r["entity"], e) and lo <= onset(r) <= hi for lo, hi, e in windows)
         ]
         n_ent = len([e for e in ents if in_g(e)]) or 1
+        # the budget is per entity-month of activity (first to last event) when known, else the span
+        active = report.get("active_days") or {}
+        ent_days = sum(active.get(e, 0.0) for e in ents if in_g(e)) if active else n_ent * days
         out[g] = {
             "entities": n_ent,
             "drops": len(drops),
@@ -308,7 +312,7 @@ def score_labels(report: dict[str, Any], labels: dict[str, Any], holdout: Sequen
             "bursts": len(bursts),
             "burst_pages": len(set(burst_pages)),
             "false_pages": len(false),
-            "false_pages_per_entity_per_30d": round(len(false) / n_ent / max(days / 30.0, 1e-9), 3),
+            "false_pages_per_entity_per_30d": round(len(false) / max(ent_days / 30.0, 1e-9), 3),
         }
     return out
 

@@ -120,6 +120,9 @@ def test_backtest_scores_caught_missed_bursts_and_false_pages() -> None:
     assert (got["tune"]["caught"], got["tune"]["missed"]) == (1, 0)
     assert (got["holdout"]["caught"], got["holdout"]["missed"], got["holdout"]["burst_pages"]) == (0, 1, 0)
     assert got["holdout"]["false_pages"] == 1 and got["tune"]["false_pages"] == 0
+    assert got["holdout"]["false_pages_per_entity_per_30d"] == round(1 / (365 / 30), 3)  # the span: no activity known
+    report["active_days"] = {"acme/p": 300.0, "acme/q": 60.0}  # q was active two months
+    assert score_labels(report, labels, holdout=["/q"])["holdout"]["false_pages_per_entity_per_30d"] == 0.5
 
 
 ALEXA = SHARED_DATA / "amazon_alexa_reviews" / "amazon_alexa.tsv"
