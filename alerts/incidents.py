@@ -11,7 +11,9 @@ Rules:
 - open incident + verdicts at the same or lower severity -> ``update`` (the dispatcher groups
   these under its cooldown, so one crisis is one thread, not a flood);
 - open incident + ``quiet_buckets`` consecutive buckets without verdicts -> ``resolved``
-  (hysteresis: a single quiet bucket does not close it, a single loud one re-fires the thread).
+  (hysteresis: a single quiet bucket does not close it, a single loud one re-fires the thread);
+- ``info`` verdicts (``trending``: a volume rise with an unchanged sentiment mix, drift,
+  anomaly evidence) never open, update or escalate a thread: a bucket with only those is quiet.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def step(
     quiet_buckets: int,
 ) -> Transition | None:
     """Advance ``state`` by one closed bucket. ``fired`` is ``[(signal, severity), ...]``."""
+    fired = [(name, sev) for name, sev in fired if SEVERITY_RANK.get(sev, 0) > SEVERITY_RANK["info"]]
     when = bucket_start.isoformat()
     if fired:
         severity = max((s for _, s in fired), key=SEVERITY_RANK.__getitem__)

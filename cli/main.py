@@ -281,6 +281,16 @@ def backtest(
     config: ConfigOpt = None,
     limit: Annotated[int | None, typer.Option(help="Stop after N rows.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", exists=True, help="Labels JSON (tools/label_reviews.py): score drops and bursts."),
+    ] = None,
+    holdout: Annotated[
+        list[str], typer.Option("--holdout", help="Entities whose key contains this: the held-out group.")
+    ] = [],  # noqa: B006
+    sparse: Annotated[
+        bool, typer.Option("--sparse", help="In memory, empty buckets skipped (implied by --labels): years in seconds.")
+    ] = False,
 ) -> None:
     """Replay recorded events through the same pipeline logic in event time; report the alerts."""
     from rich.table import Table
@@ -289,7 +299,8 @@ def backtest(
 
     settings = _settings(config)
     _logging("warning")
-    report = run_backtest(settings, files, mapping, limit=limit)
+    label_data = json.loads(labels.read_text()) if labels else None
+    report = run_backtest(settings, files, mapping, limit=limit, labels=label_data, holdout=holdout, sparse=sparse)
     if json_out:
         typer.echo(json.dumps(report, default=str))
         return
@@ -300,6 +311,12 @@ def backtest(
     )
     con.print(f"incidents per week: {report['incidents_per_week']}")
     con.print(f"alerts per entity: {report['alerts_per_entity']}")
+    for group, sc in (report.get("labels") or {}).items():
+        con.print(
+            f"[bold]{group}[/bold] ({sc['entities']} entities): rating drops caught {sc['caught']}/{sc['drops']}, "
+            f"pages on positive bursts {sc['burst_pages']} ({sc['bursts']} bursts), false pages "
+            f"{sc['false_pages']} ({sc['false_pages_per_entity_per_30d']} per entity per 30 days)"
+        )
     tbl = Table(title="incidents")
     for col in ("onset", "entity", "delay s", "severity", "messages", "signals", "summary"):
         tbl.add_column(col)

@@ -220,7 +220,18 @@ class EnrichedEvent(_Record):
 
 
 SignalName = Literal[
-    "volume", "negative_share", "impact_negativity", "rating", "refund_rate", "aspect_negativity", "drift", "anomaly"
+    "volume",
+    "trending",
+    "negative_volume",
+    "complaints",
+    "complaint_share",
+    "negative_share",
+    "impact_negativity",
+    "rating",
+    "refund_rate",
+    "aspect_negativity",
+    "drift",
+    "anomaly",
 ]
 
 

@@ -149,7 +149,7 @@ class RedisSettings(_Section):
 
 
 class WindowSettings(_Section):
-    bucket_seconds: int = Field(default=60, ge=1, le=3600, description="Size of one event-time bucket.")
+    bucket_seconds: int = Field(default=60, ge=1, description="Size of one event-time bucket.")
     allowed_lateness_seconds: int = Field(
         default=120, ge=0, description="Late events within this lateness still update their bucket."
     )
@@ -203,6 +203,20 @@ class DetectSettings(_Section):
         ge=1,
         description="A signal that fired this many buckets in a row is a new level, not a crisis: "
         "its baseline then learns it at full weight (4 h of 1-minute buckets).",
+    )
+    episode_gap_seconds: int = Field(
+        default=86400,
+        ge=1,
+        description="A signal that fires again within this time of its last verdict continues the same "
+        "episode (its verdicts are not onsets).",
+    )
+    cusum_k: float = Field(
+        default=1.0, ge=0, description="Allowance of the sustained-rise CUSUM on counts, in robust z units."
+    )
+    cusum_h: float = Field(
+        default=12.0,
+        gt=0,
+        description="Decision threshold of the sustained-rise CUSUM on counts (sum of robust z - k).",
     )
 
 

@@ -1,38 +1,64 @@
 """Per-entity detectors on event-time buckets (pure: dict in, verdicts out).
 
-Every signal of an entity keeps its own baseline: an exponentially weighted mean and variance
-overall, and one per hour of the week (seasonal), blended by how much history the slot has. A
-bucket is judged on a standardised input, ``z = (value - baseline) / scale``, where ``scale``
-never falls below the sampling noise the value must have anyway (Poisson for counts, binomial
-for shares, the standard error for means). At small counts the normal tail is far too thin
-(12 mentions with 7 negative is "4 sigma" to it, yet happens daily by chance), so z is also
-computed from the exact tail, Poisson or binomial, and the smaller of the two is used.
+The signals and the bucket counters they read are defined once in :mod:`models.signals`; every
+signal of an entity keeps its own baseline, by kind:
 
-That noise floor plus a minimum support (``min_volume``, ``min_negative``) is what keeps a quiet
-brand at night from paging anyone. No detector fires before ``warmup_buckets`` of history.
-A bucket that fires teaches the baseline only the threshold value, so a crisis does not become
-the new normal.
+**Counts** (``volume``, ``negative_volume``, ``complaints``) are over-dispersed, bursty and
+seasonal, so they are modelled in log space, ``y = log(x + 1)``: the prediction is an
+exponentially weighted ``level`` plus a seasonal offset learned online, per hour of the day first
+(trusted after two days: it helps from the first days) then per hour of the week (after two
+weeks). The spread is robust and burst-aware: the EW mean absolute residual (residuals clipped
+at ``PROTECT_Z`` spreads before they are learned) and the EW root mean square of the residuals
+clipped at ``TAIL_K`` robust spreads, whichever is larger, never below the Poisson noise of the
+expected count: a series that bursts often needs a larger jump to fire than a calm one. The
+expected count (for Poisson caps, sums and messages) is calibrated to the mean count, which a
+log-scale mean underestimates. A sparse bucket (under one expected event) moves the level less.
+Three tests:
 
-Signals (bucket counter names from :func:`streams.windows.contributions`):
+- a *spike*: ``z = (y - prediction) / spread``, capped by the exact Poisson tail of the count,
+  from ``min_volume`` events (``min_negative`` for negative counts);
+- a *sustained rise*: a CUSUM of ``z - cusum_k`` that fires at ``cusum_h`` with ``min_volume``
+  events of excess: a slow build-up no single bucket shows;
+- on a sparse series (under ``min_volume`` expected per bucket), the same spike test on the sum of
+  the last hour's buckets, with its own robust spread: the resolution its volume supports.
 
-========================  =========================================  ===========
-signal                    value                                      direction
-========================  =========================================  ===========
-``volume``                mentions + reviews scored (``n``)          up
-``negative_share``        ``neg / n``                                up
-``impact_negativity``     reach-weighted ``impact_neg / impact``     up
-``aspect_negativity``     per aspect ``asp:A:neg / asp:A:n``         up
-``rating``                mean review rating                         down
-``refund_rate``           refunds+returns+chargebacks / orders       up
-========================  =========================================  ===========
+**Shares** (negative share, reach-weighted negativity, per-aspect negativity, refund rate) and
+**means** (star rating) keep an EW mean and variance overall and per hour of the week, judged on
+``z = (value - baseline) / scale`` where ``scale`` never falls below the binomial (or standard
+error) noise the value must have anyway; at small counts the exact binomial tail caps z.
+
+A bucket that fires, or is ``PROTECT_Z`` off its baseline in its bad direction, teaches its
+baseline a quarter weight of a value clipped near the baseline, so a crisis does not become the
+new normal; once a signal has been that far off for ``sustained_shift_buckets`` it is a new level
+and is learned at full weight. Warm-up counts from the entity's own first event (a brand added
+to the config weeks after the stream began is not judged on the empty buckets before), and a
+share or mean needs its own warm-up history.
+
+**Sparse review streams** (a few reviews a day in minute buckets) have per-event tests of the
+rating (a drop of ``RATING_DROP`` star) and the negative share: a CUSUM of the log-likelihood
+ratio fed from the bucket sums, so empty buckets cost nothing (:class:`SeqState`), with a per-event
+baseline and warm-up, a minimum support, and one verdict per episode (its level then becomes the
+reference, so a further drop is a new episode). They fire only where the bucket tests cannot
+judge (under ``min_volume`` events per non-empty bucket).
+
+A verdict carries ``onset``: the first bucket of an episode of that signal (no verdict of it in
+the previous ``episode_gap_seconds``). Pages are incidents (:mod:`alerts.incidents`); ``onset``
+is what a benchmark that wants one detection per anomaly (NAB) scores.
+
+**Crisis means negativity**: a volume rise whose sentiment mix is no worse than usual (no share
+or mean signal firing, the negative share not above baseline beyond chance on ``min_negative``
+negatives) is reported as ``trending`` at ``info`` severity, never a page; a burst of five-star
+reviews is news, not a crisis. Negative mention counts and complaints page on their own.
 
 >>> from infra.settings import DetectSettings
 >>> det = EntityDetector(DetectSettings(warmup_buckets=5, min_volume=5, min_negative=3))
->>> for i in range(20):
+>>> for i in range(40):
 ...     _ = det.update({"n": 20, "neg": 3}, hour_of_week=i % 168)
->>> [v.signal for v in det.update({"n": 120, "neg": 90}, hour_of_week=20)]
-['volume', 'negative_share']
->>> det.update({"n": 21, "neg": 3}, hour_of_week=21)
+>>> sorted(v.signal for v in det.update({"n": 120, "neg": 90}, hour_of_week=40))
+['negative_share', 'negative_volume', 'volume']
+>>> [(v.signal, v.severity) for v in det.judge({"n": 120, "neg": 6}, hour_of_week=41)]
+[('trending', 'info')]
+>>> det.update({"n": 21, "neg": 3}, hour_of_week=41)
 []
 """
 
@@ -42,14 +68,32 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from scipy import stats as _st
+from scipy import special as _sp
 
 from infra.settings import DetectSettings
+from models.signals import SIGNALS, TRENDING, SignalDef, aspects_in, signal_key
 
-__all__ = ["EntityDetector", "EwStat", "SignalState", "Verdict", "severity_for"]
+__all__ = [
+    "CountState",
+    "EntityDetector",
+    "EwStat",
+    "SignalState",
+    "Verdict",
+    "count_tail",
+    "severity_for",
+]
 
 Severity = Literal["info", "warning", "critical"]
-Kind = Literal["count", "share", "mean"]
+
+SEASON_SLOTS = 168  # hours of the week
+SEASON_VISITS = 2.0  # a slot is trusted fully after two visits (two days / two weeks of that hour)
+FIRED_WEIGHT = 0.25  # a bucket that fired teaches the baseline this much, clipped near the baseline
+PROTECT_Z = 3.0  # ... and so does one this far off its baseline in the bad direction
+MIX_Z = 2.0  # a volume rise pages only if its negative share is this far above baseline (or worse)
+DISPERSION_HALFLIVES = 4.0  # the dispersion remembers this many level half-lives
+SPARSE_EVENTS = 1.0  # a bucket expecting fewer events moves the level (and calibration) less
+TAIL_K = 6.0  # the count spread includes bursts up to this many robust sigmas (module doc)
+Z_CAP = 38.0  # z of a tail probability below the float range
 
 
 @dataclass(slots=True)
@@ -58,9 +102,8 @@ class EwStat:
 
     ``w`` is the decayed total weight seen so far; each observation moves the mean by its share
     of it, ``weight / w``. Early on that is the plain weighted average (the first bucket does not
-    dominate the baseline for a half-life, as it does when the mean starts at the first value and
-    moves by ``alpha`` after that), and it tends to ``alpha`` once ``w`` reaches ``weight / alpha``.
-    A bucket with little support (small ``weight``) moves the mean little, even the first one.
+    dominate the baseline for a half-life), and it tends to ``alpha`` once ``w`` reaches
+    ``weight / alpha``. A bucket with little support (small ``weight``) moves the mean little.
 
     >>> s = EwStat()
     >>> s.update(0.1, 0.01, weight=0.05)  # a nearly empty first bucket
@@ -103,6 +146,11 @@ class Verdict:
     severity: Severity
     detector: str
     aspect: str | None = None
+    onset: bool = True  # first bucket of an episode of this signal
+
+    @property
+    def key(self) -> str:
+        return signal_key("volume" if self.signal == TRENDING else self.signal, self.aspect)
 
 
 def severity_for(z: float, cfg: DetectSettings) -> Severity:
@@ -115,34 +163,148 @@ def _tail_z(p_value: float) -> float:
     >>> round(_tail_z(0.5), 3), round(_tail_z(3.167e-5), 1)
     (0.0, 4.0)
     """
-    return float(_st.norm.isf(min(max(p_value, 1e-300), 1.0)))
+    if p_value <= 0.0:
+        return Z_CAP
+    return float(min(0.0 - _sp.ndtri(min(p_value, 1.0)), Z_CAP)) + 0.0
 
 
-SEASON_SLOTS = 168  # hours of the week
-SEASON_VISITS = 2.0  # a slot is trusted fully after two visits (two weeks of that hour)
-FIRED_WEIGHT = 0.25  # a bucket that fired teaches the baseline this much, clipped to +1 std
-PROTECT_Z = 3.0  # ... and so does one this far off its baseline in the bad direction
+def count_tail(x: float, mu: float, phi: float) -> float:
+    """``P(X >= x)`` for a count with mean ``mu`` and ``var = mu + phi mu^2`` (negative binomial;
+    Poisson when ``phi`` is 0). Continuous in ``x`` (partial buckets are fine).
+
+    >>> round(count_tail(10, 3.0, 0.0), 4)  # Poisson(3): P(X >= 10)
+    0.0011
+    >>> count_tail(10, 3.0, 0.5) > count_tail(10, 3.0, 0.0)  # over-dispersed: heavier tail
+    True
+    """
+    if x <= 0:
+        return 1.0
+    mu = max(mu, 1e-9)
+    if phi <= 1e-6:
+        return float(_sp.gammainc(x, mu))
+    r = 1.0 / phi
+    return float(_sp.betainc(x, r, mu / (r + mu)))
 
 
+def _binom_tail(k: float, n: float, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)`` (continuous in k and n)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return float(_sp.betainc(k, n - k + 1.0, p))
+
+
+def _poisson_log_sd(mu: float) -> float:
+    """Standard deviation of ``log(x + 1)`` for a Poisson count of mean ``mu`` (delta method)."""
+    return math.sqrt(max(mu, 0.25)) / (mu + 1.0)
+
+
+def _log_spread(mad: float, tail: float, mu: float) -> float:
+    return max(1.2533 * mad, math.sqrt(max(tail, 0.0)), _poisson_log_sd(mu), 0.05)
+
+
+# -- counts ---------------------------------------------------------------------------------------
+@dataclass
+class CountState:
+    """Baseline of a count signal in log space: level + seasonal offsets, robust spread, CUSUM.
+
+    ``y = log(x + 1)``; the prediction is ``level + offset(hour)``, the offset learned per hour of
+    the day (trusted after two days) then per hour of the week (after two weeks); ``mad`` is the
+    EW mean absolute residual (the spread of a heavy-tailed, bursty series, robust to its bursts:
+    residuals are clipped before they are learned).
+    """
+
+    level: EwStat = field(default_factory=EwStat)
+    mad: float = 0.0
+    mad_w: float = 0.0
+    tail: float = 0.0  # EW mean square of the residuals clipped at TAIL_K robust sigmas
+    day: dict[str, list[float]] = field(default_factory=dict)  # slot -> [offset, buckets seen]
+    week: dict[str, list[float]] = field(default_factory=dict)
+    cusum: float = 0.0
+    excess: float = 0.0  # events above expectation since the CUSUM left 0
+    n: int = 0  # buckets learned since the signal's first event
+    streak: int = 0
+    last_fire: int | None = None  # bucket index of the last verdict
+    recent: list[list[float]] = field(default_factory=list)  # [x, mu] of the last hour's buckets
+    hmad: float = 0.0  # the same robust spreads for the hourly sums (sparse series)
+    htail: float = 0.0
+    cal: list[float] = field(default_factory=lambda: [0.0, 0.0])  # EW sums of x and exp(pred) - 1
+
+    def hourly(self, x: float, mu: float, per_hour: float) -> tuple[float, float]:
+        """(count, expected) over the last hour including this bucket (sparse-series resolution)."""
+        k = max(int(per_hour) - 1, 0)
+        tail = self.recent[-k:] if k else []
+        return x + sum(r[0] for r in tail), mu + sum(r[1] for r in tail)
+
+    def offset(self, how: int | None, per_hour: float) -> float:
+        if how is None:
+            return 0.0
+        off = 0.0
+        d = self.day.get(str(how % 24))
+        if d is not None:
+            off = min(1.0, d[1] / (SEASON_VISITS * per_hour)) * d[0]
+        w = self.week.get(str(how))
+        if w is not None:
+            ww = min(1.0, w[1] / (SEASON_VISITS * per_hour))
+            off = (1.0 - ww) * off + ww * w[0]
+        return off
+
+    def predict(self, how: int | None, per_hour: float) -> float:
+        """Expected ``log(x + 1)`` of a whole bucket."""
+        return self.level.mean + self.offset(how, per_hour)
+
+    def calibration(self) -> float:
+        """Mean count over ``exp(predicted log) - 1`` (a log-scale mean is below the count mean,
+        most of all for sparse counts: 0.12 for a Poisson rate of 0.2), from the learned buckets."""
+        return self.cal[0] / self.cal[1] if self.cal[1] > 1e-9 and self.cal[0] > 0 else 1.0
+
+    def expect(self, how: int | None, per_hour: float, frac: float = 1.0) -> float:
+        """Expected count of a bucket (``frac`` of it)."""
+        return max(math.exp(self.predict(how, per_hour)) - 1.0, 0.0) * self.calibration() * frac
+
+    def sigma(self, mu: float) -> float:
+        """Spread of ``log(x + 1)``: the robust residual spread, never below the Poisson noise."""
+        return _log_spread(self.mad, self.tail, mu)
+
+    def hsigma(self, hmu: float) -> float:
+        """Spread of the log of the hourly sum."""
+        return _log_spread(self.hmad, self.htail, hmu)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "count"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CountState:
+        d = {k: v for k, v in d.items() if k != "kind"}
+        d["level"] = EwStat(**d["level"])
+        return cls(**d)
+
+
+# -- shares and means -----------------------------------------------------------------------------
 @dataclass
 class SignalState:
-    """Baseline of one signal: overall and per hour of the week."""
+    """Baseline of a share or mean: overall and per hour of the week."""
 
     overall: EwStat = field(default_factory=EwStat)
     seasonal: dict[str, EwStat] = field(default_factory=dict)
-    den: EwStat = field(default_factory=EwStat)  # typical denominator of a share
+    den: EwStat = field(default_factory=EwStat)  # typical support of a share
     streak: int = 0  # suspect buckets (fired or >= PROTECT_Z off) minus the others, in [0, shift cap]
+    last_fire: int | None = None
 
     def baseline(self, how: int | None, per_hour: float = 60.0) -> tuple[float, float]:
         """(mean, std), the seasonal slot blended in by how much history it has.
 
-        ``per_hour`` is the number of buckets per hour: a slot sees that many buckets per visit.
+        History is the slot's weight (buckets with little support count for little), over twice
+        the visits a count slot needs: a share learned from three events a night is mostly noise.
         """
         m, s = self.overall.mean, self.overall.std
         slot = self.seasonal.get(str(how)) if how is not None else None
         if slot is None or slot.n == 0:
             return m, s
-        w = min(1.0, slot.n / (SEASON_VISITS * per_hour))
+        w = min(1.0, slot.w / (2.0 * SEASON_VISITS * per_hour))
         return (1 - w) * m + w * slot.mean, (1 - w) * s + w * max(slot.std, 0.0)
 
     def learn(
@@ -169,6 +331,7 @@ class SignalState:
             "seasonal": {k: asdict(v) for k, v in self.seasonal.items()},
             "den": asdict(self.den),
             "streak": self.streak,
+            "last_fire": self.last_fire,
         }
 
     @classmethod
@@ -178,7 +341,91 @@ class SignalState:
             {k: EwStat(**v) for k, v in d.get("seasonal", {}).items()},
             EwStat(**d["den"]) if "den" in d else EwStat(),
             int(d.get("streak", 0)),
+            d.get("last_fire"),
         )
+
+
+@dataclass
+class SeqState:
+    """A sequential test over the last events of a sparse stream (rating drop, negative shift).
+
+    The baseline is per *event* (EW over ``SEQ_HALFLIFE`` events), not per bucket, and the CUSUM
+    of the log-likelihood ratio "shifted by the size worth paging" vs "as usual" is fed from the
+    bucket sums: an empty bucket adds nothing, so a stream of a few reviews a day is judged on
+    its reviews, whatever the bucket length.
+    """
+
+    mean: float = 0.0
+    var: float = 0.0
+    w: float = 0.0
+    n: int = 0  # events learned
+    cusum: float = 0.0
+    support: float = 0.0  # events since the CUSUM left 0
+    bad: float = 0.0  # ... and their sum (negative events, for a share)
+    alarm: float = 0.0  # events since the CUSUM crossed h (a lasting shift is a new level)
+    per_bucket: float = 0.0  # EW events per non-empty bucket: the test fires only on sparse streams
+
+    def llr(self, sig: SignalDef, count: float, total: float) -> float:
+        """Log-likelihood ratio of a bucket's ``count`` events summing to ``total``."""
+        if sig.kind == "mean":
+            sd2 = max(self.var, SEQ_MIN_SD**2)
+            return (RATING_DROP / sd2) * (count * (self.mean - RATING_DROP / 2.0) - total)
+        p0 = min(max(self.mean, 0.01), 0.9)
+        p1 = min(0.95, max(2.0 * p0, p0 + 0.15))
+        return total * math.log(p1 / p0) + (count - total) * math.log((1.0 - p1) / (1.0 - p0))
+
+    def learn(self, x_sum: float, x_sq: float, count: float) -> None:
+        """Fold a bucket's events into the per-event baseline."""
+        a = 1.0 - 0.5 ** (1.0 / SEQ_HALFLIFE)
+        decay = (1.0 - a) ** count
+        w_new = decay * self.w + count
+        if w_new <= 0:
+            return
+        m_b = x_sum / count
+        v_b = max(x_sq / count - m_b * m_b, 0.0)
+        old_w = decay * self.w
+        mean = (old_w * self.mean + count * m_b) / w_new
+        self.var = (old_w * (self.var + (self.mean - mean) ** 2) + count * (v_b + (m_b - mean) ** 2)) / w_new
+        self.mean, self.w = mean, w_new
+        self.n += int(count)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "seq"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeqState:
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
+
+
+SEQ_SIGNALS = ("negative_share", "rating")  # judged per event too, for sparse streams
+SEQ_HALFLIFE = 100.0  # events: the per-event baseline's memory
+SEQ_WARMUP = 30  # events before a sequential test may fire
+SEQ_H = 7.0  # CUSUM decision threshold (log-likelihood ratio)
+SEQ_SHIFT = 60.0  # events in alarm after which the shift is a new level, learned
+RATING_DROP = 1.0  # stars: the drop worth paging
+SEQ_MIN_SD = 0.7  # stars: floor of the rating spread
+SEQ_DETECTOR = "cusum-events-v1"
+
+
+State = CountState | SignalState | SeqState
+
+
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """A signal's standardised reading of one bucket (fired or not)."""
+
+    sig: SignalDef
+    aspect: str | None
+    value: float
+    baseline: float
+    scale: float
+    z: float
+    support: float
+    fires: bool
+    detector: str
+    cusum: float | None = None
 
 
 @dataclass
@@ -186,8 +433,8 @@ class EntityDetector:
     """All signals of one entity. State is plain data (``to_dict``/``from_dict``)."""
 
     cfg: DetectSettings
-    signals: dict[str, SignalState] = field(default_factory=dict)
-    buckets: int = 0
+    signals: dict[str, State] = field(default_factory=dict)
+    buckets: int = 0  # buckets since the entity's first event
     bucket_seconds: int = 60
 
     @property
@@ -198,198 +445,401 @@ class EntityDetector:
     def alpha(self) -> float:
         return 1.0 - 0.5 ** (1.0 / self.cfg.baseline_halflife_buckets)
 
-    def _state(self, name: str) -> SignalState:
-        return self.signals.setdefault(name, SignalState())
+    @property
+    def episode_gap(self) -> int:
+        return max(1, math.ceil(self.cfg.episode_gap_seconds / self.bucket_seconds))
 
-    # -- standardised inputs ------------------------------------------------------------------
-    def _count_z(self, name: str, x: float, how: int | None, frac: float = 1.0) -> tuple[float, float, float]:
-        """(baseline, scale, z) of a count: Poisson noise of this bucket + the history's excess."""
-        mean, std = self._state(name).baseline(how, self.per_hour)
-        base = mean * frac
-        excess = max(std**2 - mean, 0.0)  # over-dispersion beyond Poisson
-        scale = max(math.sqrt(max(base, 1.0) + excess * frac**2), 1.0)
-        return base, scale, (x - base) / scale
+    def _count_state(self, key: str) -> CountState:
+        s = self.signals.get(key)
+        if not isinstance(s, CountState):
+            s = self.signals[key] = CountState()
+        return s
 
-    def _share_z(self, name: str, num: float, den: float, how: int | None) -> tuple[float, float, float] | None:
-        """(baseline, scale, z) of a share; None before the share has its own warm-up history."""
-        state = self._state(name)
-        if den <= 0 or state.overall.n < self.cfg.warmup_buckets:
+    def _share_state(self, key: str) -> SignalState:
+        s = self.signals.get(key)
+        if not isinstance(s, SignalState):
+            s = self.signals[key] = SignalState()
+        return s
+
+    # -- per-kind readings --------------------------------------------------------------------
+    def _read_count(
+        self, sig: SignalDef, st: dict[str, float], how: int | None, frac: float, exact: bool
+    ) -> _Judged | None:
+        state = self.signals.get(sig.name)
+        if not isinstance(state, CountState) or state.n < self.cfg.warmup_buckets:
+            return None
+        x = sig.num_of(st)
+        mu_full = state.expect(how, self.per_hour)
+        mu = mu_full * frac
+        # a partial bucket is compared with the share of the bucket expected by then
+        y, m = math.log(x / frac + 1.0) if frac < 1.0 else math.log(x + 1.0), state.predict(how, self.per_hour)
+        # a partial bucket: the same rate spread, the Poisson noise of the count seen so far
+        sigma = _log_spread(state.mad, state.tail, mu_full * frac) if frac < 1.0 else state.sigma(mu_full)
+        z = (y - m) / sigma
+        min_n = self.cfg.min_volume if sig.name == "volume" else self.cfg.min_negative
+        fires, detector = False, "log-seasonal-v2"
+        if exact and z >= self.cfg.z_threshold:
+            z = min(z, _tail_z(count_tail(x, max(mu, 0.05), 0.0)))
+            fires = z >= self.cfg.z_threshold and x >= min_n
+        if exact and not fires and frac >= 1.0 and mu_full < min_n and x > mu and self.per_hour > 1:
+            # a sparse series: judge the last hour too (the resolution its volume supports)
+            hx, hmu = state.hourly(x, mu, self.per_hour)
+            hz = (math.log(hx + 1.0) - math.log(hmu + 1.0)) / state.hsigma(hmu)
+            if hz >= self.cfg.z_threshold and hx >= min_n:
+                hz = min(hz, _tail_z(count_tail(hx, max(hmu, 0.05), 0.0)))
+                if hz >= self.cfg.z_threshold:
+                    fires, detector, z = True, "log-hourly-v2", hz
+        cus = max(0.0, state.cusum + min(z, PROTECT_Z) - self.cfg.cusum_k) if frac >= 1.0 else state.cusum
+        excess = state.excess + (x - mu) if cus > 0 else 0.0
+        if exact and not fires and cus >= self.cfg.cusum_h and excess >= min_n and x > mu:
+            fires, detector = True, "log-cusum-v2"
+            z = max(z, self.cfg.z_threshold)
+        return _Judged(sig, None, x, mu, sigma, z, x, fires, detector, cus)
+
+    def _read_share(
+        self, sig: SignalDef, st: dict[str, float], how: int | None, aspect: str | None = None
+    ) -> _Judged | None:
+        key = signal_key(sig.name, aspect)
+        den = sig.den_of(st, aspect)
+        support = sig.support_of(st, aspect)
+        state = self.signals.get(key)
+        if den <= 0 or support <= 0 or not isinstance(state, SignalState):
+            return None
+        if state.overall.n < self.cfg.warmup_buckets:
             return None  # a share's own history: an aspect seen in 3 buckets has no baseline yet
+        value = sig.num_of(st, aspect) / den
         mean, std = state.baseline(how, self.per_hour)
         p = min(max(mean, 0.02), 0.98)
-        # the history's spread holds the sampling noise of its own typical bucket size: keep only
+        # the history's spread holds the sampling noise of its own typical support: keep only
         # the excess (real between-bucket variation) and add this bucket's binomial noise
         excess = max(std**2 - p * (1.0 - p) / max(state.den.mean, 1.0), 0.0)
-        scale = max(math.sqrt(p * (1.0 - p) / den + excess), 0.01)
-        return p, scale, (num / den - p) / scale
+        scale = max(math.sqrt(p * (1.0 - p) / support + excess), 0.01)
+        z = (value - p) / scale
+        fires = False
+        eff_neg = value * support
+        if support >= self.cfg.min_volume and eff_neg >= self.cfg.min_negative and z >= self.cfg.z_threshold:
+            z = min(z, _tail_z(_binom_tail(eff_neg, support, p)))
+            fires = z >= self.cfg.z_threshold
+        return _Judged(sig, aspect, value, p, scale, z, support, fires, "ew-seasonal-binomial-v2")
 
-    def _mean_z(
-        self, name: str, total: float, count: float, sq: float, how: int | None
-    ) -> tuple[float, float, float] | None:
-        """(baseline, scale, z) of a mean, z > 0 when it is *below* its baseline."""
-        if count <= 0 or self._state(name).overall.n < self.cfg.warmup_buckets:
+    def _read_mean(self, sig: SignalDef, st: dict[str, float], how: int | None) -> _Judged | None:
+        count = sig.den_of(st)
+        state = self.signals.get(sig.name)
+        if count <= 0 or not isinstance(state, SignalState) or state.overall.n < self.cfg.warmup_buckets:
             return None
+        total = sig.num_of(st)
         mean_x = total / count
-        var_x = max(sq / count - mean_x**2, 0.0)
-        base, std = self._state(name).baseline(how, self.per_hour)
+        var_x = max(st.get(sig.sq, 0.0) / count - mean_x**2, 0.0) if sig.sq else 0.0
+        base, std = state.baseline(how, self.per_hour)
         se = max(math.sqrt(max(var_x, 0.5) / count), std, 0.05)
-        return base, se, (base - mean_x) / se
+        z = (base - mean_x) / se if sig.bad == "down" else (mean_x - base) / se
+        fires = count >= max(3, self.cfg.min_volume // 2) and z >= self.cfg.z_threshold
+        return _Judged(sig, None, mean_x, base, se, z, count, fires, "ew-seasonal-mean-v2")
 
+    def _readings(self, st: dict[str, float], how: int | None, frac: float = 1.0, exact: bool = True) -> list[_Judged]:
+        out: list[_Judged | None] = []
+        for sig in SIGNALS.values():
+            if sig.kind == "count":
+                out.append(self._read_count(sig, st, how, frac, exact))
+            elif frac < 1.0:
+                continue  # a share or mean of a partial bucket is the same noise with less support
+            elif sig.per_aspect:
+                out.extend(self._read_share(sig, st, how, a) for a in aspects_in(st))
+            elif sig.kind == "share":
+                out.append(self._read_share(sig, st, how))
+            else:
+                out.append(self._read_mean(sig, st, how))
+        if frac >= 1.0:
+            out.extend(self._read_seq(SIGNALS[name], st) for name in SEQ_SIGNALS)
+        return [r for r in out if r is not None]
+
+    def _seq_inputs(self, sig: SignalDef, st: dict[str, float]) -> tuple[float, float, float]:
+        """(events, sum, sum of squares) of a sequential signal in a bucket."""
+        count = sig.support_of(st) if sig.kind == "mean" else sig.den_of(st)
+        total = sig.num_of(st)
+        sq = st.get(sig.sq, 0.0) if sig.sq else total
+        return count, total, sq
+
+    def _read_seq(self, sig: SignalDef, st: dict[str, float]) -> _Judged | None:
+        state = self.signals.get(f"seq:{sig.name}")
+        count, total, _ = self._seq_inputs(sig, st)
+        if not isinstance(state, SeqState) or count <= 0 or state.n < SEQ_WARMUP:
+            return None
+        cus, fires = self._seq_step(state, sig, count, total)
+        z = math.sqrt(2.0 * cus)
+        # the value is the episode's (all events since the CUSUM left 0), its support too
+        support = state.support + count if state.cusum > 0 else count
+        value = ((state.bad if state.cusum > 0 else 0.0) + total) / support
+        scale = math.sqrt(max(state.var, SEQ_MIN_SD**2)) if sig.kind == "mean" else 0.0
+        return _Judged(sig, None, value, state.mean, scale, z, support, fires, SEQ_DETECTOR, cus)
+
+    def _seq_step(self, state: SeqState, sig: SignalDef, count: float, total: float) -> tuple[float, bool]:
+        """(CUSUM after the bucket, whether it fires)."""
+        cus = max(0.0, state.cusum + state.llr(sig, count, total))
+        support = state.support + count if cus > 0 else 0.0
+        bad = state.bad + total if cus > 0 else 0.0
+        # minimum support: three reviews for a rating; min_volume events, min_negative of them
+        # negative, for a share
+        if sig.kind == "mean":
+            enough = support >= 3.0
+        else:
+            enough = support >= self.cfg.min_volume and bad >= self.cfg.min_negative
+        # a dense stream is judged per bucket; the per-event test is for the sparse ones, where no
+        # bucket has the support to judge (its false alarms are rare per event, not per minute)
+        sparse = state.per_bucket < self.cfg.min_volume
+        return cus, sparse and enough and cus >= SEQ_H
+
+    # -- public API -----------------------------------------------------------------------------
     def standardize(self, st: dict[str, float], hour_of_week: int | None = None) -> dict[str, float]:
         """The bucket's core signals as z-scores against their baselines (no thresholds, no caps).
 
         These are the inputs of the multivariate anomaly model (:mod:`models.anomaly`); a signal
-        without its warm-up history, or without support in this bucket, is left out.
+        without its warm-up history, or without support in this bucket, is left out. A share
+        needs ``min_volume`` events and a mean three ratings to be read.
         """
         if self.buckets < self.cfg.warmup_buckets:
             return {}
-        g, how = st.get, hour_of_week
-        out: dict[str, float] = {"volume": self._count_z("volume", g("n", 0.0), how)[2]}
-        n = g("n", 0.0)
-        if n >= self.cfg.min_volume:
-            share = self._share_z("negative_share", g("neg", 0.0), n, how)
-            if share is not None:
-                out["negative_share"] = share[2]
-            if g("impact", 0.0) > 0:
-                imp = self._share_z("impact_negativity", n * g("impact_neg", 0.0) / g("impact", 1.0), n, how)
-                if imp is not None:
-                    out["impact_negativity"] = imp[2]
-        if g("rating_n", 0.0) >= 3:
-            r = self._mean_z("rating", g("rating_sum", 0.0), g("rating_n", 0.0), g("rating_sq", 0.0), how)
-            if r is not None:
-                out["rating"] = r[2]
+        out: dict[str, float] = {}
+        for r in self._readings(st, hour_of_week, exact=False):
+            if r.detector == SEQ_DETECTOR:
+                continue
+            if r.aspect is not None or r.sig.name not in ("volume", "negative_share", "impact_negativity", "rating"):
+                continue
+            if r.sig.kind == "share" and r.support < self.cfg.min_volume:
+                continue
+            if r.sig.kind == "mean" and r.support < 3:
+                continue
+            out[r.sig.name] = r.z
         return out
-
-    # -- judges -----------------------------------------------------------------------------
-    def _count(self, name: str, x: float, how: int | None, frac: float) -> Verdict | None:
-        base, scale, z = self._count_z(name, x, how, frac)
-        if z >= self.cfg.z_threshold:
-            z = min(z, _tail_z(float(_st.poisson.sf(x - 1, max(base, 0.5)))))
-        if x < self.cfg.min_volume or z < self.cfg.z_threshold:
-            return None
-        return Verdict(name, x, base, scale, z, int(x), severity_for(z, self.cfg), "ew-seasonal-poisson-v1")
-
-    def _share(
-        self, name: str, num: float, den: float, how: int | None, min_num: float, aspect: str | None = None
-    ) -> Verdict | None:
-        if den < self.cfg.min_volume or num < min_num:
-            return None
-        stat = self._share_z(name, num, den, how)
-        if stat is None:
-            return None
-        p, scale, z = stat
-        if z >= self.cfg.z_threshold:
-            z = min(z, _tail_z(float(_st.binom.sf(round(num) - 1, max(1, round(den)), p))))
-        if z < self.cfg.z_threshold:
-            return None
-        signal = "aspect_negativity" if aspect else name
-        return Verdict(
-            signal, num / den, p, scale, z, int(den), severity_for(z, self.cfg), "ew-seasonal-binomial-v1", aspect
-        )
-
-    def _mean_down(self, name: str, total: float, count: float, sq: float, how: int | None) -> Verdict | None:
-        if count < max(3, self.cfg.min_volume // 2):
-            return None
-        stat = self._mean_z(name, total, count, sq, how)
-        if stat is None or stat[2] < self.cfg.z_threshold:
-            return None
-        base, se, z = stat
-        return Verdict(name, total / count, base, se, z, int(count), severity_for(z, self.cfg), "ew-seasonal-mean-v1")
 
     def judge(self, st: dict[str, float], hour_of_week: int | None = None, frac: float = 1.0) -> list[Verdict]:
         """Judge a bucket without learning from it (``frac`` < 1: a bucket still filling)."""
         if self.buckets < self.cfg.warmup_buckets:
             return []
-        g = st.get
-        out: list[Verdict | None] = [
-            self._count("volume", g("n", 0.0), hour_of_week, frac),
-            self._share("negative_share", g("neg", 0.0), g("n", 0.0), hour_of_week, self.cfg.min_negative),
-        ]
-        if g("impact", 0.0) > 0 and g("n", 0.0) >= self.cfg.min_volume:
-            # reach-weighted: the share of attention that is negative, support = events
-            n = g("n", 0.0)
-            eff_neg = n * g("impact_neg", 0.0) / g("impact", 1.0)
-            out.append(self._share("impact_negativity", eff_neg, n, hour_of_week, self.cfg.min_negative))
-        for key in st:
-            if key.startswith("asp:") and key.endswith(":n"):
-                aspect = key[4:-2]
-                v = self._share(
-                    f"asp:{aspect}",
-                    g(f"asp:{aspect}:neg", 0.0),
-                    g(key, 0.0),
-                    hour_of_week,
-                    self.cfg.min_negative,
-                    aspect,
-                )
-                out.append(v)
-        if g("rating_n", 0.0) > 0:
+        return self._verdicts(self._readings(st, hour_of_week, frac))
+
+    def _verdicts(self, readings: list[_Judged]) -> list[Verdict]:
+        """Verdicts of the readings that fire; a volume rise with an unchanged mix is ``info``.
+
+        The mix is worse when a share or mean signal fires (negative share, reach-weighted or
+        aspect negativity, rating, refunds) or the negative share is ``MIX_Z`` above baseline.
+        With no worse mix, a volume rise is ``trending`` (info): more talk, same tone. The
+        negative counts page on their own (a hundred times the usual negative mentions is a
+        crisis even when the share of them is the usual one).
+        """
+        by_name = {r.sig.name: r for r in readings if r.aspect is None}
+        fired, seen = [], set()
+        for r in readings:
+            key = signal_key(r.sig.name, r.aspect)
+            if r.fires and key not in seen:  # a bucket test and a sequential test: one verdict
+                seen.add(key)
+                fired.append(r)
+        share = by_name.get("negative_share")
+        worse = any(r.sig.pages and r.sig.kind != "count" for r in fired) or (
+            share is not None and share.detector != SEQ_DETECTOR and self._mix_worse(share)
+        )
+        out = []
+        for r in fired:
+            key = signal_key(r.sig.name, r.aspect)
+            state = self.signals.get(key)
+            last = state.last_fire if isinstance(state, CountState | SignalState) else None
+            onset = last is None or self.buckets - last > self.episode_gap
+            name = "aspect_negativity" if r.aspect else r.sig.name
+            severity: Severity = severity_for(r.z, self.cfg)
+            if r.sig.name == "volume" and not worse:
+                name, severity = TRENDING, "info"
             out.append(
-                self._mean_down("rating", g("rating_sum", 0.0), g("rating_n", 0.0), g("rating_sq", 0.0), hour_of_week)
+                Verdict(
+                    name,
+                    r.value,
+                    r.baseline,
+                    r.scale,
+                    r.z,
+                    round(r.support),
+                    severity,
+                    r.detector,
+                    r.aspect,
+                    onset,
+                )
             )
-        orders = g("purchase:placed", 0.0) + g("purchase:paid", 0.0)
-        refunds = g("purchase:refunded", 0.0) + g("purchase:returned", 0.0) + g("purchase:chargeback", 0.0)
-        if orders > 0:
-            out.append(self._share("refund_rate", refunds, orders + refunds, hour_of_week, self.cfg.min_negative))
-        return [v for v in out if v is not None]
+        return out
+
+    def _mix_worse(self, share: _Judged) -> bool:
+        """The negative share is above its baseline beyond chance (exact binomial tail at
+        ``MIX_Z``) and on ``min_negative`` negatives at least: a handful of negatives among a
+        burst of praise does not make the burst a crisis."""
+        neg = share.value * share.support
+        if share.z < MIX_Z or neg < self.cfg.min_negative:
+            return False
+        return _tail_z(_binom_tail(neg, share.support, share.baseline)) >= MIX_Z
 
     def learn(self, st: dict[str, float], hour_of_week: int | None, fired: list[Verdict]) -> None:
-        """Update the baselines with a closed bucket.
-
-        A signal that fired, or is ``PROTECT_Z`` or more off its baseline in its bad direction,
-        teaches its baseline only ``FIRED_WEIGHT`` of a normal bucket, with its value clipped to
-        one standard deviation above (below, for ratings) the baseline: a crisis keeps firing while
-        it lasts (learning the buckets just under the threshold in full would inflate the spread
-        until a doubled volume no longer looks odd, 15 buckets in). Once a signal has been that
-        far off for ``sustained_shift_buckets`` (net of the buckets it was not) it is a new level
-        (a campaign that worked, a merger), not a crisis: from then on its buckets are learned at
-        full weight until it is back within range, so the thread resolves instead of staying open
-        forever.
-        """
-        alpha, g, ph, how = self.alpha, st.get, self.per_hour, hour_of_week
-        hot = {(v.signal if v.aspect is None else f"asp:{v.aspect}") for v in fired}
-        warm = self.buckets >= self.cfg.warmup_buckets
-
-        def put(
-            name: str, x: float, z: float | None, weight: float = 1.0, den: float | None = None, up: bool = True
-        ) -> None:
-            state = self._state(name)
-            suspect = name in hot or (warm and z is not None and z >= PROTECT_Z)
-            # net count of suspect buckets, capped: after a long shift, a new crisis must not find
-            # the signal "accepted" for as many buckets as the shift lasted
-            cap = self.cfg.sustained_shift_buckets
-            state.streak = min(cap, state.streak + 1) if suspect else max(0, state.streak - 1)
-            if suspect and state.streak < self.cfg.sustained_shift_buckets:
-                m, s = state.baseline(how, ph)
-                floor = math.sqrt(max(m, 1.0)) if name == "volume" else 0.02
-                x = min(x, m + max(s, floor)) if up else max(x, m - max(s, 0.05))
-                weight *= FIRED_WEIGHT
-            state.learn(x, alpha, how, weight, den=den, per_hour=ph)
-
-        n = g("n", 0.0)
-        put("volume", n, self._count_z("volume", n, how)[2])
-
-        def share(name: str, num: float, den: float) -> None:
-            if den >= 1:
-                stat = self._share_z(name, num, den, how)
-                weight = min(1.0, den / max(self.cfg.min_volume, 1))  # 1 event says little
-                put(name, num / den, stat[2] if stat else None, weight, den=den)
-
-        share("negative_share", g("neg", 0.0), n)
-        if g("impact", 0.0) > 0:
-            share("impact_negativity", g("impact_neg", 0.0), g("impact", 0.0))
-        for key in st:
-            if key.startswith("asp:") and key.endswith(":n"):
-                aspect = key[4:-2]
-                share(f"asp:{aspect}", g(f"asp:{aspect}:neg", 0.0), g(key, 0.0))
-        if g("rating_n", 0.0) > 0:
-            rn, rs = g("rating_n", 0.0), g("rating_sum", 0.0)
-            stat = self._mean_z("rating", rs, rn, g("rating_sq", 0.0), how)
-            put("rating", rs / rn, stat[2] if stat else None, min(1.0, rn / 3), up=False)
-        orders = g("purchase:placed", 0.0) + g("purchase:paid", 0.0)
-        refunds = g("purchase:refunded", 0.0) + g("purchase:returned", 0.0) + g("purchase:chargeback", 0.0)
-        if orders + refunds > 0:
-            share("refund_rate", refunds, orders + refunds)
+        """Update the baselines with a closed bucket (robust: see the module doc)."""
+        if self.buckets == 0 and not any(v > 0 for v in st.values()):
+            return  # the entity has not been seen yet: its warm-up has not begun
+        how, hot = hour_of_week, {v.key for v in fired}
+        for sig in SIGNALS.values():
+            if sig.kind == "count":
+                self._learn_count(sig, st, how, sig.name in hot)
+            elif sig.per_aspect:
+                for a in aspects_in(st):
+                    self._learn_share(sig, st, how, signal_key(sig.name, a) in hot, a)
+            else:
+                self._learn_share(sig, st, how, sig.name in hot)
+        for name in SEQ_SIGNALS:
+            self._learn_seq(SIGNALS[name], st)
         self.buckets += 1
+
+    def _learn_seq(self, sig: SignalDef, st: dict[str, float]) -> None:
+        count, total, sq = self._seq_inputs(sig, st)
+        if count <= 0:
+            return  # an empty bucket costs nothing
+        key = f"seq:{sig.name}"
+        state = self.signals.get(key)
+        if not isinstance(state, SeqState):
+            state = self.signals[key] = SeqState()
+        state.per_bucket += (count - state.per_bucket) / min(state.n + 1.0, 100.0)
+        if state.n >= SEQ_WARMUP:
+            cus, fired = self._seq_step(state, sig, count, total)
+            state.support = state.support + count if cus > 0 else 0.0
+            state.bad = state.bad + total if cus > 0 else 0.0
+            if fired:
+                # one verdict per episode: the episode's level is the reference from now on, so
+                # a further drop (another star) is a new episode and recovery is learned again
+                state.mean = state.bad / max(state.support, 1.0)
+                state.cusum = state.support = state.bad = state.alarm = 0.0
+                return
+            state.cusum = min(cus, 2.0 * SEQ_H)
+            state.alarm = state.alarm + count if state.cusum >= SEQ_H else 0.0
+            if state.alarm >= SEQ_SHIFT:  # a lasting shift (a dense stream): the new level, learned
+                state.cusum = state.support = state.bad = state.alarm = 0.0
+            if state.cusum >= SEQ_H / 2.0:
+                return  # suspect: the shift is not learned while it is being judged
+        state.learn(total, sq, count)
+
+    def _shift_guard(self, state: CountState | SignalState, suspect: bool) -> bool:
+        """Update the suspect streak; True when the bucket must be learned protected."""
+        cap = self.cfg.sustained_shift_buckets
+        state.streak = min(cap, state.streak + 1) if suspect else max(0, state.streak - 1)
+        return suspect and state.streak < cap
+
+    def _learn_count(self, sig: SignalDef, st: dict[str, float], how: int | None, hot: bool) -> None:
+        x = sig.num_of(st)
+        state = self.signals.get(sig.name)
+        if state is None and x <= 0:
+            return  # warm-up per signal from its own first event
+        state = self._count_state(sig.name)
+        ph, alpha = self.per_hour, self.alpha
+        y = math.log(x + 1.0)
+        if state.level.n == 0:
+            state.level.update(y, alpha)
+            state.n += 1
+            return
+        m = state.predict(how, ph)
+        mu = state.expect(how, ph)
+        sigma = state.sigma(mu)
+        r = y - m
+        z = r / sigma
+        warm = state.n >= self.cfg.warmup_buckets
+        cus = max(0.0, state.cusum + min(z, PROTECT_Z) - self.cfg.cusum_k)
+        suspect = hot or (warm and z >= PROTECT_Z)
+        if hot:
+            state.last_fire = self.buckets
+        protect = self._shift_guard(state, suspect)
+        if not protect and suspect:
+            cus = 0.0  # a sustained shift: the new level is being learned, the CUSUM starts over
+        state.excess = state.excess + (x - mu) if cus > 0 else 0.0
+        state.cusum = min(cus, 2.0 * self.cfg.cusum_h)  # a long shift does not take as long to forget
+        weight = 1.0
+        if protect:
+            rl, weight = min(r, sigma), FIRED_WEIGHT
+        else:
+            rl = max(min(r, PROTECT_Z * sigma), -PROTECT_Z * sigma) if state.n >= 10 else r
+        # robust spread: EW mean of the clipped absolute residual (plain average at first)
+        a_mad = 1.0 - 0.5 ** (1.0 / (DISPERSION_HALFLIVES * self.cfg.baseline_halflife_buckets))
+        if not protect:
+            state.mad_w = (1.0 - a_mad) * state.mad_w + 1.0
+            state.mad += (abs(rl) - state.mad) / state.mad_w
+        if not protect:
+            # the spread including bursts up to TAIL_K robust sigmas: a bursty series needs more
+            c = min(abs(r), TAIL_K * 1.2533 * max(state.mad, 0.02))
+            state.tail += (c * c - state.tail) / state.mad_w
+            a_cal = a_mad * min(1.0, max(mu, 0.05) / SPARSE_EVENTS)
+            state.cal[0] = (1.0 - a_cal) * state.cal[0] + min(x, (mu + 1.0) * math.exp(PROTECT_Z * sigma) - 1.0)
+            state.cal[1] = (1.0 - a_cal) * state.cal[1] + max(math.exp(m) - 1.0, 0.0)
+        hx, hmu = state.hourly(x, mu, ph)
+        hr = math.log(hx + 1.0) - math.log(hmu + 1.0)
+        hs = state.hsigma(hmu)
+        if not protect and (state.n < 10 or hr < PROTECT_Z * hs):  # an hour far off is not learned
+            hc = max(hr, -PROTECT_Z * hs) if state.n >= 10 else hr
+            state.hmad += (abs(hc) - state.hmad) / state.mad_w
+            hc = min(abs(hr), TAIL_K * 1.2533 * max(state.hmad, 0.02))
+            state.htail += (hc * hc - state.htail) / state.mad_w
+        # a bucket that fired is counted at its expectation: its episode must not re-fire the hour after
+        state.recent.append([min(x, mu) if hot else x, mu])
+        del state.recent[: max(len(state.recent) - int(ph), 0)]
+        # level learns the deseasonalised value; the slots learn their offset from the level
+        # a bucket of a sparse series carries little information: it moves the level less
+        info = min(1.0, max(mu, 0.05) / SPARSE_EVENTS)
+        state.level.update(state.level.mean + rl, alpha * info, weight)
+        if how is not None:
+            slot_alpha = 1.0 - 0.5 ** (1.0 / (SEASON_VISITS * ph))
+            dev = m + rl - state.level.mean
+            for slots, slot in ((state.day, str(how % 24)), (state.week, str(how))):
+                s = slots.setdefault(slot, [0.0, 0.0])
+                a = max(slot_alpha, 1.0 / (s[1] + 1.0)) * weight
+                s[0] += a * (dev - s[0])
+                s[1] += 1.0
+        state.n += 1
+
+    def _learn_share(
+        self, sig: SignalDef, st: dict[str, float], how: int | None, hot: bool, aspect: str | None = None
+    ) -> None:
+        den, support = sig.den_of(st, aspect), sig.support_of(st, aspect)
+        if den <= 0 or support < 1:
+            return
+        key = signal_key(sig.name, aspect)
+        state = self._share_state(key)
+        value = sig.num_of(st, aspect) / den
+        if sig.kind == "mean":
+            r = self._read_mean(sig, st, how)
+            weight = min(1.0, support / 3.0)
+        else:
+            r = self._read_share(sig, st, how, aspect)
+            weight = min(1.0, support / max(self.cfg.min_volume, 1))  # 1 event says little
+        warm = self.buckets >= self.cfg.warmup_buckets
+        suspect = hot or (warm and r is not None and r.z >= PROTECT_Z)
+        if hot:
+            state.last_fire = self.buckets
+        if self._shift_guard(state, suspect):
+            m, s = state.baseline(how, self.per_hour)
+            value = min(value, m + max(s, 0.02)) if sig.bad == "up" else max(value, m - max(s, 0.05))
+            weight *= FIRED_WEIGHT
+        state.learn(
+            value, self.alpha, how, weight, den=support if sig.kind == "share" else None, per_hour=self.per_hour
+        )
+
+    def idle(self, k: int) -> None:
+        """Account for ``k`` empty buckets at once (the backtest skips them; the live engine
+        learns each). Shares, means and the per-event tests are untouched by empty buckets by
+        design; a count's level decays as ``k`` zero buckets would move it (closed form, without
+        the seasonal slots), its CUSUM and hourly window run out."""
+        if k <= 0 or self.buckets == 0:
+            return
+        for state in self.signals.values():
+            if isinstance(state, CountState) and state.level.n > 0:
+                mu = state.expect(None, self.per_hour)
+                info = min(1.0, max(mu, 0.05) / SPARSE_EVENTS)
+                state.level.mean *= (1.0 - self.alpha * info) ** k
+                state.cusum = max(0.0, state.cusum - k * self.cfg.cusum_k)
+                state.excess = 0.0 if state.cusum == 0 else state.excess
+                # the last hour's window: empty buckets, each expected at the (decayed) level
+                hour = int(self.per_hour)
+                state.recent.extend([0.0, state.expect(None, self.per_hour)] for _ in range(min(k, hour)))
+                del state.recent[: max(len(state.recent) - hour, 0)]
+                state.n += k
+                state.streak = max(0, state.streak - k)
+        self.buckets += k
 
     def update(self, st: dict[str, float], hour_of_week: int | None = None) -> list[Verdict]:
         """Judge one closed bucket, then learn from it."""
@@ -398,11 +848,20 @@ class EntityDetector:
         return verdicts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"signals": {k: v.to_dict() for k, v in self.signals.items()}, "buckets": self.buckets, "v": 4}
+        return {"signals": {k: v.to_dict() for k, v in self.signals.items()}, "buckets": self.buckets, "v": 5}
 
     @classmethod
     def from_dict(cls, cfg: DetectSettings, data: dict[str, Any] | None, bucket_seconds: int = 60) -> EntityDetector:
-        if not data or data.get("v") != 4:
+        if not data or data.get("v") != 5:
             return cls(cfg, bucket_seconds=bucket_seconds)
-        signals = {k: SignalState.from_dict(v) for k, v in data["signals"].items()}
+        signals: dict[str, State] = {}
+        for k, v in data["signals"].items():
+            kind = v.get("kind")
+            signals[k] = (
+                CountState.from_dict(v)
+                if kind == "count"
+                else SeqState.from_dict(v)
+                if kind == "seq"
+                else SignalState.from_dict(v)
+            )
         return cls(cfg, signals, int(data["buckets"]), bucket_seconds)

@@ -413,36 +413,49 @@ class EntityVolumeDetector:
     """The worker's own :class:`models.detect.EntityDetector` on a plain count series.
 
     Each point is one closed bucket ``{"n": value}`` (bucket length = the series' spacing, hour of
-    the week from its timestamp), judged then learned exactly as the stream does it: the
-    ``volume`` signal (one-sided: a rise), EW + hour-of-week baseline, Poisson noise floor and
-    exact tail, ``min_volume`` support, fired buckets taught at a quarter weight. It fires on the
-    first bucket of an episode and then waits ``refractory`` points, like the others here.
-    Values are read as counts: on gauges (CPU %, temperatures) the Poisson floor is the wrong
-    noise model, which is why :class:`SeriesDetector` exists beside it.
+    the week from its timestamp), judged then learned exactly as the live engine does it
+    (:meth:`streams.detection.DetectionEngine.tick`). With ``early`` (the default), the bucket is
+    also judged as it fills, at ``frac`` = 1/4, 1/2 and 3/4 of its count, as the engine's early
+    firing does (a partial bucket fires only at ``critical_z``). A detection is the *onset* of a
+    volume episode (the first verdict of the ``volume``/``trending`` signal after
+    ``episode_gap_seconds`` without one): one detection per anomaly, as NAB rewards. Severity does
+    not matter here: with counts alone, a volume rise is ``trending`` (info).
     """
 
-    def __init__(self, cfg: DetectSettings | None = None, *, warmup: int = 100, refractory: int = 50) -> None:
+    def __init__(self, cfg: DetectSettings | None = None, *, warmup: int = 100, early: bool = True) -> None:
         self.cfg = (cfg or DetectSettings()).model_copy(update={"warmup_buckets": max(1, warmup)})
-        self.refractory = refractory
+        self.early = early
         self.det: EntityDetector | None = None
-        self.prev: datetime | None = None
-        self.since_fire: int | None = None
+        self.first: tuple[datetime, float] | None = None
 
     def update(self, ts: datetime, value: float) -> float | None:
+        if not math.isfinite(value):
+            return None
+        x = max(float(value), 0.0)
         if self.det is None:
-            if self.prev is None:
-                self.prev = ts
+            if self.first is None:
+                self.first = (ts, x)  # the bucket length is known from the second row on
                 return None
-            step = max(1, int((ts - self.prev).total_seconds()))
+            step = max(1, int((ts - self.first[0]).total_seconds()))
             self.det = EntityDetector(self.cfg, bucket_seconds=step)
-        verdicts = self.det.update({"n": max(float(value), 0.0)}, how_of(ts))
-        armed = self.since_fire is None or self.since_fire >= self.refractory
-        if self.since_fire is not None:
-            self.since_fire += 1
-        if verdicts and armed:
-            self.since_fire = 0
-            return verdicts[0].z
-        return None
+            self.det.update({"n": self.first[1]}, how_of(self.first[0]))
+        how = how_of(ts)
+        z: float | None = None
+        if self.early:
+            for frac in (0.25, 0.5, 0.75):
+                part = {"n": x * frac}
+                hits = [
+                    v
+                    for v in self.det.judge(part, how, frac)
+                    if v.key == "volume" and v.onset and v.z >= self.cfg.critical_z
+                ]
+                if hits:
+                    z = hits[0].z
+                    break
+        verdicts = [v for v in self.det.update({"n": x}, how) if v.key == "volume"]
+        if z is None and verdicts and verdicts[0].onset:
+            z = verdicts[0].z
+        return z
 
     def detect(self, series: Iterable[tuple[datetime, float]]) -> list[datetime]:
         return [ts for ts, x in series if self.update(ts, x) is not None]

@@ -1,5 +1,9 @@
 """The trust score: a transparent 0-100 composite per entity and window.
 
+Counters and the shares the detectors judge are defined once in :mod:`models.signals`; the
+components that are also detection signals (negative share, rating, refund rate, complaint share)
+are measured by the very same definition (refunds = refunds + returns + chargebacks).
+
 Each component maps a measure of the window to 0-100 (higher = more trust). The score is the
 weighted mean of the components that have data; a component without data (no reviews, no
 orders) is left out and the weights of the rest renormalised, never imputed. Each component is
@@ -15,7 +19,7 @@ component              measure                                 0-100 mapping    
 ``nps``                promoters - detractors (%)              (nps + 100) / 2     0.10
 ``csat``               mean CSAT 1-5                           (c - 1) / 4         0.05
 ``ces``                mean effort 1-7 (lower is better)       (7 - e) / 6         0.05
-``refund_rate``        refunds+returns+chargebacks / orders    1 - min(1, 5 x)     0.10
+``refund_rate``        refunds / (orders + refunds)            1 - min(1, 5 x)     0.10
 ``cancel_rate``        cancellations / orders                  1 - min(1, 5 x)     0.05
 ``complaint_share``    texts with a negative aspect / scored   1 - share           0.10
 =====================  ======================================  ==================  ======
@@ -30,6 +34,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from models import signals as C
+from models.signals import SIGNALS
 
 __all__ = ["DEFAULT_WEIGHTS", "Component", "TrustScore", "trust_score"]
 
@@ -49,7 +56,7 @@ Stats = Mapping[str, float]
 
 
 def _orders(s: Stats) -> float:
-    return s.get("purchase:placed", 0.0) + s.get("purchase:paid", 0.0)
+    return sum(s.get(k, 0.0) for k in C.ORDERS)
 
 
 def _ratio(num: str | tuple[str, ...], den: Callable[[Stats], float]) -> Callable[[Stats], float | None]:
@@ -62,27 +69,30 @@ def _ratio(num: str | tuple[str, ...], den: Callable[[Stats], float]) -> Callabl
     return f
 
 
-def _n(s: Stats) -> float:
-    return s.get("n", 0.0)
+def _of(counter: str) -> Callable[[Stats], float]:
+    return lambda s: s.get(counter, 0.0)
+
+
+def _signal(name: str) -> Callable[[Stats], float | None]:
+    """A component measured exactly as the detectors' signal of that name (models.signals)."""
+    sig = SIGNALS[name]
+    return lambda s: sig.value(s)
 
 
 # name -> (measure, mapping to 0..100)
 MEASURES: dict[str, tuple[Callable[[Stats], float | None], Callable[[float], float]]] = {
-    "sentiment": (_ratio("sent_sum", _n), lambda v: (v + 1) / 2 * 100),
-    "negative_share": (_ratio("neg", _n), lambda v: (1 - v) * 100),
-    "rating": (_ratio("rating_sum", lambda s: s.get("rating_n", 0.0)), lambda v: (v - 1) / 4 * 100),
+    "sentiment": (_ratio(C.SENT_SUM, _of(C.N)), lambda v: (v + 1) / 2 * 100),
+    "negative_share": (_signal("negative_share"), lambda v: (1 - v) * 100),
+    "rating": (_signal("rating"), lambda v: (v - 1) / 4 * 100),
     "nps": (
-        lambda s: (s.get("nps_pro", 0.0) - s.get("nps_det", 0.0)) / s["nps_n"] * 100 if s.get("nps_n") else None,
+        lambda s: (s.get(C.NPS_PRO, 0.0) - s.get(C.NPS_DET, 0.0)) / s[C.NPS_N] * 100 if s.get(C.NPS_N) else None,
         lambda v: (v + 100) / 2,
     ),
-    "csat": (_ratio("csat_sum", lambda s: s.get("csat_n", 0.0)), lambda v: (v - 1) / 4 * 100),
-    "ces": (_ratio("ces_sum", lambda s: s.get("ces_n", 0.0)), lambda v: (7 - v) / 6 * 100),
-    "refund_rate": (
-        _ratio(("purchase:refunded", "purchase:returned", "purchase:chargeback"), _orders),
-        lambda v: (1 - min(1.0, 5 * v)) * 100,
-    ),
-    "cancel_rate": (_ratio("purchase:cancelled", _orders), lambda v: (1 - min(1.0, 5 * v)) * 100),
-    "complaint_share": (_ratio("complaints", _n), lambda v: (1 - v) * 100),
+    "csat": (_ratio(C.CSAT_SUM, _of(C.CSAT_N)), lambda v: (v - 1) / 4 * 100),
+    "ces": (_ratio(C.CES_SUM, _of(C.CES_N)), lambda v: (7 - v) / 6 * 100),
+    "refund_rate": (_signal("refund_rate"), lambda v: (1 - min(1.0, 5 * v)) * 100),
+    "cancel_rate": (_ratio(C.CANCELLED, _orders), lambda v: (1 - min(1.0, 5 * v)) * 100),
+    "complaint_share": (_signal("complaint_share"), lambda v: (1 - v) * 100),
 }
 
 

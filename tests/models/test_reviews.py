@@ -1,0 +1,173 @@
+"""Sparse review streams with default settings: per-event tests, labels, the sparse backtest."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from infra.settings import DetectSettings
+from models.detect import EntityDetector, SeqState
+from tools.backtest import score_labels
+from tools.label_reviews import ReviewPoint, label_points
+
+from ..conftest import SHARED_DATA
+
+DEFAULTS = DetectSettings()  # a config naming only entities: minute buckets, min_volume 10
+T0 = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday
+
+
+def _bucket(ratings: list[int]) -> dict[str, float]:
+    neg = sum(r <= 2 for r in ratings)
+    return {
+        "events": len(ratings),
+        "n": len(ratings),
+        "neg": neg,
+        "pos": sum(r >= 4 for r in ratings),
+        "rating_n": len(ratings),
+        "rating_sum": sum(ratings),
+        "rating_sq": sum(r * r for r in ratings),
+    }
+
+
+def _replay(det: EntityDetector, days: list[list[list[int]]]) -> list[tuple[int, str, str]]:
+    """Feed days of reviews (a few buckets a day, minute buckets, the rest idle)."""
+    out, last = [], -1
+    for d, buckets in enumerate(days):
+        for j, ratings in enumerate(buckets):
+            b = d * 1440 + 600 + 97 * j  # minute index of the bucket
+            det.idle(b - last - 1)
+            last = b
+            out += [(d, v.signal, v.severity) for v in det.update(_bucket(ratings), hour_of_week=(b // 60) % 168)]
+    return out
+
+
+def _usual(rng: random.Random) -> list[list[int]]:
+    return [[rng.choice([5, 5, 5, 4, 4, 3, 1])] for _ in range(rng.choice([1, 2, 3, 4]))]
+
+
+def test_a_rating_drop_on_a_few_reviews_a_day_is_caught_with_defaults() -> None:
+    rng = random.Random(1)
+    det = EntityDetector(DEFAULTS)
+    days = [_usual(rng) for _ in range(300)]
+    days += [[[rng.choice([1, 1, 2, 3, 4])] for _ in range(3)] for _ in range(7)]  # a bad week: ~2.2 stars
+    hits = _replay(det, days)
+    assert [h for h in hits if h[0] < 300 and h[2] != "info"] == []  # ten months of usual reviews: silent
+    bad = [h for h in hits if h[0] >= 300 and h[1] == "rating" and h[2] != "info"]
+    assert bad and bad[0][0] <= 304, hits[-5:]
+
+
+def test_a_burst_of_five_star_reviews_never_pages_a_sparse_stream() -> None:
+    rng = random.Random(2)
+    det = EntityDetector(DEFAULTS)
+    days = [_usual(rng) for _ in range(200)]
+    days += [[[5] * 12, [5] * 9, [5, 5, 4] * 4]]  # launch day: 33 reviews, nearly all five stars
+    days += [_usual(rng) for _ in range(30)]
+    hits = _replay(det, days)
+    assert [h for h in hits if h[0] >= 200 and h[2] != "info"] == []
+
+
+def test_empty_buckets_cost_nothing_to_the_per_event_tests() -> None:
+    rng = random.Random(3)
+    reviews = [[rng.choice([5, 4, 3, 1])] for _ in range(400)]
+    dense, sparse = EntityDetector(DEFAULTS), EntityDetector(DEFAULTS)
+    for r in reviews:
+        dense.update(_bucket(r))
+        sparse.idle(rng.randint(0, 3000))
+        sparse.update(_bucket(r))
+    for key in ("seq:rating", "seq:negative_share"):
+        a, b = dense.signals[key], sparse.signals[key]
+        assert isinstance(a, SeqState) and isinstance(b, SeqState)
+        assert a.to_dict() == b.to_dict()
+
+
+def test_labels_weekly_drops_with_support_and_positive_bursts() -> None:
+    pts = [ReviewPoint("p", T0 + timedelta(days=d, hours=h), 5.0 if h % 3 else 4.0) for d in range(70) for h in (1, 2)]
+    pts += [ReviewPoint("p", T0 + timedelta(days=70 + d), 2.0) for d in range(4)]  # week 11: 4 reviews at 2
+    pts += [ReviewPoint("q", T0 + timedelta(days=d), 4.0) for d in range(0, 70, 7)]  # too few for a label
+    pts += [ReviewPoint("q", T0 + timedelta(days=71), 1.0) for _ in range(4)]
+    pts += [ReviewPoint("p", T0 + timedelta(days=60, minutes=m), 5.0) for m in range(12)]  # a launch day
+    out = label_points(pts, min_week=3, min_trailing=10)
+    assert [(d["entity"], d["week"]) for d in out["drops"]] == [("p", "2024-03-11")]
+    assert [(b["entity"], b["day"]) for b in out["bursts"]] == [("p", "2024-03-01")]
+    assert label_points(pts, min_week=5, min_trailing=10)["drops"] == []  # 4 reviews: below that support
+
+
+def test_backtest_scores_caught_missed_bursts_and_false_pages() -> None:
+    def row(entity: str, day: str, signals: list[str], sev: str = "warning") -> dict[str, object]:
+        return {"incident_id": f"{entity}{day}", "entity": entity, "onset": f"{day}T00:00:00+00:00",
+                "signals": signals, "max_severity": sev}  # fmt: skip
+
+    report = {
+        "span": ["2024-01-01T00:00:00+00:00", "2024-12-31T00:00:00+00:00"],
+        "entities": ["acme/p", "acme/q"],
+        "incident_list": [
+            row("acme/p", "2024-03-09", ["rating"]),  # 2 days before the labelled week: caught
+            row("acme/q", "2024-05-02", ["trending"], "info"),  # info, on a burst day: not a page
+            row("acme/q", "2024-07-01", ["volume"]),  # volume only: neither a catch nor ...
+            row("acme/q", "2024-09-01", ["negative_share"]),  # ... a false page outside any window
+        ],
+    }
+    labels = {
+        "drops": [{"entity": "p", "week": "2024-03-11"}, {"entity": "q", "week": "2024-07-01"}],
+        "bursts": [{"entity": "q", "day": "2024-05-02"}],
+    }
+    got = score_labels(report, labels, holdout=["/q"])
+    assert (got["tune"]["caught"], got["tune"]["missed"]) == (1, 0)
+    assert (got["holdout"]["caught"], got["holdout"]["missed"], got["holdout"]["burst_pages"]) == (0, 1, 0)
+    assert got["holdout"]["false_pages"] == 1 and got["tune"]["false_pages"] == 0
+    assert got["holdout"]["false_pages_per_entity_per_30d"] == round(1 / (365 / 30), 3)  # the span: no activity known
+    report["active_days"] = {"acme/p": 300.0, "acme/q": 60.0}  # q was active two months
+    assert score_labels(report, labels, holdout=["/q"])["holdout"]["false_pages_per_entity_per_30d"] == 0.5
+
+
+ALEXA = SHARED_DATA / "amazon_alexa_reviews" / "amazon_alexa.tsv"
+
+
+@pytest.mark.shared_data
+def test_sparse_backtest_on_real_reviews_is_fast_and_does_not_page_bursts(tmp_path: Path) -> None:
+    from infra.settings import load_settings
+    from tools.backtest import backtest
+    from tools.label_reviews import label_reviews
+
+    root = Path(__file__).resolve().parents[2]
+    mapping = root / "infra" / "config" / "replay" / "amazon_alexa.toml"
+    labels = label_reviews([ALEXA], mapping)
+    ents = ['[[entities]]\nname = "amazon"\nkind = "brand"']
+    ents += [f'[[entities]]\nname = {json.dumps(e)}\nkind = "product"\nbrand = "amazon"' for e in labels["entities"]]
+    (tmp_path / "c.toml").write_text("\n".join(ents) + "\n")
+    t0 = time.monotonic()
+    report = backtest(load_settings(tmp_path / "c.toml"), [ALEXA], mapping, labels=labels)
+    assert time.monotonic() - t0 < 60
+    assert report["path"].startswith("sparse") and report["events"] == 3150
+    sc = report["labels"]["all"]
+    assert sc["bursts"] >= 10 and sc["burst_pages"] <= sc["bursts"] // 5, sc
+
+
+def test_a_further_drop_is_a_new_episode_a_lasting_level_is_not() -> None:
+    rng = random.Random(4)
+    det = EntityDetector(DEFAULTS)
+    days = [_usual(rng) for _ in range(200)]  # ~3.9 stars
+    days += [[[rng.choice([3, 3, 2, 2, 4])] for _ in range(3)] for _ in range(60)]  # ~2.8 stars for two months
+    days += [[[rng.choice([1, 1, 2])] for _ in range(3)] for _ in range(10)]  # then ~1.3
+    hits = [h for h in _replay(det, days) if h[1] == "rating" and h[2] != "info"]
+    first = [d for d, _, _ in hits if 200 <= d < 260]
+    assert first and first[0] < 215  # the first drop, early
+    assert len(first) <= 2  # and then the lower level is the reference: not a page a day
+    assert [d for d, _, _ in hits if d >= 260][:1] and min(d for d, _, _ in hits if d >= 260) <= 264
+
+
+@pytest.mark.shared_data
+def test_sparse_backtest_without_labels(tmp_path: Path) -> None:
+    from infra.settings import load_settings
+    from tools.backtest import backtest
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "c.toml").write_text('[[entities]]\nname = "amazon"\nkind = "brand"\n')
+    mapping = root / "infra" / "config" / "replay" / "amazon_alexa.toml"
+    report = backtest(load_settings(tmp_path / "c.toml"), [ALEXA], mapping, limit=600, sparse=True)
+    assert report["path"].startswith("sparse") and "labels" not in report and report["events"] == 600
