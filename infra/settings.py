@@ -233,8 +233,17 @@ class NlpSettings(_Section):
 Label = Literal["negative", "neutral", "positive"]
 
 
+DEFAULT_RATING_LABELS: dict[str, Label] = {
+    "1": "negative",
+    "2": "negative",
+    "3": "neutral",
+    "4": "positive",
+    "5": "positive",
+}
+
+
 def _default_rating_labels() -> dict[str, Label]:
-    return {"1": "negative", "2": "negative", "3": "neutral", "4": "positive", "5": "positive"}
+    return dict(DEFAULT_RATING_LABELS)
 
 
 class SentimentSettings(_Section):

@@ -32,7 +32,7 @@ import math
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +42,8 @@ import redis.asyncio as aredis
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from contract.records import EnrichedEvent
-from infra.settings import Settings
+from infra.settings import DEFAULT_RATING_LABELS, Settings
+from models.sentiment import rating_to_label
 from models.trust import trust_score
 
 __all__ = ["AddResult", "MemoryWindows", "RedisWindows", "Windows", "bucket_dt", "bucket_of", "contributions"]
@@ -106,8 +107,11 @@ def bucket_of(ts: float, bucket_seconds: int) -> int:
     return int(math.floor(ts / bucket_seconds) * bucket_seconds)
 
 
-def contributions(ev: EnrichedEvent) -> dict[str, float]:
+def contributions(ev: EnrichedEvent, rating_labels: Mapping[str, str] | None = None) -> dict[str, float]:
     """The counters one enriched event adds to its bucket (names: :mod:`models.signals`).
+
+    ``rating_labels`` (``sentiment.rating_labels``) judges the sentiment model's own error on
+    reviews by their stars, the same map the model learns from.
 
     >>> from datetime import datetime, UTC
     >>> from contract.records import Sentiment
@@ -138,11 +142,11 @@ def contributions(ev: EnrichedEvent) -> dict[str, float]:
     elif ev.kind in ("mention", "review"):
         out[C.UNSCORED] = 1.0  # e.g. non-English text: counted, never scored as English
     if ev.kind == "review" and ev.rating is not None and ev.sentiment is not None:
-        # the model's own error, judged by the stars (1-2 negative, 3 neutral, 4-5 positive)
-        truth = "negative" if ev.rating <= 2 else ("neutral" if ev.rating == 3 else "positive")
-        out[C.MODEL_N] = 1.0
-        if truth != ev.sentiment.label:
-            out[C.MODEL_ERR] = 1.0
+        truth = rating_to_label(ev.rating, rating_labels or DEFAULT_RATING_LABELS)
+        if truth is not None:
+            out[C.MODEL_N] = 1.0
+            if truth != ev.sentiment.label:
+                out[C.MODEL_ERR] = 1.0
     if ev.kind == "review" and ev.rating is not None:
         out[C.RATING_N] = 1.0
         out[C.RATING_SUM] = float(ev.rating)
@@ -228,7 +232,13 @@ class Windows(ABC):
             ).decode()
             top_score = -ev.sentiment.score * ev.impact
         return Counted(
-            ev.event_id, keys, ev.occurred_at.timestamp(), contributions(ev), top_member, top_score, self._terms(ev)
+            ev.event_id,
+            keys,
+            ev.occurred_at.timestamp(),
+            contributions(ev, self.settings.sentiment.rating_labels),
+            top_member,
+            top_score,
+            self._terms(ev),
         )
 
     # -- writes and reads, per backend ------------------------------------------------------

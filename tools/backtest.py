@@ -148,7 +148,7 @@ def _run_sparse(settings: Settings, recs: Sequence[RawRecord], batch: int) -> di
             seen.add(ev.event_id)
             keys = sorted({m.key for m in ev.entities} | ({ev.entity} if ev.entity else set()))
             t = bucket_of(ev.occurred_at.timestamp(), B)
-            fields = contributions(ev)
+            fields = contributions(ev, settings.sentiment.rating_labels)
             for key in keys:
                 bucket = buckets[key][t]
                 for name, v in fields.items():

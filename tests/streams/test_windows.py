@@ -9,7 +9,7 @@ import pytest
 
 from contract.records import AspectHit, EnrichedEvent, EntityMatch, Sentiment
 from infra.settings import load_settings
-from streams.windows import MemoryWindows, RedisWindows, Windows, bucket_of
+from streams.windows import MemoryWindows, RedisWindows, Windows, bucket_of, contributions
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -95,3 +95,19 @@ async def test_trust_score_from_the_windows(store: Windows) -> None:
     assert comps["negative_share"]["value"] == 0.5 and comps["negative_share"]["baseline"] == 0.2
     assert t["score"] is not None and t["baseline_score"] is not None and t["score"] < t["baseline_score"]
     assert abs(sum(c["weight"] for c in t["components"]) - sum(comps[k]["weight"] for k in comps)) < 1e-9
+
+
+def test_the_model_error_is_judged_by_the_configured_rating_map() -> None:
+    review = EnrichedEvent(
+        event_id="r:1",
+        kind="review",
+        source="t",
+        occurred_at=T0,
+        ingested_at=T0,
+        entity="northwind",
+        rating=3,
+        sentiment=Sentiment(score=0.0, label="neutral", confidence=0.9, model_version="t"),
+    )
+    assert "model_err" not in contributions(review)  # 3 stars is neutral by default
+    strict = {"1": "negative", "2": "negative", "3": "negative", "4": "positive", "5": "positive"}
+    assert contributions(review, strict)["model_err"] == 1.0  # a team that reads 3 stars as a complaint
