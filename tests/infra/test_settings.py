@@ -83,3 +83,32 @@ def test_bucket_seconds_above_an_hour_is_allowed(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, GOOD + day)).windows.bucket_seconds == 86400
     with pytest.raises(ConfigError):
         load_settings(write(tmp_path, GOOD + "\n[windows]\nbucket_seconds = 7200\n"))  # 900 s rollup: not a multiple
+
+
+def test_exactly_once_is_refused_at_start_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, GOOD + "\n[kafka]\nprocessing_guarantee = 'exactly_once'\n"))
+    assert "kafka.processing_guarantee" in str(e.value) and "outside Kafka transactions" in str(e.value)
+
+
+def test_secrets_are_read_from_the_environment_never_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="secrets are not read from files"):
+        load_settings(write(tmp_path, 'webhook_secret = "s3cr3t"\n' + GOOD))
+    monkeypatch.setenv("REPMON_WEBHOOK_SECRET", "a,b")
+    s = load_settings(write(tmp_path, GOOD))
+    assert s.webhook_secret is not None and s.webhook_secret.get_secret_value() == "a,b"
+    assert "a,b" not in repr(s)  # a secret type: never printed
+
+
+def test_every_documented_key_is_a_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Configuration reference", 1)[1].split("## Production", 1)[0]
+    import re
+
+    from infra.settings import Settings
+
+    for key in re.findall(r"`([a-z_]+\.[a-z_]+)`", table):
+        section, name = key.split(".")
+        model = Settings.model_fields.get(section)
+        assert model is not None and model.annotation is not None, key
+        assert name in model.annotation.model_fields, key  # type: ignore[union-attr]
