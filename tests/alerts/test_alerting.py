@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -83,10 +84,21 @@ def stream(minutes: int, crisis: range | None, seed: int = 1) -> list[EnrichedEv
 HARNESSES: list[Harness] = []
 
 
+class Clock:
+    """The dispatcher's clock, stopped at its start; a test moves it forward (a cooldown passes
+    without waiting for it, and never passes by itself on a slow machine)."""
+
+    def __init__(self) -> None:
+        self.start, self.offset = time.time(), 0.0
+
+    def __call__(self) -> float:
+        return self.start + self.offset
+
+
 class Harness:
-    def __init__(self, settings: Settings, r: aredis.Redis) -> None:
+    def __init__(self, settings: Settings, r: aredis.Redis, clock: Callable[[], float] = time.time) -> None:
         self.store = RedisWindows(r, settings)
-        self.dispatcher = Dispatcher(settings.alerts, r, key_prefix=settings.redis.key_prefix)
+        self.dispatcher = Dispatcher(settings.alerts, r, key_prefix=settings.redis.key_prefix, clock=clock)
         HARNESSES.append(self)  # the r fixture stops its route senders
         self.incidents: list[Incident] = []
         self.signals: list[Signal] = []
@@ -177,13 +189,15 @@ async def test_held_update_is_flushed_after_cooldown_and_rate_limit_holds(r: are
             cooldown_seconds=0.5,
             routes=[{"name": "cx", "urls": [rx.apprise_url("/cx")], "rate_per_second": 5}],
         )
-        h = Harness(s, r)
+        clock = Clock()
+        h = Harness(s, r, clock)
         await h.feed(stream(112, crisis=range(100, 112)))
         held = [i for i in h.incidents if i.status == "update"]
         assert held, "the crisis should produce updates"
         first = len([i for i in h.incidents if i.status != "update"])
         await asyncio.to_thread(rx.wait_for, first, 5)
-        await asyncio.sleep(0.6)  # the cooldown itself is what is under test here
+        assert await h.dispatcher.flush_due() == []  # still inside the cooldown: held
+        clock.offset += 0.6  # the cooldown passes
         flushed = await h.dispatcher.flush_due()
         assert [d.status for d in flushed] == ["queued"]
         got = await asyncio.to_thread(rx.wait_for, first + 1, 5)
