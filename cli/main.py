@@ -20,7 +20,48 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per error, however narrow the terminal
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"repmon {version('repmon')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Real-time reputation monitoring: Kafka + Faust + spaCy + River + Redis + Apprise."""
+
+
+def _redis_or_exit(settings: Settings) -> None:
+    """Exit 1 with one line naming Redis and the fix unless ``redis.url`` answers."""
+    import redis
+
+    url = settings.redis.url
+    if not url:
+        err.print(
+            "[red]redis.url is not set[/red]: set it in the config or REPMON_REDIS__URL "
+            "(e.g. redis://127.0.0.1:6379/0); `repmon demo` starts an embedded one"
+        )
+        raise typer.Exit(2)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        client.ping()
+        client.close()
+    except (redis.RedisError, OSError) as exc:
+        err.print(
+            f"[red]Redis at {escape(url)} is not reachable ({type(exc).__name__}: {escape(str(exc))})[/red]: start it "
+            "or point redis.url (REPMON_REDIS__URL) at a running one"
+        )
+        raise typer.Exit(1) from None
+
 
 ConfigOpt = Annotated[
     Path | None,
@@ -82,7 +123,15 @@ def worker(
 
     settings = _settings(config)
     _logging(loglevel)
-    wait_for_broker(settings.kafka.bootstrap, timeout=120)
+    _redis_or_exit(settings)
+    try:
+        wait_for_broker(settings.kafka.bootstrap, timeout=120)
+    except TimeoutError as exc:
+        err.print(
+            f"[red]{escape(str(exc))}[/red]: start the broker or point kafka.bootstrap (REPMON_KAFKA__BOOTSTRAP) "
+            "at a running one"
+        )
+        raise typer.Exit(1) from None
     ensure_topics(
         settings.kafka.bootstrap,
         [settings.topic(t) for t in TOPICS],
@@ -421,10 +470,16 @@ def trust(
     if window not in windows:
         err.print(f"[red]--window must be one of {', '.join(windows)} (windows.rollups_seconds)[/red]")
         raise typer.Exit(2)
-    if not settings.redis.url:
-        err.print("[red]set redis.url / REPMON_REDIS__URL to the Redis the workers use[/red]")
+    if settings.entity(entity) is None:
+        known = ", ".join(e.key for e in settings.entities)
+        err.print(f"[red]unknown entity {escape(entity)!r}[/red]: use one of the configured keys: {escape(known)}")
         raise typer.Exit(2)
-    when = datetime.fromisoformat(at).timestamp() if at else datetime.now(UTC).timestamp()
+    try:
+        when = datetime.fromisoformat(at).timestamp() if at else datetime.now(UTC).timestamp()
+    except ValueError:
+        err.print(f"[red]--at {escape(str(at))!r} is not an ISO time[/red]: write e.g. 2026-11-24T09:00:00+00:00")
+        raise typer.Exit(2) from None
+    _redis_or_exit(settings)
     peers = [entity, *(e.key for e in settings.entities if e.kind == "competitor" and e.key != entity)]
 
     async def go() -> list[dict[str, object]]:

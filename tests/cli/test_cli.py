@@ -1,0 +1,58 @@
+"""The command line: a bad input or an unreachable service is one line, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import free_port
+
+
+def repmon(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80", **(env or {})},
+    )
+
+
+def test_version() -> None:
+    out = repmon("--version")
+    assert out.returncode == 0 and out.stdout.startswith("repmon ")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["trust", "nobody"], 2, "unknown entity 'nobody': use one of the configured keys: northwind"),
+        (["trust", "northwind", "--at", "yesterday"], 2, "--at 'yesterday' is not an ISO time"),
+        (["trust", "northwind", "--window", "2h"], 2, "--window must be one of 15m, 1h, 24h, 7d, 30d"),
+    ],
+)
+def test_bad_arguments_name_the_fix(args: list[str], code: int, says: str) -> None:
+    out = repmon(*args)
+    assert out.returncode == code, out
+    assert says in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize("command", [["worker"], ["trust", "northwind"]])
+def test_an_unreachable_redis_is_one_line_naming_it(command: list[str]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    out = repmon(*command, env={"REPMON_REDIS__URL": url})
+    assert out.returncode == 1, out
+    assert f"Redis at {url} is not reachable" in out.stderr and "REPMON_REDIS__URL" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_config_with_a_bad_key_names_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[entities]]\nname = "Acme"\n[windows]\nbucket_secs = 60\n')
+    out = repmon("trust", "acme", "--config", str(cfg))
+    assert out.returncode == 2 and "windows.bucket_secs" in out.stderr and "Traceback" not in out.stderr
