@@ -12,7 +12,7 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,demo]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv with the project and its dev tools

