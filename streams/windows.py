@@ -106,8 +106,13 @@ def bucket_of(ts: float, bucket_seconds: int) -> int:
     return int(math.floor(ts / bucket_seconds) * bucket_seconds)
 
 
-def contributions(ev: EnrichedEvent) -> dict[str, float]:
-    """The counters one enriched event adds to its bucket.
+def contributions(ev: EnrichedEvent, entity: str | None = None) -> dict[str, float]:
+    """The counters one enriched event adds to its bucket (``entity``'s, when given).
+
+    Every mention and review with text has a sentiment, in whatever language (a language the
+    model has not learned yet is scored with low confidence), so all of them count in ``n``.
+    When the text names several entities, each entity counts its own sentiment (its clause, its
+    side of a comparison), not the whole text's.
 
     >>> from datetime import datetime, UTC
     >>> from contract.records import Sentiment
@@ -118,11 +123,18 @@ def contributions(ev: EnrichedEvent) -> dict[str, float]:
     [('events', 1.0), ('impact', 2.0), ('impact_neg', 2.0), ('n', 1.0), ('neg', 1.0), ('sent_sum', -0.6)]
     """
     out: dict[str, float] = {"events": 1.0}
-    if ev.kind in ("mention", "review") and ev.sentiment is not None:
-        label = ev.sentiment.label
+    sentiment = ev.sentiment
+    if entity is not None and sentiment is not None:
+        own = next((m.sentiment for m in ev.entities if m.key == entity and m.sentiment is not None), None)
+        if own is None and "/" in entity:  # a product named in a multi-brand text goes with its brand
+            brand = entity.split("/", 1)[0]
+            own = next((m.sentiment for m in ev.entities if m.key == brand and m.sentiment is not None), None)
+        sentiment = own or sentiment
+    if ev.kind in ("mention", "review") and sentiment is not None:
+        label = sentiment.label
         out["n"] = 1.0
         out[{"negative": "neg", "positive": "pos", "neutral": "neu"}[label]] = 1.0
-        out["sent_sum"] = ev.sentiment.score
+        out["sent_sum"] = sentiment.score
         out["impact"] = ev.impact
         if label == "negative":
             out["impact_neg"] = ev.impact
@@ -133,7 +145,7 @@ def contributions(ev: EnrichedEvent) -> dict[str, float]:
             if any(h.aspect == a and h.sentiment < 0 for h in ev.aspects):
                 out[f"asp:{a}:neg"] = 1.0
     elif ev.kind in ("mention", "review"):
-        out["unscored"] = 1.0  # e.g. non-English text: counted, never scored as English
+        out["unscored"] = 1.0  # a mention or review without text (a rating alone): counted, not scored
     if ev.kind == "review" and ev.rating is not None and ev.sentiment is not None:
         # the model's own error, judged by the stars (1-2 negative, 3 neutral, 4-5 positive)
         truth = "negative" if ev.rating <= 2 else ("neutral" if ev.rating == 3 else "positive")
@@ -177,6 +189,10 @@ class Counted:
     top_member: str  # JSON of a top mention, or "" when the event is not one
     top_score: float
     terms: list[str]
+    per_entity: dict[str, dict[str, float]] | None = None  # entities whose own sentiment differs
+
+    def fields_for(self, key: str) -> dict[str, float]:
+        return self.per_entity.get(key, self.fields) if self.per_entity else self.fields
 
 
 class Windows(ABC):
@@ -224,8 +240,16 @@ class Windows(ABC):
                 }
             ).decode()
             top_score = -ev.sentiment.score * ev.impact
+        per = {k: contributions(ev, k) for k in keys} if any(m.sentiment for m in ev.entities) else None
         return Counted(
-            ev.event_id, keys, ev.occurred_at.timestamp(), contributions(ev), top_member, top_score, self._terms(ev)
+            ev.event_id,
+            keys,
+            ev.occurred_at.timestamp(),
+            contributions(ev),
+            top_member,
+            top_score,
+            self._terms(ev),
+            per,
         )
 
     # -- writes and reads, per backend ------------------------------------------------------
@@ -390,8 +414,9 @@ class RedisWindows(Windows):
                     res.unmatched += 1
                     continue
                 t = bucket_of(c.ts, self.B)
-                fields, terms = orjson.dumps(c.fields).decode(), orjson.dumps(c.terms).decode()
+                terms = orjson.dumps(c.terms).decode()
                 for key in c.entities:
+                    fields = orjson.dumps(c.fields_for(key)).decode()
                     calls += 1
                     await self._add(
                         keys=[
@@ -540,7 +565,7 @@ class MemoryWindows(Windows):
                         self.buckets.setdefault((key, t), {}),
                         self.hours.setdefault((key, bucket_of(c.ts, 3600)), {}),
                     ):
-                        for k, v in c.fields.items():
+                        for k, v in c.fields_for(key).items():
                             row[k] = row.get(k, 0.0) + v
                     if c.top_member:
                         top = self.tops.setdefault((key, t), {})
