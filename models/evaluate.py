@@ -19,8 +19,9 @@ from river import naive_bayes
 
 from models.nlp import Enricher
 from models.sentiment import LABELS, SentimentModel, _features, lexicon_label
+from models.targets import target_sentiments
 
-__all__ = ["brand_attribution", "macro_f1", "prequential_sentiment"]
+__all__ = ["brand_attribution", "macro_f1", "prequential_sentiment", "target_sentiment_accuracy"]
 
 
 def macro_f1(pairs: Sequence[tuple[str, str]], labels: Sequence[str] = LABELS) -> tuple[float, float]:
@@ -114,4 +115,47 @@ def brand_attribution(rows: Iterable[tuple[str, str]], enricher: Enricher, batch
         "per_entity": {k: {**prf(c["tp"], c["fp"], c["fn"]), "n": c["tp"] + c["fn"]} for k, c in sorted(per.items())},
         "events_per_s": round(len(data) / seconds, 1) if seconds else None,
         "profile": enricher.profile,
+    }
+
+
+def target_sentiment_accuracy(
+    rows: Iterable[tuple[str, dict[str, str]]], enricher: Enricher, model: SentimentModel | None = None
+) -> dict[str, Any]:
+    """Per-entity label accuracy of target-dependent sentiment vs the whole-text label.
+
+    ``rows`` are ``(text, {entity key: true label})``; each labelled entity the enricher finds is
+    one judgement (an entity it misses counts as wrong for both). Rows naming one entity are
+    scored too: there both methods give the whole-text label.
+    """
+    model = model or SentimentModel()
+    data = list(rows)
+    own = whole = total = 0
+    by_rule: Counter[str] = Counter()
+    mistakes: list[dict[str, str]] = []
+    for (text, truth), an in zip(data, enricher.process([t for t, _ in data]), strict=True):
+        lang = an.lang
+        pred = model.predict(text, lang)
+        spans = [(h.key.split("/", 1)[0], h.start, h.end) for h in an.entities]
+
+        def score(t: str, lang: str = lang) -> tuple[float, str, float]:
+            r = model.predict(t, lang)
+            return r.score, r.label, r.confidence
+
+        per = target_sentiments(text, spans, score, whole=pred.score)
+        for key, label in truth.items():
+            total += 1
+            found = key in {k for k, _, _ in spans}
+            got = per[key].label if key in per else pred.label
+            by_rule[per[key].rule if key in per else "whole"] += 1
+            own += found and got == label
+            whole += found and pred.label == label
+            if found and got != label:
+                mistakes.append({"text": text, "entity": key, "truth": label, "got": got})
+    return {
+        "judgements": total,
+        "texts": len(data),
+        "target_accuracy": round(own / total, 4) if total else 0.0,
+        "whole_text_accuracy": round(whole / total, 4) if total else 0.0,
+        "rules": dict(by_rule),
+        "mistakes": mistakes,
     }

@@ -52,6 +52,15 @@ _PREFER_BEFORE = re.compile(r"(?:prefer\w*|prefier\w*|prefir\w*|bevorzug\w*|pré
 _PREFER_BETWEEN = re.compile(r"^\W*(?:over|to|than|a|à|sobre|em vez de|en lugar de|statt|als|plut[oô]t que)\W*$")
 _BETTER_RE = re.compile(rf"^\W*(?:{_BETTER})\W*$")
 _WORSE_RE = re.compile(rf"^\W*(?:{_WORSE})\W*$")
+# intent to go elsewhere: the entity it names is the one preferred ("@Delta here I come",
+# "I should've flown @Delta", "you should learn from @SouthwestAir", "@Delta next time")
+_WANT_BEFORE = re.compile(
+    r"(?:should(?:'ve| have)? (?:flown|flew|gone with|booked)|learn from|next time (?:i'?ll |we'?ll )?(?:fly|try|book)"
+    r"|switch(?:ed|ing)? to|sticking with|back to)\s*$"
+)
+_WANT_AFTER = re.compile(r"^\W*(?:here (?:i|we) come|next time|from now on|it is|all the way)")
+_LEADING_HANDLES = re.compile(r"^(?:\s*[@.]\w+)+")
+_FILLER = frozenset({"both", "the", "a", "an", "and", "also", "y", "e", "et", "und", "ambos", "ambas", "les", "die"})
 _SUBSPLIT = re.compile(r",|\s(?:and|y|e|et|und)\s|\s&\s")
 
 
@@ -82,6 +91,9 @@ def _relations(text: str, spans: Sequence[tuple[str, int, int]]) -> dict[str, in
             continue
         x_start = next(a for k, a, _ in ordered if k == kx)
         between, before = low[ex:sy], low[max(0, x_start - 40) : x_start]
+        end = re.search(r"[.!?\n]|$", low[sy:])
+        if end is not None and end.group() == "?":
+            continue  # "is X cheaper than Y?" asks, it does not judge
         if _SWITCH_BEFORE.search(before) and _SWITCH_BETWEEN.match(between):
             return {kx: -1, ky: +1}
         if _PREFER_BEFORE.search(before) and _PREFER_BETWEEN.match(between):
@@ -115,15 +127,37 @@ def target_sentiments(
     if len(keys) < 2:
         return {}
     rel = _relations(text, spans)
+    magnitude = abs(whole if whole is not None else score(text)[0])
     if rel is not None:
-        magnitude = abs(whole if whole is not None else score(text)[0])
         switch = any(_SWITCH_BEFORE.search(strip_accents(text)[max(0, a - 40) : a]) for _, a, _ in spans)
         out = {k: _pole(rel[k], magnitude, "switch" if switch else "comparison") for k in rel}
-        for k in keys:  # a third entity in the text: its own clause
-            if k not in out:
-                out[k] = _clause_target(text, [s for s in spans if s[0] == k], spans, score)
-        return out
-    return {k: _clause_target(text, [s for s in spans if s[0] == k], spans, score) for k in keys}
+    else:
+        low = text.lower()
+        out = {
+            k: _pole(+1, magnitude, "intent")
+            for k, a, b in spans
+            if _WANT_BEFORE.search(low[max(0, a - 40) : a]) or _WANT_AFTER.match(low[b:])
+        }
+    # the tweet's addressees ("@A @B ..."): the body is about them, except the clauses naming
+    # another entity, which are that entity's
+    m = _LEADING_HANDLES.match(text)
+    lead = m.end() if m else 0
+    for k in keys:
+        if k in out:
+            continue
+        mine = [s for s in spans if s[0] == k]
+        if lead and all(b <= lead for _, _, b in mine) and any(a >= lead for kk, a, _ in spans if kk != k):
+            out[k] = _addressee_target(text, lead, [s for s in spans if s[0] != k and s[1] >= lead], score)
+        else:
+            out[k] = _clause_target(text, mine, spans, score)
+    return out
+
+
+def _addressee_target(text: str, lead: int, others: Sequence[tuple[str, int, int]], score: Scorer) -> Target:
+    body = [(a, b) for a, b in clauses(text) if b > lead]
+    mine = [text[max(a, lead) : b] for a, b in body if not any(a <= s < b for _, s, _ in others)]
+    s, label, conf = score(" ".join(mine) if mine else text)
+    return Target(s, label, conf, "addressee")
 
 
 def _clause_target(
@@ -145,7 +179,20 @@ def _clause_target(
             pos = m.end()
         cuts.append((pos, b))
         pieces = [(x, y) for x, y in cuts if any(x <= s[1] < y for s in own)]
-        clean = [text[x:y] for x, y in pieces if not any(x <= s[1] < y for s in others)]
-        parts.extend(clean or [text[a:b]])
+        clean = [(x, y) for x, y in pieces if not any(x <= s[1] < y for s in others)]
+        # "Both X and Y were late": a piece holding nothing but the name has no predicate of its
+        # own; the rest of the clause is about both
+        if all(_bare(text, x, y, mine) for x, y in clean):
+            clean = []
+        parts.extend([text[x:y] for x, y in clean] or [text[a:b]])
     s, label, conf = score(" ".join(parts) if parts else text)
     return Target(s, label, conf, "clause")
+
+
+def _bare(text: str, x: int, y: int, mine: Sequence[tuple[str, int, int]]) -> bool:
+    """True when ``text[x:y]`` has no word but the entity's own names and fillers."""
+    piece = list(text[x:y])
+    for _, a, b in mine:
+        for i in range(max(a, x), min(b, y)):
+            piece[i - x] = " "
+    return all(w.lower() in _FILLER for w in re.findall(r"\w+", "".join(piece)))
