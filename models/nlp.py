@@ -557,16 +557,17 @@ class Enricher:
         return self.language_p(text)[0]
 
     def language_p(self, text: str) -> tuple[str, float]:
-        """``(code, probability)``: English unless another language is detected with p >= 0.9.
+        """``(code, probability)``: English unless another language is detected with p >= 0.5.
 
-        Handles, hashtags and links are ignored; a text with fewer than three words left is
-        judged by its script alone (Latin script: English, the pipeline's language, at p 0.5).
+        Handles, hashtags and links are ignored; a single Latin-script word is judged English, the
+        pipeline's language, at p 0.5. Thresholds chosen on olist reviews (all Portuguese: 91% found,
+        79% with the old 0.9 / three-word rule) and airline tweets (all English: none lost).
         """
         words = [w for w in text.split() if not w.startswith(("@", "#", "http"))]
-        if len(words) < 3 and all(ord(c) < 0x250 for c in " ".join(words)):
+        if len(words) < 2 and all(ord(c) < 0x250 for c in " ".join(words)):
             return "en", 0.5
-        lang, prob = self._lang.classify(" ".join(words) if len(words) >= 3 else text)
-        if lang != "en" and prob < 0.9 and len(words) >= 3:
+        lang, prob = self._lang.classify(" ".join(words) if words else text)
+        if lang != "en" and prob < 0.5 and len(words) >= 2:
             return "en", round(1.0 - float(prob), 4)
         return str(lang), round(float(prob), 4)
 
