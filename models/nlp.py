@@ -3,7 +3,8 @@
 Two profiles:
 
 - ``fast`` (no download): ``spacy.blank("en")`` tokenizer with phrase matchers built from the
-  config: entity names and aliases in any case (possessives come free, spaCy splits "'s"), with
+  config: entity names and aliases in any case, also as @handle and #hashtag ("@united" for
+  "United"; possessives come free, spaCy splits "'s"), with
   per-name rules (case-sensitive, required context terms, excluded phrases such as "apple pie"),
   @handles and #hashtags (any case), and the aspect taxonomy in en, es, pt, de and fr.
 - ``accurate``: any installed trained spaCy package (``nlp.model``; ``en_core_web_sm`` resolves
@@ -519,7 +520,9 @@ class Enricher:
         self.entities = list(entities)
         self._kinds = {e.key: e.kind for e in entities}
         self._brand_of = {e.key: e.key.split("/", 1)[0] for e in entities if e.kind == "product"}
-        self._keep_handles = {h.lstrip("@").lower() for e in entities for h in e.handles}
+        self._keep_handles = {h.lstrip("@").lower() for e in entities for h in e.handles} | {
+            re.sub(r"\s+", "", n.lower()) for e in entities for n in [e.name, *e.aliases]
+        }
         # one match id per (entity, name): the name's rules (case, context, exclusions) apply to its hits
         self._ent_exact = PhraseMatcher(self.nlp.vocab, attr="ORTH")
         self._ent_lower = PhraseMatcher(self.nlp.vocab, attr="LOWER")
@@ -535,6 +538,12 @@ class Enricher:
                 else:
                     self._ent_lower.add(label, [self.nlp.make_doc(normalize(name)[0].lower())])
             tags = {*(h.lower() for h in e.handles), *(h.lower() for h in e.hashtags)}
+            # a listening tool finds a name written as a handle or hashtag too ("@united", "#jetblue")
+            for name in [e.name, *e.aliases]:
+                rule = e.rules.get(name)
+                compact = re.sub(r"\s+", "", normalize(name)[0].lower())
+                if compact and (rule is None or not (rule.context or rule.exclude or rule.case_sensitive)):
+                    tags |= {f"@{compact}", f"#{compact}"}
             if tags:
                 label = f"{e.key}\x1f#"
                 self._rules[label] = (e.key, None)
