@@ -191,6 +191,9 @@ class SentimentModel:
         self._vader = SentimentIntensityAnalyzer()
         self._seed = {lang: SeedLexicon(lang) for lang in SEED}
         self._compounds: dict[tuple[str, str], float] = {}
+        # predictions since the last label: a text, its aspect clauses and its entities' clauses
+        # are often the same string; cleared on every learn, so it never serves a stale model
+        self._predictions: dict[tuple[str, str], SentimentResult] = {}
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -304,9 +307,17 @@ class SentimentModel:
         return {k: w * p_model.get(k, 0.0) + (1 - w) * prior[k] for k in LABELS}
 
     def predict(self, text: str, lang: str = "en") -> SentimentResult:
+        key = (lang, text)
+        hit = self._predictions.get(key)
+        if hit is not None:
+            return hit
         p = self.proba(text, lang=lang)
         label = max(LABELS, key=lambda k: (p[k], k == "neutral"))  # a tie is neutral, not the first class
-        return SentimentResult(max(-1.0, min(1.0, p["positive"] - p["negative"])), label, p[label])
+        res = SentimentResult(max(-1.0, min(1.0, p["positive"] - p["negative"])), label, p[label])
+        if len(self._predictions) >= 4096:
+            self._predictions.clear()
+        self._predictions[key] = res
+        return res
 
     def predict_many(self, texts: Sequence[str], langs: Sequence[str] | None = None) -> list[SentimentResult]:
         return [self.predict(t, lang) for t, lang in zip(texts, langs or ["en"] * len(texts), strict=True)]
@@ -322,6 +333,7 @@ class SentimentModel:
         lm = self._lang(lang)
         lm.model.learn_one(_features(text, self.compound(text, lang)), label)
         lm.n_learned += 1
+        self._predictions.clear()
 
     def learn_many(self, rows: Iterable[tuple[str, str]], lang: str = "en") -> None:
         for text, label in rows:
