@@ -95,3 +95,28 @@ async def test_trust_score_from_the_windows(store: Windows) -> None:
     assert comps["negative_share"]["value"] == 0.5 and comps["negative_share"]["baseline"] == 0.2
     assert t["score"] is not None and t["baseline_score"] is not None and t["score"] < t["baseline_score"]
     assert abs(sum(c["weight"] for c in t["components"]) - sum(comps[k]["weight"] for k in comps)) < 1e-9
+
+
+async def test_each_entity_counts_its_own_sentiment_in_a_multi_entity_text(store: Windows) -> None:
+    """ "Skyline is better than Northwind": one event, a positive for skyline and a negative for northwind."""
+    pos = Sentiment(score=0.8, label="positive", confidence=0.8, model_version="t+comparison")
+    neg = Sentiment(score=-0.8, label="negative", confidence=0.8, model_version="t+comparison")
+    e = EnrichedEvent(
+        event_id="t:cmp",
+        kind="mention",
+        source="t",
+        occurred_at=T0,
+        ingested_at=T0,
+        entity="skyline",
+        entities=[
+            EntityMatch(key="skyline", kind="competitor", text="Skyline", start=0, end=7, sentiment=pos),
+            EntityMatch(key="northwind", kind="brand", text="Northwind", start=27, end=36, sentiment=neg),
+        ],
+        sentiment=Sentiment(score=0.9, label="positive", confidence=0.9, model_version="t"),
+        text_redacted="Skyline is way better than Northwind",
+    )
+    assert (await store.add_batch([(e, 0)])).counted == 2
+    t0 = bucket_of(T0.timestamp(), store.B)
+    got = await store.bucket_stats(["skyline", "northwind"], t0)
+    assert got["skyline"]["pos"] == 1 and "neg" not in got["skyline"]
+    assert got["northwind"]["neg"] == 1 and got["northwind"]["sent_sum"] == pytest.approx(-0.8)
