@@ -229,6 +229,12 @@ class DetectSettings(_Section):
 
 class NlpSettings(_Section):
     profile: Literal["fast", "accurate"] = "fast"
+    default_language: str = Field(
+        default="en",
+        pattern=r"^[a-z]{2}$",
+        description="ISO 639-1 code given to a text too short or too mixed to identify (a source's own "
+        "language hint always wins).",
+    )
     model: str = Field(default="en_core_web_sm", description="Installed spaCy package for the accurate profile.")
     batch_size: int = Field(default=256, ge=1)
     batch_within_seconds: float = Field(default=0.25, gt=0)

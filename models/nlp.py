@@ -506,9 +506,11 @@ class Enricher:
         model: str = "en_core_web_sm",
         extra_aspects: Mapping[str, Sequence[str]] | None = None,
         batch_size: int = 256,
+        default_language: str = "en",
     ) -> None:
         self.profile = profile
         self.batch_size = batch_size
+        self.default_language = default_language
         if profile == "accurate":
             self.model_name = _resolve_model(model)
             keep = {"tok2vec", "ner"}
@@ -562,22 +564,24 @@ class Enricher:
         self._lang.set_languages(LANGS)
 
     def language(self, text: str) -> str:
-        """ISO 639-1 code; English unless another language is confidently detected."""
+        """ISO 639-1 code; the default language unless another one is detected."""
         return self.language_p(text)[0]
 
     def language_p(self, text: str) -> tuple[str, float]:
-        """``(code, probability)``: English unless another language is detected with p >= 0.5.
+        """``(code, probability)``: the default language (``nlp.default_language``, English unless
+        set) unless another language is detected with p >= 0.5.
 
-        Handles, hashtags and links are ignored; a single Latin-script word is judged English, the
-        pipeline's language, at p 0.5. Thresholds chosen on olist reviews (all Portuguese: 91% found,
+        Handles, hashtags and links are ignored; a single Latin-script word is judged to be in the
+        default language at p 0.5. Thresholds chosen on olist reviews (all Portuguese: 91% found,
         79% with the old 0.9 / three-word rule) and airline tweets (all English: none lost).
         """
+        default = self.default_language
         words = [w for w in text.split() if not w.startswith(("@", "#", "http"))]
         if len(words) < 2 and all(ord(c) < 0x250 for c in " ".join(words)):
-            return "en", 0.5
+            return default, 0.5
         lang, prob = self._lang.classify(" ".join(words) if words else text)
-        if lang != "en" and prob < 0.5 and len(words) >= 2:
-            return "en", round(1.0 - float(prob), 4)
+        if lang != default and prob < 0.5 and len(words) >= 2:
+            return default, round(1.0 - float(prob), 4)
         return str(lang), round(float(prob), 4)
 
     @staticmethod

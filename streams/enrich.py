@@ -78,7 +78,13 @@ class EnrichStage:
         """Build the spaCy pipeline and restore the sentiment model from its checkpoint."""
         s = self.settings
         if self.enricher is None:
-            self.enricher = Enricher(s.entities, profile=s.nlp.profile, model=s.nlp.model, extra_aspects=s.nlp.aspects)
+            self.enricher = Enricher(
+                s.entities,
+                profile=s.nlp.profile,
+                model=s.nlp.model,
+                extra_aspects=s.nlp.aspects,
+                default_language=s.nlp.default_language,
+            )
         if self.sentiment is None:
             path = Path(s.sentiment.checkpoint_path)
             if path.exists():

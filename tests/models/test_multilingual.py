@@ -221,3 +221,11 @@ def test_case_insensitive_names_and_html_entities_by_default() -> None:
         ["northwind"],
         ["at&t"],
     ]
+
+
+def test_default_language_for_texts_too_short_to_identify() -> None:
+    en, pt = Enricher(DEMO.entities), Enricher(DEMO.entities, default_language="pt")
+    assert en.language_p("recomendo") == ("en", 0.5) and pt.language_p("recomendo") == ("pt", 0.5)
+    assert pt.language("the app keeps crashing and I cannot check in") == "en"  # a clear text is still identified
+    with pytest.raises(ValueError, match="default_language"):
+        load_settings(None, nlp={"default_language": "portuguese"})
