@@ -151,6 +151,8 @@ def test_target_sentiment_beats_whole_text_on_the_hand_labelled_dev_set() -> Non
 
 @pytest.mark.shared_data
 def test_target_sentiment_on_hand_labelled_multi_airline_tweets() -> None:
+    """Our own per-airline labels (by tweet id) for 88 tweets naming two airlines or more; the rules
+    were tuned on 30 of them, the other 58 were held out."""
     labels = json.loads((FIXTURES / "airline_multi_entity_labels.json").read_text())
     rows, seen, model = [], set(), SentimentModel()
     with (SHARED_DATA / "twitter_us_airline_sentiment" / "Tweets.csv").open() as f:
@@ -162,7 +164,7 @@ def test_target_sentiment_on_hand_labelled_multi_airline_tweets() -> None:
             else:  # the model a worker has learned from the rest of the stream
                 model.learn_one(r["text"], r["airline_sentiment"])
     out = target_sentiment_accuracy(rows, Enricher(load_settings(Path("infra/config/airlines.toml")).entities), model)
-    assert out["texts"] == 59 and out["target_accuracy"] > out["whole_text_accuracy"]
+    assert out["texts"] == 88 and out["target_accuracy"] > out["whole_text_accuracy"]
 
 
 # -- matching like a listening tool ---------------------------------------------------------------------
