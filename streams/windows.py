@@ -41,7 +41,7 @@ import orjson
 import redis.asyncio as aredis
 from spacy.lang.en.stop_words import STOP_WORDS
 
-from contract.records import EnrichedEvent
+from contract.records import EnrichedEvent, Sentiment
 from infra.settings import Settings
 from models.trust import trust_score
 
@@ -94,7 +94,7 @@ end
 return counted
 """
 
-_WORD = re.compile(r"[a-z][a-z']{2,}")
+_WORD = re.compile(r"[^\W\d_][^\W\d_']{2,}")  # words of any script: "pésimo", "verspätet"
 
 
 def bucket_of(ts: float, bucket_seconds: int) -> int:
@@ -190,9 +190,15 @@ class Counted:
     top_score: float
     terms: list[str]
     per_entity: dict[str, dict[str, float]] | None = None  # entities whose own sentiment differs
+    # per entity of a multi-entity text: (top member, its score, terms), from its own sentiment
+    per_entity_top: dict[str, tuple[str, float, list[str]]] | None = None
 
     def fields_for(self, key: str) -> dict[str, float]:
         return self.per_entity.get(key, self.fields) if self.per_entity else self.fields
+
+    def top_for(self, key: str) -> tuple[str, float, list[str]]:
+        default = (self.top_member, self.top_score, self.terms)
+        return self.per_entity_top.get(key, default) if self.per_entity_top else default
 
 
 class Windows(ABC):
@@ -217,30 +223,46 @@ class Windows(ABC):
             self._stop.update(w.lower() for w in re.findall(r"\w+", " ".join([e.name, *e.aliases])))
 
     # -- what an event adds -----------------------------------------------------------------
-    def _terms(self, ev: EnrichedEvent) -> list[str]:
-        if not ev.text_redacted or ev.sentiment is None or ev.sentiment.label != "negative":
+    def _terms(self, ev: EnrichedEvent, sentiment: Sentiment | None) -> list[str]:
+        if not ev.text_redacted or sentiment is None or sentiment.label != "negative":
             return []
         words = _WORD.findall(ev.text_redacted.lower())
         return sorted({w for w in words if w not in self._stop and not w.startswith("'")})[:20]
 
+    @staticmethod
+    def _top(ev: EnrichedEvent, sentiment: Sentiment | None) -> tuple[str, float]:
+        if ev.kind != "mention" or sentiment is None or sentiment.score >= 0:
+            return "", 0.0
+        member = orjson.dumps(
+            {
+                "id": ev.event_id,
+                "text": (ev.text_redacted or "")[:280],
+                "s": round(sentiment.score, 3),
+                "impact": round(ev.impact, 3),
+                "url": ev.url,
+            }
+        ).decode()
+        return member, -sentiment.score * ev.impact
+
     def counted(self, ev: EnrichedEvent) -> Counted | None:
-        """The event's contribution, or None when it names no tracked entity."""
+        """The event's contribution, or None when it names no tracked entity.
+
+        In a text naming several entities each counts its own sentiment: "Skyline is better than
+        Northwind" is a negative mention (top mention, terms) of Northwind only.
+        """
         keys = sorted({m.key for m in ev.entities} | ({ev.entity} if ev.entity else set()))
         if not keys:
             return None
-        top_member, top_score = "", 0.0
-        if ev.kind == "mention" and ev.sentiment is not None and ev.sentiment.score < 0:
-            top_member = orjson.dumps(
-                {
-                    "id": ev.event_id,
-                    "text": (ev.text_redacted or "")[:280],
-                    "s": round(ev.sentiment.score, 3),
-                    "impact": round(ev.impact, 3),
-                    "url": ev.url,
-                }
-            ).decode()
-            top_score = -ev.sentiment.score * ev.impact
-        per = {k: contributions(ev, k) for k in keys} if any(m.sentiment for m in ev.entities) else None
+        top_member, top_score = self._top(ev, ev.sentiment)
+        per = per_top = None
+        if any(m.sentiment for m in ev.entities):
+            per = {k: contributions(ev, k) for k in keys}
+            own = {m.key: m.sentiment for m in ev.entities if m.sentiment is not None}
+            per_top = {}
+            for k in keys:
+                sent = own.get(k) or own.get(k.split("/", 1)[0]) or ev.sentiment
+                member, score = self._top(ev, sent)
+                per_top[k] = (member, score, self._terms(ev, sent))
         return Counted(
             ev.event_id,
             keys,
@@ -248,8 +270,9 @@ class Windows(ABC):
             contributions(ev),
             top_member,
             top_score,
-            self._terms(ev),
+            self._terms(ev, ev.sentiment),
             per,
+            per_top,
         )
 
     # -- writes and reads, per backend ------------------------------------------------------
@@ -414,9 +437,10 @@ class RedisWindows(Windows):
                     res.unmatched += 1
                     continue
                 t = bucket_of(c.ts, self.B)
-                terms = orjson.dumps(c.terms).decode()
                 for key in c.entities:
                     fields = orjson.dumps(c.fields_for(key)).decode()
+                    top_member, top_score, key_terms = c.top_for(key)
+                    terms = orjson.dumps(key_terms).decode()
                     calls += 1
                     await self._add(
                         keys=[
@@ -437,8 +461,8 @@ class RedisWindows(Windows):
                             c.ts,
                             now,
                             fields,
-                            c.top_member,
-                            c.top_score,
+                            top_member,
+                            top_score,
                             self.top_cap,
                             terms,
                             w.retention_seconds,
@@ -567,14 +591,15 @@ class MemoryWindows(Windows):
                     ):
                         for k, v in c.fields_for(key).items():
                             row[k] = row.get(k, 0.0) + v
-                    if c.top_member:
+                    top_member, top_score, key_terms = c.top_for(key)
+                    if top_member:
                         top = self.tops.setdefault((key, t), {})
-                        top[c.top_member] = c.top_score
+                        top[top_member] = top_score
                         if len(top) > self.top_cap:
                             del top[min(top, key=lambda m: (top[m], m))]
-                    if c.terms:
+                    if key_terms:
                         tr = self.terms.setdefault((key, t), {})
-                        for term in c.terms:
+                        for term in key_terms:
                             tr[term] = tr.get(term, 0) + 1
                 p = str(partition)
                 self.wm[p] = max(self.wm.get(p, -1.0), c.ts)

@@ -113,10 +113,14 @@ async def test_each_entity_counts_its_own_sentiment_in_a_multi_entity_text(store
             EntityMatch(key="northwind", kind="brand", text="Northwind", start=27, end=36, sentiment=neg),
         ],
         sentiment=Sentiment(score=0.9, label="positive", confidence=0.9, model_version="t"),
-        text_redacted="Skyline is way better than Northwind",
+        text_redacted="Skyline is way better than Northwind, pésimo servicio",
     )
     assert (await store.add_batch([(e, 0)])).counted == 2
     t0 = bucket_of(T0.timestamp(), store.B)
     got = await store.bucket_stats(["skyline", "northwind"], t0)
     assert got["skyline"]["pos"] == 1 and "neg" not in got["skyline"]
     assert got["northwind"]["neg"] == 1 and got["northwind"]["sent_sum"] == pytest.approx(-0.8)
+    # a negative mention of Northwind (its top mentions and terms), not of Skyline
+    assert [m["id"] for m in await store.top_mentions("northwind", [t0])] == ["t:cmp"]
+    assert await store.top_mentions("skyline", [t0]) == [] and await store.top_terms("skyline", [t0]) == []
+    assert "pésimo" in dict(await store.top_terms("northwind", [t0]))  # words of any script
