@@ -231,3 +231,20 @@ def test_default_language_for_texts_too_short_to_identify() -> None:
     assert pt.language("the app keeps crashing and I cannot check in") == "en"  # a clear text is still identified
     with pytest.raises(ValueError, match="default_language"):
         load_settings(None, nlp={"default_language": "portuguese"})
+
+
+async def test_a_spanish_crisis_reaches_the_windows(tmp_path: Path) -> None:
+    """Thirty Spanish complaints in one minute: counted in n and as negatives (they were unscored)."""
+    st = stage(tmp_path)
+    complaints = [
+        "Northwind canceló mi vuelo y nadie responde, pésimo servicio",
+        "otra vez retrasado con Northwind, una vergüenza, nunca más",
+        "Northwind perdió mi maleta y el personal fue muy grosero",
+    ]
+    t = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+    recs = [Mention(event_id=f"es:{i}", source="t", occurred_at=t, text=f"{complaints[i % 3]} #{i}") for i in range(30)]
+    windows = MemoryWindows(DEMO)
+    res = await windows.add_batch([(ev, 0) for ev in st.enrich_batch(recs)])
+    assert res.counted == 30
+    got = (await windows.bucket_stats(["northwind"], int(t.timestamp()) // 60 * 60))["northwind"]
+    assert got["n"] == 30 and got["neg"] >= 27 and "unscored" not in got
