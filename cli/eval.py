@@ -146,7 +146,9 @@ def sentiment(
     lang: Annotated[
         str | None, typer.Option(help="The source's language hint (ISO 639-1), as a connector would set it.")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="First N rows only (of the file, before shuffling).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="N rows only: a random sample when shuffling, else the first N.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Prequential accuracy and macro-F1 through the worker's enrichment path (language gate
@@ -175,7 +177,7 @@ def sentiment(
             skipped += 1
             continue
         rows.append((str(text), label))
-        if limit and len(rows) >= limit:
+        if limit and order == "file" and len(rows) >= limit:
             break
     if not rows:
         raise typer.BadParameter("no labelled rows: check --text-col, --label-col, --map and --bins")
@@ -189,6 +191,9 @@ def sentiment(
     if order == "shuffle":
         seed = random.SystemRandom().randrange(2**31) if seed is None else seed
         random.Random(seed).shuffle(rows)
+        rows = rows[:limit] if limit else rows  # a sample of the whole file, not its (maybe sorted) head
+    if len({lab for _, lab in rows}) < 2:
+        sorted_warning = (sorted_warning + "; " if sorted_warning else "") + "only one label class is scored"
     note = f"order: {order}" + (f", seed {seed} (repeat with --seed {seed})" if order == "shuffle" else "")
     print(note, file=sys.stderr)
     if sorted_warning:

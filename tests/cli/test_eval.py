@@ -39,6 +39,10 @@ def test_sentiment_shuffles_with_a_seed_warns_on_sorted_labels_bins_and_reports_
     assert again["online"] == out["online"]  # the printed seed repeats the run
     kept = json.loads(runner.invoke(eval_app, [*args, "--order", "file"]).stdout.strip().splitlines()[-1])
     assert kept["order"] == "file" and kept["seed"] is None
+    head = json.loads(runner.invoke(eval_app, [*args, "--order", "file", "--limit", "10"]).stdout.splitlines()[-1])
+    assert head["labels"] == {"negative": 10} and "only one label class" in head["warning"]
+    sample = json.loads(runner.invoke(eval_app, [*args, "--seed", "5", "--limit", "10"]).stdout.splitlines()[-1])
+    assert set(sample["labels"]) == {"negative", "positive"}  # a sample of the file, not its sorted head
 
 
 def test_sentiment_decodes_strictly_and_names_the_encoding_option(tmp_path: Path) -> None:
