@@ -1,14 +1,18 @@
 """Target-dependent sentiment: when a text names several tracked entities, each gets its own.
 
 "Skyline is way better than Northwind, switching for good" is good news for Skyline and bad news
-for Northwind; scoring the whole text gives both the same +0.98. Two rules, in order:
+for Northwind; scoring the whole text gives both the same +0.98. The rules, in order:
 
 1. **Comparisons and switches** between two named entities, read from the words between them
    (and just before the first): "X is better than Y", "X beats Y", "prefer X over Y" make X
    positive and Y negative; "X is worse than Y", "not as good as" the reverse; "switching from X
    to Y", "left X for Y", "ditched X for Y" make X negative and Y positive. The strength is the
    text's own polarity magnitude (at least 0.5). Phrases for es, pt, de and fr are included.
-2. **Own clause**: otherwise each entity gets the sentiment of the clause(s) it appears in
+2. **Intent**: an entity named as where the author is going ("@Delta here I come", "should've
+   flown @Delta", "learn from @SouthwestAir") is positive.
+3. **Addressee**: a tweet's leading @handles are what its body is about, except the clauses that
+   name another entity ("@USAirways some flexibility would be nice. I love @SouthwestAir").
+4. **Own clause**: otherwise each entity gets the sentiment of the clause(s) it appears in
    (sentences, split again at contrastive words, and, when two entities share a clause, at
    commas and "and"), so "Skyline was great but Northwind lost my bag" splits cleanly.
 
@@ -58,7 +62,7 @@ _WANT_BEFORE = re.compile(
     r"(?:should(?:'ve| have)? (?:flown|flew|gone with|booked)|learn from|next time (?:i'?ll |we'?ll )?(?:fly|try|book)"
     r"|switch(?:ed|ing)? to|sticking with|back to)\s*$"
 )
-_WANT_AFTER = re.compile(r"^\W*(?:here (?:i|we) come|next time|from now on|it is|all the way)")
+_WANT_AFTER = re.compile(r"^\W*(?:here (?:i|we) come|next time|from now on)")
 _LEADING_HANDLES = re.compile(r"^(?:\s*[@.]\w+)+")
 _FILLER = frozenset({"both", "the", "a", "an", "and", "also", "y", "e", "et", "und", "ambos", "ambas", "les", "die"})
 _SUBSPLIT = re.compile(r",|\s(?:and|y|e|et|und)\s|\s&\s")
@@ -71,7 +75,7 @@ class Target:
     score: float
     label: str
     confidence: float
-    rule: str  # "comparison", "switch", "clause"
+    rule: str  # "comparison", "switch", "intent", "addressee" or "clause"
 
 
 Scorer = Callable[[str], tuple[float, str, float]]
