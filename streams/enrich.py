@@ -1,5 +1,10 @@
 """The enrichment stage: raw records in, enriched events out (spaCy, language, PII, sentiment).
 
+Every text is scored in its own language (the source's language hint if it has one, else the
+detected one): a language the model has not learned yet gets a low confidence, never a drop, so
+every mention counts in volume and sentiment. A text naming several entities also gets each
+entity's own sentiment (:mod:`models.targets`).
+
 Synchronous and single-threaded by contract: the worker runs :meth:`EnrichStage.enrich_batch`
 in a one-thread executor, so the spaCy pipeline and the online model are only ever touched by
 that thread, and the event loop never waits on NLP. The benchmark calls the same code.
@@ -25,9 +30,10 @@ from contract.records import (
     Sentiment,
 )
 from infra.settings import Settings
-from models.nlp import Enricher, TextAnalysis
+from models.nlp import Enricher, TextAnalysis, normalize
 from models.privacy import pseudonymize, redact_url
-from models.sentiment import SentimentModel, rating_to_label
+from models.sentiment import SentimentModel, SentimentResult, rating_to_label
+from models.targets import target_sentiments
 
 __all__ = ["EnrichStage", "RawRecord"]
 
@@ -72,7 +78,13 @@ class EnrichStage:
         """Build the spaCy pipeline and restore the sentiment model from its checkpoint."""
         s = self.settings
         if self.enricher is None:
-            self.enricher = Enricher(s.entities, profile=s.nlp.profile, model=s.nlp.model, extra_aspects=s.nlp.aspects)
+            self.enricher = Enricher(
+                s.entities,
+                profile=s.nlp.profile,
+                model=s.nlp.model,
+                extra_aspects=s.nlp.aspects,
+                default_language=s.nlp.default_language,
+            )
         if self.sentiment is None:
             path = Path(s.sentiment.checkpoint_path)
             if path.exists():
@@ -96,10 +108,10 @@ class EnrichStage:
         return self.sentiment.version if self.sentiment else None
 
     def learn(self, rows: Sequence[tuple[str, str]]) -> None:
-        """Learn from human corrections: ``(text, label)``."""
-        assert self.sentiment is not None, "load_models() first"
+        """Learn from human corrections: ``(text, label)``, each in its detected language's model."""
+        assert self.sentiment is not None and self.enricher is not None, "load_models() first"
         for text, label in rows:
-            self.sentiment.learn_one(text, label)
+            self.sentiment.learn_one(text, label, self.enricher.language(normalize(text)[0]))
 
     # -- enrichment -------------------------------------------------------------------------
     @staticmethod
@@ -123,28 +135,72 @@ class EnrichStage:
                 keys.insert(0, k)
         return keys
 
+    @staticmethod
+    def language_of(rec: RawRecord, an: TextAnalysis) -> tuple[str, float]:
+        """The source's language hint wins over detection (short texts are hard to identify)."""
+        hint = getattr(rec, "lang", None)
+        if hint:
+            return hint.strip().lower().replace("_", "-").split("-")[0], 1.0
+        return an.lang, an.lang_p
+
     def enrich_batch(self, recs: Sequence[RawRecord]) -> list[EnrichedEvent]:
-        """Enrich a batch; reviews then teach the model their rating (test-then-train)."""
+        """Enrich a batch; reviews then teach their language's model their rating (test-then-train)."""
         assert self.enricher is not None and self.sentiment is not None, "load_models() first"
         texts = [self.text_of(r) for r in recs]
         analyses = self.enricher.process(texts)
-        to_score = [i for i, (t, a) in enumerate(zip(texts, analyses, strict=True)) if t and a.lang == "en"]
-        preds = self.sentiment.predict_many([texts[i] for i in to_score])
-        scores = dict(zip(to_score, preds, strict=True))
+        langs = [self.language_of(r, a) for r, a in zip(recs, analyses, strict=True)]
         version = self.sentiment.version
         out: list[EnrichedEvent] = []
-        for i, (rec, text, an) in enumerate(zip(recs, texts, analyses, strict=True)):
-            out.append(self._to_enriched(rec, text, an, scores.get(i), version))
-        for rec, text, an in zip(recs, texts, analyses, strict=True):
-            if isinstance(rec, Review) and text and an.lang == "en":
+        for rec, text, an, lang in zip(recs, texts, analyses, langs, strict=True):
+            pred = self.sentiment.predict(text, lang[0]) if text else None
+            out.append(self._to_enriched(rec, text, an, pred, version, lang))
+        for rec, text, (code, _) in zip(recs, texts, langs, strict=True):
+            if isinstance(rec, Review) and text:
                 label = rating_to_label(rec.rating, self.settings.sentiment.rating_labels)
                 if label:
-                    self.sentiment.learn_one(text, label)
+                    self.sentiment.learn_one(text, label, code)
         return out
 
-    def _to_enriched(self, rec: RawRecord, text: str, an: TextAnalysis, pred: Any, version: str) -> EnrichedEvent:
+    def _targets(self, text: str, an: TextAnalysis, pred: SentimentResult | None, lang: str, version: str) -> dict:
+        """Each entity's own sentiment when the text names two or more brands (products go with theirs)."""
+        sentiment = self.sentiment
+        assert sentiment is not None
+        spans = [(h.key.split("/", 1)[0], h.start, h.end) for h in an.entities if h.start < h.end]
+        if len({k for k, _, _ in spans}) < 2:
+            return {}
+
+        def score(t: str) -> tuple[float, str, float]:
+            r = sentiment.predict(t, lang)
+            return r.score, r.label, r.confidence
+
+        per = target_sentiments(text, spans, score, whole=pred.score if pred else None)
+        out = {}
+        for h in an.entities:
+            t = per.get(h.key.split("/", 1)[0])
+            if t is not None:
+                out[h.key] = Sentiment(
+                    score=_clip(t.score, -1.0, 1.0),
+                    label=t.label,
+                    confidence=_clip(t.confidence, 0.0, 1.0),
+                    model_version=f"{version}+{t.rule}",
+                )
+        return out
+
+    def _to_enriched(
+        self,
+        rec: RawRecord,
+        text: str,
+        an: TextAnalysis,
+        pred: Any,
+        version: str,
+        lang: tuple[str, float] = ("en", 1.0),
+    ) -> EnrichedEvent:
         assert self.sentiment is not None
-        matches = [EntityMatch(key=h.key, kind=h.kind, text=h.text, start=h.start, end=h.end) for h in an.entities]
+        own = self._targets(text, an, pred, lang[0], version) if text else {}
+        matches = [
+            EntityMatch(key=h.key, kind=h.kind, text=h.text, start=h.start, end=h.end, sentiment=own.get(h.key))
+            for h in an.entities
+        ]
         matched = {m.key for m in matches}
         hints = self.hint_entities(rec)
         for k in hints:
@@ -152,7 +208,6 @@ class EnrichStage:
                 ent = self.settings.entity(k)
                 matches.append(EntityMatch(key=k, kind=ent.kind if ent else "brand", text="(source)", start=0, end=0))
         keys = [*hints, *(m.key for m in matches if m.key not in hints)]
-        english = bool(text) and an.lang == "en"
         sentiment = (
             Sentiment(
                 score=_clip(pred.score, -1.0, 1.0),
@@ -169,7 +224,7 @@ class EnrichStage:
                 term=a.term,
                 start=a.start,
                 end=a.end,
-                sentiment=_clip(self.sentiment.aspect_sentiment(a.clause), -1.0, 1.0) if english else 0.0,
+                sentiment=_clip(self.sentiment.aspect_sentiment(a.clause, lang[0]), -1.0, 1.0),
             )
             for a in an.aspects
         ]
@@ -185,7 +240,8 @@ class EnrichStage:
             ner=[NerSpan(label=n.label, text=n.text, start=n.start, end=n.end) for n in an.ner],
             aspects=aspects,
             sentiment=sentiment,
-            lang=an.lang if text else None,
+            lang=lang[0] if text else None,
+            lang_confidence=_clip(lang[1], 0.0, 1.0) if text else None,
             impact=_impact(rec.reach) if isinstance(rec, Mention) else 1.0,
             text_redacted=an.text_redacted if text else None,
             author_key=pseudonymize(author, self._secret) if author else None,

@@ -44,6 +44,12 @@ class Metrics:
             buckets=(1, 8, 32, 64, 128, 256, 512),
             registry=r,
         )
+        self.languages = Counter(
+            "repmon_enriched_languages",
+            "Enriched texts by language (ISO 639-1; 'none' for events without text): every language is scored.",
+            ["lang"],
+            registry=r,
+        )
         self.watermark = Gauge("repmon_watermark_seconds", "Event-time watermark (epoch seconds).", registry=r)
         self.watermark_lag = Gauge(
             "repmon_watermark_lag_seconds", "Wall clock minus the event-time watermark.", registry=r

@@ -206,6 +206,8 @@ class Runtime:
             except Exception as exc:  # e.g. a record the broker refuses: it is counted, say why it is not out
                 await self.dead_letter("publish", validation_reason(exc), type(exc).__name__, msg)
         self.metrics.events.labels("enriched").inc(len(pairs))
+        for _, enr in pairs:
+            self.metrics.languages.labels(enr.lang or "none").inc()
 
     async def _count(self, pairs: list[tuple[Message, EnrichedEvent]]) -> list[tuple[Message, EnrichedEvent]]:
         """Count into the windows; returns the pairs counted (the others are dead-lettered).

@@ -41,7 +41,7 @@ import orjson
 import redis.asyncio as aredis
 from spacy.lang.en.stop_words import STOP_WORDS
 
-from contract.records import EnrichedEvent
+from contract.records import EnrichedEvent, Sentiment
 from infra.settings import DEFAULT_RATING_LABELS, Settings
 from models.sentiment import rating_to_label
 from models.trust import trust_score
@@ -95,7 +95,7 @@ end
 return counted
 """
 
-_WORD = re.compile(r"[a-z][a-z']{2,}")
+_WORD = re.compile(r"[^\W\d_][^\W\d_']{2,}")  # words of any script: "pésimo", "verspätet"
 
 
 def bucket_of(ts: float, bucket_seconds: int) -> int:
@@ -107,11 +107,30 @@ def bucket_of(ts: float, bucket_seconds: int) -> int:
     return int(math.floor(ts / bucket_seconds) * bucket_seconds)
 
 
-def contributions(ev: EnrichedEvent, rating_labels: Mapping[str, str] | None = None) -> dict[str, float]:
-    """The counters one enriched event adds to its bucket (names: :mod:`models.signals`).
+def own_sentiment(ev: EnrichedEvent, entity: str | None) -> Sentiment | None:
+    """The sentiment ``entity`` gets from ``ev``: its own clause or side when the text names several
+    entities, else the text's."""
+    sentiment = ev.sentiment
+    if entity is not None and sentiment is not None:
+        own = next((m.sentiment for m in ev.entities if m.key == entity and m.sentiment is not None), None)
+        if own is None and "/" in entity:  # a product named in a multi-brand text goes with its brand
+            brand = entity.split("/", 1)[0]
+            own = next((m.sentiment for m in ev.entities if m.key == brand and m.sentiment is not None), None)
+        sentiment = own or sentiment
+    return sentiment
 
-    ``rating_labels`` (``sentiment.rating_labels``) judges the sentiment model's own error on
-    reviews by their stars, the same map the model learns from.
+
+def contributions(
+    ev: EnrichedEvent, entity: str | None = None, rating_labels: Mapping[str, str] | None = None
+) -> dict[str, float]:
+    """The counters one enriched event adds to its bucket, ``entity``'s when given (names:
+    :mod:`models.signals`).
+
+    Every mention and review with text has a sentiment, in whatever language (a language the
+    model has not learned yet is scored with low confidence), so all of them count in ``n``.
+    When the text names several entities, each entity counts its own sentiment (its clause, its
+    side of a comparison), not the whole text's. ``rating_labels`` (``sentiment.rating_labels``)
+    judges the sentiment model's own error on reviews by their stars, the map the model learns from.
 
     >>> from datetime import datetime, UTC
     >>> from contract.records import Sentiment
@@ -121,14 +140,15 @@ def contributions(ev: EnrichedEvent, rating_labels: Mapping[str, str] | None = N
     >>> sorted(contributions(ev).items())
     [('events', 1.0), ('impact', 2.0), ('impact_neg', 2.0), ('n', 1.0), ('neg', 1.0), ('sent_sum', -0.6)]
     """
-    from models import signals as C  # the counter names (imported here: this function is the whole edit)
+    from models import signals as C  # the counter names
 
     out: dict[str, float] = {C.EVENTS: 1.0}
-    if ev.kind in ("mention", "review") and ev.sentiment is not None:
-        label = ev.sentiment.label
+    sentiment = own_sentiment(ev, entity)
+    if ev.kind in ("mention", "review") and sentiment is not None:
+        label = sentiment.label
         out[C.N] = 1.0
         out[C.LABEL_COUNTER[label]] = 1.0
-        out[C.SENT_SUM] = ev.sentiment.score
+        out[C.SENT_SUM] = sentiment.score
         out[C.IMPACT] = ev.impact
         if label == "negative":
             out[C.IMPACT_NEG] = ev.impact
@@ -140,7 +160,7 @@ def contributions(ev: EnrichedEvent, rating_labels: Mapping[str, str] | None = N
             if any(h.aspect == a and h.sentiment < 0 for h in ev.aspects):
                 out[neg_key] = 1.0
     elif ev.kind in ("mention", "review"):
-        out[C.UNSCORED] = 1.0  # e.g. non-English text: counted, never scored as English
+        out[C.UNSCORED] = 1.0  # a mention or review without text (a rating alone): counted, not scored
     if ev.kind == "review" and ev.rating is not None and ev.sentiment is not None:
         truth = rating_to_label(ev.rating, rating_labels or DEFAULT_RATING_LABELS)
         if truth is not None:
@@ -184,6 +204,16 @@ class Counted:
     top_member: str  # JSON of a top mention, or "" when the event is not one
     top_score: float
     terms: list[str]
+    per_entity: dict[str, dict[str, float]] | None = None  # entities whose own sentiment differs
+    # per entity of a multi-entity text: (top member, its score, terms), from its own sentiment
+    per_entity_top: dict[str, tuple[str, float, list[str]]] | None = None
+
+    def fields_for(self, key: str) -> dict[str, float]:
+        return self.per_entity.get(key, self.fields) if self.per_entity else self.fields
+
+    def top_for(self, key: str) -> tuple[str, float, list[str]]:
+        default = (self.top_member, self.top_score, self.terms)
+        return self.per_entity_top.get(key, default) if self.per_entity_top else default
 
 
 class Windows(ABC):
@@ -208,37 +238,55 @@ class Windows(ABC):
             self._stop.update(w.lower() for w in re.findall(r"\w+", " ".join([e.name, *e.aliases])))
 
     # -- what an event adds -----------------------------------------------------------------
-    def _terms(self, ev: EnrichedEvent) -> list[str]:
-        if not ev.text_redacted or ev.sentiment is None or ev.sentiment.label != "negative":
+    def _terms(self, ev: EnrichedEvent, sentiment: Sentiment | None) -> list[str]:
+        if not ev.text_redacted or sentiment is None or sentiment.label != "negative":
             return []
         words = _WORD.findall(ev.text_redacted.lower())
         return sorted({w for w in words if w not in self._stop and not w.startswith("'")})[:20]
 
+    @staticmethod
+    def _top(ev: EnrichedEvent, sentiment: Sentiment | None) -> tuple[str, float]:
+        if ev.kind != "mention" or sentiment is None or sentiment.score >= 0:
+            return "", 0.0
+        member = orjson.dumps(
+            {
+                "id": ev.event_id,
+                "text": (ev.text_redacted or "")[:280],
+                "s": round(sentiment.score, 3),
+                "impact": round(ev.impact, 3),
+                "url": ev.url,
+            }
+        ).decode()
+        return member, -sentiment.score * ev.impact
+
     def counted(self, ev: EnrichedEvent) -> Counted | None:
-        """The event's contribution, or None when it names no tracked entity."""
+        """The event's contribution, or None when it names no tracked entity.
+
+        In a text naming several entities each counts its own sentiment: "Skyline is better than
+        Northwind" is a negative mention (top mention, terms) of Northwind only.
+        """
         keys = sorted({m.key for m in ev.entities} | ({ev.entity} if ev.entity else set()))
         if not keys:
             return None
-        top_member, top_score = "", 0.0
-        if ev.kind == "mention" and ev.sentiment is not None and ev.sentiment.score < 0:
-            top_member = orjson.dumps(
-                {
-                    "id": ev.event_id,
-                    "text": (ev.text_redacted or "")[:280],
-                    "s": round(ev.sentiment.score, 3),
-                    "impact": round(ev.impact, 3),
-                    "url": ev.url,
-                }
-            ).decode()
-            top_score = -ev.sentiment.score * ev.impact
+        top_member, top_score = self._top(ev, ev.sentiment)
+        per = per_top = None
+        if any(m.sentiment for m in ev.entities):
+            per = {k: contributions(ev, k, self.settings.sentiment.rating_labels) for k in keys}
+            per_top = {}
+            for k in keys:
+                sent = own_sentiment(ev, k)
+                member, score = self._top(ev, sent)
+                per_top[k] = (member, score, self._terms(ev, sent))
         return Counted(
             ev.event_id,
             keys,
             ev.occurred_at.timestamp(),
-            contributions(ev, self.settings.sentiment.rating_labels),
+            contributions(ev, rating_labels=self.settings.sentiment.rating_labels),
             top_member,
             top_score,
-            self._terms(ev),
+            self._terms(ev, ev.sentiment),
+            per,
+            per_top,
         )
 
     # -- writes and reads, per backend ------------------------------------------------------
@@ -403,8 +451,10 @@ class RedisWindows(Windows):
                     res.unmatched += 1
                     continue
                 t = bucket_of(c.ts, self.B)
-                fields, terms = orjson.dumps(c.fields).decode(), orjson.dumps(c.terms).decode()
                 for key in c.entities:
+                    fields = orjson.dumps(c.fields_for(key)).decode()
+                    top_member, top_score, key_terms = c.top_for(key)
+                    terms = orjson.dumps(key_terms).decode()
                     calls += 1
                     await self._add(
                         keys=[
@@ -425,8 +475,8 @@ class RedisWindows(Windows):
                             c.ts,
                             now,
                             fields,
-                            c.top_member,
-                            c.top_score,
+                            top_member,
+                            top_score,
                             self.top_cap,
                             terms,
                             w.retention_seconds,
@@ -553,16 +603,17 @@ class MemoryWindows(Windows):
                         self.buckets.setdefault((key, t), {}),
                         self.hours.setdefault((key, bucket_of(c.ts, 3600)), {}),
                     ):
-                        for k, v in c.fields.items():
+                        for k, v in c.fields_for(key).items():
                             row[k] = row.get(k, 0.0) + v
-                    if c.top_member:
+                    top_member, top_score, key_terms = c.top_for(key)
+                    if top_member:
                         top = self.tops.setdefault((key, t), {})
-                        top[c.top_member] = c.top_score
+                        top[top_member] = top_score
                         if len(top) > self.top_cap:
                             del top[min(top, key=lambda m: (top[m], m))]
-                    if c.terms:
+                    if key_terms:
                         tr = self.terms.setdefault((key, t), {})
-                        for term in c.terms:
+                        for term in key_terms:
                             tr[term] = tr.get(term, 0) + 1
                 p = str(partition)
                 self.wm[p] = max(self.wm.get(p, -1.0), c.ts)

@@ -148,10 +148,9 @@ def _run_sparse(settings: Settings, recs: Sequence[RawRecord], batch: int) -> di
             seen.add(ev.event_id)
             keys = sorted({m.key for m in ev.entities} | ({ev.entity} if ev.entity else set()))
             t = bucket_of(ev.occurred_at.timestamp(), B)
-            fields = contributions(ev, settings.sentiment.rating_labels)
-            for key in keys:
+            for key in keys:  # each entity counts its own sentiment, as the windows do
                 bucket = buckets[key][t]
-                for name, v in fields.items():
+                for name, v in contributions(ev, key, settings.sentiment.rating_labels).items():
                     bucket[name] += v
     signals: list[Signal] = []
     incidents: list[tuple[Incident, float]] = []

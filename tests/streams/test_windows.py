@@ -110,4 +110,33 @@ def test_the_model_error_is_judged_by_the_configured_rating_map() -> None:
     )
     assert "model_err" not in contributions(review)  # 3 stars is neutral by default
     strict = {"1": "negative", "2": "negative", "3": "negative", "4": "positive", "5": "positive"}
-    assert contributions(review, strict)["model_err"] == 1.0  # a team that reads 3 stars as a complaint
+    assert contributions(review, rating_labels=strict)["model_err"] == 1.0  # a team that reads 3 stars as a complaint
+
+
+async def test_each_entity_counts_its_own_sentiment_in_a_multi_entity_text(store: Windows) -> None:
+    """ "Skyline is better than Northwind": one event, a positive for skyline and a negative for northwind."""
+    pos = Sentiment(score=0.8, label="positive", confidence=0.8, model_version="t+comparison")
+    neg = Sentiment(score=-0.8, label="negative", confidence=0.8, model_version="t+comparison")
+    e = EnrichedEvent(
+        event_id="t:cmp",
+        kind="mention",
+        source="t",
+        occurred_at=T0,
+        ingested_at=T0,
+        entity="skyline",
+        entities=[
+            EntityMatch(key="skyline", kind="competitor", text="Skyline", start=0, end=7, sentiment=pos),
+            EntityMatch(key="northwind", kind="brand", text="Northwind", start=27, end=36, sentiment=neg),
+        ],
+        sentiment=Sentiment(score=0.9, label="positive", confidence=0.9, model_version="t"),
+        text_redacted="Skyline is way better than Northwind, pésimo servicio",
+    )
+    assert (await store.add_batch([(e, 0)])).counted == 2
+    t0 = bucket_of(T0.timestamp(), store.B)
+    got = await store.bucket_stats(["skyline", "northwind"], t0)
+    assert got["skyline"]["pos"] == 1 and "neg" not in got["skyline"]
+    assert got["northwind"]["neg"] == 1 and got["northwind"]["sent_sum"] == pytest.approx(-0.8)
+    # a negative mention of Northwind (its top mentions and terms), not of Skyline
+    assert [m["id"] for m in await store.top_mentions("northwind", [t0])] == ["t:cmp"]
+    assert await store.top_mentions("skyline", [t0]) == [] and await store.top_terms("skyline", [t0]) == []
+    assert "pésimo" in dict(await store.top_terms("northwind", [t0]))  # words of any script

@@ -1,0 +1,250 @@
+"""Every language counts; each named entity gets its own sentiment; names match like a listening tool."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from contract.records import Mention, Review
+from infra.settings import ConfigError, Entity, Settings, load_settings
+from models.evaluate import target_sentiment_accuracy
+from models.nlp import Enricher, normalize
+from models.sentiment import SentimentModel, tokens
+from streams.enrich import EnrichStage
+from streams.metrics import Metrics
+from streams.windows import MemoryWindows, contributions
+
+from ..conftest import SHARED_DATA
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DEMO = load_settings()
+
+
+def stage(tmp_path: Path, settings: Settings = DEMO) -> EnrichStage:
+    s = settings.model_copy(
+        update={"sentiment": settings.sentiment.model_copy(update={"checkpoint_path": str(tmp_path / "s.json")})}
+    )
+    st = EnrichStage(s)
+    st.load_models()
+    return st
+
+
+def mention(i: int, text: str, lang: str | None = None) -> Mention:
+    return Mention(event_id=f"t:{i}", source="t", occurred_at=datetime.now(UTC), text=text, lang=lang)
+
+
+# -- every language counts -------------------------------------------------------------------------
+def test_tokens_for_cjk_and_accented_latin() -> None:
+    assert "péssimo" in tokens("PÉSSIMO atendimento") and "ärgerlich" in tokens("Ärgerlich!")
+    ja = tokens("配送が遅い")
+    assert "遅い" in ja and "配" in ja  # character uni- and bigrams, no spaces needed
+    assert tokens("") == []
+
+
+def test_cold_start_prior_per_language_and_honest_confidence_elsewhere() -> None:
+    m = SentimentModel()
+    cases = {
+        ("es", "el vuelo llegó tarde y el personal fue muy grosero"): "negative",
+        ("es", "excelente servicio, muy amables, lo recomiendo"): "positive",
+        ("pt", "o produto chegou antes do prazo, muito bom"): "positive",
+        ("pt", "não recebi o produto, péssimo"): "negative",
+        ("de", "sehr gut, schnelle Lieferung, gerne wieder"): "positive",
+        ("de", "nicht gut, das Paket kam kaputt an"): "negative",
+        ("fr", "livraison rapide, produit parfait, merci"): "positive",
+        ("fr", "pas bon du tout, colis perdu, arnaque"): "negative",
+    }
+    for (lang, text), want in cases.items():
+        assert m.predict(text, lang).label == want, (lang, text)
+    unknown = m.predict("配送が遅い", "ja")
+    assert unknown.label == "neutral" and unknown.confidence == pytest.approx(0.4)  # no prior: says so
+
+
+def test_a_language_learns_from_its_own_stars_only(tmp_path: Path) -> None:
+    m = SentimentModel()
+    for _ in range(40):
+        m.learn_one("配送が遅い、最悪です", "negative", "ja")
+        m.learn_one("とても良い商品です", "positive", "ja")
+    assert m.predict("配送が遅い", "ja").label == "negative"
+    assert m.predict("良い商品", "ja").label == "positive"
+    assert m.langs["ja"].n_learned == 80 and "en" not in m.langs  # English untouched
+    m.save(tmp_path / "s.json")
+    doc = orjson.loads((tmp_path / "s.json").read_bytes())
+    assert doc["format"] == 3 and set(doc["languages"]) == {"ja"}  # JSON, per language
+    back = SentimentModel.load(tmp_path / "s.json")
+    assert back.predict("配送が遅い", "ja") == m.predict("配送が遅い", "ja") and back.version == m.version
+
+
+def test_format_2_checkpoint_is_read_as_the_english_model(tmp_path: Path) -> None:
+    legacy = {
+        "format": 2,
+        "model": "vader+river-softmax",
+        "n_learned": 3,
+        "created": "2026-01-01T00:00:00+00:00",
+        "prior_weight": 200.0,
+        "lr": 0.05,
+        "l2": 1e-5,
+        "weights": {"negative": {"awful": 1.5}, "positive": {"awful": -1.5}},
+    }
+    (tmp_path / "old.json").write_bytes(orjson.dumps(legacy))
+    m = SentimentModel.load(tmp_path / "old.json")
+    assert m.langs["en"].n_learned == 3 and m.model.weights["negative"]["awful"] == 1.5
+
+
+def test_non_english_mentions_are_scored_counted_and_reviews_teach_their_language(tmp_path: Path) -> None:
+    st = stage(tmp_path)
+    out = st.enrich_batch(
+        [
+            mention(1, "Northwind perdió mi equipaje, pésimo servicio, nunca más"),
+            mention(2, "A Northwind atrasou meu voo de novo, que vergonha"),
+            mention(3, "Northwind 配送が遅い", lang="ja"),
+            Review(
+                event_id="r:1",
+                source="r",
+                occurred_at=datetime.now(UTC),
+                text="Northwind: ótimo voo, tripulação muito simpática",
+                rating=5,
+            ),
+        ]
+    )
+    assert [e.lang for e in out] == ["es", "pt", "ja", "pt"]
+    assert all(e.sentiment is not None and e.entity == "northwind" for e in out)
+    assert out[0].sentiment.label == "negative" and out[1].sentiment.label == "negative"  # type: ignore[union-attr]
+    assert out[2].sentiment.confidence == pytest.approx(0.4) and out[2].lang_confidence == 1.0  # type: ignore[union-attr]
+    assert 0.9 <= (out[0].lang_confidence or 0) <= 1.0
+    assert {a.aspect for a in out[0].aspects} >= {"baggage"}
+    assert all(contributions(e)["n"] == 1.0 and "unscored" not in contributions(e) for e in out)
+    assert st.sentiment is not None and st.sentiment.langs["pt"].n_learned == 1
+
+
+async def test_per_language_metric(tmp_path: Path) -> None:
+    m = Metrics()
+    for lang in ("es", "es", "pt"):
+        m.languages.labels(lang).inc()
+    text = m.exposition().decode()
+    assert 'repmon_enriched_languages_total{lang="es"} 2.0' in text
+
+
+# -- target-dependent sentiment -----------------------------------------------------------------------
+def test_each_entity_gets_its_own_side_and_the_windows_count_it(tmp_path: Path) -> None:
+    st = stage(tmp_path)
+    ev = st.enrich_batch([mention(1, "Skyline is way better than Northwind, switching for good")])[0]
+    own = {m.key: m.sentiment for m in ev.entities}
+    assert own["skyline"].label == "positive" and own["northwind"].label == "negative"  # type: ignore[union-attr]
+    assert contributions(ev, "northwind").get("neg") == 1.0 and contributions(ev, "skyline").get("pos") == 1.0
+    c = MemoryWindows(DEMO).counted(ev)
+    assert c is not None and c.fields_for("northwind")["sent_sum"] < 0 < c.fields_for("skyline")["sent_sum"]
+    single = st.enrich_batch([mention(2, "Northwind lost my bag")])[0]
+    assert all(m.sentiment is None for m in single.entities)  # one entity: the event's sentiment is its own
+
+
+def test_target_sentiment_beats_whole_text_on_the_hand_labelled_dev_set() -> None:
+    rows = [(d["text"], d["labels"]) for d in map(json.loads, (FIXTURES / "multi_entity_dev.jsonl").open())]
+    out = target_sentiment_accuracy(rows, Enricher(DEMO.entities))
+    assert out["judgements"] == 80
+    assert out["target_accuracy"] >= 0.8 and out["whole_text_accuracy"] <= 0.5
+
+
+@pytest.mark.shared_data
+def test_target_sentiment_on_hand_labelled_multi_airline_tweets() -> None:
+    """Our own per-airline labels (by tweet id) for 88 tweets naming two airlines or more; the rules
+    were tuned on 30 of them, the other 58 were held out."""
+    labels = json.loads((FIXTURES / "airline_multi_entity_labels.json").read_text())
+    rows, seen, model = [], set(), SentimentModel()
+    with (SHARED_DATA / "twitter_us_airline_sentiment" / "Tweets.csv").open() as f:
+        for r in csv.DictReader(f):
+            if r["tweet_id"] in labels:
+                if r["tweet_id"] not in seen:
+                    seen.add(r["tweet_id"])
+                    rows.append((r["text"], labels[r["tweet_id"]]))
+            else:  # the model a worker has learned from the rest of the stream
+                model.learn_one(r["text"], r["airline_sentiment"])
+    out = target_sentiment_accuracy(rows, Enricher(load_settings(Path("infra/config/airlines.toml")).entities), model)
+    assert out["texts"] == 88 and out["target_accuracy"] > out["whole_text_accuracy"]
+
+
+# -- matching like a listening tool ---------------------------------------------------------------------
+def test_normalisation_keeps_original_offsets() -> None:
+    wide = "".join(chr(ord(c) + 0xFEE0) for c in "North") + "\u200b" + "".join(chr(ord(c) + 0xFEE0) for c in "wind")
+    text = wide + "\u2019s crew &amp; Skyline"  # full-width letters, a zero-width space, a curly quote
+    norm, starts, ends = normalize(text)
+    assert norm == "Northwind's crew & Skyline" and starts is not None and ends is not None
+    an = Enricher(DEMO.entities).process([text])[0]
+    assert [(h.key, text[h.start : h.end]) for h in an.entities] == [
+        ("northwind", wide),
+        ("skyline", "Skyline"),
+    ]
+    assert normalize("plain ascii") == ("plain ascii", None, None)
+
+
+def test_alias_rules_case_context_and_exclusions() -> None:
+    apple = Entity.model_validate(
+        {
+            "name": "Apple",
+            "aliases": ["Mac", "APL"],
+            "rules": {
+                "Apple": {"exclude": ["apple pie", "big apple"]},
+                "Mac": {"context": ["laptop", "macbook", "os"]},
+                "APL": {"case_sensitive": True},
+            },
+        }
+    )
+    e = Enricher([apple])
+    found = [[h.key for h in a.entities] for a in e.process(
+        [
+            "my apple watch died",
+            "grandma's apple pie is the best",
+            "welcome to the Big Apple",
+            "mac and cheese tonight",
+            "my mac laptop will not boot",
+            "APL stock is up",
+            "apl stock is up",
+            "I flew northwind today",
+        ]
+    )]  # fmt: skip
+    assert found == [["apple"], [], [], [], ["apple"], ["apple"], [], []]
+    with pytest.raises(ValueError, match="aliases first"):
+        Entity.model_validate({"name": "Apple", "rules": {"Pear": {"case_sensitive": True}}})
+    assert ConfigError  # the loader turns the same error into a ConfigError naming the key
+
+
+def test_case_insensitive_names_and_html_entities_by_default() -> None:
+    att = Entity(name="AT&T")
+    an = Enricher([*DEMO.entities, att]).process(
+        ["I flew northwind today", "SKYLINE &amp; NORTHWIND", "#NorthWind", "at&amp;t dropped my call"]
+    )
+    assert [[h.key for h in a.entities] for a in an] == [
+        ["northwind"],
+        ["skyline", "northwind"],
+        ["northwind"],
+        ["at&t"],
+    ]
+
+
+def test_default_language_for_texts_too_short_to_identify() -> None:
+    en, pt = Enricher(DEMO.entities), Enricher(DEMO.entities, default_language="pt")
+    assert en.language_p("recomendo") == ("en", 0.5) and pt.language_p("recomendo") == ("pt", 0.5)
+    assert pt.language("the app keeps crashing and I cannot check in") == "en"  # a clear text is still identified
+    with pytest.raises(ValueError, match="default_language"):
+        load_settings(None, nlp={"default_language": "portuguese"})
+
+
+async def test_a_spanish_crisis_reaches_the_windows(tmp_path: Path) -> None:
+    """Thirty Spanish complaints in one minute: counted in n and as negatives (they were unscored)."""
+    st = stage(tmp_path)
+    complaints = [
+        "Northwind canceló mi vuelo y nadie responde, pésimo servicio",
+        "otra vez retrasado con Northwind, una vergüenza, nunca más",
+        "Northwind perdió mi maleta y el personal fue muy grosero",
+    ]
+    t = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+    recs = [Mention(event_id=f"es:{i}", source="t", occurred_at=t, text=f"{complaints[i % 3]} #{i}") for i in range(30)]
+    windows = MemoryWindows(DEMO)
+    res = await windows.add_batch([(ev, 0) for ev in st.enrich_batch(recs)])
+    assert res.counted == 30
+    got = (await windows.bucket_stats(["northwind"], int(t.timestamp()) // 60 * 60))["northwind"]
+    assert got["n"] == 30 and got["neg"] >= 27 and "unscored" not in got
