@@ -138,10 +138,15 @@ def worker(
         settings.kafka.partitions,
         settings.kafka.replication,
     )
+    try:
+        raw_partitions = partition_count(settings.kafka.bootstrap, settings.topic("raw"))
+    except RuntimeError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]: check the broker's logs; repmon creates its topics at start")
+        raise typer.Exit(1) from None
     w = settings.worker
     worker = build_worker(
         settings,
-        raw_partitions=partition_count(settings.kafka.bootstrap, settings.topic("raw")),
+        raw_partitions=raw_partitions,
         web_port=web_port,
         metrics_port=metrics_port if metrics_port is not None else w.metrics_port,
         metrics_addr=metrics_addr or w.metrics_addr,
@@ -337,9 +342,6 @@ def backtest(
     holdout: Annotated[
         list[str], typer.Option("--holdout", help="Entities whose key contains this: the held-out group.")
     ] = [],  # noqa: B006
-    sparse: Annotated[
-        bool, typer.Option("--sparse", help="In memory, empty buckets skipped (implied by --labels): years in seconds.")
-    ] = False,
 ) -> None:
     """Replay recorded events through the same pipeline logic in event time; report the alerts."""
     from rich.table import Table
@@ -349,7 +351,7 @@ def backtest(
     settings = _settings(config)
     _logging("warning")
     label_data = json.loads(labels.read_text()) if labels else None
-    report = run_backtest(settings, files, mapping, limit=limit, labels=label_data, holdout=holdout, sparse=sparse)
+    report = run_backtest(settings, files, mapping, limit=limit, labels=label_data, holdout=holdout)
     if json_out:
         typer.echo(json.dumps(report, default=str))
         return

@@ -310,7 +310,8 @@ class Runtime:
         except ValidationError as exc:
             await self.dead_letter("dispatch", validation_reason(exc), type(exc).__name__, msg)
             return
-        for d in await self.retrying("redis", lambda: self.dispatcher.dispatch(inc)):
+        # the dispatcher rides out a Redis outage itself (it keeps the incident and queues it later)
+        for d in await self.dispatcher.dispatch(inc):
             self.metrics.notifications.labels(d.route, d.status).inc()
             logger.info("alert %s seq %s -> %s: %s", d.incident_id, d.seq, d.route, d.status)
 

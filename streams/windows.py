@@ -27,6 +27,7 @@ bucket be judged while it still holds events for it (replay gives the same windo
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import re
@@ -321,6 +322,12 @@ class Windows(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    async def next_counted(self, t: int, last: int) -> int | None:
+        """The first bucket start in ``[t, last]`` that may hold counts; None when none does.
+
+        Windows that cannot tell cheaply answer ``t`` (every bucket is judged, as live does)."""
+        return t if t <= last else None
+
     # -- time -------------------------------------------------------------------------------
     @abstractmethod
     async def _idle_reports(self) -> dict[str, float]:
@@ -573,6 +580,8 @@ class MemoryWindows(Windows):
         super().__init__(settings, partitions=partitions, clock=clock)
         self.idle: dict[str, float] = {}
         self.seen: set[tuple[str, str]] = set()
+        self.starts: list[int] = []  # sorted bucket starts with counts, for next_counted
+        self._started: set[int] = set()
         self.buckets: dict[tuple[str, int], dict[str, float]] = {}
         self.hours: dict[tuple[str, int], dict[str, float]] = {}
         self.tops: dict[tuple[str, int], dict[str, float]] = {}
@@ -599,6 +608,9 @@ class MemoryWindows(Windows):
                     self.seen.add((key, c.event_id))
                     res.counted += 1
                     self.counts["counted"] += 1
+                    if t not in self._started:
+                        self._started.add(t)
+                        bisect.insort(self.starts, t)
                     for row in (
                         self.buckets.setdefault((key, t), {}),
                         self.hours.setdefault((key, bucket_of(c.ts, 3600)), {}),
@@ -620,6 +632,10 @@ class MemoryWindows(Windows):
                 self.wmt[p] = now
                 self.first = c.ts if self.first is None else min(self.first, c.ts)
         return res
+
+    async def next_counted(self, t: int, last: int) -> int | None:
+        i = bisect.bisect_left(self.starts, t)
+        return self.starts[i] if i < len(self.starts) and self.starts[i] <= last else None
 
     async def _partitions(self) -> tuple[dict[str, float], dict[str, float]]:
         return dict(self.wm), dict(self.wmt)

@@ -9,13 +9,10 @@ is the event time of the stream, so the result is what live would have done with
 settings: alerts per week, per entity, and how long after each incident's onset (the event time of
 its first firing bucket) the first alert went out.
 
-``labels`` (from :mod:`tools.label_reviews`) switches to the *sparse* path, made for years of
-review streams: the same enrichment, counters (:func:`streams.windows.contributions`), detector
-(:class:`models.detect.EntityDetector`) and incident threads (:func:`alerts.incidents.step`), in
-memory and bucket by bucket, but only the buckets with events are judged: a run of empty buckets
-is accounted for at once (:meth:`EntityDetector.idle`, and as that many quiet buckets for the
-thread), so nine years of minute buckets take seconds. No early firing and no River watches
-there (they only add info signals). It then reports, against the labels:
+Buckets no entity has events in are not read one by one: the engine accounts for a run of them
+at once (:meth:`EntityDetector.idle`, and as quiet buckets for open threads), so nine years of
+minute buckets of a sparse review stream take seconds. With ``labels`` (from
+:mod:`tools.label_reviews`) it also reports:
 
 - **rating drops** caught or missed: caught when an incident of the product with a signal other
   than volume opens between 3 days before the labelled week and 14 days after its start;
@@ -42,8 +39,8 @@ from connectors.replay import Replayer, load_mapping
 from contract.records import Incident, Signal, parse_raw
 from infra.settings import Settings
 from streams.compose import build
-from streams.enrich import EnrichStage, RawRecord
-from streams.windows import bucket_dt
+from streams.enrich import RawRecord
+from streams.windows import MemoryWindows
 
 __all__ = ["backtest", "score_labels"]
 
@@ -62,6 +59,7 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dic
         incidents.append((i, wm_holder["wm"]))
 
     engine, store, stage = c.detection, c.windows, c.stage
+    judged: list[int] = []
     engine.emit_signal, engine.emit_incident = on_signal, on_incident
     t0 = time.monotonic()
     try:
@@ -70,11 +68,22 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dic
             enriched = await asyncio.to_thread(stage.enrich_batch, chunk)
             await store.add_batch([(e, 0) for e in enriched])
             wm_holder["wm"] = (await store.watermark()) or 0.0
-            while await engine.tick() > 0:
-                pass
+            while (n := await engine.tick()) > 0:
+                judged.append(n)
+        report = _report(settings, recs, signals, incidents, time.monotonic() - t0)
+        report["buckets_judged"] = sum(judged)
+        windows = c.windows
+        assert isinstance(windows, MemoryWindows)
+        spans: dict[str, list[int]] = defaultdict(list)
+        for key, t in windows.buckets:
+            spans[key].append(t)
+        B = settings.windows.bucket_seconds
+        report["buckets_with_events"] = len(windows.starts)
+        report["buckets_skipped"] = engine.skipped
+        report["active_days"] = {e: round((max(b) - min(b) + B) / 86400.0, 2) for e, b in spans.items()}
     finally:
         await c.close()
-    return _report(settings, recs, signals, incidents, time.monotonic() - t0)
+    return report
 
 
 def _report(
@@ -126,97 +135,6 @@ def _report(
         "incident_list": sorted(rows, key=lambda r: r["onset"]),
         "seconds": round(seconds, 1),
     }
-
-
-def _run_sparse(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dict[str, Any]:
-    """Enrichment -> counters -> detector -> incident threads in memory, empty buckets skipped."""
-    from alerts.incidents import IncidentState, step
-    from models.detect import EntityDetector
-    from streams.detection import hour_of_week
-    from streams.windows import bucket_of, contributions
-
-    B = settings.windows.bucket_seconds
-    stage = EnrichStage(settings)
-    stage.load_models()
-    t0 = time.monotonic()
-    buckets: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
-    seen: set[str] = set()
-    for i in range(0, len(recs), batch):
-        for ev in stage.enrich_batch(recs[i : i + batch]):
-            if ev.event_id in seen:
-                continue
-            seen.add(ev.event_id)
-            keys = sorted({m.key for m in ev.entities} | ({ev.entity} if ev.entity else set()))
-            t = bucket_of(ev.occurred_at.timestamp(), B)
-            for key in keys:  # each entity counts its own sentiment, as the windows do
-                bucket = buckets[key][t]
-                for name, v in contributions(ev, key, settings.sentiment.rating_labels).items():
-                    bucket[name] += v
-    signals: list[Signal] = []
-    incidents: list[tuple[Incident, float]] = []
-    quiet = settings.detect.resolve_after_quiet_buckets
-    for ent in sorted(buckets):
-        det = EntityDetector(settings.detect, bucket_seconds=B)
-        inc = IncidentState()
-        prev: int | None = None
-        for t in sorted(buckets[ent]):
-            if prev is not None and t - prev > B:
-                gap = (t - prev) // B - 1
-                det.idle(gap)
-                for j in range(min(gap, quiet)):  # the thread sees them as quiet buckets
-                    tr = step(inc, ent, bucket_dt(prev + (j + 1) * B), [], quiet_buckets=quiet)
-                    if tr is not None:
-                        incidents.append((_sparse_incident(ent, tr, [], prev + (j + 1) * B, B), prev + (j + 2) * B))
-            st = dict(buckets[ent][t])
-            verdicts = det.update(st, hour_of_week(t))
-            sigs = [_sparse_signal(ent, t, B, v) for v in verdicts]
-            signals += sigs
-            tr = step(inc, ent, bucket_dt(t), [(v.signal, v.severity) for v in verdicts], quiet_buckets=quiet)
-            if tr is not None:
-                incidents.append((_sparse_incident(ent, tr, sigs, t, B), float(t + B)))
-            prev = t
-    report = _report(settings, recs, signals, incidents, time.monotonic() - t0)
-    report["path"] = "sparse (in memory, empty buckets skipped)"
-    report["active_days"] = {e: round((max(b) - min(b) + B) / 86400.0, 2) for e, b in buckets.items()}
-    return report
-
-
-def _sparse_signal(entity: str, t: int, B: int, v: Any) -> Signal:
-    name = v.signal if v.aspect is None else f"{v.signal}:{v.aspect}"
-    return Signal(
-        signal_id=f"{entity}:{name}:{t}",
-        entity=entity,
-        signal=v.signal,
-        aspect=v.aspect,
-        bucket_start=bucket_dt(t),
-        bucket_seconds=B,
-        value=v.value,
-        baseline=v.baseline,
-        scale=v.scale,
-        z=v.z,
-        support=v.support,
-        severity=v.severity,
-        detector=v.detector,
-    )
-
-
-def _sparse_incident(entity: str, tr: Any, sigs: list[Signal], t: int, B: int) -> Incident:
-    updated = bucket_dt(t + B)
-    what = ", ".join(dict.fromkeys(s.signal for s in sigs)) or "back to normal"
-    return Incident(
-        incident_id=tr.incident_id,
-        entity=entity,
-        status=tr.status,
-        seq=tr.seq,
-        severity=tr.severity,
-        opened_at=datetime.fromisoformat(tr.opened_at),
-        updated_at=updated,
-        resolved_at=updated if tr.status == "resolved" else None,
-        title=f"{tr.status.upper()}: {entity} - {what}",
-        summary="; ".join(f"{s.signal} {s.value:.3g} vs {s.baseline:.3g} (z={s.z:.1f}, n={s.support})" for s in sigs),
-        signals=sigs,
-        evidence={"bucket_seconds": B, "early": False, "path": "sparse"},
-    )
 
 
 def _matches(key: str, label_entity: str) -> bool:
@@ -309,12 +227,9 @@ def backtest(
     batch: int = 64,
     labels: dict[str, Any] | None = None,
     holdout: Sequence[str] = (),
-    sparse: bool = False,
 ) -> dict[str, Any]:
-    """Replay ``files`` through enrichment, windows and detection; return the alert report.
-
-    ``sparse`` (implied by ``labels``): the in-memory path that skips empty buckets (module doc);
-    with ``labels``, the label scores too."""
+    """Replay ``files`` through enrichment, windows and detection; return the alert report, with
+    the label scores (module doc) when ``labels`` are given."""
     sink = ListSink()
     stats = Replayer(load_mapping(mapping), list(files), speed=0.0, limit=limit, progress=False).run(sink)
     recs: list[RawRecord] = []
@@ -325,15 +240,10 @@ def backtest(
         except ValueError:
             invalid += 1
     recs.sort(key=lambda r: r.occurred_at)
-    if labels is not None or sparse:
-        report = _run_sparse(settings, recs, batch)
-        report["entities"] = [e.key for e in settings.entities]
-        if labels is not None:
-            report["labels"] = score_labels(report, labels, holdout)
-        report["invalid_rows"] = invalid
-        report["replay"] = stats.as_dict()
-        return report
     report = asyncio.run(_run(settings, recs, batch))
+    report["entities"] = [e.key for e in settings.entities]
+    if labels is not None:
+        report["labels"] = score_labels(report, labels, holdout)
     report["invalid_rows"] = invalid
     report["replay"] = stats.as_dict()
     return report

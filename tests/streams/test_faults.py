@@ -213,7 +213,7 @@ def test_a_redis_restart_is_waited_out_and_counts_stay_exact(
         server.start()
         assert wait_until(lambda: counted() >= 600 or not worker.alive(), 90), worker.tail()
         assert worker.alive(), worker.tail()
-        assert counted() == 600 and int(r.hget(f"{prefix}:stats", "duplicates") or 0) >= 0
+        assert counted() == 600  # every event once: none lost in the outage, none counted twice after it
     r.close()
 
 
