@@ -32,7 +32,9 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
 - **order per thread**: a route sends the messages of a thread in ``seq`` order, one at a time; the
   next waits until the previous one is delivered or dead. An ``open`` (or ``escalated``,
   ``resolved``) is never dropped, so a thread never starts at ``update`` on a route while its
-  ``open`` is pending.
+  ``open`` is pending; and the first message a route delivers on a thread is rendered as an ``OPEN``
+  (an ``update`` or ``escalated`` after a dead ``open``, or on a route the thread reached only at a
+  higher severity, announces the crisis), so no reader's thread starts mid-way.
 - **one message once**: ``(route, incident_id, seq)`` is marked delivered in Redis
   (``{prefix}:alert:delivered:{route}:{incident_id}:{seq}``, 30 days) only after the channel
   accepted it; a redelivered incident finds the mark (or the pending message): ``duplicate``,
@@ -656,6 +658,11 @@ class Dispatcher:
                 logger.error("alert %s #%s to route %s is dead after %d attempts: %s", iid, seq, name, attempts, error)
                 await self._report(Delivery(name, iid, seq, "dead", attempts, error, incident=incident))
                 return True
+            if incident.status in ("update", "escalated") and "seq" not in await self._hash(self._k_last(name, iid)):
+                # Nothing of this thread reached this route (its OPEN is dead, or the route joined at a
+                # higher severity): the first message it gets announces the crisis as an OPEN, so no
+                # thread ever starts at UPDATE or ESCALATED for its readers.
+                incident = incident.model_copy(update={"status": "open"})
             ok, error = await self._attempt(route, incident, done_key)
             attempts += 1
             now = self.clock()

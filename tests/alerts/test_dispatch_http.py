@@ -558,6 +558,23 @@ async def test_a_message_failing_past_the_horizon_is_a_dead_notification(
         assert len(rx.requests) == 1
 
 
+async def test_after_a_dead_open_the_next_message_of_the_thread_is_sent_as_an_open(make: Make) -> None:
+    with HttpReceiver() as rx:
+        rx.fail(503)
+        d, out = make(fast(route("cx", rx.apprise_url("/cx")), delivery_horizon_seconds=0.5))
+        await d.dispatch(incident("open", 1, "warning"))
+        await out.wait(lambda xs: any(x.status == "dead" and x.seq == 1 for x in xs), 5)
+        rx.recover()
+        assert statuses(await send(d, out, incident("escalated", 2, "critical"))) == {"cx": "delivered"}
+        [got] = rx.requests
+        assert got.title.startswith("[CRITICAL] OPEN: northwind"), got.title
+        # the idempotency key is still the message's own: a receiver dedupes it like any other
+        assert got.idempotency_key == d.idempotency_key("cx", incident().incident_id, 2)
+        # once the route has the thread's opening, later messages keep their own status
+        assert statuses(await send(d, out, incident("update", 3, "critical"))) == {"cx": "delivered"}
+        assert " UPDATE: " in rx.requests[-1].title, rx.requests[-1].title
+
+
 async def test_the_outbox_is_bounded(make: Make) -> None:
     with HttpReceiver() as rx:
         rx.fail(500)
