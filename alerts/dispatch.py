@@ -7,8 +7,9 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
 ``queued``, and its outcome (``delivered``, ``retrying``, ``dead``, ...) is reported later to the
 ``on_delivery`` callback. Rules, per route:
 
-- **routing**: a route takes an incident when its ``min_severity`` is reached (info < warning <
-  critical), its ``entities`` list is empty or names the entity (``brand/product`` also matches a
+- **routing**: a route takes an incident when its ``min_severity`` is reached (warning <
+  critical; an ``info`` thread, volume trending with an unchanged sentiment mix, only when the route
+  sets ``trending`` or ``min_severity = "info"``), its ``entities`` list is empty or names the entity (``brand/product`` also matches a
   route naming ``brand``; case-insensitive) and its ``teams`` list is empty or names
   ``incident.evidence["team"]``. Every route that took a message of a thread is remembered in Redis;
   the ``resolved`` message goes to all of them (and to any route it matches itself). A route that
@@ -409,7 +410,11 @@ class Dispatcher:
     # -- routing --------------------------------------------------------------------------
     def matches(self, route: Route, incident: Incident) -> bool:
         """Whether ``route`` takes ``incident`` by severity, entity and team."""
-        if SEVERITY_RANK.get(incident.severity, 0) < SEVERITY_RANK[route.min_severity]:
+        rank = SEVERITY_RANK.get(incident.severity, 0)
+        if rank == SEVERITY_RANK["info"]:
+            if not route.takes_info:  # info is never a page: only a route that asked for trending takes it
+                return False
+        elif rank < SEVERITY_RANK[route.min_severity]:
             return False
         if route.entities:
             wanted = {e.strip().lower() for e in route.entities}

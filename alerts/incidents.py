@@ -12,8 +12,11 @@ Rules:
   these under its cooldown, so one crisis is one thread, not a flood);
 - open incident + ``quiet_buckets`` consecutive buckets without verdicts -> ``resolved``
   (hysteresis: a single quiet bucket does not close it, a single loud one re-fires the thread);
-- ``info`` verdicts (``trending``: a volume rise with an unchanged sentiment mix, drift,
-  anomaly evidence) never open, update or escalate a thread: a bucket with only those is quiet.
+- ``info`` verdicts (``trending``: a volume rise with an unchanged sentiment mix) never open,
+  update or escalate a thread: a bucket with only those is quiet. A deployment where a route opts in
+  to trending (``alerts.routes[].trending``) calls :func:`step` with ``info_threads=True``: then an
+  info verdict opens an ``info`` thread (delivered only to the routes that opted in), and a later
+  negative signal escalates that same thread to a page.
 """
 
 from __future__ import annotations
@@ -85,9 +88,12 @@ def step(
     fired: list[tuple[str, str]],
     *,
     quiet_buckets: int,
+    info_threads: bool = False,
 ) -> Transition | None:
-    """Advance ``state`` by one closed bucket. ``fired`` is ``[(signal, severity), ...]``."""
-    fired = [(name, sev) for name, sev in fired if SEVERITY_RANK.get(sev, 0) > SEVERITY_RANK["info"]]
+    """Advance ``state`` by one closed bucket. ``fired`` is ``[(signal, severity), ...]``;
+    ``info`` ones count only with ``info_threads``."""
+    floor = -1 if info_threads else SEVERITY_RANK["info"]
+    fired = [(name, sev) for name, sev in fired if SEVERITY_RANK.get(sev, 0) > floor]
     when = bucket_start.isoformat()
     if fired:
         severity = max((s for _, s in fired), key=SEVERITY_RANK.__getitem__)

@@ -299,6 +299,15 @@ class Route(_Section):
     teams: list[str] = Field(default_factory=list, description="Teams; empty = all.")
     sms: bool = Field(default=False, description="Bodies are cut to SMS length (160 chars).")
     rate_per_second: float = Field(default=1.0, gt=0, description="Channel rate limit (Slack: 1/s).")
+    trending: bool = Field(
+        default=False,
+        description="Also take info threads (volume trending with an unchanged sentiment mix); never a page.",
+    )
+
+    @property
+    def takes_info(self) -> bool:
+        """Whether info threads (trending) go to this route: ``trending``, or ``min_severity = "info"``."""
+        return self.trending or self.min_severity == "info"
 
     @field_validator("urls")
     @classmethod

@@ -296,6 +296,7 @@ class DetectionEngine:
             bucket_dt(t),
             [(v.signal, v.severity) for v in verdicts],
             quiet_buckets=self.settings.detect.resolve_after_quiet_buckets,
+            info_threads=any(r.takes_info for r in self.settings.alerts.routes),
         )
         if tr is not None:
             await self.emit_incident(await self._incident(e, t, tr, signals, stats, early, anomaly))

@@ -53,7 +53,9 @@ def settings_for(unique: str, receiver: HttpReceiver, **alerts: object) -> Setti
     )
 
 
-def stream(minutes: int, crisis: range | None, seed: int = 1) -> list[EnrichedEvent]:
+def stream(minutes: int, crisis: range | None, seed: int = 1, *, hot_negative: float = 0.8) -> list[EnrichedEvent]:
+    """Minutes of mentions; in ``crisis`` volume rises fivefold and ``hot_negative`` of it is negative
+    (0.12 keeps the quiet mix: a burst of good news)."""
     rng = random.Random(seed)
     out = []
     for m in range(minutes):
@@ -61,7 +63,7 @@ def stream(minutes: int, crisis: range | None, seed: int = 1) -> list[EnrichedEv
         early = hot and crisis is not None and m < crisis.start + 2  # it starts mild, then escalates
         n = rng.randint(8, 14) * (2 if early else 5 if hot else 1)
         for i in range(n):
-            neg = rng.random() < (0.45 if early else 0.8 if hot else 0.12)
+            neg = rng.random() < (min(0.45, hot_negative) if early else hot_negative if hot else 0.12)
             score = -0.7 if neg else 0.4
             out.append(
                 EnrichedEvent(
@@ -179,6 +181,30 @@ async def test_failing_channel_gets_each_message_once(r: aredis.Redis, unique: s
         assert len(rx.attempts) == 6  # three failures were retried
         stats = await h.dispatcher.stats()
         assert stats.get("retrying") == 3 and "dead" not in stats
+
+
+async def test_a_burst_of_good_news_pages_nobody_and_reaches_only_a_trending_route(
+    r: aredis.Redis, unique: str
+) -> None:
+    burst = stream(150, crisis=range(100, 112), hot_negative=0.12)
+    with HttpReceiver() as rx:
+        h = Harness(settings_for(unique, rx), r)
+        await h.feed(burst)
+        assert any(s.signal == "trending" and s.severity == "info" for s in h.signals)
+        assert h.incidents == [] and rx.requests == []
+    await h.dispatcher.aclose()
+    await r.delete(*[k async for k in r.scan_iter(f"al{unique}:*")])  # the same stream again, from scratch
+    with HttpReceiver() as rx:
+        routes = [
+            {"name": "cx", "urls": [rx.apprise_url("/cx")], "rate_per_second": 20},
+            {"name": "trend", "urls": [rx.apprise_url("/trend")], "trending": True, "rate_per_second": 20},
+        ]
+        h = Harness(settings_for(unique, rx, routes=routes), r)
+        await h.feed(burst)
+        assert h.incidents and {i.severity for i in h.incidents} == {"info"}
+        assert h.incidents[0].status == "open" and h.incidents[-1].status == "resolved"
+        got = await asyncio.to_thread(rx.wait_for, lambda rs: any("RESOLVED" in x.title for x in rs), 10)
+        assert {x.path for x in got} == {"/trend"}  # the warning and critical routes got nothing
 
 
 async def test_held_update_is_flushed_after_cooldown_and_rate_limit_holds(r: aredis.Redis, unique: str) -> None:

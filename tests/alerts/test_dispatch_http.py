@@ -575,6 +575,24 @@ async def test_after_a_dead_open_the_next_message_of_the_thread_is_sent_as_an_op
         assert " UPDATE: " in rx.requests[-1].title, rx.requests[-1].title
 
 
+async def test_an_info_thread_reaches_only_the_routes_that_asked_for_trending(make: Make) -> None:
+    with HttpReceiver() as rx:
+        routes = [
+            route("pager", rx.apprise_url("/pager"), min_severity="info"),  # min_severity info opts in too
+            route("trend", rx.apprise_url("/trend"), trending=True),
+            route("oncall", rx.apprise_url("/oncall")),
+        ]
+        d, out = make(fast(*routes))
+        got = statuses(await send(d, out, incident("open", 1, "info")))
+        assert got == {"pager": "delivered", "trend": "delivered", "oncall": "filtered"}
+        # the thread turns negative: the route that took no info gets its first message as an OPEN
+        got = statuses(await send(d, out, incident("escalated", 2, "warning")))
+        assert got == {"pager": "delivered", "trend": "delivered", "oncall": "delivered"}
+        [first] = [x for x in rx.requests if x.path == "/oncall"]
+        assert first.title.startswith("[WARNING] OPEN: northwind"), first.title
+        assert {x.path for x in rx.requests if "ESCALATED" in x.title} == {"/pager", "/trend"}
+
+
 async def test_the_outbox_is_bounded(make: Make) -> None:
     with HttpReceiver() as rx:
         rx.fail(500)

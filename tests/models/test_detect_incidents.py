@@ -81,6 +81,20 @@ def test_incident_thread_open_update_escalate_resolve() -> None:
     assert step(IncidentState(), "acme", b[1], [("volume", "warning")], quiet_buckets=3).incident_id == o.incident_id
 
 
+def test_info_opens_a_thread_only_when_a_route_opted_in_to_trending() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    b = [t0 + timedelta(minutes=i) for i in range(10)]
+    # default: trending is evidence, never a thread
+    st = IncidentState()
+    assert step(st, "acme", b[0], [("trending", "info")], quiet_buckets=3) is None and not st.is_open
+    # opted in: an info thread, which a later negative signal escalates in place (one thread)
+    st = IncidentState()
+    o = step(st, "acme", b[0], [("trending", "info")], quiet_buckets=3, info_threads=True)
+    assert o and (o.status, o.severity) == ("open", "info")
+    e = step(st, "acme", b[1], [("negative_volume", "warning")], quiet_buckets=3, info_threads=True)
+    assert e and (e.status, e.severity, e.incident_id) == ("escalated", "warning", o.incident_id)
+
+
 def _warm(det: EntityDetector, make: object, buckets: int = 200) -> None:
     for i in range(buckets):
         det.update(make(i), hour_of_week=i % 168)  # type: ignore[operator]
