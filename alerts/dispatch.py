@@ -9,11 +9,12 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
 
 - **routing**: a route takes an incident when its ``min_severity`` is reached (warning <
   critical; an ``info`` thread, volume trending with an unchanged sentiment mix, only when the route
-  sets ``trending`` or ``min_severity = "info"``), its ``entities`` list is empty or names the entity (``brand/product`` also matches a
-  route naming ``brand``; case-insensitive) and its ``teams`` list is empty or names
-  ``incident.evidence["team"]``. Every route that took a message of a thread is remembered in Redis;
-  the ``resolved`` message goes to all of them (and to any route it matches itself). A route that
-  does not take the incident gets a ``filtered`` :class:`Delivery`.
+  sets ``trending`` or ``min_severity = "info"``), its ``entities`` list is empty or names the
+  entity (``brand/product`` also matches a route naming ``brand``; case-insensitive) and its
+  ``teams`` list is empty or names ``incident.evidence["team"]``. Every route that took a message
+  of a thread is remembered in Redis; the ``resolved`` message goes to all of them (and to any
+  route it matches itself). A route that does not take the incident gets a ``filtered``
+  :class:`Delivery`.
 - **nothing lost**: a taken message is queued in Redis (``{prefix}:alert:outbox:{route}:{incident}``,
   a hash of pending messages by ``seq``; ``{prefix}:alert:outbox:{route}``, a sorted set of the
   threads with pending messages scored by when their next attempt is due). A failed attempt (Apprise
@@ -55,6 +56,11 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
   passed. A message of the thread with a higher ``seq`` that is queued or goes out first makes the
   held one moot: it is dropped. An ``update`` older than what the route already got or has pending
   is ``filtered`` (superseded). One crisis is one thread of a few messages, not a flood.
+- **page budget**: a route with ``max_pages`` takes at most that many new threads per
+  ``max_pages_window_seconds`` (24 h); a thread beyond it is ``folded``: its messages (the newest one
+  per thread) wait in ``{prefix}:alert:digest:{route}`` and go out as one digest message,
+  ``digest_seconds`` after the first fold (the ``flush_due`` timer sends it). A thread that began
+  within budget keeps its own messages.
 - **rate limit**: at most ``rate_per_second`` requests per second per route (Slack webhooks allow
   about one), spaced in-process and awaited with ``asyncio.sleep``; retries count too.
 - **never block the loop**: Apprise is called with ``async_notify``, which runs each plugin's
@@ -92,11 +98,19 @@ import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from alerts.incidents import SEVERITY_RANK
-from alerts.render import Message, render
+from alerts.render import Message, render, thread_ref
 from contract.records import Incident
 from infra.settings import AlertSettings, Route
 
-__all__ = ["DELIVERED_TTL_SECONDS", "IDEMPOTENCY_HEADER", "Delivery", "DeliveryStatus", "Dispatcher", "backoff"]
+__all__ = [
+    "DELIVERED_TTL_SECONDS",
+    "IDEMPOTENCY_HEADER",
+    "Delivery",
+    "DeliveryStatus",
+    "Dispatcher",
+    "backoff",
+    "digest",
+]
 
 logger = logging.getLogger(__name__)
 console_logger = logging.getLogger("repmon.alerts")
@@ -108,8 +122,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 BACKLOG_MAX = 10_000
 """Incidents kept in memory while Redis does not answer ``dispatch``."""
 
-DeliveryStatus = Literal["queued", "delivered", "duplicate", "filtered", "cooldown", "retrying", "dead"]
-COUNTED: frozenset[str] = frozenset({"delivered", "retrying", "dead", "duplicate", "cooldown"})
+DeliveryStatus = Literal["queued", "delivered", "duplicate", "filtered", "cooldown", "folded", "retrying", "dead"]
+COUNTED: frozenset[str] = frozenset({"delivered", "retrying", "dead", "duplicate", "cooldown", "folded"})
 
 OnDelivery = Callable[["Delivery"], Awaitable[None] | None]
 
@@ -245,6 +259,31 @@ return 1
 """
 
 
+# KEYS: folded set, pages zset, digest hash, digest index, last hash.
+# ARGV: incident id, status, now, window s, max pages, incident json, due, route, ttl s, seq.
+# The page budget of one route: 0 = send as usual; 1 = folded into the route's next digest.
+_FOLD = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  if ARGV[2] == 'resolved' or redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[4]))
+  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+  if redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[5]) then
+    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+    redis.call('EXPIRE', KEYS[2], ARGV[9])
+    return 0
+  end
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[9])
+end
+local cur = redis.call('HGET', KEYS[3], ARGV[1])
+if cur and tonumber(cjson.decode(cur)['seq']) >= tonumber(ARGV[10]) then return 1 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[9])
+redis.call('ZADD', KEYS[4], 'NX', ARGV[7], ARGV[8])
+return 1
+"""
+
+
 class _RateLimiter:
     """Spaces requests on one route ``1 / per_second`` apart (a token bucket holding one token).
 
@@ -352,6 +391,10 @@ class Dispatcher:
     @property
     def _k_held_index(self) -> str:
         return f"{self.p}:held"
+
+    @property
+    def _k_digest_index(self) -> str:
+        return f"{self.p}:digests"
 
     def idempotency_key(self, route: str, incident_id: str, seq: int) -> str:
         """The ``Idempotency-Key`` of a message: the same on every attempt, by any worker."""
@@ -488,6 +531,7 @@ class Dispatcher:
         out: list[Delivery] = []
         try:
             await self._flush_due(out)
+            await self._flush_digests(out)
         except (RedisError, OSError) as exc:
             logger.error("held alerts not flushed (will try again): %s: %s", type(exc).__name__, exc)
         await self._count_quietly(out)
@@ -517,6 +561,27 @@ class Dispatcher:
                 continue
             out.append(await self._admit(route, incident, flushing=True))
 
+    async def _flush_digests(self, out: list[Delivery]) -> None:
+        """Queue each route's digest of folded threads once its ``digest_seconds`` have passed."""
+        members = cast(list[bytes | str], await self.r.zrangebyscore(self._k_digest_index, "-inf", self.clock()))
+        for member in members:
+            if not await self.r.zrem(self._k_digest_index, member):
+                continue  # another worker took it
+            route = self.routes.get(_s(member))
+            key = f"{self.p}:digest:{_s(member)}"
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.hgetall(key)
+                pipe.delete(key)
+                raw, _ = await pipe.execute()
+            folded = []
+            for v in cast(dict[Any, Any], raw).values():
+                try:
+                    folded.append(Incident.model_validate_json(v))
+                except ValueError as exc:  # written by an older, incompatible version
+                    logger.error("folded alert on route %s is unreadable and dropped: %s", _s(member), exc)
+            if route is not None and folded:
+                out.append(await self._admit(route, digest(route, folded), flushing=True, budgeted=False))
+
     async def stats(self) -> dict[str, int]:
         """The ``{prefix}:alert:stats`` counters."""
         return {k: int(v) for k, v in (await self._hash(f"{self.p}:stats")).items()}
@@ -537,9 +602,13 @@ class Dispatcher:
         return {_s(k): _s(v) for k, v in raw.items()}
 
     # -- into the outbox ------------------------------------------------------------------
-    async def _admit(self, route: Route, incident: Incident, *, flushing: bool = False) -> Delivery:
+    async def _admit(
+        self, route: Route, incident: Incident, *, flushing: bool = False, budgeted: bool = True
+    ) -> Delivery:
         name, iid, seq = route.name, incident.incident_id, incident.seq
         rank = SEVERITY_RANK.get(incident.severity, 0)
+        if budgeted and route.max_pages is not None and await self._fold(route, incident):
+            return Delivery(name, iid, seq, "folded")
         if incident.status == "update" and not flushing:
             last = await self._hash(self._k_last(name, iid))
             if "seq" in last and int(last["seq"]) >= seq:
@@ -582,6 +651,22 @@ class Dispatcher:
             await self._report(Delivery(name, iid, int(dropped), "filtered", error=f"superseded by #{seq}"))
         self._wake_route(name)
         return Delivery(name, iid, seq, "queued")
+
+    async def _fold(self, route: Route, incident: Incident) -> bool:
+        """Whether the route's page budget folds this message into its next digest."""
+        name, iid = route.name, incident.incident_id
+        keys = [
+            f"{self.p}:folded:{name}",
+            f"{self.p}:pages:{name}",
+            f"{self.p}:digest:{name}",
+            self._k_digest_index,
+            self._k_last(name, iid),
+        ]
+        now = self.clock()
+        ttl = int(route.max_pages_window_seconds + self.settings.delivery_horizon_seconds + 86400)
+        args = [iid, incident.status, now, route.max_pages_window_seconds, route.max_pages]
+        args += [incident.model_dump_json(), now + route.digest_seconds, name, ttl, incident.seq]
+        return bool(await self.eval(_FOLD, keys, args))
 
     async def _hold(self, route: Route, incident: Incident, due: float) -> None:
         keys = [self._k_held(route.name, incident.incident_id), self._k_held_index]
@@ -816,3 +901,26 @@ def _member(route: str, iid: str) -> str:
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def digest(route: Route, folded: list[Incident]) -> Incident:
+    """One message for the threads a route's page budget folded: each thread's latest state.
+
+    Its id comes from what it carries, so a digest queued twice (a worker that crashed between
+    taking and queuing it) is a duplicate, not a second message.
+    """
+    folded = sorted(folded, key=lambda i: (-SEVERITY_RANK.get(i.severity, 0), i.opened_at, i.incident_id))
+    ref = "|".join(f"{i.incident_id}#{i.seq}" for i in folded)
+    window = f"{route.max_pages} per {route.max_pages_window_seconds / 3600:g} h"
+    return Incident(
+        incident_id=f"digest-{route.name}-{hashlib.sha256(ref.encode()).hexdigest()[:12]}",
+        entity=", ".join(dict.fromkeys(i.entity for i in folded)),
+        status="open",
+        seq=1,
+        severity=cast(Any, max((i.severity for i in folded), key=lambda v: SEVERITY_RANK.get(v, 0))),
+        opened_at=min(i.opened_at for i in folded),
+        updated_at=max(i.updated_at for i in folded),
+        title=f"{len(folded)} more incident thread{'s' if len(folded) != 1 else ''} (page budget {window} reached)",
+        summary="\n".join(f"{i.entity}: {i.status} {i.severity} - {i.title} ({thread_ref(i)})" for i in folded),
+        evidence={"digest": {"route": route.name, "threads": [[i.incident_id, i.seq] for i in folded]}},
+    )

@@ -303,6 +303,15 @@ class Route(_Section):
         default=False,
         description="Also take info threads (volume trending with an unchanged sentiment mix); never a page.",
     )
+    max_pages: int | None = Field(
+        default=None,
+        ge=1,
+        description="Page budget: new threads per max_pages_window_seconds; the rest fold into a digest.",
+    )
+    max_pages_window_seconds: float = Field(default=86400.0, gt=0, description="The page budget's rolling window.")
+    digest_seconds: float = Field(
+        default=3600.0, gt=0, description="Over budget: folded threads go out as one digest this long after the first."
+    )
 
     @property
     def takes_info(self) -> bool:

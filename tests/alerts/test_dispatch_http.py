@@ -593,6 +593,38 @@ async def test_an_info_thread_reaches_only_the_routes_that_asked_for_trending(ma
         assert {x.path for x in rx.requests if "ESCALATED" in x.title} == {"/pager", "/trend"}
 
 
+async def test_a_page_budget_folds_the_excess_threads_into_one_digest(make: Make) -> None:
+    with HttpReceiver() as rx:
+        d, out = make(fast(route("cx", rx.apprise_url("/cx"), max_pages=2, digest_seconds=0.3)))
+        ids = [f"inc-brand{i}-20261102T0920-0000000{i}" for i in range(4)]
+        got = [statuses(await send(d, out, incident("open", 1, iid=i, entity=f"brand{n}"))) for n, i in enumerate(ids)]
+        assert got == [{"cx": "delivered"}] * 2 + [{"cx": "folded"}] * 2
+        # a thread within budget keeps its own messages; a folded one stays folded (its newest kept)
+        assert statuses(await send(d, out, incident("escalated", 2, "critical", iid=ids[0]))) == {"cx": "delivered"}
+        assert statuses(await d.dispatch(incident("escalated", 2, "critical", iid=ids[2], entity="brand2"))) == {
+            "cx": "folded"
+        }
+        assert len(rx.requests) == 3
+
+        async def digest_sent() -> list[Received]:
+            while True:
+                await d.flush_due()
+                if len(rx.requests) == 4:
+                    return rx.requests
+                await asyncio.sleep(0.05)
+
+        msgs = await asyncio.wait_for(digest_sent(), 10)
+        digest = msgs[-1]
+        assert digest.title.startswith("[CRITICAL] OPEN:") and "2 more incident threads" in digest.title
+        assert "page budget 2 per 24 h" in digest.title
+        assert f"brand2: escalated critical - brand2 - negative share ({ids[2]} #2)" in digest.message
+        assert f"brand3: open warning - brand3 - negative share ({ids[3]} #1)" in digest.message
+        assert (await d.stats())["folded"] == 3
+        # nothing more is queued: a flush later sends no second digest
+        await d.flush_due()
+        assert len(rx.requests) == 4 and await d.pending() == {"cx": 0}
+
+
 async def test_the_outbox_is_bounded(make: Make) -> None:
     with HttpReceiver() as rx:
         rx.fail(500)
