@@ -454,16 +454,30 @@ _QUOTES = str.maketrans(
 )  # fmt: skip
 
 
+# spaCy's tokenizer splits prefixes and suffixes off a token one at a time, rescanning the rest:
+# a token of thousands of quotes or brackets takes seconds, of 100k characters hours (one message
+# would stall the worker). Runs of one character are cut to RUN_MAX ("soooooo" keeps its emphasis)
+# and a space is put into any run of WORD_MAX characters without one.
+RUN_MAX = 8
+WORD_MAX = 64
+_PATHOLOGICAL = re.compile(rf"(.)\1{{{RUN_MAX},}}|\S{{{WORD_MAX + 1},}}", re.S)
+
+
 def normalize(text: str) -> tuple[str, list[int] | None, list[int] | None]:
     """Matching form of ``text`` and, per character of it, the start and end offset in ``text``.
 
-    HTML entities decoded, NFKC, zero-width characters dropped, curly quotes straightened. Plain
-    ASCII without ``&`` is returned as is with ``None`` maps (the common case costs nothing).
+    HTML entities decoded, NFKC, zero-width characters dropped, curly quotes straightened, runs
+    of one character cut to ``RUN_MAX`` and runs without a space broken every ``WORD_MAX``
+    characters. Plain ASCII without ``&`` or such runs is returned as is with ``None`` maps (the
+    common case costs nothing).
 
     >>> normalize("\uff2e\uff4f\uff52\uff54\uff48\uff57\uff49\uff4e\uff44\u2019s &amp; co")[0]
     "Northwind's & co"
+    >>> normalize('so baaaaaaaaaaaad !!!!!!!!!!!!!!')[0]
+    'so baaaaaaaad !!!!!!!!'
     """
-    if text.isascii() and "&" not in text:
+    long_runs = _PATHOLOGICAL.search(text) is not None
+    if text.isascii() and "&" not in text and not long_runs:
         return text, None, None
     out: list[str] = []
     starts: list[int] = []
@@ -486,7 +500,37 @@ def normalize(text: str) -> tuple[str, list[int] | None, list[int] | None]:
         if m:
             emit(unicodedata.normalize("NFKC", html.unescape(m.group())).translate(_QUOTES), m.start(), m.end())
             pos = m.end()
+    if long_runs:
+        return _tame_runs(out, starts, ends)
     return "".join(out), starts, ends
+
+
+def _tame_runs(chars: list[str], starts: list[int], ends: list[int]) -> tuple[str, list[int], list[int]]:
+    """Cut runs of one character to ``RUN_MAX``; break spaceless runs every ``WORD_MAX`` characters
+    with a space that maps to an empty span of the original."""
+    out: list[str] = []
+    s2: list[int] = []
+    e2: list[int] = []
+    same = word = 0
+    prev = ""
+    for ch, a, b in zip(chars, starts, ends, strict=True):
+        same = same + 1 if ch == prev else 1
+        prev = ch
+        if same > RUN_MAX:
+            continue
+        if ch.isspace():
+            word = 0
+        else:
+            word += 1
+            if word > WORD_MAX:
+                out.append(" ")
+                s2.append(a)
+                e2.append(a)
+                word = 1
+        out.append(ch)
+        s2.append(a)
+        e2.append(b)
+    return "".join(out), s2, e2
 
 
 def _to_original(a: int, b: int, starts: list[int] | None, ends: list[int] | None) -> tuple[int, int]:

@@ -17,7 +17,10 @@ from collections.abc import Collection
 
 __all__ = ["luhn_ok", "pseudonymize", "redact", "redact_payload", "redact_url"]
 
-EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# Every pattern starts where a run of its characters starts (a lookbehind) and bounds its
+# repeats: on a megabyte of word characters an unanchored ``[\w.-]*name[\w.-]*`` backtracks from
+# every position (quadratic: minutes for 64 KiB), and one such message would stall a worker.
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}")
 URL_QUERY = re.compile(r"\b(https?://[^\s?#]+)\?[^\s#]+")
 CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 PHONE = re.compile(
@@ -29,7 +32,8 @@ HANDLE = re.compile(r"(?<![\w@])@(\w{1,30})")
 # a JSON member or key=value pair whose name says it holds a credential or a session
 SECRET_FIELD = re.compile(
     r"""(?ix)
-    ( ["']?[\w.-]*(?:token|secret|passw(?:or)?d|session|api[_-]?key|auth(?:orization)?|cookie|credential)[\w.-]*["']?
+    ( (?<![\w.-]) ["']?[\w.-]{0,40}?
+      (?:token|secret|passw(?:or)?d|session|api[_-]?key|auth(?:orization)?|cookie|credential)[\w.-]{0,40}["']?
       \s*[:=]\s*["']? )
     [^"'\s,&}]+
     """

@@ -53,6 +53,31 @@ _NUM = re.compile(r"\d+")
 _TOKEN = re.compile(r"[^\W\d_](?:[^\W\d_]|['\u2019][^\W\d_])*|[!?]|[\U0001F300-\U0001FAFF\u2600-\u27BF]")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 
+VADER_PIECE = 1000
+"""Longest text VADER scores in one piece (see ``_vader_compound``)."""
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of at most ``size`` characters, at the last space before the limit.
+
+    >>> _pieces("aa bb cc dd", 5)
+    ['aa bb', 'cc dd']
+    """
+    out = []
+    i = 0
+    while i < len(text):
+        while i < len(text) and text[i].isspace():
+            i += 1
+        j = min(len(text), i + size)
+        if j < len(text):
+            k = text.rfind(" ", i + 1, j + 1)
+            j = k if k > i else j
+        piece = text[i:j].strip()
+        if piece:
+            out.append(piece)
+        i = j
+    return out
+
 
 @dataclass(frozen=True, slots=True)
 class SentimentResult:
@@ -328,13 +353,25 @@ class SentimentModel:
             if len(self._compounds) >= 4096:
                 self._compounds.clear()
             if lang == "en":
-                c = float(self._vader.polarity_scores(text)["compound"])
+                c = self._vader_compound(text)
             elif lang in self._seed:
                 c = self._seed[lang].compound(text)
             else:
                 c = 0.0
             self._compounds[key] = c
         return c
+
+    def _vader_compound(self, text: str) -> float:
+        """VADER's compound; a long text as the length-weighted mean over pieces of at most
+        ``VADER_PIECE`` characters, because VADER's negation and idiom checks rescan the whole word
+        list for every word (quadratic: 15 s for a 50 KB text, in the worker's NLP thread)."""
+        if len(text) <= VADER_PIECE:
+            return float(self._vader.polarity_scores(text)["compound"])
+        total = weight = 0.0
+        for piece in _pieces(text, VADER_PIECE):
+            total += float(self._vader.polarity_scores(piece)["compound"]) * len(piece)
+            weight += len(piece)
+        return total / weight if weight else 0.0
 
     def proba(self, text: str, compound: float | None = None, lang: str = "en") -> dict[str, float]:
         c = self.compound(text, lang) if compound is None else compound

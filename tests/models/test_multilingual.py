@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import csv
 import json
 from datetime import UTC, datetime
@@ -179,6 +181,36 @@ def test_normalisation_keeps_original_offsets() -> None:
         ("skyline", "Skyline"),
     ]
     assert normalize("plain ascii") == ("plain ascii", None, None)
+
+
+def test_runs_that_stall_a_tokenizer_are_tamed_and_offsets_still_point_into_the_original() -> None:
+    from models.nlp import RUN_MAX, WORD_MAX
+
+    text = '"' * 5000 + " Northwind is down again " + "x" * 3000 + " sooooooooooo bad, ask Skyline"
+    norm, starts, ends = normalize(text)
+    assert starts is not None and ends is not None
+    assert max(len(m.group()) for m in re.finditer(r"(.)\1*", norm)) <= RUN_MAX
+    assert max(len(w) for w in norm.split()) <= WORD_MAX
+    assert "Northwind is down again" in norm and "soooooooo bad" in norm
+    an = Enricher(DEMO.entities).process([text])[0]
+    assert [(h.key, text[h.start : h.end]) for h in an.entities] == [
+        ("northwind", "Northwind"),
+        ("skyline", "Skyline"),
+    ]
+    assert an.entities[0].start == 5001
+
+
+def test_a_long_text_is_scored_piece_by_piece_like_its_pieces() -> None:
+    from models.sentiment import VADER_PIECE, SentimentModel
+
+    m = SentimentModel()
+    bad, good = "The flight was awful and the staff were rude. ", "Lovely crew, great seats! "
+    long_bad, long_good = bad * (3 * VADER_PIECE // len(bad)), good * (3 * VADER_PIECE // len(good))
+    assert len(long_bad) > 2 * VADER_PIECE and len(long_good) > 2 * VADER_PIECE
+    assert m.compound(long_bad) < -0.5 < 0.5 < m.compound(long_good)
+    # half bad, half good: the mean of its pieces, between the two
+    assert m.compound(long_bad) < m.compound(long_bad + long_good) < m.compound(long_good)
+    assert m.compound(long_bad + long_good) == pytest.approx(0.0, abs=0.2)
 
 
 def test_alias_rules_case_context_and_exclusions() -> None:
