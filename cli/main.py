@@ -314,6 +314,14 @@ def bench(
     events: Annotated[int, typer.Option(help="Events through the end-to-end pipeline.")] = 5000,
     alerts: Annotated[bool, typer.Option(help="Also time crisis onset -> first notification, live.")] = False,
     rate: Annotated[int, typer.Option(help="Live events/s for --alerts.")] = 1000,
+    faults: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: two workers on Apache Kafka (REPMON_KAFKA__BOOTSTRAP) under kill -9 every 20 s, "
+            "a receiver down 60 s and a Redis restart, against the same stream without faults."
+        ),
+    ] = False,
+    fault_events: Annotated[int, typer.Option(help="Events for --faults.")] = 200_000,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Benchmarks: end-to-end throughput and latency, and the enrichment functions alone."""
@@ -322,6 +330,14 @@ def bench(
 
     unwind_on_signals()
     settings = _settings(config)
+    if faults:
+        from tools.bench_faults import bench_faults
+
+        report = bench_faults(settings, events=fault_events, console=err)
+        typer.echo(json.dumps(report, indent=None if json_out else 2))
+        if "error" in report:
+            raise typer.Exit(2)
+        return
     result = run_bench(settings, events=events, console=err, config=config)
     if alerts:
         result["alert_latency"] = bench_alert_latency(settings, rate=rate, console=err, config=config)

