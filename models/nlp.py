@@ -38,7 +38,7 @@ from spacy.matcher import PhraseMatcher
 from spacy.util import filter_spans
 
 from infra.settings import AliasRule, Entity
-from models.privacy import redact
+from models.privacy import name_spans, redact
 
 __all__ = [
     "DEFAULT_ASPECTS",
@@ -566,9 +566,11 @@ class Enricher:
         self.entities = list(entities)
         self._kinds = {e.key: e.kind for e in entities}
         self._brand_of = {e.key: e.key.split("/", 1)[0] for e in entities if e.kind == "product"}
-        self._keep_handles = {h.lstrip("@").lower() for e in entities for h in e.handles} | {
+        self._keep_handles = frozenset({h.lstrip("@").lower() for e in entities for h in e.handles}) | {
             re.sub(r"\s+", "", n.lower()) for e in entities for n in [e.name, *e.aliases]
         }
+        # tracked names are not people's names ("Thanks Northwind"), for the fast profile's redaction
+        self._entity_words = frozenset(n.lower() for e in entities for n in [e.name, *e.aliases])
         # one match id per (entity, name): the name's rules (case, context, exclusions) apply to its hits
         self._ent_exact = PhraseMatcher(self.nlp.vocab, attr="ORTH")
         self._ent_lower = PhraseMatcher(self.nlp.vocab, attr="LOWER")
@@ -698,6 +700,8 @@ class Enricher:
                         ner.append(NerHit(ent.label_, text[a:b], a, b))
                         if ent.label_ == "PERSON" and not ent.text.startswith("@"):
                             persons.append((a, b))
+            else:
+                persons = name_spans(text, self._entity_words)
             masked = text
             for a, b in reversed(persons):
                 masked = masked[:a] + "[PERSON]" + masked[b:]

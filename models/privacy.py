@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Collection
 
-__all__ = ["luhn_ok", "pseudonymize", "redact", "redact_payload", "redact_url"]
+__all__ = ["luhn_ok", "name_spans", "pseudonymize", "redact", "redact_payload", "redact_url"]
 
 # Every pattern starts where a run of its characters starts (a lookbehind) and bounds its
 # repeats: on a megabyte of word characters an unanchored ``[\w.-]*name[\w.-]*`` backtracks from
@@ -38,6 +38,57 @@ SECRET_FIELD = re.compile(
     [^"'\s,&}]+
     """
 )
+
+
+# Names a text gives away without a trained NER model (the fast profile): the capitalised words
+# after a greeting, a thanks, a sign-off or "my name is", in en/es/pt/de/fr, and a signature line
+# ("- Maria", "^JK" or "*TJF" agent initials in customer-care replies).
+_UPPER = "A-ZÀ-ÖØ-Þ"
+_NAME = rf"[{_UPPER}][a-zß-öø-ÿ'\u2019-]+(?:[ ][{_UPPER}][a-zß-öø-ÿ'\u2019-]+){{0,2}}"
+_LEAD = (
+    r"hi|hello|hey|dear|thanks|thank\s+you|thx|regards|cheers|sincerely|"
+    r"hola|gracias|saludos|estimad[oa]|olá|ola|oi|obrigad[oa]|prezad[oa]|atenciosamente|"
+    r"hallo|danke|grüße|gruß|liebe[r]?|bonjour|salut|merci|cordialement|"
+    r"my\s+name\s+is|me\s+llamo|mi\s+nombre\s+es|meu\s+nome\s+é|je\s+m['\u2019]appelle|ich\s+heiße|mein\s+name\s+ist"
+)
+NAME_AFTER = re.compile(rf"(?<!\w)(?i:{_LEAD})[ \t]*[,:]?[ \t]+(?P<name>{_NAME})")
+SIGNATURE = re.compile(
+    rf"(?:^|(?<=\s))(?:[-\u2013\u2014~][ \t]*(?P<name>{_NAME})[ \t]*$|[\^*](?P<initials>[A-Z]{{2,3}})\b)", re.M
+)
+NOT_NAMES = frozenset(
+    {
+        *("all", "everyone", "everybody", "team", "there", "guys", "folks", "again", "so", "much", "sir", "madam"),
+        *("customer", "customers", "support", "friend", "friends", "todos", "todas", "equipe", "equipo"),
+        *("amigos", "tout", "monde", "alle", "leute", "mate", "buddy", "man", "dude", "lol", "god"),
+        *("i", "i'm", "i'll", "i've", "i'd", "my", "we", "we're", "we'll", "you", "your", "our", "it", "this"),
+        *("that", "please", "sorry", "yes", "no", "ok", "okay"),
+    }
+)
+
+
+def name_spans(text: str, exclude: Collection[str] = ()) -> list[tuple[int, int]]:
+    """Spans of person names the wording gives away (see ``NAME_AFTER``), except words in
+    ``exclude`` (lower case: tracked brand names, "Thanks Northwind" names no person) and
+    ``NOT_NAMES`` ("Hi All").
+
+    >>> t = "Hi Maria, my flight was cancelled. Thanks Northwind! Regards, João Silva"
+    >>> [t[a:b] for a, b in name_spans(t, {"northwind"})]
+    ['Maria', 'João Silva']
+    >>> t = "We'll DM you the details ^JK"
+    >>> [t[a:b] for a, b in name_spans(t)]
+    ['JK']
+    """
+    out: list[tuple[int, int]] = []
+    for m in [*NAME_AFTER.finditer(text), *SIGNATURE.finditer(text)]:
+        group = "initials" if m.groupdict().get("initials") else "name"
+        a, b = m.span(group)
+        words = text[a:b].split()
+        while words and (words[-1].lower() in NOT_NAMES or words[-1].lower() in exclude):
+            b = a + text[a:b].rfind(words.pop())  # "Thanks John Team" keeps John
+            b = a + len(text[a:b].rstrip())
+        if words and words[0].lower() not in NOT_NAMES and text[a:b].lower() not in exclude:
+            out.append((a, b))
+    return sorted(set(out))
 
 
 def luhn_ok(digits: str) -> bool:
@@ -85,7 +136,9 @@ def redact(text: str, keep_handles: Collection[str] = ()) -> tuple[str, Counter[
 
     out = CARD.sub(card, out)
     out = sub(PHONE, "[PHONE]", "phone", out)
-    keep = {h.lower().lstrip("@") for h in keep_handles}
+    # a frozenset is taken as already normalised: the enricher builds it once for all its texts
+    # (rebuilding it per text cost 69 % of enrichment at 10,000 tracked entities)
+    keep = keep_handles if isinstance(keep_handles, frozenset) else {h.lower().lstrip("@") for h in keep_handles}
 
     def handle(m: re.Match[str]) -> str:
         if m.group(1).lower() in keep:

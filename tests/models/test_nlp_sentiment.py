@@ -141,3 +141,23 @@ def test_online_beats_lexicon_on_real_tweets() -> None:
         rows = [(r["text"], r["airline_sentiment"]) for r in csv.DictReader(f)][:3000]
     out = prequential_sentiment(rows)
     assert out["online"]["macro_f1"] > out["lexicon"]["macro_f1"] + 0.1
+
+
+def test_fast_profile_redacts_the_names_the_wording_gives_away(fast: Enricher) -> None:
+    texts = [
+        "Hi Maria, your Northwind flight is rebooked. Thanks Northwind for nothing!",
+        "Olá, João Silva! Meu voo atrasou -Ana",
+        "We'll DM you the details ^JK",
+        "Hello there! I'm so happy with Skyline",
+        "Thanks Skyline",
+    ]
+    got = fast.process(texts)
+    assert got[0].text_redacted == "Hi [PERSON], your Northwind flight is rebooked. Thanks Northwind for nothing!"
+    assert got[0].pii["person"] == 1
+    assert got[1].text_redacted == "Olá, [PERSON]! Meu voo atrasou -[PERSON]"
+    assert got[2].text_redacted == "We'll DM you the details ^[PERSON]"
+    # no name: a greeting to all, a pronoun, and a tracked brand are kept
+    assert [a.text_redacted for a in got[3:]] == texts[3:]
+    assert all("person" not in a.pii for a in got[3:])
+    # attribution runs on the original text: a redacted name never hides an entity
+    assert [h.key for h in got[0].entities] == ["northwind"]
