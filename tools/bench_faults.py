@@ -45,7 +45,7 @@ from contract.records import TOPICS
 from infra.kafka import ensure_topics
 from infra.settings import Settings
 from tools.receiver import HttpReceiver, Received
-from tools.stack import WorkerProcess, wait_until
+from tools.stack import WorkerProcess, wait_until, worker_env
 
 __all__ = ["bench_faults"]
 
@@ -161,16 +161,7 @@ def _events(settings: Settings, events: int) -> list[dict[str, Any]]:
 
 def _worker_env(bootstrap: str, redis_url: str, prefix: str, workdir: Path, url: str) -> dict[str, str]:
     route = {"name": "oncall", "urls": [url], "min_severity": "warning", "rate_per_second": 20}
-    return {
-        "REPMON_APP_ID": prefix,
-        "REPMON_KAFKA__BOOTSTRAP": bootstrap,
-        "REPMON_KAFKA__TOPIC_PREFIX": prefix,
-        "REPMON_KAFKA__PARTITIONS": "4",
-        "REPMON_KAFKA__SESSION_TIMEOUT_SECONDS": "6",
-        "REPMON_REDIS__URL": redis_url,
-        "REPMON_REDIS__KEY_PREFIX": prefix,
-        "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.json"),
-        "REPMON_AUTHOR_KEY_SECRET": "bench-only-secret",
+    extra = {
         "REPMON_WINDOWS__BACKFILL_SINCE": START.isoformat(),  # generated history: backfill mode
         "REPMON_ALERTS__ROUTES": json.dumps([route]),
         "REPMON_ALERTS__CONSOLE": "false",
@@ -179,6 +170,7 @@ def _worker_env(bootstrap: str, redis_url: str, prefix: str, workdir: Path, url:
         "REPMON_ALERTS__RETRY_BACKOFF_MAX_SECONDS": "10",
         "REPMON_ALERTS__COOLDOWN_SECONDS": "5",
     }
+    return worker_env(bootstrap, redis_url, prefix, workdir, partitions=4, **extra)
 
 
 def _run(

@@ -23,7 +23,7 @@ from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from infra.kafka import ensure_topics
 from infra.settings import Settings
 
-__all__ = ["LocalStack", "WorkerProcess", "wait_until"]
+__all__ = ["LocalStack", "WorkerProcess", "wait_until", "worker_env"]
 
 
 class WorkerProcess:
@@ -64,6 +64,27 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def worker_env(
+    bootstrap: str, redis_url: str, prefix: str, workdir: Path, *, partitions: int = 2, **extra: str
+) -> dict[str, str]:
+    """The environment of a ``repmon worker`` of its own on ``prefix`` (app id, topics and Redis keys),
+    with a short group session so a killed worker's partitions move on in seconds; ``extra`` adds or
+    replaces variables (``REPMON_ALERTS__ROUTES``, ...)."""
+    return {
+        "REPMON_APP_ID": prefix,
+        "REPMON_KAFKA__BOOTSTRAP": bootstrap,
+        "REPMON_KAFKA__TOPIC_PREFIX": prefix,
+        "REPMON_KAFKA__PARTITIONS": str(partitions),
+        "REPMON_KAFKA__SESSION_TIMEOUT_SECONDS": "6",
+        "REPMON_REDIS__URL": redis_url,
+        "REPMON_REDIS__KEY_PREFIX": prefix,
+        "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.json"),
+        "REPMON_AUTHOR_KEY_SECRET": "test-only-secret",
+        "REPMON_ALERTS__ROUTES": "[]",
+        **extra,
+    }
 
 
 def wait_until(

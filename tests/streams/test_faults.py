@@ -31,27 +31,11 @@ from connectors.demo import generate
 from contract.records import TOPICS, DeadLetter
 from infra.kafka import TopicTail, ensure_topics
 from infra.settings import load_settings
-from tools.stack import WorkerProcess, wait_until
+from tools.stack import WorkerProcess, wait_until, worker_env
 
 from ..conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def worker_env(bootstrap: str, redis_url: str, prefix: str, workdir: Path, **extra: str) -> dict[str, str]:
-    return {
-        "REPMON_APP_ID": prefix,
-        "REPMON_KAFKA__BOOTSTRAP": bootstrap,
-        "REPMON_KAFKA__TOPIC_PREFIX": prefix,
-        "REPMON_KAFKA__PARTITIONS": "2",
-        "REPMON_KAFKA__SESSION_TIMEOUT_SECONDS": "6",
-        "REPMON_REDIS__URL": redis_url,
-        "REPMON_REDIS__KEY_PREFIX": prefix,
-        "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.json"),
-        "REPMON_AUTHOR_KEY_SECRET": "test-secret",
-        "REPMON_ALERTS__ROUTES": "[]",
-        **extra,
-    }
 
 
 def topics_for(bootstrap: str, prefix: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from connectors.base import KafkaSink
 from contract.records import TOPICS
 from infra.kafka import TopicTail, ensure_topics
 from tools.receiver import HttpReceiver
-from tools.stack import WorkerProcess, wait_until
+from tools.stack import WorkerProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -88,20 +88,15 @@ def test_a_portuguese_and_a_japanese_crisis_page_through_kafka(
     ensure_topics(kafka_bootstrap, topics.values(), 2)
     events = stream()
     with HttpReceiver() as rx:
-        env = {
-            "REPMON_APP_ID": prefix,
-            "REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
-            "REPMON_KAFKA__TOPIC_PREFIX": prefix,
-            "REPMON_KAFKA__PARTITIONS": "2",
-            "REPMON_REDIS__URL": redis_url,
-            "REPMON_REDIS__KEY_PREFIX": prefix,
-            "REPMON_SENTIMENT__CHECKPOINT_PATH": str(workdir / "sentiment.json"),
-            "REPMON_WINDOWS__BACKFILL_SINCE": START.isoformat(),  # generated history: backfill mode
-            "REPMON_AUTHOR_KEY_SECRET": "test-secret",
-            "REPMON_ALERTS__ROUTES": json.dumps(
-                [{"name": "it", "urls": [rx.apprise_url("/it")], "rate_per_second": 20}]
-            ),
-        }
+        routes = [{"name": "it", "urls": [rx.apprise_url("/it")], "rate_per_second": 20}]
+        env = worker_env(
+            kafka_bootstrap,
+            redis_url,
+            prefix,
+            workdir,
+            REPMON_WINDOWS__BACKFILL_SINCE=START.isoformat(),  # generated history: backfill mode
+            REPMON_ALERTS__ROUTES=json.dumps(routes),
+        )
         kept = [topics["enriched"], topics["incidents"]]
         tail = TopicTail(kafka_bootstrap, kept, keep=kept)
         try:
