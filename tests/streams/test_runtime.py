@@ -134,3 +134,43 @@ async def test_an_undecodable_incident_is_dead_lettered_not_dropped(components: 
     await rt.on_incident(Message(value=b'{"incident_id": 3}', topic="repmon.incidents", offset=9))
     dead = [DeadLetter.model_validate_json(v) for v in out.values("deadletter")]
     assert [(d.stage, d.offset) for d in dead] == [("dispatch", 9)]
+
+
+class CountingState(MemoryState):
+    """A MemoryState that counts the entity-state reads and writes the engine makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = self.saves = 0
+
+    async def load(self, name: str, entities: object) -> dict[str, object]:  # type: ignore[override]
+        self.loads += 1
+        return await super().load(name, entities)  # type: ignore[arg-type]
+
+    async def save(self, states: object, pointers: object) -> None:  # type: ignore[override]
+        self.saves += 1
+        await super().save(states, pointers)  # type: ignore[arg-type]
+
+
+async def test_detection_state_stays_in_memory_while_this_engine_wrote_it_last(components: Components) -> None:
+    s = components.settings
+    windows, state = MemoryWindows(s), CountingState()
+    c = dataclasses.replace(
+        components, windows=windows, state=state, detection=DetectionEngine(s, windows, state), metrics=Metrics()
+    )
+    rt = Runtime(c, ListOutbox())
+    items = generate(s.entities, start=START, minutes=60, crisis_at_minute=10_000)
+    await rt.on_raw([as_message(x, i) for i, x in enumerate(items)])
+    assert await rt.detect_tick() > 0
+    loads, saves = state.loads, state.saves
+    assert (loads, saves) == (2, 1)  # detectors and threads read once, written once with the pointer
+    # ticks with no bucket to close read and write nothing more (they ran twice a second on every entity)
+    for _ in range(5):
+        assert await rt.detect_tick() == 0
+    assert (state.loads, state.saves) == (loads, saves)
+    # another engine (a new leader) saved since: this one reads the state again, not its own copy
+    await state.save_blob("det:token", {"token": "written-by-another-leader"})
+    later = generate(s.entities, start=START.replace(hour=7), minutes=5, crisis_at_minute=10_000)
+    await rt.on_raw([as_message(x, 10_000 + i) for i, x in enumerate(later)])
+    assert await rt.detect_tick() > 0
+    assert (state.loads, state.saves) == (loads + 2, saves + 1)
