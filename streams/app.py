@@ -146,6 +146,14 @@ def build_worker(
         except Exception:
             logger.exception("partition report failed; the watermark waits for the next one")
 
+    @app.timer(interval=5.0)
+    async def broker_probe() -> None:
+        # a metadata request to the brokers the producer knows: the consumer and producer retry on
+        # their own and say nothing while the broker is gone, so this puts the outage in /metrics
+        producer = getattr(app.producer, "_producer", None)
+        if producer is not None:
+            await rt.probe("kafka", producer.client.fetch_all_metadata)
+
     @app.timer(interval=0.5, on_leader=True)
     async def detect_timer() -> None:
         await rt.detect_tick()

@@ -96,6 +96,7 @@ class Runtime:
         # per raw partition, the next offset after the last message this worker processed
         self.done: dict[int, int] = {}
         self._drained: dict[int, int] = {}  # partitions fetched to their end with nothing processed yet
+        self._unreachable: set[str] = set()  # dependencies whose last probe failed
         if components.dispatcher is not None:
             components.dispatcher.on_delivery = self._on_delivery
         components.detection.emit_signal = self._emit_signal
@@ -255,6 +256,26 @@ class Runtime:
                 continue
             up.set(1)
             return out
+
+    async def probe(self, dependency: str, call: Callable[[], Awaitable[object]], timeout: float = 5.0) -> bool:
+        """Timer: whether ``dependency`` answers ``call`` within ``timeout``; sets
+        ``repmon_dependency_up`` and counts a failure in ``repmon_dependency_errors``. Never raises:
+        an outage is reported, and what waits on the dependency waits on its own."""
+        try:
+            async with asyncio.timeout(timeout):
+                await call()
+        except Exception as exc:  # any failure to answer is the outage this reports
+            if dependency not in self._unreachable:
+                logger.warning("%s unreachable: %s: %s", dependency, type(exc).__name__, exc)
+            self._unreachable.add(dependency)
+            self.metrics.dependency_up.labels(dependency).set(0)
+            self.metrics.dependency_errors.labels(dependency).inc()
+            return False
+        if dependency in self._unreachable:
+            logger.warning("%s answers again", dependency)
+            self._unreachable.discard(dependency)
+        self.metrics.dependency_up.labels(dependency).set(1)
+        return True
 
     async def report_partitions(self, assigned: dict[int, tuple[int, int | None]]) -> None:
         """Timer (every worker): tell the windows which of its raw partitions are caught up.

@@ -278,3 +278,6 @@ def test_worker_metrics_match_the_topics(run: Run) -> None:
     assert sum(v for (name, _), v in m.items() if name == "repmon_incident_messages_total") >= 1
     assert m[("repmon_enrich_batch_seconds_count", ())] >= 1
     assert m[("repmon_watermark_seconds", ())] >= START.timestamp() + 100 * 60  # the slowest partition's event time
+    # the broker probe (every 5 s) reports the broker up
+    kafka_up = ("repmon_dependency_up", (("dependency", "kafka"),))
+    assert wait_until(lambda: scrape(url).get(kafka_up) == 1, 30), scrape(url)

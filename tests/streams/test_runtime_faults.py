@@ -5,6 +5,7 @@ Driven in process (memory components, a list outbox); the same paths run in the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -214,3 +215,22 @@ async def test_an_unwritable_checkpoint_path_is_reported_not_fatal(components: C
     finally:
         c.stage.settings = components.settings
     assert rt.metrics.dependency_errors.labels("checkpoint")._value.get() == 1
+
+
+async def test_a_dependency_probe_reports_an_outage_and_the_recovery(components: Components) -> None:
+    rt = Runtime(fresh(components), ListOutbox())
+    up = rt.metrics.dependency_up.labels("kafka")
+    errors = rt.metrics.dependency_errors.labels("kafka")
+
+    async def refused() -> None:
+        raise ConnectionRefusedError("127.0.0.1:9092")
+
+    async def hangs() -> None:
+        await asyncio.sleep(60)
+
+    async def answers() -> None:
+        return None
+
+    assert await rt.probe("kafka", refused) is False and up._value.get() == 0 and errors._value.get() == 1
+    assert await rt.probe("kafka", hangs, timeout=0.05) is False and errors._value.get() == 2
+    assert await rt.probe("kafka", answers) is True and up._value.get() == 1 and errors._value.get() == 2
