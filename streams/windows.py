@@ -16,8 +16,8 @@ Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a buc
 Detector and incident state are not kept here but behind :mod:`streams.state`.
 :class:`MemoryWindows` counts the same way in process (the backtest and unit tests).
 
-Counting is one Lua script per (event, entity): the event id is recorded with ``SET NX`` and
-the bucket updated in the same atomic step, so a redelivered batch is never counted twice.
+Counting is one Lua script per batch: each (event, entity) is recorded with ``SET NX`` and its
+buckets updated in the same atomic step, so a redelivered batch is never counted twice.
 Watermark: the highest event time of each *raw* partition, advanced by the worker that reads
 that partition in order, right after counting its events; the effective watermark is the minimum
 over every partition that may still bring events (see :meth:`Windows.watermark`), so one partition
@@ -51,49 +51,71 @@ __all__ = ["AddResult", "MemoryWindows", "RedisWindows", "Windows", "bucket_dt",
 
 logger = logging.getLogger(__name__)
 
-_ADD_LUA = """
--- KEYS: seen, bucket, top, terms, wm, wmt, first, hour, stats
--- ARGV: seen_ttl, bucket_ttl, partition, event_ts, now, fields_json, top_member, top_score, top_cap, terms_json,
---       rollup_ttl
-local counted = 0
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  counted = 1
-  local fields = cjson.decode(ARGV[6])
-  for k, v in pairs(fields) do
-    redis.call('HINCRBYFLOAT', KEYS[2], k, v)
-    redis.call('HINCRBYFLOAT', KEYS[8], k, v)
-  end
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[8], ARGV[11])
-  if ARGV[7] ~= '' then
-    redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7])
-    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[9]) + 1))
-    redis.call('EXPIRE', KEYS[3], ARGV[2])
-  end
-  local terms = cjson.decode(ARGV[10])
-  if #terms > 0 then
-    for _, t in ipairs(terms) do
-      redis.call('HINCRBY', KEYS[4], t, 1)
+_ADD_BATCH_LUA = """
+-- One call per batch. KEYS: wm, wmt, first, stats, then per item: seen, bucket, top, terms, hour.
+-- ARGV: seen_ttl, bucket_ttl, rollup_ttl, top_cap, now, items_json; an item is
+-- [partition, event_ts, fields, top_member, top_score, terms].
+-- Each (event, entity) is claimed with SET NX before anything is added, so a redelivered batch
+-- (or an event twice in one batch) counts once; the counters of the items claimed are summed per
+-- bucket and hour first, so a batch costs one HINCRBYFLOAT per bucket and field, not per event.
+local items = cjson.decode(ARGV[6])
+local out = {}
+local buckets = {sums = {}, order = {}, ttl = ARGV[2]}
+local hours = {sums = {}, order = {}, ttl = ARGV[3]}
+local touched_top, touched_terms = {}, {}
+local counted, dup = 0, 0
+local wm, first = {}, nil
+local function add(into, key, fields)
+  local acc = into.sums[key]
+  if not acc then acc = {}; into.sums[key] = acc; table.insert(into.order, key) end
+  for k, v in pairs(fields) do acc[k] = (acc[k] or 0) + v end
+end
+for i, it in ipairs(items) do
+  local base = 4 + (i - 1) * 5
+  local part, ts = tostring(it[1]), tonumber(it[2])
+  if redis.call('SET', KEYS[base + 1], '1', 'NX', 'EX', ARGV[1]) then
+    counted = counted + 1
+    out[i] = 1
+    add(buckets, KEYS[base + 2], it[3])
+    add(hours, KEYS[base + 5], it[3])
+    if it[4] ~= '' then
+      redis.call('ZADD', KEYS[base + 3], it[5], it[4])
+      touched_top[KEYS[base + 3]] = true
     end
-    redis.call('EXPIRE', KEYS[4], ARGV[2])
+    if #it[6] > 0 then
+      for _, t in ipairs(it[6]) do redis.call('HINCRBY', KEYS[base + 4], t, 1) end
+      touched_terms[KEYS[base + 4]] = true
+    end
+  else
+    dup = dup + 1
+    out[i] = 0
+  end
+  if (not wm[part]) or ts > wm[part] then wm[part] = ts end
+  if (not first) or ts < first then first = ts end
+end
+for _, into in ipairs({buckets, hours}) do
+  for _, key in ipairs(into.order) do
+    for k, v in pairs(into.sums[key]) do redis.call('HINCRBYFLOAT', key, k, v) end
+    redis.call('EXPIRE', key, into.ttl)
   end
 end
-if counted == 0 then
-  redis.call('HINCRBY', KEYS[9], 'duplicates', 1)
-else
-  redis.call('HINCRBY', KEYS[9], 'counted', 1)
+for key in pairs(touched_top) do
+  redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[4]) + 1))
+  redis.call('EXPIRE', key, ARGV[2])
 end
-local ts = tonumber(ARGV[4])
-local cur = tonumber(redis.call('HGET', KEYS[5], ARGV[3]) or '-1')
-if ts > cur then
-  redis.call('HSET', KEYS[5], ARGV[3], ARGV[4])
+for key in pairs(touched_terms) do redis.call('EXPIRE', key, ARGV[2]) end
+if counted > 0 then redis.call('HINCRBY', KEYS[4], 'counted', counted) end
+if dup > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', dup) end
+for part, ts in pairs(wm) do
+  local cur = tonumber(redis.call('HGET', KEYS[1], part) or '-1')
+  if ts > cur then redis.call('HSET', KEYS[1], part, string.format('%.17g', ts)) end
+  redis.call('HSET', KEYS[2], part, ARGV[5])
 end
-redis.call('HSET', KEYS[6], ARGV[3], ARGV[5])
-local first = redis.call('GET', KEYS[7])
-if (not first) or ts < tonumber(first) then
-  redis.call('SET', KEYS[7], ARGV[4])
+if first then
+  local cur = redis.call('GET', KEYS[3])
+  if (not cur) or first < tonumber(cur) then redis.call('SET', KEYS[3], string.format('%.17g', first)) end
 end
-return counted
+return out
 """
 
 _WORD = re.compile(r"[^\W\d_][^\W\d_']{2,}")  # words of any script: "pésimo", "verspätet"
@@ -430,7 +452,7 @@ class RedisWindows(Windows):
         super().__init__(settings, partitions=partitions, clock=clock)
         self.r = redis
         self.p = settings.redis.key_prefix
-        self._add = self.r.register_script(_ADD_LUA)
+        self._add = self.r.register_script(_ADD_BATCH_LUA)
 
     # -- keys -------------------------------------------------------------------------------
     def k_bucket(self, entity: str, t: int) -> str:
@@ -448,49 +470,29 @@ class RedisWindows(Windows):
     # -- writes -----------------------------------------------------------------------------
     async def add_batch(self, items: Sequence[tuple[EnrichedEvent, int]]) -> AddResult:
         res = AddResult()
-        now = time.time()
         w = self.settings.windows
-        calls = 0
-        async with self.r.pipeline(transaction=False) as pipe:
-            for ev, partition in items:
-                c = self.counted(ev)
-                if c is None:
-                    res.unmatched += 1
-                    continue
-                t = bucket_of(c.ts, self.B)
-                for key in c.entities:
-                    fields = orjson.dumps(c.fields_for(key)).decode()
-                    top_member, top_score, key_terms = c.top_for(key)
-                    terms = orjson.dumps(key_terms).decode()
-                    calls += 1
-                    await self._add(
-                        keys=[
-                            f"{self.p}:seen:{key}:{c.event_id}",
-                            self.k_bucket(key, t),
-                            self.k_top(key, t),
-                            self.k_terms(key, t),
-                            f"{self.p}:wm",
-                            f"{self.p}:wmt",
-                            f"{self.p}:first",
-                            self.k_hour(key, bucket_of(c.ts, 3600)),
-                            f"{self.p}:stats",
-                        ],
-                        args=[
-                            w.dedupe_ttl_seconds,
-                            w.bucket_retention_seconds,
-                            partition,
-                            c.ts,
-                            now,
-                            fields,
-                            top_member,
-                            top_score,
-                            self.top_cap,
-                            terms,
-                            w.retention_seconds,
-                        ],
-                        client=pipe,
-                    )
-            results = await pipe.execute() if calls else []
+        keys = [f"{self.p}:wm", f"{self.p}:wmt", f"{self.p}:first", f"{self.p}:stats"]
+        rows: list[list[Any]] = []
+        for ev, partition in items:
+            c = self.counted(ev)
+            if c is None:
+                res.unmatched += 1
+                continue
+            t = bucket_of(c.ts, self.B)
+            for key in c.entities:
+                top_member, top_score, key_terms = c.top_for(key)
+                keys += [
+                    f"{self.p}:seen:{key}:{c.event_id}",
+                    self.k_bucket(key, t),
+                    self.k_top(key, t),
+                    self.k_terms(key, t),
+                    self.k_hour(key, bucket_of(c.ts, 3600)),
+                ]
+                rows.append([partition, c.ts, c.fields_for(key), top_member, top_score, key_terms])
+        if not rows:
+            return res
+        args = [w.dedupe_ttl_seconds, w.bucket_retention_seconds, w.retention_seconds, self.top_cap, time.time()]
+        results = await self._add(keys=keys, args=[*args, orjson.dumps(rows).decode()])
         for r in results:
             if int(r):
                 res.counted += 1
