@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cli.connect import connect
 from cli.eval import eval_app
 from infra.settings import ConfigError, Settings, load_settings
 
@@ -513,6 +514,7 @@ def trust(
 
 
 app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
+app.command(name="connect")(connect)
 
 
 def main() -> None:
