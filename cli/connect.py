@@ -61,7 +61,9 @@ def build_sources(
             problems.append(f"sources.{spec.name}.kind: {exc}")
             continue
         if not issubclass(cls, Source):
-            problems.append(f"sources.{spec.name}.kind: {spec.kind!r} is not a live source; see `repmon connect --list`")
+            problems.append(
+                f"sources.{spec.name}.kind: {spec.kind!r} is not a live source; see `repmon connect --list`"
+            )
             continue
         try:
             out.append(cls(spec, client=client, env=env))
@@ -71,7 +73,9 @@ def build_sources(
 
 
 def connect(
-    names: Annotated[list[str] | None, typer.Argument(help="Run only these [[sources]] (default: all enabled).")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Run only these [[sources]] (default: all enabled).")
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Config TOML.")] = None,
     list_kinds: Annotated[bool, typer.Option("--list", help="Show every source kind and exit.")] = False,
     once: Annotated[bool, typer.Option("--once", help="One round per source, then exit.")] = False,

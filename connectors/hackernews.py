@@ -28,7 +28,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.http import Http
 from connectors.registry import register
 from connectors.source import Batch, Entry, Source, SourceError, SourceState, epoch, strip_html
 
@@ -85,7 +84,7 @@ class HackerNewsSource(Source):
 
     async def _search(self, state: SourceState) -> AsyncIterator[Batch]:
         assert self.client is not None
-        http = Http(self.client, self.spec.name)
+        http = self.http()
         since = int(state.cursor.get("created_at_i", 0))
         newest = since
         page = 0
@@ -135,7 +134,7 @@ class HackerNewsSource(Source):
 
     async def _firehose(self, state: SourceState) -> AsyncIterator[Batch]:
         assert self.client is not None
-        http = Http(self.client, self.spec.name)
+        http = self.http()
         fb = self.options.firebase_url.rstrip("/")
         top = await http.get_json(f"{fb}/maxitem.json")
         if not isinstance(top, int):

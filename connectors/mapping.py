@@ -28,7 +28,7 @@ The one place where a row becomes a record, used by every connector that maps fo
 
 A column may also be a JMESPath expression (https://jmespath.org) reaching into nested JSON, so a
 new pushed payload needs a mapping, not code: ``rating = "eventData.stars"``,
-``amount = "data.object.amount_refunded || data.object.amount"``. A key present in the row as
+``order_id = "data.object.payment_intent || data.object.id"``. A key present in the row as
 written wins (CSV headers with dots keep working). Pushed payloads also take::
 
     when = "type != 'customer.created'"   # JMESPath: rows where it is false are skipped
@@ -216,7 +216,7 @@ def to_record(mapping: Mapping, row: dict[str, Any]) -> dict[str, Any]:
         if value is None or value == "":
             continue
         if field in m.scale:
-            value = float(value) * m.scale[field]
+            value = round(float(value) * m.scale[field], 6)  # 12999 * 0.01 must be 129.99, not 129.990000001
         if field in m.case:
             value = str(value).upper() if m.case[field] == "upper" else str(value).lower()
         if field in m.values:

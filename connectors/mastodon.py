@@ -57,6 +57,11 @@ class MastodonSource(Source):
     default_base_url = "https://mastodon.social"
     options: MastodonOptions
 
+    def __init__(self, spec: Any, **kw: Any) -> None:
+        super().__init__(spec, **kw)
+        if self.options.streaming:
+            self.mode = "stream"  # type: ignore[misc]  # reconnect at once, not after poll_seconds
+
     def _headers(self) -> dict[str, str]:
         token = self.secret("access_token", required=False)
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -93,7 +98,9 @@ class MastodonSource(Source):
             tag = acc.lstrip("#")
             out.append((f"tag:{tag}", f"/api/v1/timelines/tag/{tag}", {}, tag))
         if self.spec.query:
-            out.append((f"search:{self.spec.query}", "/api/v2/search", {"q": self.spec.query, "type": "statuses"}, None))
+            out.append(
+                (f"search:{self.spec.query}", "/api/v2/search", {"q": self.spec.query, "type": "statuses"}, None)
+            )
         return out
 
     async def _catch_up(
@@ -153,7 +160,7 @@ class MastodonSource(Source):
 
     async def fetch(self, state: SourceState) -> AsyncIterator[Batch]:
         assert self.client is not None
-        http = Http(self.client, self.spec.name, hint="the token in credentials.access_token")
+        http = self.http("the token in credentials.access_token")
         cursor = dict(state.cursor)
         for key, path, params, _ in self._timelines():
             async for b in self._catch_up(http, cursor, key, path, params):

@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-from abc import abstractmethod
 import time
-from collections.abc import AsyncIterator, Mapping as MappingT
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+from collections.abc import Mapping as MappingT
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -74,12 +75,14 @@ class PushSource(Source):
             self.mapping = Mapping(**self.default_mapping) if self.default_mapping else None
         self._queue: asyncio.Queue[Batch] = asyncio.Queue()
         self.secrets: list[bytes] = []
+        self._ready = asyncio.Event()  # set once open() read the secrets: earlier requests wait
         self.stats = {"accepted": 0, "invalid": 0, "duplicates": 0, "rejected": 0, "skipped": 0}
 
     async def open(self, state: SourceState) -> None:
         raw = self.secret(self.credentials[0]) or ""
         # comma-separated secrets are all accepted: rotate without downtime
         self.secrets = [s.strip().encode() for s in raw.split(",") if s.strip()]
+        self._ready.set()
 
     @abstractmethod
     def verify(self, headers: MappingT[str, str], body: bytes, now: float) -> None:
@@ -116,6 +119,10 @@ class PushSource(Source):
 
     async def receive(self, headers: MappingT[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         """One delivery -> (HTTP status, JSON answer)."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout=10)
+        except TimeoutError:
+            return 503, {"error": f"source {self.spec.name} is not running (see the log of repmon connect)"}
         try:
             self.verify(headers, body, time.time())
         except SignatureError as exc:

@@ -110,7 +110,7 @@ class RedditSource(Source):
 
     async def fetch(self, state: SourceState) -> AsyncIterator[Batch]:
         assert self.client is not None
-        http = Http(self.client, self.spec.name, hint="the OAuth app's client id and secret")
+        http = self.http("the OAuth app's client id and secret")
         cursor = dict(state.cursor)
         for key, path, params in self._listings():
             since = float(cursor.get(key, 0))

@@ -25,7 +25,6 @@ from typing import Any
 
 import feedparser
 
-from connectors.http import Http
 from connectors.registry import register
 from connectors.source import Batch, Entry, Source, SourceState, strip_html
 
@@ -49,7 +48,7 @@ class RssSource(Source):
 
     async def fetch(self, state: SourceState) -> AsyncIterator[Batch]:
         assert self.client is not None
-        http = Http(self.client, self.spec.name)
+        http = self.http()
         validators = dict(state.cursor.get("http", {}))
         words = [k.lower() for k in self.spec.keywords]
         for url in self.spec.feeds:

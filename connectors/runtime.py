@@ -294,14 +294,16 @@ class Runtime:
         """Run every source; return each one's final state (``done``, ``stopped: <why>``, ...)."""
         self.monitor.start()
         tasks = [asyncio.create_task(self.run_source(s, rounds), name=f"source-{s.spec.name}") for s in self.sources]
-        everything = asyncio.gather(*tasks)
         stopping = asyncio.create_task(self.stop_event.wait())
         try:
-            await asyncio.wait([everything, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if not everything.done():
+            pending: set[asyncio.Task[Any]] = set(tasks)
+            while pending and not self.stop_event.is_set():
+                _, pending = await asyncio.wait(pending | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(stopping)
+            if pending:
                 # stream and push rounds wait on the network: give them a moment, then cancel
-                await asyncio.wait(tasks, timeout=self.grace_seconds)
-                for t in tasks:
+                await asyncio.wait(pending, timeout=self.grace_seconds)
+                for t in pending:
                     t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for s in self.sources:

@@ -16,7 +16,7 @@ Credentials: ``secret`` (the app's client secret, or the store's webhook signing
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -26,7 +26,12 @@ from connectors.webhook import SignatureError
 
 __all__ = ["ShopifyPush"]
 
-STATUS = {"orders/create": "placed", "orders/paid": "paid", "orders/cancelled": "cancelled", "refunds/create": "refunded"}
+STATUS = {
+    "orders/create": "placed",
+    "orders/paid": "paid",
+    "orders/cancelled": "cancelled",
+    "refunds/create": "refunded",
+}
 HEADER = "X-Shopify-Hmac-Sha256"
 
 
@@ -35,7 +40,7 @@ class ShopifyPush(PushSource):
     kind = "shopify"
     name = "shopify.v1"
     summary = "Shopify webhooks (X-Shopify-Hmac-Sha256): orders, refunds, cancellations -> purchases"
-    default_mapping: dict[str, Any] = {
+    default_mapping: ClassVar[dict[str, Any]] = {
         "kind": "purchase",
         "source": "shopify",
         "when": "contains([" + ", ".join(f"'{t}'" for t in STATUS) + "], topic)",
@@ -46,7 +51,7 @@ class ShopifyPush(PushSource):
             "status": "topic",
             "amount": "payload.total_price || sum(payload.transactions[].to_number(amount))",
             "currency": "payload.currency || payload.transactions[0].currency",
-            "customer_key": "to_string(payload.customer.id)",
+            "customer_key": "payload.customer.id && to_string(payload.customer.id)",
         },
         "values": {"status": STATUS},
     }
@@ -63,9 +68,11 @@ class ShopifyPush(PushSource):
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ValueError("body is not JSON") from None
-        return [{
-            "topic": headers.get("X-Shopify-Topic"),
-            "shop": headers.get("X-Shopify-Shop-Domain"),
-            "webhook_id": headers.get("X-Shopify-Webhook-Id"),
-            "payload": payload,
-        }]
+        return [
+            {
+                "topic": headers.get("X-Shopify-Topic"),
+                "shop": headers.get("X-Shopify-Shop-Domain"),
+                "webhook_id": headers.get("X-Shopify-Webhook-Id"),
+                "payload": payload,
+            }
+        ]

@@ -23,7 +23,7 @@ import asyncio
 import os
 import re
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -91,7 +91,8 @@ def strip_html(text: str) -> str:
     """
     import html
 
-    no_tags = re.sub(r"<br\s*/?>|</p>\s*<p>|<[^>]+>", " ", text)
+    blocks = re.sub(r"<br\s*/?>|</?(?:p|div|li|ul|ol|h[1-6]|blockquote)\b[^>]*>", " ", text, flags=re.I)
+    no_tags = re.sub(r"<[^>]+>", "", blocks)
     return re.sub(r"\s+", " ", html.unescape(no_tags)).strip()
 
 
@@ -118,6 +119,8 @@ class Source(Connector):
     ) -> None:
         self.spec = spec
         self.client = client
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests record the waits here
+        self._http: Any = None
         self.env = os.environ if env is None else env
         self.base_url = (spec.base_url or self.default_base_url).rstrip("/")
         if self.needs and not any(getattr(spec, n) for n in self.needs):
@@ -151,6 +154,15 @@ class Source(Connector):
         return value or None
 
     # -- helpers for subclasses ---------------------------------------------------------------
+    def http(self, hint: str = "") -> Any:
+        """This source's :class:`~connectors.http.Http` (kept across rounds: it remembers a spent quota)."""
+        from connectors.http import Http
+
+        if self._http is None or self._http.client is not self.client:
+            assert self.client is not None, "the runtime gives every source its HTTP client"
+            self._http = Http(self.client, self.spec.name, sleep=self.sleep, hint=hint)
+        return self._http
+
     def record(self, raw: Any, rec: dict[str, Any], native_id: str, platform: str | None = None) -> Entry:
         """A raw-record dict (validated; :class:`Malformed` with the reason otherwise) as an entry."""
         src = platform or self.kind
@@ -171,10 +183,10 @@ class Source(Connector):
         return Entry(make_event_id(self.kind, native_id, raw), Malformed(payload, reason))
 
     # -- the contract -------------------------------------------------------------------------
-    async def open(self, state: SourceState) -> None:  # noqa: B027 - optional hook
+    async def open(self, state: SourceState) -> None:
         """Check credentials and options; raise :class:`SourceError` when the source cannot run."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         pass
 
     @abstractmethod

@@ -14,7 +14,7 @@ Credentials: ``secret`` (the endpoint's signing secret, ``whsec_...``; comma-sep
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from connectors.push import PushSource
 from connectors.registry import register
@@ -38,7 +38,7 @@ class StripePush(PushSource):
     kind = "stripe"
     name = "stripe.v1"
     summary = "Stripe webhooks (Stripe-Signature t=,v1=, 300 s): charges, refunds, disputes -> purchases"
-    default_mapping: dict[str, Any] = {
+    default_mapping: ClassVar[dict[str, Any]] = {
         "kind": "purchase",
         "source": "stripe",
         "when": "contains([" + ", ".join(f"'{t}'" for t in STATUS) + "], type)",
@@ -47,7 +47,8 @@ class StripePush(PushSource):
             "occurred_at": "created",
             "order_id": "data.object.payment_intent || data.object.charge || data.object.id",
             "status": "type",
-            "amount": "data.object.amount_refunded || data.object.amount",
+            # JMESPath's || treats 0 as a value: pick amount_refunded by the type, not by truthiness
+            "amount": "type == 'charge.refunded' && data.object.amount_refunded || data.object.amount",
             "currency": "data.object.currency",
             "customer_key": "data.object.customer",
         },
@@ -58,5 +59,11 @@ class StripePush(PushSource):
     }
 
     def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
-        verify(body, headers.get("Stripe-Signature"), self.secrets, now=now, tolerance=self.tolerance,
-               name="Stripe-Signature")
+        verify(
+            body,
+            headers.get("Stripe-Signature"),
+            self.secrets,
+            now=now,
+            tolerance=self.tolerance,
+            name="Stripe-Signature",
+        )

@@ -14,7 +14,7 @@ Credentials: ``api_key`` (the app's client id / API key) and ``secret`` (the API
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from connectors.push import PushSource, hmac_b64, same
 from connectors.registry import register
@@ -32,7 +32,7 @@ class SurveyMonkeyPush(PushSource):
     name = "surveymonkey.v1"
     summary = "SurveyMonkey webhooks (Sm-Signature, HMAC-SHA1 of api_key&secret) -> feedback"
     credentials = ("secret", "api_key")
-    default_mapping: dict[str, Any] = {
+    default_mapping: ClassVar[dict[str, Any]] = {
         "kind": "feedback",
         "source": "surveymonkey",
         "when": "event_type == 'response_completed'",
@@ -47,8 +47,8 @@ class SurveyMonkeyPush(PushSource):
     }
 
     async def open(self, state: SourceState) -> None:
-        await super().open(state)
         key = (self.secret("api_key") or "").encode()
+        await super().open(state)
         self.secrets = [key + b"&" + s for s in self.secrets]
 
     def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -31,7 +31,7 @@ class TrustpilotPush(PushSource):
     kind = "trustpilot"
     name = "trustpilot.v1"
     summary = "Trustpilot review webhooks (events[], HTTP Basic on the URL) -> reviews"
-    default_mapping: dict[str, Any] = {
+    default_mapping: ClassVar[dict[str, Any]] = {
         "kind": "review",
         "source": "trustpilot",
         "when": "contains(['service-review-created', 'service-review-updated'], eventName)",
@@ -52,7 +52,7 @@ class TrustpilotPush(PushSource):
         if not got.startswith("Basic "):
             raise SignatureError("missing HTTP Basic credentials (put user:password in the webhook URL)")
         if not any(same("Basic " + base64.b64encode(s).decode(), got) for s in self.secrets):
-            raise SignatureError("credentials do not match")
+            raise SignatureError("HTTP Basic credentials: the secret does not match")
 
     def rows(self, headers: Mapping[str, str], body: bytes) -> list[Any]:
         try:

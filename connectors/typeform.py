@@ -13,7 +13,7 @@ Credentials: ``secret`` (the secret set on the webhook).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from connectors.push import PushSource, hmac_b64, same
 from connectors.registry import register
@@ -29,7 +29,7 @@ class TypeformPush(PushSource):
     kind = "typeform"
     name = "typeform.v1"
     summary = "Typeform webhooks (Typeform-Signature: sha256=): NPS answers -> feedback"
-    default_mapping: dict[str, Any] = {
+    default_mapping: ClassVar[dict[str, Any]] = {
         "kind": "feedback",
         "source": "typeform",
         "when": "event_type == 'form_response'",
