@@ -61,6 +61,14 @@ class Platform:
                 return await handler(request)
         return web.Response(status=404, text="no such route")
 
+    def arg(self, request: web.Request, name: str) -> str:
+        """The ``{name}`` segment of the route ``request`` matched."""
+        for method, rx, _ in self.routes:
+            m = rx.match(request.path)
+            if m and method == request.method and name in m.groupdict():
+                return m.group(name)
+        raise KeyError(name)
+
     def fail(self, path: str, status: int, headers: dict[str, str] | None = None, times: int = 1) -> None:
         self.faults.setdefault(path, []).extend([(status, headers or {})] * times)
 

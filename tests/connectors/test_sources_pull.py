@@ -16,7 +16,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from connectors.appstore import AppStoreSource
 from connectors.base import KafkaSink, ListSink
+from connectors.googleplay import GooglePlaySource
 from connectors.hackernews import HackerNewsSource
 from connectors.mastodon import MastodonSource
 from connectors.reddit import RedditSource
@@ -116,6 +118,16 @@ async def test_rss_honours_retry_after_and_backs_off_on_5xx(aredis: Any, unique:
         assert sorted(ids_of([v for _, v in sink.items])) == ["rss:news-1", "rss:news-2"]
 
 
+def grown(base: list[dict[str, Any]], n: int, vary: Callable[[dict[str, Any], int], None]) -> list[dict[str, Any]]:
+    """The fixture's items plus ``n`` newer copies of its first one, ``vary`` giving each its id and time."""
+    out = copy.deepcopy(base)
+    for i in range(n):
+        c = copy.deepcopy(base[0])
+        vary(c, i)
+        out.append(c)
+    return out
+
+
 # -- restart from the cursor, through Kafka, for every pull kind ---------------------------------
 class Feed:
     """A platform whose content grows between two runs; ``build`` adds its routes."""
@@ -149,14 +161,10 @@ def _algolia(p: Platform, f: Feed) -> None:
 
 
 def _hn_items(n: int) -> list[dict[str, Any]]:
-    base = fixture("hn_algolia_hits.json")["hits"]
-    out = copy.deepcopy(base)
-    for i in range(n):
-        h = copy.deepcopy(base[0])
-        h["objectID"] = str(42100000 + i)
-        h["created_at_i"] = 1796274000 + 60 * i
-        out.append(h)
-    return out
+    def vary(h: dict[str, Any], i: int) -> None:
+        h["objectID"], h["created_at_i"] = str(42100000 + i), 1796274000 + 60 * i
+
+    return grown(fixture("hn_algolia_hits.json")["hits"], n, vary)
 
 
 def _firebase(p: Platform, f: Feed) -> None:
@@ -197,13 +205,10 @@ def _reddit(p: Platform, f: Feed) -> None:
 
 
 def _reddit_items(n: int) -> list[dict[str, Any]]:
-    out = copy.deepcopy(fixture("reddit_listing.json")["children"])
-    for i in range(n):
-        c = copy.deepcopy(out[0])
-        c["data"]["name"] = f"t3_new{i}"
-        c["data"]["created_utc"] = 1796274000.0 + 60 * i
-        out.append(c)
-    return out
+    def vary(c: dict[str, Any], i: int) -> None:
+        c["data"]["name"], c["data"]["created_utc"] = f"t3_new{i}", 1796274000.0 + 60 * i
+
+    return grown(fixture("reddit_listing.json")["children"], n, vary)
 
 
 def _mastodon(p: Platform, f: Feed) -> None:
@@ -227,6 +232,57 @@ def _mastodon_items(n: int, start: int = 0) -> list[dict[str, Any]]:
         s["id"] = str(113600000000000000 + i)
         out.append(s)
     return out
+
+
+def _appstore(p: Platform, f: Feed) -> None:
+    async def page(request: web.Request) -> web.Response:
+        n = int(p.arg(request, "page").removeprefix("page="))
+        assert p.arg(request, "app") == "id=284882215"
+        entries = sorted(f.items, key=lambda e: e["updated"]["label"], reverse=True)  # one offset: sorts as time
+        return web.json_response({"feed": {"entry": entries[(n - 1) * 2 : n * 2]}})
+
+    p.route("GET", "/gb/rss/customerreviews/{page}/{app}/sortby=mostrecent/json", page)
+
+
+def _appstore_items(n: int) -> list[dict[str, Any]]:
+    def vary(e: dict[str, Any], i: int) -> None:
+        e["id"]["label"], e["updated"]["label"] = str(11800000100 + i), f"2026-12-02T20:{10 + i:02d}:00-07:00"
+
+    return grown(fixture("appstore_reviews.json")["entry"], n, vary)
+
+
+def _googleplay(p: Platform, f: Feed) -> None:
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("refresh_token") != "gp-refresh" or form.get("grant_type") != "refresh_token":
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response({"access_token": "ya29.test", "expires_in": 3599, "token_type": "Bearer"})
+
+    async def reviews(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer ya29.test"
+        rs = sorted(
+            f.items,
+            key=lambda r: -int(r["comments"][0].get("userComment", {}).get("lastModified", {}).get("seconds", 0)),
+        )
+        start = int(request.query.get("token", 0))
+        body: dict[str, Any] = {"reviews": rs[start : start + 2]}
+        if start + 2 < len(rs):
+            body["tokenPagination"] = {"nextPageToken": str(start + 2)}
+        return web.json_response(body)
+
+    p.route("POST", "/token", token)
+    p.route("GET", "/androidpublisher/v3/applications/com.northwind.go/reviews", reviews)
+
+
+def _googleplay_items(n: int) -> list[dict[str, Any]]:
+    def vary(r: dict[str, Any], i: int) -> None:
+        r["reviewId"] = f"gp:new-{i}"
+        r["comments"][0]["userComment"]["lastModified"]["seconds"] = str(1796273000 + 60 * i)
+
+    return grown(fixture("googleplay_reviews.json")["reviews"], n, vary)
+
+
+GP_ENV = {"GP_ID": "cid", "GP_SECRET": "csecret", "GP_REFRESH": "gp-refresh"}
 
 
 def _src(cls: type[Source], **kw: Any) -> Callable[[str], Source]:
@@ -295,6 +351,42 @@ CASES = {
         _mastodon_items(3),
         _mastodon_items(10),
         [f"mastodon:127.0.0.1:{113600000000000000 + i}" for i in range(10)],
+    ),
+    "appstore": (
+        _appstore,
+        lambda url: AppStoreSource(
+            spec("appstore", url, name="as-restart", accounts=["284882215"], options={"countries": ["gb"]})
+        ),
+        _appstore_items(0),
+        _appstore_items(3),
+        [
+            "appstore:284882215:11800000000",
+            "appstore:284882215:11800000001",
+            "appstore:284882215:11800000100",
+            "appstore:284882215:11800000101",
+            "appstore:284882215:11800000102",
+        ],
+    ),
+    "googleplay": (
+        _googleplay,
+        lambda url: GooglePlaySource(
+            spec(
+                "googleplay",
+                url,
+                name="gp-restart",
+                accounts=["com.northwind.go"],
+                options={"token_url": f"{url}/token"},
+                credentials={"client_id": "GP_ID", "client_secret": "GP_SECRET", "refresh_token": "GP_REFRESH"},
+            ),
+            env=GP_ENV,
+        ),
+        _googleplay_items(0),
+        _googleplay_items(3),
+        [
+            "googleplay:com.northwind.go:gp:AOqpTOG1-0001:1796272200",
+            "googleplay:com.northwind.go:gp:AOqpTOG1-0002:1796271000",
+            *[f"googleplay:com.northwind.go:gp:new-{i}:{1796273000 + 60 * i}" for i in range(3)],
+        ],
     ),
 }
 
