@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -118,9 +119,10 @@ def connect(
     from contract.records import TOPICS
 
     _kafka_or_exit(settings.kafka.bootstrap, settings, [settings.topic(t) for t in TOPICS], "")
-    states = asyncio.run(run_connect(settings, sources, once=once))
+    summary = asyncio.run(run_connect(settings, sources, once=once))
+    states: dict[str, str] = summary["sources"]
     if json_out:
-        typer.echo(json.dumps(states))
+        typer.echo(json.dumps(summary))
     stopped = {n: s for n, s in states.items() if s.startswith("stopped")}
     for n, s in stopped.items():
         err.print(f"[red]source {escape(n)}: {escape(s)}[/red]")
@@ -128,8 +130,11 @@ def connect(
         raise typer.Exit(1)
 
 
-async def run_connect(settings: Any, sources: list[Any], *, once: bool = False) -> dict[str, str]:
-    """The runtime with its sink, Redis cursor store, push server and metrics; until a signal."""
+async def run_connect(settings: Any, sources: list[Any], *, once: bool = False) -> dict[str, Any]:
+    """The runtime with its sink, Redis cursor store, push server and metrics, until a signal (or
+    one round each with ``once``); returns each source's state and what was sent, how fast."""
+    import time
+
     import httpx
     import redis.asyncio
 
@@ -139,10 +144,19 @@ async def run_connect(settings: Any, sources: list[Any], *, once: bool = False) 
     from connectors.source import USER_AGENT
 
     c = settings.connect
+    # producing (kafka-python) and feed parsing run in threads; a short GIL switch interval lets
+    # the event loop thread back in quickly, so a busy producer does not stall every source
+    sys.setswitchinterval(0.001)
     client = httpx.AsyncClient(timeout=30, headers={"User-Agent": USER_AGENT}, follow_redirects=True)
     for s in sources:
         s.client = client
-    sink = KafkaSink(settings.kafka.bootstrap, settings.topic("raw"), max_block_ms=10_000, delivery_timeout_ms=25_000)
+    sink = KafkaSink(
+        settings.kafka.bootstrap,
+        settings.topic("raw"),
+        max_block_ms=10_000,
+        request_timeout_ms=10_000,
+        delivery_timeout_ms=25_000,
+    )
     r = redis.asyncio.Redis.from_url(settings.redis.url, socket_timeout=10)
     store = CursorStore(r, settings.redis.key_prefix, keep_seconds=c.dedupe_seconds, keep_max=c.dedupe_max)
     runtime = Runtime(sources, sink, store, max_retry_seconds=c.max_retry_seconds)
@@ -159,7 +173,30 @@ async def run_connect(settings: Any, sources: list[Any], *, once: bool = False) 
         if server is not None:
             host, port = c.listen.rsplit(":", 1)
             await server.start(host, int(port))
-        return await runtime.run(rounds=1 if once else None)
+        t0 = time.perf_counter()
+        states = await runtime.run(rounds=1 if once else None)
+        seconds = time.perf_counter() - t0
+        m = runtime.metrics
+        per = {
+            s.spec.name: {
+                "kind": s.kind,
+                "state": states[s.spec.name],
+                **{
+                    k: int(m.value(f"repmon_source_{k}_total", s.spec.name, s.kind))
+                    for k in ("fetched", "sent", "duplicates", "malformed")
+                },
+            }
+            for s in sources
+        }
+        sent = sum(p["sent"] for p in per.values())
+        return {
+            "sources": states,
+            "per_source": per,
+            "sent": sent,
+            "seconds": round(seconds, 3),
+            "items_per_s": round(sent / seconds, 1) if seconds > 0 else None,
+            "max_loop_block_ms": round(runtime.monitor.max_block * 1000, 1),
+        }
     finally:
         if server is not None:
             await server.stop()

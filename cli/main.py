@@ -316,14 +316,23 @@ def bench(
     alerts: Annotated[bool, typer.Option(help="Also time crisis onset -> first notification, live.")] = False,
     rate: Annotated[int, typer.Option(help="Live events/s for --alerts.")] = 1000,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    connect_only: Annotated[
+        bool, typer.Option("--connect", help="Only the connector runtime: one repmon connect, 20 local sources.")
+    ] = False,
 ) -> None:
-    """Benchmarks: end-to-end throughput and latency, and the enrichment functions alone."""
+    """Benchmarks: end-to-end throughput and latency, the enrichment functions alone, repmon connect."""
     from infra.embedded import unwind_on_signals
     from tools.bench import bench_alert_latency, run_bench
+    from tools.bench_connect import bench_connect
 
     unwind_on_signals()
+    if connect_only:
+        typer.echo(json.dumps({"connect": bench_connect()}, indent=None if json_out else 2))
+        return
     settings = _settings(config)
     result = run_bench(settings, events=events, console=err, config=config)
+    err.print("bench: repmon connect, 20 sources against local platform servers ...")
+    result["connect"] = bench_connect()
     if alerts:
         result["alert_latency"] = bench_alert_latency(settings, rate=rate, console=err, config=config)
     typer.echo(json.dumps(result, indent=None if json_out else 2))

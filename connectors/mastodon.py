@@ -40,6 +40,7 @@ class MastodonOptions(BaseModel):
     limit: int = Field(default=40, ge=1, le=40)
     max_pages: int = Field(default=50, ge=1)
     backlog: bool = Field(default=True, description="First run: read the newest page (else start from now).")
+    since_id: str | None = Field(default=None, description="First run: read everything after this status id.")
 
 
 def _id(value: Any) -> int:
@@ -106,7 +107,7 @@ class MastodonSource(Source):
     async def _catch_up(
         self, http: Http, cursor: dict[str, Any], key: str, path: str, params: dict[str, Any]
     ) -> AsyncIterator[Batch]:
-        since = cursor.get(key)
+        since = cursor.get(key, self.options.since_id)
         first = since is None
         for _ in range(self.options.max_pages):
             q = {**params, "limit": self.options.limit}

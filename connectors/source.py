@@ -20,13 +20,14 @@ Credentials come from the environment variables the spec names, never from the f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import re
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import orjson
@@ -37,9 +38,33 @@ from connectors.mapping import to_item
 from contract.records import make_event_id
 from infra.settings import SourceSpec
 
-__all__ = ["Batch", "Entry", "NoOptions", "RetryLater", "Source", "SourceError", "SourceState", "strip_html"]
+__all__ = [
+    "Batch",
+    "Entry",
+    "NoOptions",
+    "RetryLater",
+    "Source",
+    "SourceError",
+    "SourceState",
+    "off_loop",
+    "strip_html",
+]
+
+T = TypeVar("T")
 
 USER_AGENT = "repmon/0.1 (+https://github.com/repmon/repmon; reputation monitoring)"
+
+
+_CPU = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-cpu")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run CPU work (feed parsing, mapping thousands of items) in the one CPU thread of the process.
+
+    One thread, not one per call: several CPU-bound threads contending for the GIL would each
+    delay the event loop thread's every wake-up (the convoy effect), which is what blocks it.
+    """
+    return await asyncio.get_running_loop().run_in_executor(_CPU, fn, *args)
 
 
 class SourceError(Exception):
