@@ -75,13 +75,18 @@ class PushSource(Source):
             self.mapping = Mapping(**self.default_mapping) if self.default_mapping else None
         self._queue: asyncio.Queue[Batch] = asyncio.Queue()
         self.secrets: list[bytes] = []
-        self._ready = asyncio.Event()  # set once open() read the secrets: earlier requests wait
+        self._ready = asyncio.Event()  # set once open() read the secrets (or the source stopped)
+        self._stopped: str | None = None
         self.stats = {"accepted": 0, "invalid": 0, "duplicates": 0, "rejected": 0, "skipped": 0}
 
     async def open(self, state: SourceState) -> None:
         raw = self.secret(self.credentials[0]) or ""
         # comma-separated secrets are all accepted: rotate without downtime
         self.secrets = [s.strip().encode() for s in raw.split(",") if s.strip()]
+        self._ready.set()
+
+    def stopped(self, reason: str) -> None:
+        self._stopped = reason
         self._ready.set()
 
     @abstractmethod
@@ -122,7 +127,9 @@ class PushSource(Source):
         try:
             await asyncio.wait_for(self._ready.wait(), timeout=10)
         except TimeoutError:
-            return 503, {"error": f"source {self.spec.name} is not running (see the log of repmon connect)"}
+            return 503, {"error": f"source {self.spec.name} is not running yet"}
+        if self._stopped is not None:
+            return 503, {"error": f"source {self.spec.name} is stopped: {self._stopped}"}
         try:
             self.verify(headers, body, time.time())
         except SignatureError as exc:

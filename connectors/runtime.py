@@ -283,6 +283,7 @@ class Runtime:
                 self.status[name] = "done"
         except SourceError as exc:
             self.status[name] = f"stopped: {exc}"
+            src.stopped(str(exc))
             self.metrics.errors.labels(*lbl, "SourceError").inc()
             logger.error("source %s (%s) stopped: %s", name, src.kind, exc)
         finally:

@@ -212,7 +212,10 @@ class Source(Connector):
         """Check credentials and options; raise :class:`SourceError` when the source cannot run."""
 
     async def close(self) -> None:
-        pass
+        """Release what :meth:`open` took (always called, also after an error)."""
+
+    def stopped(self, reason: str) -> None:
+        """The runtime stopped this source for ``reason`` (push kinds answer 503 from then on)."""
 
     @abstractmethod
     def fetch(self, state: SourceState) -> AsyncIterator[Batch]:

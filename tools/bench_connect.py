@@ -117,7 +117,7 @@ class _Server:
         limit = int(request.query["limit"])
         start = int(request.query["after"].rsplit("x", 1)[1]) + 1 if "after" in request.query else 0
         # newest first: position k holds item items-1-k
-        kids = [
+        kids: list[dict[str, Any]] = [
             {
                 "kind": "t3",
                 "data": {
@@ -269,7 +269,7 @@ def _count(bootstrap: str, topic: str) -> tuple[int, int]:
         c.assign(parts)
         c.seek_to_beginning(*parts)
         end = c.end_offsets(parts)
-        n, ids = 0, set()
+        n, ids = 0, set[str]()
         deadline = time.monotonic() + 120
         while any(c.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
             for recs in c.poll(timeout_ms=1000, max_records=5000).values():

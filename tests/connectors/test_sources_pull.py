@@ -570,3 +570,35 @@ async def test_mastodon_catches_up_then_streams_and_resumes_after_the_stream_dro
     first = next(g for g in got if g.get("event_id") == f"mastodon:{host}:113500000000000001")
     assert first["text"] == "Stuck at the gate for 3 hours, thanks #northwind" and first["reach"] == 210
     assert any(isinstance(g, dict) and "not JSON" in g.get("_error", "") for g in got)
+
+
+def test_a_source_is_a_connector_one_round_runs_through_the_sync_contract() -> None:
+    import http.server
+    import threading
+
+    body = fixture("blog_atom.xml").encode()
+
+    class Feed(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/atom+xml")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Feed)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        src = RssSource(spec("rss", feeds=[f"http://127.0.0.1:{srv.server_address[1]}/forum.atom"]))
+        sink = ListSink()
+        stats = src.run(sink)
+    finally:
+        srv.shutdown()
+    assert (stats.read, stats.sent, stats.invalid) == (2, 2, 0)
+    assert ids_of([v for _, v in sink.items]) == [
+        "rss:tag:forum.example.com,2026:post-1",
+        "rss:tag:forum.example.com,2026:post-2",
+    ]

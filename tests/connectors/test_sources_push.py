@@ -326,3 +326,17 @@ product = "review.product.handle"
         "author": "Kim",
         "product": "go-backpack",
     }
+
+
+async def test_a_push_source_without_its_secret_stops_and_answers_503_at_once(aredis: Any, unique: str) -> None:
+    src = get("stripe")(spec("stripe", name="st-unset", credentials={"secret": "UNSET_STRIPE_SECRET"}), env={})
+    assert isinstance(src, PushSource)
+    sink = ListSink()
+    async with serving([src], sink, aredis, unique) as url, httpx.AsyncClient(timeout=5) as c:
+        r = await c.post(f"{url}/hooks/st-unset", content=b"{}", headers={"Stripe-Signature": "t=1,v1=" + "0" * 64})
+    assert r.status_code == 503
+    assert r.json()["error"] == (
+        "source st-unset is stopped: environment variable UNSET_STRIPE_SECRET (credentials.secret) "
+        "is empty or not set: export it"
+    )
+    assert sink.items == []
