@@ -144,6 +144,12 @@ async def run_connect(settings: Any, sources: list[Any], *, once: bool = False) 
     from connectors.source import USER_AGENT
 
     c = settings.connect
+    # httpx imports its transport stack (anyio, h11) on the first request: import it here, before
+    # the sources start, so that first request does not stall the event loop for ~150 ms
+    import importlib
+
+    for mod in ("anyio._backends._asyncio", "anyio.streams.tls", "h11", "httpcore._async.http11"):
+        importlib.import_module(mod)
     # producing (kafka-python) and feed parsing run in threads; a short GIL switch interval lets
     # the event loop thread back in quickly, so a busy producer does not stall every source
     sys.setswitchinterval(0.001)
