@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cli.connect import connect
 from cli.eval import eval_app
 from infra.settings import ConfigError, Settings, load_settings
 
@@ -323,12 +324,19 @@ def bench(
     ] = False,
     fault_events: Annotated[int, typer.Option(help="Events for --faults.")] = 200_000,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    connect_only: Annotated[
+        bool, typer.Option("--connect", help="Only the connector runtime: one repmon connect, 20 local sources.")
+    ] = False,
 ) -> None:
-    """Benchmarks: end-to-end throughput and latency, and the enrichment functions alone."""
+    """Benchmarks: end-to-end throughput and latency, the enrichment functions alone, repmon connect."""
     from infra.embedded import unwind_on_signals
     from tools.bench import bench_alert_latency, run_bench
+    from tools.bench_connect import bench_connect
 
     unwind_on_signals()
+    if connect_only:
+        typer.echo(json.dumps({"connect": bench_connect()}, indent=None if json_out else 2))
+        return
     settings = _settings(config)
     if faults:
         from tools.bench_faults import bench_faults
@@ -339,6 +347,8 @@ def bench(
             raise typer.Exit(2)
         return
     result = run_bench(settings, events=events, console=err, config=config)
+    err.print("bench: repmon connect, 20 sources against local platform servers ...")
+    result["connect"] = bench_connect()
     if alerts:
         result["alert_latency"] = bench_alert_latency(settings, rate=rate, console=err, config=config)
     typer.echo(json.dumps(result, indent=None if json_out else 2))
@@ -529,6 +539,7 @@ def trust(
 
 
 app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
+app.command(name="connect")(connect)
 
 
 def main() -> None:

@@ -26,6 +26,17 @@ The one place where a row becomes a record, used by every connector that maps fo
     product = ["Quantity", "UnitPrice"]
     abs = true
 
+A column may also be a JMESPath expression (https://jmespath.org) reaching into nested JSON, so a
+new pushed payload needs a mapping, not code: ``rating = "eventData.stars"``,
+``order_id = "data.object.payment_intent || data.object.id"``. A key present in the row as
+written wins (CSV headers with dots keep working). Pushed payloads also take::
+
+    when = "type != 'customer.created'"   # JMESPath: rows where it is false are skipped
+    [scale]
+    amount = 0.01                           # minor units (cents) -> major
+    [case]
+    currency = "upper"
+
 Records get stable ids (``source:native_id``, else a hash of the row), so a re-run or a retried
 push is deduplicated downstream. :func:`to_item` is what connectors call: a valid record dict,
 or :class:`~connectors.base.Malformed` carrying the row and the reason (never dropped).
@@ -33,21 +44,51 @@ or :class:`~connectors.base.Malformed` carrying the row and the reason (never dr
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import jmespath
+import jmespath.exceptions
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors.base import Malformed
 from contract.records import make_event_id, parse_raw
 
-__all__ = ["Derived", "Mapping", "TimeSpec", "load_mapping", "parse_time", "to_item", "to_record"]
+__all__ = ["Derived", "Mapping", "TimeSpec", "load_mapping", "lookup", "parse_time", "skipped", "to_item", "to_record"]
 
-ROW_ERRORS = (ValueError, KeyError, TypeError, ValidationError)
+ROW_ERRORS = (ValueError, KeyError, TypeError, ValidationError, jmespath.exceptions.JMESPathError)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(expr: str) -> Any:
+    return jmespath.compile(expr)
+
+
+def lookup(row: dict[str, Any], column: str | int) -> Any:
+    """The value of ``column`` in ``row``: the key as written, else a JMESPath expression.
+
+    >>> lookup({"a.b": 1, "a": {"b": 2}}, "a.b"), lookup({"e": {"xs": [{"n": 7}]}}, "e.xs[0].n")
+    (1, 7)
+    """
+    key = str(column)
+    if key in row:
+        return row[key]
+    try:
+        return _compiled(key).search(row)
+    except jmespath.exceptions.ParseError:
+        return None  # a plain column name that is not in this row (e.g. "Unit Price")
+
+
+def _check_expression(expr: str, where: str) -> None:
+    try:
+        _compiled(expr)
+    except jmespath.exceptions.ParseError as exc:
+        raise ValueError(f"{where}: {expr!r} is not a JMESPath expression ({exc}); see https://jmespath.org") from None
 
 
 class TimeSpec(BaseModel):
@@ -74,14 +115,18 @@ class Derived(BaseModel):
 
     def value(self, row: dict[str, Any]) -> Any:
         if self.column:
-            raw = str(row.get(self.column, ""))
+            got = lookup(row, self.column)
+            raw = "" if got is None else str(got)
             for prefix, mapped in self.prefix_map.items():
                 if raw.startswith(prefix):
                     return mapped
             return self.default
         product = 1.0
         for col in self.product:
-            product *= float(row[col])
+            got = lookup(row, col)
+            if got is None:
+                raise KeyError(col)
+            product *= float(got)
         return abs(product) if self.abs else product
 
 
@@ -97,12 +142,24 @@ class Mapping(BaseModel):
     constants: dict[str, Any] = Field(default_factory=dict)
     values: dict[str, dict[str, Any]] = Field(default_factory=dict, description="field -> {source value: value}")
     derived: dict[str, Derived] = Field(default_factory=dict)
+    when: str | None = Field(default=None, description="JMESPath: rows for which it is false are skipped.")
+    scale: dict[str, float] = Field(default_factory=dict, description="field -> factor (cents: 0.01)")
+    case: dict[str, Literal["upper", "lower"]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _needs_time(self) -> Mapping:
         if "occurred_at" not in self.columns:
             raise ValueError("columns.occurred_at is required: name the column holding the event time")
+        if self.when:
+            _check_expression(self.when, "when")
         return self
+
+
+def skipped(mapping: Mapping | None, row: Any) -> bool:
+    """True when the mapping's ``when`` filter rejects ``row`` (an event type it does not map)."""
+    if mapping is None or not mapping.when or not isinstance(row, dict):
+        return False
+    return not _compiled(mapping.when).search(row)
 
 
 def load_mapping(path: Path | str) -> Mapping:
@@ -155,9 +212,13 @@ def to_record(mapping: Mapping, row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": m.kind, "source": m.source, **m.constants}
     native_id = None
     for field, col in m.columns.items():
-        value = row.get(str(col))
-        if value in (None, ""):
+        value = lookup(row, col)
+        if value is None or value == "":
             continue
+        if field in m.scale:
+            value = round(float(value) * m.scale[field], 6)  # 12999 * 0.01 must be 129.99, not 129.990000001
+        if field in m.case:
+            value = str(value).upper() if m.case[field] == "upper" else str(value).lower()
         if field in m.values:
             value = m.values[field].get(str(value), value)
         if field == "native_id":

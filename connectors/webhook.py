@@ -88,22 +88,22 @@ def sign(body: bytes, secret: bytes, *, timestamp: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
-def parse_header(header: str | None) -> tuple[int, list[str]]:
+def parse_header(header: str | None, name: str = HEADER) -> tuple[int, list[str]]:
     """``t`` and the ``v1`` digests of a signature header; :class:`SignatureError` for any other shape.
 
     >>> parse_header("t=12,v1=" + "ab" * 32)
     (12, ['abababababababababababababababababababababababababababababababab'])
     """
     if not header:
-        raise SignatureError(f"missing {HEADER} header")
+        raise SignatureError(f"missing {name} header")
     if not header.isascii() or len(header) > 1024:
-        raise SignatureError(f"{HEADER} header is not t=<unix seconds>,v1=<64 hex digits> (non-ASCII or too long)")
+        raise SignatureError(f"{name} header is not t=<unix seconds>,v1=<64 hex digits> (non-ASCII or too long)")
     ts: list[str] = []
     macs: list[str] = []
     for item in header.split(","):
         k, sep, v = item.strip().partition("=")
         if not sep:
-            raise SignatureError(f"{HEADER} header item {item.strip()[:20]!r} is not key=value")
+            raise SignatureError(f"{name} header item {item.strip()[:20]!r} is not key=value")
         if k == "t":
             ts.append(v)
         elif k == "v1":
@@ -135,10 +135,12 @@ def verify(
     now: float,
     tolerance: float,
     skew: float = 30.0,
+    name: str = HEADER,
 ) -> str:
     """Raise :class:`SignatureError` unless ``header`` signs ``body`` with one of ``secrets``;
-    return the matching digest (the replay-cache key)."""
-    t, macs = parse_header(header)
+    return the matching digest (the replay-cache key). Stripe's ``Stripe-Signature`` is the same
+    scheme (``name`` is the header, for the messages)."""
+    t, macs = parse_header(header, name)
     check_time(t, now=now, tolerance=tolerance, skew=skew)
     signed = f"{t}.".encode() + body
     for secret in secrets:

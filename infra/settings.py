@@ -35,6 +35,7 @@ __all__ = [
     "AlertSettings",
     "AliasRule",
     "ConfigError",
+    "ConnectSettings",
     "DetectSettings",
     "Entity",
     "KafkaSettings",
@@ -43,6 +44,7 @@ __all__ = [
     "Route",
     "SentimentSettings",
     "Settings",
+    "SourceSpec",
     "WindowSettings",
     "WorkerSettings",
     "load_settings",
@@ -356,6 +358,60 @@ class WorkerSettings(_Section):
     metrics_addr: str = Field(default="127.0.0.1", description="Address of /metrics (0.0.0.0 in a container).")
 
 
+ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+
+
+class SourceSpec(_Section):
+    """One ``[[sources]]`` entry: a platform ``repmon connect`` pulls from or receives pushes from.
+
+    Credentials are named, never given: ``credentials = { client_secret = "REDDIT_CLIENT_SECRET" }``
+    means "read the client secret from that environment variable". Kind-specific settings go in
+    ``options``; each connector validates its own (``repmon connect --list`` names them).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Unique name: metrics label and cursor key.")
+    kind: str = Field(min_length=1, description="Connector kind (`repmon connect --list`).")
+    enabled: bool = True
+    query: str | None = Field(default=None, description="Search query, for kinds that search.")
+    keywords: list[str] = Field(default_factory=list, description="Terms kept by kinds that filter locally.")
+    accounts: list[str] = Field(default_factory=list, description="Accounts, subreddits, hashtags or app ids.")
+    feeds: list[str] = Field(default_factory=list, description="Feed URLs (rss).")
+    poll_seconds: float = Field(default=300.0, gt=0, description="Gap between two polls (pull kinds).")
+    base_url: str | None = Field(default=None, description="API root, for self-hosted instances and local tests.")
+    brand: str | None = Field(default=None, description="Brand hint put on every record of this source.")
+    credentials: dict[str, str] = Field(
+        default_factory=dict, description="Credential role -> NAME of the environment variable that holds it."
+    )
+    mapping: str | None = Field(default=None, description="Replay-mapping TOML overriding a push kind's mapping.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Kind-specific settings.")
+
+    @field_validator("credentials")
+    @classmethod
+    def _names_not_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for role, var in v.items():
+            if not re.fullmatch(ENV_NAME, var):
+                raise ValueError(
+                    f"credentials.{role} must be the NAME of an environment variable (e.g. "
+                    f"{role.upper()}), never the secret itself; export the secret and name the variable here"
+                )
+        return v
+
+
+class ConnectSettings(_Section):
+    """How ``repmon connect`` runs its sources."""
+
+    listen: str = Field(
+        default="127.0.0.1:8089", pattern=r"^[^:]+:[0-9]{1,5}$", description="host:port serving push kinds."
+    )
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Serve Prometheus /metrics here.")
+    metrics_addr: str = Field(default="127.0.0.1", description="Address of /metrics (0.0.0.0 in a container).")
+    dedupe_seconds: int = Field(default=14 * 86400, ge=60, description="How long native ids are remembered.")
+    dedupe_max: int = Field(default=200_000, ge=100, description="Most native ids remembered per source.")
+    max_retry_seconds: float = Field(default=900.0, gt=0, description="Longest wait between two tries of a source.")
+
+
 def _env_only_settings_config() -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix="REPMON_",
@@ -380,6 +436,8 @@ class Settings(BaseSettings):
     sentiment: SentimentSettings = Field(default_factory=SentimentSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    connect: ConnectSettings = Field(default_factory=ConnectSettings)
+    sources: list[SourceSpec] = Field(default_factory=list)
     # Secrets: from the environment only (REPMON_AUTHOR_KEY_SECRET, REPMON_WEBHOOK_SECRET), never the file.
     author_key_secret: SecretStr | None = Field(
         default=None, description="HMAC key of pseudonymous author keys (env REPMON_AUTHOR_KEY_SECRET)."
@@ -414,6 +472,14 @@ class Settings(BaseSettings):
                     f"entities: product {e.name!r} names brand {e.brand!r}, which is not configured; "
                     'add it as an entity with kind = "brand"'
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _source_names_unique(self) -> Settings:
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"sources: duplicate names {dup}; give each [[sources]] entry a unique name")
         return self
 
     def entity(self, key: str) -> Entity | None:
@@ -477,5 +543,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         for err in exc.errors():
             loc = tuple(err["loc"])
             key = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r}); fix: {_fix_hint(loc, err)}")
+            # a misplaced secret must not be echoed into logs
+            got = "" if "credentials" in loc else f" (got {err.get('input')!r})"
+            problems.append(f"{key}: {err['msg']}{got}; fix: {_fix_hint(loc, err)}")
         raise ConfigError(str(chosen), problems) from None

@@ -1,0 +1,174 @@
+"""mastodon.v1: Mastodon statuses (hashtag timelines, keyword search, live streaming) -> mentions.
+
+On one instance (``base_url``, e.g. ``https://mastodon.social``):
+
+- ``accounts``: hashtags (``#northwind`` or ``northwind``), read from ``/api/v1/timelines/tag/<tag>``;
+- ``query``: keyword search of statuses, ``/api/v2/search?type=statuses`` (instances require a
+  user token for it: ``credentials.access_token``);
+- ``options.streaming = true``: after catching up, the round stays on the streaming API
+  (``/api/v1/streaming/hashtag?tag=<tag>``, server-sent events) and yields statuses as they come.
+  When the stream drops, the runtime reconnects and the round first catches up from the cursor,
+  so nothing posted while disconnected is missed.
+
+Catch-up reads forward from the newest id delivered (the cursor, per tag/query), with ``min_id``:
+Mastodon then returns the statuses *immediately* newer than it, 40 at a time, so a long outage is
+read page by page without a gap (``since_id`` would return only the newest 40). Reblogs are
+skipped (the original is delivered). Status HTML becomes text.
+
+Credentials: ``access_token`` (optional for public hashtag timelines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.http import Http
+from connectors.registry import register
+from connectors.source import Batch, Entry, RetryLater, Source, SourceError, SourceState, strip_html
+
+__all__ = ["MastodonSource"]
+
+
+class MastodonOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    streaming: bool = Field(default=False, description="Stay on the streaming API after catching up.")
+    limit: int = Field(default=40, ge=1, le=40)
+    max_pages: int = Field(default=50, ge=1)
+    backlog: bool = Field(default=True, description="First run: read the newest page (else start from now).")
+    since_id: str | None = Field(default=None, description="First run: read everything after this status id.")
+
+
+def _id(value: Any) -> int:
+    return int(str(value)) if str(value).isdigit() else 0
+
+
+@register
+class MastodonSource(Source):
+    kind = "mastodon"
+    name = "mastodon.v1"
+    summary = "Mastodon hashtag timelines, keyword search and streaming (optional access_token)"
+    Options = MastodonOptions
+    optional_credentials = ("access_token",)
+    needs = ("accounts", "query")
+    default_base_url = "https://mastodon.social"
+    options: MastodonOptions
+
+    def __init__(self, spec: Any, **kw: Any) -> None:
+        super().__init__(spec, **kw)
+        if self.options.streaming:
+            self.mode = "stream"  # type: ignore[misc]  # reconnect at once, not after poll_seconds
+
+    def _headers(self) -> dict[str, str]:
+        token = self.secret("access_token", required=False)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def open(self, state: SourceState) -> None:
+        if self.spec.query:
+            self.secret("access_token")  # statuses search needs a user token
+
+    def _status(self, st: Any) -> Entry | None:
+        if not isinstance(st, dict) or not st.get("id") or not st.get("created_at"):
+            return self.malformed(st, "Mastodon status without id or created_at")
+        if st.get("reblog"):
+            return None
+        acct = st.get("account") or {}
+        host = httpx.URL(self.base_url).host
+        rec = {
+            "kind": "mention",
+            "text": strip_html(st.get("content") or "") or (st.get("spoiler_text") or ""),
+            "occurred_at": st["created_at"],
+            "author": acct.get("acct"),
+            "channel": "mastodon",
+            "url": st.get("url") or st.get("uri"),
+            "reach": int(acct.get("followers_count") or 0),
+            "lang": st.get("language"),
+        }
+        if st.get("in_reply_to_id"):
+            rec["reply_to"] = f"mastodon:{host}:{st['in_reply_to_id']}"
+        return self.record(st, rec, f"{host}:{st['id']}")
+
+    def _timelines(self) -> list[tuple[str, str, dict[str, Any], str | None]]:
+        """(cursor key, path, params, streaming tag)."""
+        out: list[tuple[str, str, dict[str, Any], str | None]] = []
+        for acc in self.spec.accounts:
+            tag = acc.lstrip("#")
+            out.append((f"tag:{tag}", f"/api/v1/timelines/tag/{tag}", {}, tag))
+        if self.spec.query:
+            out.append(
+                (f"search:{self.spec.query}", "/api/v2/search", {"q": self.spec.query, "type": "statuses"}, None)
+            )
+        return out
+
+    async def _catch_up(
+        self, http: Http, cursor: dict[str, Any], key: str, path: str, params: dict[str, Any]
+    ) -> AsyncIterator[Batch]:
+        since = cursor.get(key, self.options.since_id)
+        first = since is None
+        for _ in range(self.options.max_pages):
+            q = {**params, "limit": self.options.limit}
+            if since is not None:
+                q["min_id"] = since
+            data = await http.get_json(f"{self.base_url}{path}", params=q, headers=self._headers())
+            statuses = data.get("statuses", []) if isinstance(data, dict) else (data or [])
+            if not statuses:
+                return
+            ids = [_id(s.get("id")) for s in statuses if isinstance(s, dict)]
+            newest = str(max(ids)) if ids else since
+            cursor[key] = newest
+            entries = [] if first and not self.options.backlog else [self._status(s) for s in statuses]
+            yield Batch([e for e in entries if e is not None], dict(cursor))
+            if first or newest == since or len(statuses) < self.options.limit:
+                return  # first run: the newest page only; else a short page is the present
+            since = newest
+
+    async def _stream(self, cursor: dict[str, Any], key: str, tag: str) -> AsyncIterator[Batch]:
+        assert self.client is not None
+        url = f"{self.base_url}/api/v1/streaming/hashtag"
+        timeout = httpx.Timeout(30.0, read=120.0)  # servers send a heartbeat comment every ~10 s
+        async with self.client.stream("GET", url, params={"tag": tag}, headers=self._headers(), timeout=timeout) as r:
+            if r.status_code in (401, 403):
+                raise SourceError(f"HTTP {r.status_code} from {url}: check the token in credentials.access_token")
+            if r.status_code != 200:
+                raise RetryLater(f"streaming API answered HTTP {r.status_code}", None)
+            event, data = "", []
+            async for line in r.aiter_lines():
+                if line.startswith(":"):
+                    continue
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line:
+                    if event == "update" and data:
+                        raw = "\n".join(data)
+                        try:
+                            st = orjson.loads(raw)
+                        except orjson.JSONDecodeError:
+                            yield Batch([self.malformed(raw, "streaming update is not JSON")])
+                        else:
+                            e = self._status(st)
+                            if e is not None:
+                                if isinstance(st, dict) and _id(st.get("id")) > _id(cursor.get(key, 0)):
+                                    cursor[key] = str(st["id"])
+                                yield Batch([e], dict(cursor))
+                    event, data = "", []
+        raise RetryLater("the streaming connection closed", None)
+
+    async def fetch(self, state: SourceState) -> AsyncIterator[Batch]:
+        assert self.client is not None
+        http = self.http("the token in credentials.access_token")
+        cursor = dict(state.cursor)
+        for key, path, params, _ in self._timelines():
+            async for b in self._catch_up(http, cursor, key, path, params):
+                yield b
+        tags = [(k, t) for k, _, _, t in self._timelines() if t]
+        if self.options.streaming and tags:
+            # one stream per source: the first hashtag (a source per hashtag streams several)
+            key, tag = tags[0]
+            async for b in self._stream(cursor, key, tag):
+                yield b

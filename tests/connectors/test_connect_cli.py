@@ -1,0 +1,141 @@
+"""``repmon connect``: the kinds list, one-line config errors, and a real run against a local feed
+into real Kafka with the cursor in real Redis (a second run sends nothing again)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.connectors.srckit import Platform, fixture, ids_of, read_topic
+
+runner = CliRunner()
+
+BASE = '[[entities]]\nname = "Northwind"\n'
+
+
+def test_list_shows_every_kind_with_its_mode_and_credentials() -> None:
+    res = runner.invoke(app, ["connect", "--list", "--json"])
+    assert res.exit_code == 0, res.output
+    kinds = {r["kind"]: r for r in json.loads(res.stdout)}
+    assert set(kinds) >= {
+        "rss",
+        "hackernews",
+        "reddit",
+        "mastodon",
+        "bluesky",
+        "appstore",
+        "googleplay",
+        "stripe",
+        "shopify",
+        "typeform",
+        "surveymonkey",
+        "trustpilot",
+        "webhook",
+    }
+    assert kinds["reddit"]["credentials"] == ["client_id", "client_secret"] and kinds["reddit"]["mode"] == "pull"
+    assert kinds["bluesky"]["mode"] == "stream" and kinds["stripe"]["mode"] == "push"
+    table = runner.invoke(app, ["connect", "--list"])
+    assert table.exit_code == 0 and "Stripe-Signature" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            'kind = "reddit"\naccounts = ["travel"]\ncredentials = { client_secret = "hunter2-s3cret" }',
+            "credentials.client_secret must be the NAME of an environment variable",
+        ),
+        ('kind = "carrier-pigeon"', "sources.s.kind: no connector of kind 'carrier-pigeon'; known kinds: "),
+        ('kind = "rss"', "sources.s (rss): set feeds (the rss source has nothing to follow)"),
+        (
+            'kind = "rss"\nfeeds = ["http://x"]\noptions = { colour = "red" }',
+            "options.colour: Extra inputs are not permitted",
+        ),
+        ('kind = "replay"', "'replay' is not a live source"),
+    ],
+)
+def test_bad_source_config_fails_in_one_line_naming_the_key(tmp_path: Path, source: str, message: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'{BASE}[[sources]]\nname = "s"\n{source}\n')
+    res = runner.invoke(app, ["connect", "-c", str(cfg)])
+    assert res.exit_code == 2
+    out = " ".join(res.output.split())
+    assert message in out and "Traceback" not in out and "hunter2" not in out
+
+
+@pytest.mark.integration
+async def test_connect_once_delivers_a_feed_and_a_second_run_resumes_without_resending(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique: str
+) -> None:
+    async with Platform() as p:
+
+        async def feed(request: web.Request) -> web.Response:
+            return web.Response(text=fixture("google_news_rss.xml"), content_type="application/rss+xml")
+
+        p.route("GET", "/news", feed)
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'{BASE}[[sources]]\nname = "news"\nkind = "rss"\nfeeds = ["{p.url}/news"]\n')
+        env = {
+            **os.environ,
+            "REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
+            "REPMON_REDIS__URL": redis_url,
+            "REPMON_KAFKA__TOPIC_PREFIX": unique,
+            "REPMON_REDIS__KEY_PREFIX": unique,
+            "REPMON_KAFKA__PARTITIONS": "1",
+        }
+        outs: list[dict[str, Any]] = []
+        for _ in range(2):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "cli.main",
+                "connect",
+                "--once",
+                "--json",
+                "-c",
+                str(cfg),
+                "--loglevel",
+                "warning",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, errb = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 0, errb.decode()[-2000:]
+            outs.append(json.loads(out.decode().strip().splitlines()[-1]))
+    assert outs[0]["sources"] == {"news": "done"} and outs[0]["sent"] == 3
+    assert outs[1]["sent"] == 0 and outs[1]["per_source"]["news"]["duplicates"] == 3
+    ids = ids_of(read_topic(kafka_bootstrap, f"{unique}.raw"))
+    assert sorted(ids) == sorted(
+        [
+            "<malformed>",
+            "rss:CBMiK2h0dHBzOi8vbmV3cy5leGFtcGxlLmNvbS9ub3J0aHdpbmQtb3V0YWdl",
+            "rss:CBMiKmh0dHBzOi8vZGFpbHkuZXhhbXBsZS5vcmcvbm9ydGh3aW5kLXJlYm9vaw",
+        ]
+    )
+
+
+def test_the_readme_example_config_builds_every_source() -> None:
+    import tomllib
+
+    from cli.connect import build_sources
+    from infra.settings import load_settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Sources", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    data = tomllib.loads(block)
+    settings = load_settings(None, sources=data["sources"], connect=data["connect"])
+    sources, problems = build_sources(list(settings.sources), None, env={})
+    assert problems == []
+    assert {s.kind for s in sources} == {
+        r["kind"] for r in json.loads(runner.invoke(app, ["connect", "--list", "--json"]).stdout)
+    }

@@ -1,0 +1,130 @@
+"""Bluesky: Jetstream over a local WebSocket server (cursor, local keyword filter, reconnect) and
+the search API back-fill, into real Kafka with the cursor in real Redis."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+from aiohttp import web
+from websockets.asyncio.server import ServerConnection, serve
+
+from connectors.base import KafkaSink, ListSink
+from connectors.bluesky import BlueskySource
+from infra.kafka import ensure_topics
+from tests.connectors.srckit import Platform, fixture, ids_of, one_round, read_topic, spec
+
+pytestmark = pytest.mark.integration
+
+EVENTS = fixture("jetstream_events.json")["events"]
+FIRST = "at://did:plc:eygmaihciaxprqvxpfvl6flk/app.bsky.feed.post/3lcq2vuowo2b"
+REPLY = "at://did:plc:4f6zq2yq5bqegv6rfzfpxdao/app.bsky.feed.post/3lcq2vuowo2e"
+
+
+class Jetstream:
+    """Sends ``self.events`` (those after the requested cursor) on each connection, then closes."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.paths: list[str] = []
+        self.url = ""
+
+    async def handler(self, ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request is not None else ""
+        self.paths.append(path)
+        q = parse_qs(urlsplit(path).query)
+        assert q["wantedCollections"] == ["app.bsky.feed.post"]
+        since = int(q.get("cursor", ["0"])[0])
+        for ev in self.events:
+            if isinstance(ev, str):
+                await ws.send(ev)
+            elif ev["time_us"] > since:
+                await ws.send(orjson.dumps(ev).decode())
+        await ws.close()
+
+
+async def test_jetstream_keeps_matching_posts_and_a_reconnect_resumes_from_the_cursor(
+    aredis: Any, unique: str, kafka_bootstrap: str
+) -> None:
+    topic = f"bsky-{unique}"
+    ensure_topics(kafka_bootstrap, [topic], 1)
+    js = Jetstream()
+    js.events = [*EVENTS, "{not json"]
+    async with serve(js.handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+
+        def make() -> BlueskySource:
+            return BlueskySource(spec("bluesky", f"ws://127.0.0.1:{port}", name="bsky", keywords=["northwind"]))
+
+        sink = KafkaSink(kafka_bootstrap, topic)
+        try:
+            _, states = await one_round([make()], sink, aredis, unique)
+            assert states["bsky"].startswith("retrying: the Jetstream connection closed")
+            cursor = orjson.loads(await aredis.get(f"{unique}:src:bsky:cursor"))
+            assert cursor == {"time_us": EVENTS[-1]["time_us"]}
+            # posted while disconnected; Jetstream replays from the rewound cursor, so the last
+            # events come again and must not be delivered twice
+            late = copy.deepcopy(EVENTS[0])
+            late["time_us"] = EVENTS[-1]["time_us"] + 1_000_000
+            late["commit"]["rkey"] = "3lcq2vuowo2z"
+            js.events = [*EVENTS, late]
+            await one_round([make()], sink, aredis, unique)
+        finally:
+            sink.close()
+    assert "cursor" not in js.paths[0]
+    assert f"cursor={EVENTS[-1]['time_us'] - 5_000_000}" in js.paths[1]
+    got = [orjson.loads(v) for v in read_topic(kafka_bootstrap, topic)]
+    good = {g["event_id"]: g for g in got if "_error" not in g}
+    assert sorted(good) == sorted(
+        [
+            f"bluesky:{FIRST}",
+            f"bluesky:{REPLY}",
+            "bluesky:at://did:plc:eygmaihciaxprqvxpfvl6flk/app.bsky.feed.post/3lcq2vuowo2z",
+        ]
+    )
+    assert sum(1 for g in got if "_error" not in g) == 3  # each once
+    reply = good[f"bluesky:{REPLY}"]
+    assert (
+        reply["lang"] == "pt"
+        and reply["reply_to"] == f"bluesky:{FIRST}"
+        and reply["text"] == "A NORTHWIND perdeu minha mala"
+    )
+    assert reply["url"] == "https://bsky.app/profile/did:plc:4f6zq2yq5bqegv6rfzfpxdao/post/3lcq2vuowo2e"
+    reasons = sorted(g["_error"] for g in got if "_error" in g)
+    assert reasons == ["Jetstream post without did, rkey or record.createdAt", "not JSON"]  # once each
+
+
+async def test_backfill_reads_the_search_api_pages_before_streaming(aredis: Any, unique: str) -> None:
+    posts = fixture("bluesky_search.json")["posts"]
+    js = Jetstream()
+    js.events = [EVENTS[0]]
+    async with Platform() as p, serve(js.handler, "127.0.0.1", 0) as server:
+
+        async def search(request: web.Request) -> web.Response:
+            assert request.query["q"] == "northwind" and request.query["sort"] == "latest"
+            if request.query.get("cursor") == "p2":
+                return web.json_response({"posts": posts[1:]})
+            return web.json_response({"posts": posts[:1], "cursor": "p2"})
+
+        p.route("GET", "/xrpc/app.bsky.feed.searchPosts", search)
+        port = server.sockets[0].getsockname()[1]
+        src = BlueskySource(
+            spec(
+                "bluesky",
+                f"ws://127.0.0.1:{port}",
+                name="bsky-bf",
+                keywords=["northwind"],
+                query="northwind",
+                options={"backfill": True, "search_url": f"{p.url}/xrpc"},
+            )
+        )
+        sink = ListSink()
+        await one_round([src], sink, aredis, unique)
+    assert sorted(ids_of([v for _, v in sink.items])) == sorted(
+        [f"bluesky:{posts[0]['uri']}", f"bluesky:{posts[1]['uri']}", f"bluesky:{FIRST}"]
+    )
+    cursor = orjson.loads(await aredis.get(f"{unique}:src:bsky-bf:cursor"))
+    assert cursor["search_since"] == "2026-12-03T04:00:00.000Z"

@@ -1,0 +1,604 @@
+"""Pull sources against local servers speaking each platform's documented API, cursor in real Redis.
+
+Each kind: mapping of the documented payload, pagination, 429 + Retry-After, 5xx, a malformed
+item dead-lettered while the rest goes on, and a restart from the cursor through real Kafka
+(exactly the expected ids arrive, once).
+"""
+
+from __future__ import annotations
+
+import copy
+import email.utils
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from connectors.appstore import AppStoreSource
+from connectors.base import KafkaSink, ListSink
+from connectors.googleplay import GooglePlaySource
+from connectors.hackernews import HackerNewsSource
+from connectors.mastodon import MastodonSource
+from connectors.reddit import RedditSource
+from connectors.rss import RssSource
+from connectors.source import Source
+from infra.kafka import ensure_topics
+from tests.connectors.srckit import Platform, Waits, fixture, ids_of, one_round, read_topic, spec
+
+pytestmark = pytest.mark.integration
+
+ENV = {"RD_ID": "app-id", "RD_SECRET": "app-secret", "MASTO_TOKEN": "tok"}
+
+
+def sent(sink: ListSink) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for _, v in sink.items]
+
+
+# -- RSS ------------------------------------------------------------------------------------------
+RSS_ITEM = """<item><title>{title}</title><link>https://news.example.com/{n}</link>
+<guid isPermaLink="false">news-{n}</guid><pubDate>{date}</pubDate><description>{title}</description></item>"""
+
+
+def rss_feed(ns: list[int]) -> str:
+    items = "".join(
+        RSS_ITEM.format(
+            n=n, title=f"Northwind story {n}", date=email.utils.formatdate(1796270000 + 60 * n, usegmt=True)
+        )
+        for n in ns
+    )
+    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'
+
+
+async def test_rss_and_atom_map_entries_dead_letter_the_undated_and_get_conditionally(aredis: Any, unique: str) -> None:
+    async with Platform() as p:
+
+        async def news(request: web.Request) -> web.Response:
+            if request.headers.get("If-None-Match") == '"v1"':
+                return web.Response(status=304)
+            return web.Response(text=fixture("google_news_rss.xml"), headers={"ETag": '"v1"'})
+
+        modified = "Thu, 03 Dec 2026 05:00:00 GMT"
+
+        async def blog(request: web.Request) -> web.Response:
+            if request.headers.get("If-Modified-Since") == modified:
+                return web.Response(status=304)
+            return web.Response(text=fixture("blog_atom.xml"), headers={"Last-Modified": modified})
+
+        p.route("GET", "/rss/search", news)
+        p.route("GET", "/forum.atom", blog)
+        src = RssSource(
+            spec(
+                "rss",
+                feeds=[f"{p.url}/rss/search?q=northwind", f"{p.url}/forum.atom"],
+                keywords=["Northwind"],
+                poll_seconds=0.01,
+                brand="northwind",
+            )
+        )
+        sink = ListSink()
+        _, states = await one_round([src], sink, aredis, unique, rounds=2)
+        assert all(s == "done" for s in states.values()), states
+        got = sent(sink)
+        good = [g for g in got if "_error" not in g]
+        assert sorted(g["event_id"] for g in good) == [
+            "rss:CBMiK2h0dHBzOi8vbmV3cy5leGFtcGxlLmNvbS9ub3J0aHdpbmQtb3V0YWdl",
+            "rss:CBMiKmh0dHBzOi8vZGFpbHkuZXhhbXBsZS5vcmcvbm9ydGh3aW5kLXJlYm9vaw",
+            "rss:tag:forum.example.com,2026:post-1",
+        ]
+        post = next(g for g in good if g["event_id"].endswith("post-1"))
+        assert post["text"] == "Northwind lost my bag again. Third time this year, no answer from support."
+        assert post["occurred_at"] == "2026-12-03T03:00:00+00:00" and post["author"] == "frequentflyer"
+        assert post["brand"] == "northwind" and post["kind"] == "mention"
+        bad = [g for g in got if "_error" in g]
+        assert len(bad) == 1 and "no published or updated date" in bad[0]["_error"]
+        # the second round asked with the validators and got 304s: nothing new, nothing re-sent
+        assert [r.headers.get("If-None-Match") for r in p.hits("/rss/search")] == [None, '"v1"']
+        assert [r.headers.get("If-Modified-Since") for r in p.hits("/forum.atom")] == [None, modified]
+        assert len(sink.items) == 4
+
+
+async def test_rss_honours_retry_after_and_backs_off_on_5xx(aredis: Any, unique: str) -> None:
+    async with Platform() as p:
+
+        async def feed(request: web.Request) -> web.Response:
+            return web.Response(text=rss_feed([1, 2]))
+
+        p.route("GET", "/feed", feed)
+        p.fail("/feed", 429, {"Retry-After": "7"})
+        p.fail("/feed", 502)
+        src = RssSource(spec("rss", feeds=[f"{p.url}/feed"]))
+        waits = Waits()
+        src.sleep = waits
+        sink = ListSink()
+        _, states = await one_round([src], sink, aredis, unique)
+        assert states[src.spec.name] == "done"
+        assert waits.seconds[0] == 7.0 and len(waits.seconds) == 2 and 1.0 <= waits.seconds[1] <= 2.0
+        assert sorted(ids_of([v for _, v in sink.items])) == ["rss:news-1", "rss:news-2"]
+
+
+def grown(base: list[dict[str, Any]], n: int, vary: Callable[[dict[str, Any], int], None]) -> list[dict[str, Any]]:
+    """The fixture's items plus ``n`` newer copies of its first one, ``vary`` giving each its id and time."""
+    out = copy.deepcopy(base)
+    for i in range(n):
+        c = copy.deepcopy(base[0])
+        vary(c, i)
+        out.append(c)
+    return out
+
+
+# -- restart from the cursor, through Kafka, for every pull kind ---------------------------------
+class Feed:
+    """A platform whose content grows between two runs; ``build`` adds its routes."""
+
+    def __init__(self, build: Callable[[Platform, Feed], None], make: Callable[[str], Source]) -> None:
+        self.build = build
+        self.make = make
+        self.items: list[Any] = []
+        self.extra: Any = None
+
+
+def _rss(p: Platform, f: Feed) -> None:
+    async def h(request: web.Request) -> web.Response:
+        return web.Response(text=rss_feed(f.items))
+
+    p.route("GET", "/feed", h)
+
+
+def _algolia(p: Platform, f: Feed) -> None:
+    async def h(request: web.Request) -> web.Response:
+        q = request.query
+        since = int(q.get("numericFilters", "created_at_i>=0").split(">=")[1])
+        per, page = int(q["hitsPerPage"]), int(q["page"])
+        hits = sorted(
+            (h for h in f.items if h.get("created_at_i", 0) >= since), key=lambda h: -h.get("created_at_i", 0)
+        )
+        pages = max(1, -(-len(hits) // per))
+        return web.json_response({"hits": hits[page * per : (page + 1) * per], "nbPages": pages, "page": page})
+
+    p.route("GET", "/api/v1/search_by_date", h)
+
+
+def _hn_items(n: int) -> list[dict[str, Any]]:
+    def vary(h: dict[str, Any], i: int) -> None:
+        h["objectID"], h["created_at_i"] = str(42100000 + i), 1796274000 + 60 * i
+
+    return grown(fixture("hn_algolia_hits.json")["hits"], n, vary)
+
+
+def _firebase(p: Platform, f: Feed) -> None:
+    async def top(request: web.Request) -> web.Response:
+        return web.json_response(max(i["id"] for i in f.items))
+
+    async def item(request: web.Request) -> web.Response:
+        i = int(request.path.rsplit("/", 1)[1].removesuffix(".json"))
+        found = next((x for x in f.items if x["id"] == i), None)
+        return web.json_response(found)
+
+    p.route("GET", "/v0/maxitem.json", top)
+    p.route("GET", "/v0/item/{id}", item)
+
+
+def _reddit(p: Platform, f: Feed) -> None:
+    async def token(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Basic YXBwLWlkOmFwcC1zZWNyZXQ=":  # app-id:app-secret
+            return web.json_response({"error": 401, "message": "Unauthorized"}, status=401)
+        return web.json_response({"access_token": "t0k", "token_type": "bearer", "expires_in": 86400, "scope": "*"})
+
+    async def listing(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "bearer t0k"
+        kids = sorted(f.items, key=lambda c: -c["data"].get("created_utc", 0))
+        limit = int(request.query["limit"])
+        start = 0
+        if "after" in request.query:
+            start = next(i for i, c in enumerate(kids) if c["data"].get("name") == request.query["after"]) + 1
+        page = kids[start : start + limit]
+        after = page[-1]["data"].get("name") if start + limit < len(kids) else None
+        return web.json_response(
+            {"kind": "Listing", "data": {"after": after, "children": page}},
+            headers={"X-Ratelimit-Remaining": "598.0", "X-Ratelimit-Reset": "300"},
+        )
+
+    p.route("POST", "/api/v1/access_token", token)
+    p.route("GET", "/r/travel/new", listing)
+
+
+def _reddit_items(n: int) -> list[dict[str, Any]]:
+    def vary(c: dict[str, Any], i: int) -> None:
+        c["data"]["name"], c["data"]["created_utc"] = f"t3_new{i}", 1796274000.0 + 60 * i
+
+    return grown(fixture("reddit_listing.json")["children"], n, vary)
+
+
+def _mastodon(p: Platform, f: Feed) -> None:
+    async def tag(request: web.Request) -> web.Response:
+        limit = int(request.query["limit"])
+        sts = sorted(f.items, key=lambda s: int(s["id"]))
+        if "min_id" in request.query:
+            newer = [s for s in sts if int(s["id"]) > int(request.query["min_id"])][:limit]
+        else:
+            newer = sts[-limit:]
+        return web.json_response(list(reversed(newer)))  # newest first, as Mastodon answers
+
+    p.route("GET", "/api/v1/timelines/tag/northwind", tag)
+
+
+def _mastodon_items(n: int, start: int = 0) -> list[dict[str, Any]]:
+    base = fixture("mastodon_statuses.json")["statuses"][0]
+    out = []
+    for i in range(start, start + n):
+        s = copy.deepcopy(base)
+        s["id"] = str(113600000000000000 + i)
+        out.append(s)
+    return out
+
+
+def _appstore(p: Platform, f: Feed) -> None:
+    async def page(request: web.Request) -> web.Response:
+        n = int(p.arg(request, "page").removeprefix("page="))
+        assert p.arg(request, "app") == "id=284882215"
+        entries = sorted(f.items, key=lambda e: e["updated"]["label"], reverse=True)  # one offset: sorts as time
+        return web.json_response({"feed": {"entry": entries[(n - 1) * 2 : n * 2]}})
+
+    p.route("GET", "/gb/rss/customerreviews/{page}/{app}/sortby=mostrecent/json", page)
+
+
+def _appstore_items(n: int) -> list[dict[str, Any]]:
+    def vary(e: dict[str, Any], i: int) -> None:
+        e["id"]["label"], e["updated"]["label"] = str(11800000100 + i), f"2026-12-02T20:{10 + i:02d}:00-07:00"
+
+    return grown(fixture("appstore_reviews.json")["entry"], n, vary)
+
+
+def _googleplay(p: Platform, f: Feed) -> None:
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("refresh_token") != "gp-refresh" or form.get("grant_type") != "refresh_token":
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response({"access_token": "ya29.test", "expires_in": 3599, "token_type": "Bearer"})
+
+    async def reviews(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer ya29.test"
+        rs = sorted(
+            f.items,
+            key=lambda r: -int(r["comments"][0].get("userComment", {}).get("lastModified", {}).get("seconds", 0)),
+        )
+        start = int(request.query.get("token", 0))
+        body: dict[str, Any] = {"reviews": rs[start : start + 2]}
+        if start + 2 < len(rs):
+            body["tokenPagination"] = {"nextPageToken": str(start + 2)}
+        return web.json_response(body)
+
+    p.route("POST", "/token", token)
+    p.route("GET", "/androidpublisher/v3/applications/com.northwind.go/reviews", reviews)
+
+
+def _googleplay_items(n: int) -> list[dict[str, Any]]:
+    def vary(r: dict[str, Any], i: int) -> None:
+        r["reviewId"] = f"gp:new-{i}"
+        r["comments"][0]["userComment"]["lastModified"]["seconds"] = str(1796273000 + 60 * i)
+
+    return grown(fixture("googleplay_reviews.json")["reviews"], n, vary)
+
+
+GP_ENV = {"GP_ID": "cid", "GP_SECRET": "csecret", "GP_REFRESH": "gp-refresh"}
+
+
+def _src(cls: type[Source], **kw: Any) -> Callable[[str], Source]:
+    return lambda url: cls(spec(cls.kind, url, name=f"{cls.kind}-restart", poll_seconds=0.01, **kw), env=ENV)
+
+
+CASES = {
+    # kind: (feed builder, make source, items of run 1, items of run 2, expected ids)
+    "rss": (
+        _rss,
+        lambda url: RssSource(spec("rss", name="rss-restart", feeds=[f"{url}/feed"])),
+        [1, 2, 3],
+        [2, 3, 4, 5],
+        [f"rss:news-{i}" for i in range(1, 6)],
+    ),
+    "hackernews": (
+        _algolia,
+        _src(HackerNewsSource, query="northwind", options={"hits_per_page": 2}),
+        _hn_items(0),
+        _hn_items(3),
+        [f"hackernews:{i}" for i in ("42000001", "42000002", "42000003", "42100000", "42100001", "42100002")],
+    ),
+    "hackernews-firehose": (
+        _firebase,
+        lambda url: HackerNewsSource(
+            spec(
+                "hackernews",
+                name="hnf-restart",
+                keywords=["northwind"],
+                options={"firehose": True, "firebase_url": f"{url}/v0", "backlog": 10},
+            )
+        ),
+        fixture("hn_firebase_items.json")["items"][:3],
+        fixture("hn_firebase_items.json")["items"],
+        ["hackernews:43000001", "hackernews:43000003", "hackernews:43000005"],
+    ),
+    "reddit": (
+        _reddit,
+        lambda url: RedditSource(
+            spec(
+                "reddit",
+                url,
+                name="rd-restart",
+                accounts=["r/travel"],
+                options={"limit": 2, "auth_url": url},
+                credentials={"client_id": "RD_ID", "client_secret": "RD_SECRET"},
+            ),
+            env=ENV,
+        ),
+        _reddit_items(0),
+        _reddit_items(3),
+        [
+            "reddit:t3_1h9x0z",
+            "reddit:t3_1h9x2b",
+            "reddit:t3_1h9x3c",
+            "reddit:t3_new0",
+            "reddit:t3_new1",
+            "reddit:t3_new2",
+        ],
+    ),
+    "mastodon": (
+        _mastodon,
+        lambda url: MastodonSource(
+            spec("mastodon", url, name="md-restart", accounts=["#northwind"], options={"limit": 3})
+        ),
+        _mastodon_items(3),
+        _mastodon_items(10),
+        [f"mastodon:127.0.0.1:{113600000000000000 + i}" for i in range(10)],
+    ),
+    "appstore": (
+        _appstore,
+        lambda url: AppStoreSource(
+            spec("appstore", url, name="as-restart", accounts=["284882215"], options={"countries": ["gb"]})
+        ),
+        _appstore_items(0),
+        _appstore_items(3),
+        [
+            "appstore:284882215:11800000000",
+            "appstore:284882215:11800000001",
+            "appstore:284882215:11800000100",
+            "appstore:284882215:11800000101",
+            "appstore:284882215:11800000102",
+        ],
+    ),
+    "googleplay": (
+        _googleplay,
+        lambda url: GooglePlaySource(
+            spec(
+                "googleplay",
+                url,
+                name="gp-restart",
+                accounts=["com.northwind.go"],
+                options={"token_url": f"{url}/token"},
+                credentials={"client_id": "GP_ID", "client_secret": "GP_SECRET", "refresh_token": "GP_REFRESH"},
+            ),
+            env=GP_ENV,
+        ),
+        _googleplay_items(0),
+        _googleplay_items(3),
+        [
+            "googleplay:com.northwind.go:gp:AOqpTOG1-0001:1796272200",
+            "googleplay:com.northwind.go:gp:AOqpTOG1-0002:1796271000",
+            *[f"googleplay:com.northwind.go:gp:new-{i}:{1796273000 + 60 * i}" for i in range(3)],
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_a_restart_resumes_from_the_cursor_with_no_gap_and_no_duplicate(
+    case: str, aredis: Any, unique: str, kafka_bootstrap: str
+) -> None:
+    build, make, first, second, expected = CASES[case]
+    topic = f"src-restart-{unique}"
+    ensure_topics(kafka_bootstrap, [topic], 1)
+    feed = Feed(build, make)
+    async with Platform() as p:
+        build(p, feed)
+        for items in (first, second):  # two processes in turn, the same Redis
+            feed.items = copy.deepcopy(items)
+            sink = KafkaSink(kafka_bootstrap, topic)
+            try:
+                _, states = await one_round([make(p.url)], sink, aredis, unique)
+            finally:
+                sink.close()
+            assert all(s == "done" for s in states.values()), states
+    got = [i for i in ids_of(read_topic(kafka_bootstrap, topic)) if i != "<malformed>"]
+    assert sorted(got) == sorted(expected)  # every expected id, each once
+    assert len(got) == len(set(got))
+
+
+# -- per-kind behaviour ---------------------------------------------------------------------------
+async def test_hn_search_maps_hits_pages_and_dead_letters_a_hit_without_id(aredis: Any, unique: str) -> None:
+    feed = Feed(_algolia, _src(HackerNewsSource))
+    feed.items = fixture("hn_algolia_hits.json")["hits"]
+    async with Platform() as p:
+        _algolia(p, feed)
+        src = HackerNewsSource(spec("hackernews", p.url, query="northwind", options={"hits_per_page": 3}))
+        sink = ListSink()
+        await one_round([src], sink, aredis, unique)
+        assert [r.query["page"] for r in p.hits("/api/v1/search_by_date")] == ["0", "1"]
+    got = sent(sink)
+    by_id = {g.get("event_id"): g for g in got}
+    assert by_id["hackernews:42000003"]["text"] == "Flew Northwind yesterday, the app crashed at check-in."
+    assert by_id["hackernews:42000003"]["reply_to"] == "hackernews:42000001"
+    assert by_id["hackernews:42000001"]["reach"] == 120
+    bad = [g for g in got if "_error" in g]
+    assert len(bad) == 1 and "objectID" in bad[0]["_error"]
+    cursor = orjson.loads(await aredis.get(f"{unique}:src:{src.spec.name}:cursor"))
+    assert cursor == {"created_at_i": 1796273400}
+
+
+async def test_a_bad_credential_stops_that_source_with_one_line_and_the_others_keep_running(
+    aredis: Any, unique: str
+) -> None:
+    feed = Feed(_reddit, _src(RedditSource))
+    feed.items = _reddit_items(0)
+    hn = Feed(_algolia, _src(HackerNewsSource))
+    hn.items = _hn_items(0)
+    async with Platform() as p:
+        _reddit(p, feed)
+        _algolia(p, hn)
+        creds = {"client_id": "RD_ID", "client_secret": "RD_SECRET"}
+        wrong = RedditSource(
+            spec("reddit", p.url, name="rd-wrong", accounts=["travel"], credentials=creds, options={"auth_url": p.url}),
+            env={**ENV, "RD_SECRET": "not-it"},
+        )
+        unset = RedditSource(
+            spec("reddit", p.url, name="rd-unset", accounts=["travel"], credentials=creds, options={"auth_url": p.url}),
+            env={"RD_ID": "x"},
+        )
+        good = HackerNewsSource(spec("hackernews", p.url, name="hn-good", query="northwind"))
+        sink = ListSink()
+        rt, states = await one_round([wrong, unset, good], sink, aredis, unique)
+    assert states["rd-wrong"].startswith("stopped: HTTP 401 from POST http://127.0.0.1:")
+    assert "check the OAuth app's client id and secret" in states["rd-wrong"] and "\n" not in states["rd-wrong"]
+    assert (
+        states["rd-unset"]
+        == "stopped: environment variable RD_SECRET (credentials.client_secret) is empty or not set: export it"
+    )
+    assert states["hn-good"] == "done"
+    assert {i for i in ids_of([v for _, v in sink.items]) if i.startswith("hackernews:")} == {
+        "hackernews:42000001",
+        "hackernews:42000002",
+        "hackernews:42000003",
+    }
+    assert rt.metrics.value("repmon_source_up", "rd-wrong", "reddit") == 0
+
+
+async def test_reddit_pages_with_after_and_waits_for_a_spent_quota(aredis: Any, unique: str) -> None:
+    feed = Feed(_reddit, _src(RedditSource))
+    feed.items = _reddit_items(2)
+    async with Platform() as p:
+        _reddit(p, feed)
+
+        async def spent(request: web.Request) -> web.Response:
+            return web.json_response(
+                {"kind": "Listing", "data": {"after": None, "children": feed.items[:1]}},
+                headers={"X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": "42"},
+            )
+
+        p.route("GET", "/search", spent)
+        src = RedditSource(
+            spec(
+                "reddit",
+                p.url,
+                query="northwind",
+                accounts=["travel"],
+                options={"limit": 2, "auth_url": p.url},
+                credentials={"client_id": "RD_ID", "client_secret": "RD_SECRET"},
+            ),
+            env=ENV,
+        )
+        waits = Waits()
+        src.sleep = waits
+        sink = ListSink()
+        _, states = await one_round([src], sink, aredis, unique)
+        assert states[src.spec.name] == "done"
+        afters = [r.query.get("after") for r in p.hits("/r/travel/new")]
+    assert afters == [None, "t3_new0", "t3_1h9x2b"]
+    assert waits.seconds and 41 < waits.seconds[0] <= 42  # the search said the quota is spent for 42 s
+    got = sent(sink)
+    post = next(g for g in got if g.get("event_id") == "reddit:t3_1h9x3c")
+    assert post["text"] == "Northwind cancelled my flight with 2 hours notice And no hotel voucher."
+    assert post["url"] == "https://www.reddit.com/r/travel/comments/1h9x3c/northwind_cancelled/"
+    assert sum("_error" in g for g in got) == 1
+
+
+async def test_mastodon_catches_up_then_streams_and_resumes_after_the_stream_drops(aredis: Any, unique: str) -> None:
+    statuses = fixture("mastodon_statuses.json")["statuses"]
+    feed = Feed(_mastodon, _src(MastodonSource))
+    feed.items = [statuses[0]]
+    live = _mastodon_items(2, start=50)
+    async with Platform() as p:
+        _mastodon(p, feed)
+
+        async def stream(request: web.Request) -> web.StreamResponse:
+            assert request.query["tag"] == "northwind" and request.headers["Authorization"] == "Bearer tok"
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b":thump\n\n")
+            for st in (*live, statuses[2]):  # two statuses and a reblog (skipped)
+                await resp.write(b"event: update\ndata: " + orjson.dumps(st) + b"\n\n")
+            await resp.write(b"event: update\ndata: {not json\n\n")
+            await resp.write(b"event: delete\ndata: 113500000000000001\n\n")
+            return resp  # the connection drops
+
+        p.route("GET", "/api/v1/streaming/hashtag", stream)
+
+        def mk() -> MastodonSource:
+            return MastodonSource(
+                spec(
+                    "mastodon",
+                    p.url,
+                    name="md-live",
+                    accounts=["northwind"],
+                    credentials={"access_token": "MASTO_TOKEN"},
+                    options={"streaming": True},
+                ),
+                env=ENV,
+            )
+
+        sink = ListSink()
+        _, states = await one_round([mk()], sink, aredis, unique)
+        assert states["md-live"].startswith("retrying: the streaming connection closed")
+        # posted while disconnected: the next connection's catch-up reads it by min_id
+        feed.items = [statuses[0], *live, *_mastodon_items(1, start=60)]
+        await one_round([mk()], sink, aredis, unique)
+    got = sent(sink)
+    ids = [g["event_id"] for g in got if "_error" not in g]
+    host = "127.0.0.1"
+    assert ids.count(f"mastodon:{host}:113600000000000060") == 1
+    assert (
+        sorted(set(ids))
+        == sorted(ids)
+        == sorted(
+            [
+                f"mastodon:{host}:113500000000000001",
+                f"mastodon:{host}:113600000000000050",
+                f"mastodon:{host}:113600000000000051",
+                f"mastodon:{host}:113600000000000060",
+            ]
+        )
+    )
+    first = next(g for g in got if g.get("event_id") == f"mastodon:{host}:113500000000000001")
+    assert first["text"] == "Stuck at the gate for 3 hours, thanks #northwind" and first["reach"] == 210
+    assert any(isinstance(g, dict) and "not JSON" in g.get("_error", "") for g in got)
+
+
+def test_a_source_is_a_connector_one_round_runs_through_the_sync_contract() -> None:
+    import http.server
+    import threading
+
+    body = fixture("blog_atom.xml").encode()
+
+    class Feed(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/atom+xml")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Feed)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        src = RssSource(spec("rss", feeds=[f"http://127.0.0.1:{srv.server_address[1]}/forum.atom"]))
+        sink = ListSink()
+        stats = src.run(sink)
+    finally:
+        srv.shutdown()
+    assert (stats.read, stats.sent, stats.invalid) == (2, 2, 0)
+    assert ids_of([v for _, v in sink.items]) == [
+        "rss:tag:forum.example.com,2026:post-1",
+        "rss:tag:forum.example.com,2026:post-2",
+    ]
