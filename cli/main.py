@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.eval import eval_app
+from cli.web import register as register_web
 from infra.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -413,7 +414,9 @@ def watch(
             rec = orjson.loads(msg.value)
             if entity and rec.get("entity") != entity:
                 continue
-            if topic == "incidents":
+            if topic == "incidents" and rec.get("kind") == "action":
+                con.print(f"{rec['at']} {rec['who']} {rec['action']} {rec.get('incident_id') or ''}  {rec['why']}")
+            elif topic == "incidents":
                 colour = {"critical": "red", "warning": "yellow"}.get(rec["severity"], "green")
                 con.print(
                     f"[{colour}]{rec['updated_at']} {rec['title']}[/{colour}]  {rec['incident_id']} #{rec['seq']}"
@@ -513,6 +516,7 @@ def trust(
 
 
 app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
+register_web(app)
 
 
 def main() -> None:
