@@ -294,6 +294,10 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="End with one JSON summary line.")] = False,
     minutes: Annotated[int, typer.Option(help="Minutes of event time in the generated sample.")] = 240,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+    web_stay: Annotated[
+        float,
+        typer.Option(envvar="REPMON_DEMO_WEB_STAY", help="Keep the war room up this many seconds after the replay."),
+    ] = 0.0,
 ) -> None:
     """Run the whole pipeline on the embedded default with a generated sample that holds a crisis."""
     from infra.embedded import unwind_on_signals
@@ -301,7 +305,7 @@ def demo(
 
     unwind_on_signals()
     settings = _settings(config)
-    summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err, config=config)
+    summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err, config=config, web_stay=web_stay)
     ok = summary.pop("ok", False)
     if json_out:
         typer.echo(json.dumps(summary))

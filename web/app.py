@@ -399,7 +399,15 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
     @app.get("/healthz", tags=["meta"])
     async def healthz(request: Request) -> dict[str, Any]:
         war = _war(request)
-        return {"ok": True, "ready": war.model.ready.is_set(), "live_clients": war.hub.clients}
+        lags = sorted(war.model.lags)
+        return {
+            "ok": True,
+            "ready": war.model.ready.is_set(),
+            "live_clients": war.hub.clients,
+            "incident_messages_live": len(lags),
+            # incident published on Kafka -> in the read model and sent to the open pages (median, s)
+            "incident_lag_p50_s": round(lags[len(lags) // 2], 4) if lags else None,
+        }
 
     @app.get("/api/v1/incidents", tags=["incidents"])
     async def list_incidents(
@@ -739,7 +747,11 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
             band = [(base, base)] * len(pts) if base is not None else None
             charts.append(
                 line_chart(
-                    [t for t, _ in pts], [v for _, v in pts], band=band, title=f"{title} (baseline: the 7 days before)"
+                    [t for t, _ in pts],
+                    [v for _, v in pts],
+                    band=band,
+                    title=f"{title} (band: the 7 days before)",
+                    width=440,
                 )
             )
         peers = [entity, *(e.key for e in settings.entities if e.kind == "competitor" and e.key != entity)]

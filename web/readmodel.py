@@ -141,6 +141,8 @@ class ReadModel:
         self.mention_arrived = asyncio.Event()
         self.latest_event_ts = 0.0  # newest event time seen: "now" for data replayed from the past
         self.ready = asyncio.Event()
+        self.started_at = time.time()
+        self.lags: collections.deque[float] = collections.deque(maxlen=1000)  # publish -> read here, s
         self.topics = {t: settings.topic(t) for t in ("incidents", "signals", "enriched")}
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -192,7 +194,7 @@ class ReadModel:
                     batch = await c.getmany(timeout_ms=500, max_records=2000)
                     for tp, msgs in batch.items():
                         for m in msgs:
-                            self._on_message(tp.topic, m.value)
+                            self._on_message(tp.topic, m.value, m.timestamp / 1000.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker went away: keep what we have, reconnect
@@ -204,7 +206,7 @@ class ReadModel:
                 delay = min(delay * 2, 10.0)
 
     # -- messages -------------------------------------------------------------------------
-    def _on_message(self, topic: str, value: bytes | None) -> None:
+    def _on_message(self, topic: str, value: bytes | None, published: float | None = None) -> None:
         if value is None:
             return
         try:
@@ -213,7 +215,7 @@ class ReadModel:
                 if isinstance(data, dict) and data.get("kind") == "action":
                     self._on_action(IncidentAction.model_validate(data))
                 else:
-                    self._on_incident(Incident.model_validate(data))
+                    self._on_incident(Incident.model_validate(data), published)
             elif topic == self.topics["signals"]:
                 self._on_signal(Signal.model_validate_json(value))
             elif topic == self.topics["enriched"]:
@@ -221,7 +223,7 @@ class ReadModel:
         except (ValidationError, orjson.JSONDecodeError) as exc:  # the dead letters are the worker's; skip here
             logger.warning("web read model: unreadable message on %s skipped: %s", topic, str(exc)[:200])
 
-    def _on_incident(self, inc: Incident) -> None:
+    def _on_incident(self, inc: Incident, published: float | None = None) -> None:
         th = self.threads.get(inc.incident_id)
         if th is None:
             th = self.threads[inc.incident_id] = Thread(inc.incident_id, seen_at=time.time())
@@ -229,6 +231,9 @@ class ReadModel:
                 self.threads.popitem(last=False)
         if not th.add(inc):
             return
+        if published is not None and self.ready.is_set() and published > self.started_at:
+            # published while we were following (not read back from history): the live lag
+            self.lags.append(time.time() - published)
         self.latest_event_ts = max(self.latest_event_ts, inc.updated_at.timestamp())
         self.hub.publish(
             "incident",

@@ -3,7 +3,6 @@ prefix and a Redis key prefix of its own per test, helpers to publish incidents 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,15 +12,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from kafka import KafkaConsumer, KafkaProducer
 
 from contract.records import TOPICS, EnrichedEvent, Incident, Sentiment, Signal, TopMention, dumps
 from infra.kafka import ensure_topics
 from infra.settings import Settings, load_settings
-from tests.conftest import free_port
-from web.app import create_app
 from web.auth import Tokens
+from web.serve import WebThread
 
 READ_TOKEN = "read-token-0123456789abcdef"
 WRITE_TOKEN = "write-token-0123456789abcdef"
@@ -154,26 +151,9 @@ def war_room(kafka_bootstrap: str, redis_url: str, unique: str) -> Iterator[WarR
     topics = {t: settings.topic(t) for t in TOPICS}
     ensure_topics(kafka_bootstrap, topics.values(), 2)
     tokens = Tokens({READ_TOKEN: "reader"}, {WRITE_TOKEN: "alice"})
-    app = create_app(settings, redis_url=redis_url, bootstrap=kafka_bootstrap, tokens=tokens)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
-    )
-    thread = threading.Thread(target=server.run, name="war-room", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return bool(httpx.get(f"{url}/healthz", timeout=2).json()["ready"])
-        except httpx.HTTPError:
-            return False
-
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     try:
-        wait_for(ready, 30, "the web view to read its topics")
-        yield WarRoom(settings, url, producer, topics, redis_url, prefix)
+        with WebThread(settings, redis_url=redis_url, bootstrap=kafka_bootstrap, tokens=tokens, port=0) as web:
+            yield WarRoom(settings, web.url, producer, topics, redis_url, prefix)
     finally:
         producer.close(timeout=5)
-        server.should_exit = True
-        thread.join(15)
