@@ -319,6 +319,7 @@ def bench(
     events: Annotated[int, typer.Option(help="Events through the end-to-end pipeline.")] = 5000,
     alerts: Annotated[bool, typer.Option(help="Also time crisis onset -> first notification, live.")] = False,
     rate: Annotated[int, typer.Option(help="Live events/s for --alerts.")] = 1000,
+    web: Annotated[bool, typer.Option(help="Only the war room: 100 live SSE clients, mentions at --rate.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Benchmarks: end-to-end throughput and latency, and the enrichment functions alone."""
@@ -327,6 +328,11 @@ def bench(
 
     unwind_on_signals()
     settings = _settings(config)
+    if web:
+        from tools.bench_web import bench_web
+
+        typer.echo(json.dumps({"web": bench_web(settings, rate=rate, console=err)}, indent=None if json_out else 2))
+        return
     result = run_bench(settings, events=events, console=err, config=config)
     if alerts:
         result["alert_latency"] = bench_alert_latency(settings, rate=rate, console=err, config=config)

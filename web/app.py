@@ -372,10 +372,8 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        if (
-            (exc.status == 401
-            and request.url.path.startswith(("/incidents", "/entities", "/mentions")))
-            or (exc.status == 401 and request.url.path == "/")
+        if (exc.status == 401 and request.url.path.startswith(("/incidents", "/entities", "/mentions"))) or (
+            exc.status == 401 and request.url.path == "/"
         ):
             return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
         return JSONResponse({"error": exc.error, "reason": exc.reason}, status_code=exc.status, headers=exc.headers)
