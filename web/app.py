@@ -366,6 +366,7 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
     templates.env.filters["ago"] = _duration
     templates.env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.1f}%"
     templates.env.filters["num"] = lambda v: "" if v is None else f"{v:.3g}"
+    templates.env.filters["safe_url"] = safe_url
     templates.env.filters["ts"] = lambda t: datetime.fromtimestamp(float(t), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     templates.env.filters["hm"] = lambda d: d.strftime("%Y-%m-%d %H:%M") if d else ""
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -670,14 +671,14 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
 
     @app.get("/login", include_in_schema=False)
     async def login_form(request: Request, next: str = "/", error: str = "") -> HTMLResponse:
-        return page(request, "login.html", next=next if next.startswith("/") else "/", error=error)
+        return page(request, "login.html", next=next if _local_path(next) else "/", error=error)
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         # a urlencoded form parsed here: python-multipart is not needed for two fields
         form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
         token, nxt = form.get("token", [""])[0], form.get("next", ["/"])[0]
-        if not nxt.startswith("/") or nxt.startswith("//"):
+        if not _local_path(nxt):
             nxt = "/"
         if tokens.principal(token) is None:
             return RedirectResponse(f"/login?next={nxt}&error=unknown+token", status_code=303)
@@ -809,6 +810,24 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
         )
 
     return Limits(app, max_body=settings.web.max_body_bytes, rate=settings.web.requests_per_second)
+
+
+def safe_url(url: str | None) -> str | None:
+    """A source's link, only if it is http(s): a ``javascript:`` URL in a mention must not run here.
+
+    >>> safe_url("https://x.example/1"), safe_url("javascript:alert(1)"), safe_url(None)
+    ('https://x.example/1', None, None)
+    """
+    return url if url and url.lower().startswith(("https://", "http://")) else None
+
+
+def _local_path(path: str) -> bool:
+    """Where a sign-in may send the browser next: a path on this site, never another host.
+
+    >>> _local_path("/incidents/x"), _local_path("//evil.example"), _local_path("/\\evil.example"), _local_path("https://e")
+    (True, False, False, False)
+    """
+    return path.startswith("/") and not path.startswith(("//", "/\\"))
 
 
 def _chart_signals(sigs: list[Signal]) -> list[tuple[str, str | None]]:

@@ -30,7 +30,7 @@
           body.dataset.refreshed = String(Date.now());
         });
       });
-    }, 50);
+    }, entityKey ? 1000 : 50);  // an entity page is heavier (every trust window): at most once a second
   }
 
   function concerns(type, data) {
@@ -111,8 +111,9 @@
         var head = document.createElement("span");
         head.className = "mhead";
         head.textContent = [m.occurred_at.slice(0, 16), m.entity || "-", m.sentiment || "-", m.lang || "-", m.source].join(" · ") + (m.aspects.length ? " · " + m.aspects.join(", ") : "");
-        var text = document.createElement(m.url ? "a" : "span");
-        if (m.url) { text.href = m.url; text.rel = "noopener noreferrer"; }
+        var link = /^https?:\/\//i.test(m.url || "");  // a source's javascript: URL must not run here
+        var text = document.createElement(link ? "a" : "span");
+        if (link) { text.href = m.url; text.rel = "noopener noreferrer"; }
         text.textContent = m.text;
         li.appendChild(head); li.appendChild(text);
         stream.insertBefore(li, stream.firstChild);
