@@ -30,15 +30,22 @@ from infra.kafka import ensure_topics
 from infra.settings import Settings
 from web.serve import WebThread
 
-__all__ = ["bench_web"]
+__all__ = ["bench_web", "follow_sse"]
 
 
-async def _sse(
-    client: httpx.AsyncClient, path: str, on_event: Any, connected: asyncio.Event, stop: asyncio.Event
+async def follow_sse(
+    client: httpx.AsyncClient,
+    path: str,
+    on_event: Any,
+    connected: asyncio.Event,
+    stop: asyncio.Event,
+    headers: dict[str, str] | None = None,
 ) -> None:
-    async with client.stream("GET", path, timeout=None) as resp:
+    """Follow an SSE endpoint: ``on_event(event, data, arrival time, event id)`` per event; ``connected`` is set at
+    the server's first comment; returns when ``stop`` is set (checked as lines arrive)."""
+    async with client.stream("GET", path, timeout=None, headers=headers) as resp:
         resp.raise_for_status()
-        event, data = "", ""
+        event, data, event_id = "", "", ""
         async for line in resp.aiter_lines():
             if line.startswith(":"):
                 connected.set()
@@ -46,9 +53,11 @@ async def _sse(
                 event = line[6:].strip()
             elif line.startswith("data:"):
                 data += line[5:].strip()
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
             elif not line:
                 if event:
-                    on_event(event, data, time.time())
+                    on_event(event, data, time.time(), event_id)
                 event, data = "", ""
             if stop.is_set():
                 return
@@ -91,14 +100,15 @@ async def _live_clients(url: str, producer: KafkaProducer, topic: str, clients: 
     async with httpx.AsyncClient(base_url=url, limits=limits) as client:
 
         def recorder(i: int) -> Any:
-            def on(event: str, data: str, at: float) -> None:
+            def on(event: str, data: str, at: float, _: str) -> None:
                 if event == "incident":
                     got[i][orjson.loads(data)["incident_id"]] = at
 
             return on
 
         tasks = [
-            asyncio.create_task(_sse(client, "/api/v1/events", recorder(i), conns[i], stop)) for i in range(clients)
+            asyncio.create_task(follow_sse(client, "/api/v1/events", recorder(i), conns[i], stop))
+            for i in range(clients)
         ]
         await asyncio.wait_for(asyncio.gather(*(c.wait() for c in conns)), 60)
         sent: dict[str, float] = {}
@@ -132,7 +142,9 @@ async def _stream_at_rate(url: str, producer: KafkaProducer, topic: str, rate: i
     stop, connected = asyncio.Event(), asyncio.Event()
     async with httpx.AsyncClient(base_url=url) as client:
         task = asyncio.create_task(
-            _sse(client, "/api/v1/stream/mentions", lambda e, d, at: frames.append(orjson.loads(d)), connected, stop)
+            follow_sse(
+                client, "/api/v1/stream/mentions", lambda e, d, at, i: frames.append(orjson.loads(d)), connected, stop
+            )
         )
         await asyncio.wait_for(connected.wait(), 30)
         now = datetime.now(UTC)

@@ -7,13 +7,17 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import redis.asyncio as aredis
 
 from alerts.dispatch import Dispatcher
+from contract.records import dumps
 from infra.settings import AlertSettings
 from streams.windows import RedisWindows
 from tests.web.conftest import ONSET, READ_TOKEN, WarRoom, make_event, make_incident, wait_for
+from tools.bench_web import follow_sse
 from tools.receiver import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -205,3 +209,66 @@ async def test_series_trust_and_mention_search(war_room: WarRoom) -> None:
         assert comp["negative_share"] == pytest.approx(0.25)
         r404 = c.get("/api/v1/series/nobody")
         assert r404.status_code == 404 and "northwind" in r404.json()["reason"]
+
+
+async def test_live_events_resume_after_a_reconnect_with_last_event_id(war_room: WarRoom) -> None:
+    auth = {"Authorization": f"Bearer {READ_TOKEN}"}
+    seen: list[tuple[str, str, str]] = []
+    async with httpx.AsyncClient(base_url=war_room.url) as client:
+        stop, connected = asyncio.Event(), asyncio.Event()
+
+        def on(event: str, data: str, at: float, event_id: str) -> None:
+            seen.append((event, orjson.loads(data).get("incident_id", ""), event_id))
+
+        first = asyncio.create_task(follow_sse(client, "/api/v1/events", on, connected, stop, auth))
+        await asyncio.wait_for(connected.wait(), 10)
+        await asyncio.to_thread(war_room.publish, "incidents", make_incident(iid="inc-a"), "northwind")
+        await _until(lambda: any(iid == "inc-a" for _, iid, _ in seen))
+        first.cancel()  # the connection drops
+        await asyncio.gather(first, return_exceptions=True)
+        last_id = seen[-1][2]
+        for iid in ("inc-b", "inc-c"):  # published while nobody listens
+            await asyncio.to_thread(war_room.publish, "incidents", make_incident(iid=iid), "northwind")
+        await _until(lambda: httpx.get(f"{war_room.url}/api/v1/incidents", headers=auth).json().__len__() == 3)
+        seen.clear()
+        again, connected2 = asyncio.Event(), asyncio.Event()
+        resumed = asyncio.create_task(
+            follow_sse(client, "/api/v1/events", on, connected2, again, {**auth, "Last-Event-ID": last_id})
+        )
+        await _until(lambda: len(seen) >= 2)
+        again.set()
+        resumed.cancel()
+        await asyncio.gather(resumed, return_exceptions=True)
+    assert [(e, iid) for e, iid, _ in seen] == [("incident", "inc-b"), ("incident", "inc-c")]
+
+
+async def test_the_mention_stream_counts_everything_and_sends_at_most_its_rate(war_room: WarRoom) -> None:
+    frames: list[dict[str, Any]] = []
+    k = war_room.settings.web.stream_per_second
+    async with httpx.AsyncClient(base_url=war_room.url) as client:
+        stop, connected = asyncio.Event(), asyncio.Event()
+        path = "/api/v1/stream/mentions?entity=northwind&sentiment=negative"
+        auth = {"Authorization": f"Bearer {READ_TOKEN}"}
+        task = asyncio.create_task(
+            follow_sse(client, path, lambda e, d, at, i: frames.append(orjson.loads(d)), connected, stop, auth)
+        )
+        await asyncio.wait_for(connected.wait(), 10)
+        events = [make_event(i, "northwind", "negative" if i % 2 else "positive", ONSET) for i in range(300)]
+        events += [make_event(i, "skyline", "negative", ONSET) for i in range(50)]
+        for ev in events:
+            war_room.producer.send(war_room.topics["enriched"], dumps(ev), key=(ev.entity or "").encode())
+        await asyncio.to_thread(war_room.producer.flush, 10)
+        await _until(lambda: sum(f["matched"] for f in frames) >= 150)
+        stop.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert sum(f["matched"] for f in frames) == 150  # every negative northwind mention counted, no other
+    assert all(len(f["items"]) <= k for f in frames) and max(f["matched"] for f in frames) > k
+    items = [m for f in frames for m in f["items"]]
+    assert items and all(m["entity"] == "northwind" and m["sentiment"] == "negative" for m in items)
+
+
+async def _until(cond: Any, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.05)
