@@ -105,6 +105,54 @@ class RelabelIn(BaseModel):
     why: str = Field(default="", max_length=2000)
 
 
+class MentionOut(BaseModel):
+    event_id: str
+    kind: str
+    source: str
+    entity: str | None
+    entities: list[str]
+    occurred_at: str
+    sentiment: str | None
+    score: float | None
+    aspects: list[str]
+    lang: str | None
+    text: str = Field(description="The text with personal data redacted (at most 600 characters).")
+    url: str | None
+    rating: int | None
+
+
+class ComponentOut(BaseModel):
+    name: str
+    value: float
+    baseline: float | None
+    weight: float
+    points: float
+    baseline_points: float | None
+
+
+class TrustOut(BaseModel):
+    window_name: str
+    window_seconds: int
+    entity: str
+    window: list[str] = Field(description="[start, end) of the window (ISO times).")
+    baseline_window: list[str]
+    volume: float
+    score: float | None = Field(description="0-100; None without any measurable component.")
+    baseline_score: float | None
+    components: list[ComponentOut]
+
+
+class SilenceOut(BaseModel):
+    id: str
+    entity: str | None
+    signal: str | None
+    route: str | None
+    starts_at: float
+    ends_at: float = Field(description="Epoch seconds; the silence holds until then.")
+    created_by: str
+    comment: str
+
+
 class SeriesOut(BaseModel):
     entity: str
     signal: str
@@ -440,7 +488,12 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
         sigs.sort(key=lambda s: (s.bucket_start, s.emitted_at), reverse=True)
         return sigs[: _limit(limit)]
 
-    @app.get("/api/v1/trust/{entity:path}", tags=["trust"], responses={404: {"model": ErrorOut}})
+    @app.get(
+        "/api/v1/trust/{entity:path}",
+        tags=["trust"],
+        response_model=list[TrustOut],
+        responses={404: {"model": ErrorOut}},
+    )
     async def get_trust(request: Request, entity: str, _: Reader, window: str | None = None) -> list[dict[str, Any]]:
         """Trust score with its components, for the entity and then each competitor; every window, or one."""
         war = _war(request)
@@ -494,7 +547,7 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
             baseline=base,
         )
 
-    @app.get("/api/v1/mentions", tags=["mentions"])
+    @app.get("/api/v1/mentions", tags=["mentions"], response_model=list[MentionOut])
     async def search_mentions(
         request: Request,
         _: Reader,
@@ -516,7 +569,7 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
                     break
         return out
 
-    @app.get("/api/v1/silences", tags=["actions"])
+    @app.get("/api/v1/silences", tags=["actions"], response_model=list[SilenceOut])
     async def list_silences(request: Request, _: Reader, expired: bool = False) -> list[dict[str, Any]]:
         """Active silences (and expired ones with expired=true)."""
         return [dict(s) for s in await _war(request).controls.silences(include_expired=expired)]
@@ -550,7 +603,7 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
         )
         return await war.publish_action(entry, th.first.entity)
 
-    @app.post("/api/v1/silences", tags=["actions"], status_code=201)
+    @app.post("/api/v1/silences", tags=["actions"], status_code=201, response_model=SilenceOut)
     async def add_silence(request: Request, body: SilenceIn, who: Writer) -> dict[str, Any]:
         """Silence an entity, a signal or a route (matchers combine) until now + duration_seconds."""
         war = _war(request)
@@ -573,7 +626,12 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
         await war.publish_action(log[-1], body.entity)
         return dict(s)
 
-    @app.delete("/api/v1/silences/{silence_id}", tags=["actions"], responses={404: {"model": ErrorOut}})
+    @app.delete(
+        "/api/v1/silences/{silence_id}",
+        tags=["actions"],
+        response_model=SilenceOut,
+        responses={404: {"model": ErrorOut}},
+    )
     async def end_silence(request: Request, silence_id: str, who: Writer) -> dict[str, Any]:
         """End a silence now."""
         war = _war(request)

@@ -145,6 +145,11 @@ async def test_dispatcher_honours_silences_and_acknowledgements(war_room: WarRoo
                 "/api/v1/silences", json={"entity": "skyline", "signal": "negative_share", "duration_seconds": 600}
             )
             assert sig.status_code == 201
+            doc = w.get("/api/openapi.json").json()
+            conforms(response_schema(doc, "/api/v1/silences", "post", "201"), sig.json(), doc)
+            listed = w.get("/api/v1/silences").json()
+            conforms(response_schema(doc, "/api/v1/silences"), listed, doc)
+            assert sorted(x["entity"] for x in listed) == ["northwind", "skyline"]
         silenced = make_incident("northwind/go app", iid="inc-silenced")  # a product of the silenced brand
         out = await d.dispatch(silenced)
         assert out[0].status == "filtered" and "silenced" in (out[0].error or "")
@@ -204,6 +209,8 @@ async def test_series_trust_and_mention_search(war_room: WarRoom) -> None:
         ).json()
         assert max(v for _, v in share["points"] if v is not None) == pytest.approx(0.25)
         trust = c.get("/api/v1/trust/northwind", params={"window": "1h"}).json()
+        conforms(response_schema(doc, "/api/v1/trust/{entity}"), trust, doc)
+        conforms(response_schema(doc, "/api/v1/mentions"), neg, doc)
         assert [t["entity"] for t in trust] == ["northwind", "skyline"]  # beside the competitor
         comp = {x["name"]: x["value"] for x in trust[0]["components"]}
         assert comp["negative_share"] == pytest.approx(0.25)
