@@ -808,7 +808,7 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
                     [v for _, v in pts],
                     band=band,
                     title=f"{title} (band: the 7 days before)",
-                    width=440,
+                    width=420,
                 )
             )
         peers = [entity, *(e.key for e in settings.entities if e.kind == "competitor" and e.key != entity)]
