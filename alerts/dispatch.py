@@ -71,6 +71,10 @@ to send in a durable per-route *outbox* in Redis; one sender task per route (sta
   outcomes go to ``on_delivery``); ``flush_due`` logs and returns. None of them raises for it.
 - **counts**: ``{prefix}:alert:stats`` counts ``delivered``, ``retrying`` (failed attempts), ``dead``,
   ``duplicate`` and ``cooldown`` results.
+- **responders' decisions**: before a message is queued, and again before each attempt, the route
+  asks :class:`alerts.controls.Controls` (Redis, written by ``repmon web``): a matching silence, or an
+  acknowledged / resolved / false-positive incident for an ``update`` or ``escalated``, makes it
+  ``filtered`` with the reason; a message already in the outbox is dropped the same way.
 - **console**: with ``alerts.console`` every incident is also logged on ``repmon.alerts`` at WARNING.
 
 The Redis scripts touch several keys at once: a single Redis (or a cluster with one hash slot per
@@ -97,6 +101,7 @@ import apprise
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
+from alerts.controls import Controls
 from alerts.incidents import SEVERITY_RANK
 from alerts.render import Message, render, thread_ref
 from contract.records import Incident
@@ -343,6 +348,8 @@ class Dispatcher:
         self.on_delivery = on_delivery
         self.clock = clock
         self.rng = rng or random.Random()
+        # responders' silences and acknowledgements (the web view writes them), read on every worker
+        self.controls = Controls(redis, key_prefix, clock=clock)
         self.routes: dict[str, Route] = {}
         self._urls: dict[str, list[str]] = {}
         self._limits: dict[str, _RateLimiter] = {}
@@ -606,6 +613,9 @@ class Dispatcher:
         self, route: Route, incident: Incident, *, flushing: bool = False, budgeted: bool = True
     ) -> Delivery:
         name, iid, seq = route.name, incident.incident_id, incident.seq
+        why = await self.controls.suppressed(name, incident)
+        if why is not None:
+            return Delivery(name, iid, seq, "filtered", error=why)
         rank = SEVERITY_RANK.get(incident.severity, 0)
         if budgeted and route.max_pages is not None and await self._fold(route, incident):
             return Delivery(name, iid, seq, "folded")
@@ -747,6 +757,11 @@ class Dispatcher:
                 await self.eval(_REMOVE, [hkey, okey], [seq, iid, self.clock()])
                 logger.error("alert %s #%s to route %s is dead after %d attempts: %s", iid, seq, name, attempts, error)
                 await self._report(Delivery(name, iid, seq, "dead", attempts, error, incident=incident))
+                return True
+            why = await self.controls.suppressed(name, incident)
+            if why is not None:  # silenced or acknowledged while it waited in the outbox
+                await self.eval(_REMOVE, [hkey, okey], [seq, iid, self.clock()])
+                await self._report(Delivery(name, iid, seq, "filtered", attempts, why))
                 return True
             if incident.status in ("update", "escalated") and "seq" not in await self._hash(self._k_last(name, iid)):
                 # Nothing of this thread reached this route (its OPEN is dead, or the route joined at a

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from cli.connect import connect
 from cli.eval import eval_app
+from cli.web import register as register_web
 from infra.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -294,6 +295,10 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="End with one JSON summary line.")] = False,
     minutes: Annotated[int, typer.Option(help="Minutes of event time in the generated sample.")] = 240,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+    web_stay: Annotated[
+        float,
+        typer.Option(envvar="REPMON_DEMO_WEB_STAY", help="Keep the war room up this many seconds after the replay."),
+    ] = 0.0,
 ) -> None:
     """Run the whole pipeline on the embedded default with a generated sample that holds a crisis."""
     from infra.embedded import unwind_on_signals
@@ -301,7 +306,7 @@ def demo(
 
     unwind_on_signals()
     settings = _settings(config)
-    summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err, config=config)
+    summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err, config=config, web_stay=web_stay)
     ok = summary.pop("ok", False)
     if json_out:
         typer.echo(json.dumps(summary))
@@ -323,6 +328,7 @@ def bench(
         ),
     ] = False,
     fault_events: Annotated[int, typer.Option(help="Events for --faults.")] = 200_000,
+    web: Annotated[bool, typer.Option(help="Only the war room: 100 live SSE clients, mentions at --rate.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     connect_only: Annotated[
         bool, typer.Option("--connect", help="Only the connector runtime: one repmon connect, 20 local sources.")
@@ -345,6 +351,11 @@ def bench(
         typer.echo(json.dumps(report, indent=None if json_out else 2))
         if "error" in report:
             raise typer.Exit(2)
+        return
+    if web:
+        from tools.bench_web import bench_web
+
+        typer.echo(json.dumps({"web": bench_web(settings, rate=rate, console=err)}, indent=None if json_out else 2))
         return
     result = run_bench(settings, events=events, console=err, config=config)
     err.print("bench: repmon connect, 20 sources against local platform servers ...")
@@ -439,7 +450,9 @@ def watch(
             rec = orjson.loads(msg.value)
             if entity and rec.get("entity") != entity:
                 continue
-            if topic == "incidents":
+            if topic == "incidents" and rec.get("kind") == "action":
+                con.print(f"{rec['at']} {rec['who']} {rec['action']} {rec.get('incident_id') or ''}  {rec['why']}")
+            elif topic == "incidents":
                 colour = {"critical": "red", "warning": "yellow"}.get(rec["severity"], "green")
                 con.print(
                     f"[{colour}]{rec['updated_at']} {rec['title']}[/{colour}]  {rec['incident_id']} #{rec['seq']}"
@@ -540,6 +553,7 @@ def trust(
 
 app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
 app.command(name="connect")(connect)
+register_web(app)
 
 
 def main() -> None:

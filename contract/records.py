@@ -26,6 +26,7 @@ __all__ = [
     "EntityMatch",
     "Feedback",
     "Incident",
+    "IncidentAction",
     "Mention",
     "NerSpan",
     "Purchase",
@@ -34,6 +35,7 @@ __all__ = [
     "Sentiment",
     "Signal",
     "dumps",
+    "is_action",
     "make_event_id",
     "parse_raw",
     "utcnow",
@@ -326,6 +328,35 @@ class DeadNotification(_Record):
     given_up_at: AwareDatetime = Field(default_factory=utcnow)
 
 
+ActionName = Literal["acknowledge", "assign", "comment", "resolve", "false_positive", "silence", "unsilence", "relabel"]
+
+
+class IncidentAction(_Record):
+    """A responder's action (acknowledge, assign, silence, ...), published on the incidents topic
+    beside the incident messages so every subscriber sees who decided what; ``kind`` tells the two
+    apart (an :class:`Incident` has no ``kind``)."""
+
+    version: int = SCHEMA_VERSION
+    kind: Literal["action"] = "action"
+    action_id: str
+    action: ActionName
+    incident_id: str | None = Field(default=None, description="None for a silence or a relabelled mention.")
+    entity: str | None = None
+    who: str = Field(description="The token's name that took the action.")
+    why: str = ""
+    at: AwareDatetime
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+def is_action(payload: bytes) -> bool:
+    """Whether a message of the incidents topic is an :class:`IncidentAction` (not an incident)."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and data.get("kind") == "action"
+
+
 RECORDS: dict[str, Any] = {
     "mention": Mention,
     "review": Review,
@@ -337,6 +368,7 @@ RECORDS: dict[str, Any] = {
     "incident": Incident,
     "dead_letter": DeadLetter,
     "dead_notification": DeadNotification,
+    "incident_action": IncidentAction,
 }
 
 

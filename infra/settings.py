@@ -45,6 +45,7 @@ __all__ = [
     "SentimentSettings",
     "Settings",
     "SourceSpec",
+    "WebSettings",
     "WindowSettings",
     "WorkerSettings",
     "load_settings",
@@ -412,6 +413,35 @@ class ConnectSettings(_Section):
     max_retry_seconds: float = Field(default=900.0, gt=0, description="Longest wait between two tries of a source.")
 
 
+class WebSettings(_Section):
+    """``repmon web``: the war room and the HTTP API. Tokens come from the environment only
+    (``REPMON_WEB_READ_TOKENS``, ``REPMON_WEB_WRITE_TOKENS``: ``name:token`` pairs, comma-separated)."""
+
+    host: str = Field(default="127.0.0.1", description="Address to bind (loopback unless you mean it).")
+    port: int = Field(default=8090, ge=0, le=65535, description="Port to bind (0: any free port).")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
+    requests_per_second: float = Field(
+        default=50.0, gt=0, description="Per client (token or address), a burst of twice this; then 429."
+    )
+    max_sse_clients: int = Field(default=500, ge=1, description="Live connections at once; then 503.")
+    sse_queue: int = Field(
+        default=256,
+        ge=8,
+        description="Events buffered per live client; a client further behind is cut off and "
+        "catches up on reconnect (Last-Event-ID) from the replay buffer.",
+    )
+    replay_events: int = Field(default=5000, ge=100, description="Recent live events kept for Last-Event-ID.")
+    incidents_kept: int = Field(default=5000, ge=10, description="Incident threads kept in the read model.")
+    mentions_kept: int = Field(default=20000, ge=100, description="Recent mentions kept for search and the stream.")
+    stream_per_second: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Mentions a stream client is sent per second at most (the rest is "
+        "counted, not sent: the browser never gets more than it can draw).",
+    )
+
+
 def _env_only_settings_config() -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix="REPMON_",
@@ -438,6 +468,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     connect: ConnectSettings = Field(default_factory=ConnectSettings)
     sources: list[SourceSpec] = Field(default_factory=list)
+    web: WebSettings = Field(default_factory=WebSettings)
     # Secrets: from the environment only (REPMON_AUTHOR_KEY_SECRET, REPMON_WEBHOOK_SECRET), never the file.
     author_key_secret: SecretStr | None = Field(
         default=None, description="HMAC key of pseudonymous author keys (env REPMON_AUTHOR_KEY_SECRET)."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command (`make test`): start Apache Kafka (KRaft, from Maven Central jars) and
-# Debian's redis-server, run every test (unit, integration, embedded), stop both whatever happens.
+# Debian's redis-server (and chromium for the browser tests), run every test (unit, integration, embedded), stop both whatever happens.
 # If Kafka or Redis cannot start, this fails: integration tests are never skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+infra/chromium.sh
 infra/redis.sh start
 infra/kafka/kafka.sh start
 

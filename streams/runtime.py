@@ -27,7 +27,17 @@ from pydantic import ValidationError
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from alerts.dispatch import Delivery, Dispatcher
-from contract.records import TOPICS, DeadLetter, DeadNotification, EnrichedEvent, Incident, Signal, dumps, parse_raw
+from contract.records import (
+    TOPICS,
+    DeadLetter,
+    DeadNotification,
+    EnrichedEvent,
+    Incident,
+    Signal,
+    dumps,
+    is_action,
+    parse_raw,
+)
 from models.privacy import redact_payload
 from streams.compose import Components
 from streams.enrich import RawRecord
@@ -326,6 +336,8 @@ class Runtime:
 
     # -- incidents -> notifications ---------------------------------------------------------
     async def on_incident(self, msg: Message) -> None:
+        if is_action(msg.value):  # a responder's action: the dispatcher reads its effect from Redis
+            return
         try:
             inc = Incident.model_validate_json(msg.value)
         except ValidationError as exc:

@@ -3,9 +3,10 @@
 Two ``repmon worker`` processes on Apache Kafka share a generated stream (a crisis inside days of
 ordinary traffic) while this harness, as an operator's bad day would:
 
-- kills one of them with SIGKILL every ``kill_every`` seconds and starts it again;
+- kills one of them with SIGKILL every ``kill_every`` seconds and starts it again, until every
+  event is enriched;
 - makes the alert receiver (a real local HTTP server behind an Apprise ``json://`` route) answer
-  500 for ``receiver_down`` seconds;
+  500 for ``receiver_down`` seconds, from the first notification on;
 - kills Redis once (a redis-server of its own, with an append-only file) and starts it again.
 
 Then it checks what a user relies on: no event lost (every valid event reaches the enriched
@@ -232,7 +233,10 @@ def _run(
         producer.start()
         want = len(rows)
         next_kill = t0 + kill_every
-        down_at, up_at, redis_at = t0 + 30.0, t0 + 30.0 + receiver_down, t0 + 45.0
+        # the receiver goes down when the first notification has arrived (so the outage meets the
+        # crisis, however long enrichment takes to reach it); Redis dies once, mid-stream
+        down_at: float | None = None
+        up_at, redis_at = float("inf"), t0 + 45.0
         down = False
 
         def done() -> bool:
@@ -246,7 +250,8 @@ def _run(
         deadline = t0 + timeout
         while time.monotonic() < deadline and not done():
             now = time.monotonic()
-            if faults and not produced.is_set() and now >= next_kill:
+            # a worker dies every kill_every seconds for as long as the stream is being worked through
+            if faults and tail.snapshot()[0] < want and now >= next_kill:
                 victim = kills % 2
                 workers[victim].proc.send_signal(signal.SIGKILL)
                 workers[victim].proc.wait(10)
@@ -255,10 +260,10 @@ def _run(
                 kills += 1
                 next_kill = now + kill_every
                 log.append(f"{now - t0:.0f}s kill -9 worker (#{kills})")
-            if faults and not down and up_at > now >= down_at:
+            if faults and down_at is None and rx.requests:
                 rx.fail(500)
-                down = True
-                log.append(f"{now - t0:.0f}s receiver answers 500")
+                down, down_at, up_at = True, now, now + receiver_down
+                log.append(f"{now - t0:.0f}s receiver answers 500 (after the first notification)")
             if faults and down and now >= up_at:
                 rx.recover()
                 down = False

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from rich.console import Console
 from rich.live import Live
@@ -29,6 +30,7 @@ from infra.settings import Settings
 from streams.state import RedisState
 from tools.receiver import HttpReceiver
 from tools.stack import LocalStack, wait_until
+from web.serve import WebThread
 
 __all__ = ["run_demo"]
 
@@ -40,6 +42,7 @@ def run_demo(
     timeout: float = 600.0,
     console: Console | None = None,
     config: Path | None = None,
+    web_stay: float = 0.0,
 ) -> dict[str, Any]:
     console = console or Console(stderr=True)
     t0 = time.monotonic()
@@ -59,6 +62,9 @@ def run_demo(
         console.print(
             f"broker {broker_bootstrap}  redis {redis_url}  webhook {receiver.url}  worker pid {worker.proc.pid}"
         )
+        # the war room, before the replay: the crisis appears there live (loopback, no token: a local demo)
+        web = stack.enter_context(WebThread(settings, redis_url=redis_url, bootstrap=broker_bootstrap))
+        console.print(f"[bold]war room[/bold]: open {web.url} to watch the crisis live")
         console.print(
             f"replaying {len(events)} generated events ({minutes} min of event time, crisis on {crisis_entity}) ..."
         )
@@ -149,11 +155,18 @@ def run_demo(
             "seconds": round(time.monotonic() - t0, 1),
         }
         summary["ok"] = bool(ok and summary["incidents"] >= 1 and summary["notifications_delivered"] >= 1)
+        health = httpx.get(f"{web.url}/healthz", timeout=5).json()
+        summary["web_incident_lag_p50_s"] = health["incident_lag_p50_s"]
         if not summary["ok"]:
             console.print(f"[red]demo did not complete[/red] (worker exit {code}); worker log tail:\n{worker.tail()}")
         console.print(
             f"[bold green]done[/bold green]: {sent} events in, {summary['enriched']} enriched, "
             f"{summary['dead_letter']} dead-lettered with reasons, {summary['incidents']} incident messages, "
-            f"{summary['notifications_delivered']} notifications delivered in {summary['seconds']} s"
+            f"{summary['notifications_delivered']} notifications delivered in {summary['seconds']} s; "
+            f"incidents reached the war room {health['incident_lag_p50_s']} s (median) after they were published"
         )
+        if web_stay > 0:
+            console.print(f"the war room stays up at {web.url} for {web_stay:.0f} s (Ctrl-C ends it sooner)")
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(web_stay)  # a person looks at the pages; nothing to wait for
     return summary

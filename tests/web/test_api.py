@@ -1,0 +1,281 @@
+"""The HTTP API through real Kafka and Redis: tokens and scopes, limits, errors, the OpenAPI
+document, actions recorded and published, and the dispatcher honouring them."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as aredis
+
+from alerts.dispatch import Dispatcher
+from contract.records import dumps
+from infra.settings import AlertSettings
+from streams.windows import RedisWindows
+from tests.web.conftest import ONSET, READ_TOKEN, WarRoom, make_event, make_incident, wait_for
+from tools.bench_web import follow_sse
+from tools.receiver import HttpReceiver
+
+pytestmark = pytest.mark.integration
+
+
+def conforms(schema: dict[str, Any], value: Any, doc: dict[str, Any], path: str = "$") -> None:
+    """Assert ``value`` fits an OpenAPI 3.1 schema (the subset FastAPI emits: $ref, anyOf, types, required)."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        conforms(doc["components"]["schemas"][name], value, doc, path)
+        return
+    if "anyOf" in schema:
+        errors = []
+        for option in schema["anyOf"]:
+            try:
+                conforms(option, value, doc, path)
+                return
+            except AssertionError as exc:
+                errors.append(str(exc))
+        raise AssertionError(f"{path}: fits no anyOf option: {errors}")
+    kinds = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "boolean": bool}
+    t = schema.get("type")
+    if t == "null":
+        assert value is None, f"{path}: expected null"
+        return
+    if t in kinds:
+        assert isinstance(value, kinds[t]), f"{path}: expected {t}, got {type(value).__name__}"
+    if "enum" in schema:
+        assert value in schema["enum"], f"{path}: {value!r} not in {schema['enum']}"
+    if t == "object":
+        for req in schema.get("required", []):
+            assert req in value, f"{path}: missing required {req!r}"
+        for k, sub in schema.get("properties", {}).items():
+            if k in value:
+                conforms(sub, value[k], doc, f"{path}.{k}")
+    if t == "array" and "items" in schema:
+        for i, item in enumerate(value):
+            conforms(schema["items"], item, doc, f"{path}[{i}]")
+
+
+def response_schema(doc: dict[str, Any], path: str, method: str = "get", status: str = "200") -> dict[str, Any]:
+    return doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+
+
+def test_tokens_scopes_limits_and_errors_are_json_with_a_reason(war_room: WarRoom) -> None:
+    with war_room.client(None) as anon:
+        r = anon.get("/api/v1/incidents")
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized" and "Bearer" in r.json()["reason"]
+        assert anon.get("/").status_code == 303  # a page sends the browser to sign in
+    with war_room.client("not-a-token-at-all-1234") as bad:
+        assert bad.get("/api/v1/incidents").status_code == 401
+    with war_room.client(READ_TOKEN) as reader:
+        assert reader.get("/api/v1/incidents").status_code == 200
+        r = reader.post("/api/v1/silences", json={"entity": "northwind", "duration_seconds": 60})
+        assert r.status_code == 403 and "write" in r.json()["reason"]
+    with war_room.client() as writer:
+        r = writer.post("/api/v1/silences", json={"entity": "northwind", "duration_seconds": -5})
+        assert r.status_code == 422 and "duration_seconds" in r.json()["reason"]
+        r = writer.post("/api/v1/silences", json={"entity": "nobody", "duration_seconds": 60})
+        assert r.status_code == 404 and "northwind" in r.json()["reason"]
+        r = writer.post("/api/v1/silences", content=b"x" * (war_room.settings.web.max_body_bytes + 1))
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        r = writer.get("/api/v1/incidents/inc-none")
+        assert r.status_code == 404 and r.json()["reason"]
+        assert writer.get("/docs").status_code == 404  # no docs UI: it would load scripts from a CDN
+
+
+async def test_incidents_thread_and_acknowledge_through_kafka_and_redis(war_room: WarRoom) -> None:
+    inc = make_incident()
+    war_room.publish("incidents", inc, inc.entity)
+    war_room.publish("incidents", make_incident(seq=2, status="update"), inc.entity)
+    with war_room.client(READ_TOKEN) as c:
+        doc = c.get("/api/openapi.json").json()
+        rows = wait_for(lambda: [r for r in c.get("/api/v1/incidents").json() if r["messages"] == 2], what="the thread")
+        conforms(response_schema(doc, "/api/v1/incidents"), rows, doc)
+        assert rows[0]["incident_id"] == inc.incident_id and rows[0]["state"] == "open" and rows[0]["owner"] is None
+        thread = c.get(f"/api/v1/incidents/{inc.incident_id}").json()
+        conforms(response_schema(doc, "/api/v1/incidents/{incident_id}"), thread, doc)
+        assert [m["seq"] for m in thread["messages"]] == [1, 2]
+    with war_room.client() as w:
+        r = w.post(f"/api/v1/incidents/{inc.incident_id}/actions", json={"action": "acknowledge", "why": "on it"})
+        assert r.status_code == 200, r.text
+        conforms(response_schema(doc, "/api/v1/incidents/{incident_id}/actions", "post"), r.json(), doc)
+        r = w.post(f"/api/v1/incidents/{inc.incident_id}/actions", json={"action": "assign", "owner": "bob"})
+        assert r.status_code == 200, r.text
+        summary = wait_for(
+            lambda: (s := w.get(f"/api/v1/incidents/{inc.incident_id}").json())["summary"]["owner"] == "bob" and s,
+            what="the owner",
+        )
+        assert summary["summary"]["state"] == "acknowledged"
+        assert [(a["action"], a["who"], a["why"]) for a in summary["actions"]] == [
+            ("acknowledge", "alice", "on it"),
+            ("assign", "alice", ""),
+        ]
+    r = aredis.Redis.from_url(war_room.redis_url)
+    try:
+        state = await r.hgetall(f"{war_room.prefix}:ctl:inc:{inc.incident_id}")
+        assert state[b"state"] == b"acknowledged" and state[b"acked_by"] == b"alice" and state[b"owner"] == b"bob"
+    finally:
+        await r.aclose()
+    actions = wait_for(
+        lambda: [x for x in war_room.topic_records("incidents") if x.get("kind") == "action"] or None,
+        what="the actions on the incidents topic",
+    )
+    assert [(a["action"], a["who"], a["incident_id"]) for a in actions] == [
+        ("acknowledge", "alice", inc.incident_id),
+        ("assign", "alice", inc.incident_id),
+    ]
+
+
+async def test_dispatcher_honours_silences_and_acknowledgements(war_room: WarRoom) -> None:
+    receiver = HttpReceiver().start()
+    r = aredis.Redis.from_url(war_room.redis_url)
+    alerts = AlertSettings(
+        routes=[{"name": "hook", "urls": [receiver.apprise_url("/hook")], "min_severity": "warning"}],  # type: ignore[list-item]
+        cooldown_seconds=0,
+        outbox_poll_seconds=0.2,
+        console=False,
+    )
+    d = Dispatcher(alerts, r, key_prefix=war_room.prefix)
+    try:
+        with war_room.client() as w:
+            assert w.post("/api/v1/silences", json={"entity": "northwind", "duration_seconds": 600}).status_code == 201
+            sig = w.post(
+                "/api/v1/silences", json={"entity": "skyline", "signal": "negative_share", "duration_seconds": 600}
+            )
+            assert sig.status_code == 201
+            doc = w.get("/api/openapi.json").json()
+            conforms(response_schema(doc, "/api/v1/silences", "post", "201"), sig.json(), doc)
+            listed = w.get("/api/v1/silences").json()
+            conforms(response_schema(doc, "/api/v1/silences"), listed, doc)
+            assert sorted(x["entity"] for x in listed) == ["northwind", "skyline"]
+        silenced = make_incident("northwind/go app", iid="inc-silenced")  # a product of the silenced brand
+        out = await d.dispatch(silenced)
+        assert out[0].status == "filtered" and "silenced" in (out[0].error or "")
+        # the signal silence holds a negative-share page but not a rating one on the same entity
+        assert (await d.dispatch(make_incident("skyline", iid="inc-sky")))[0].status == "filtered"
+        rating = make_incident("skyline", iid="inc-sky-rating", signal="rating")
+        assert (await d.dispatch(rating))[0].status == "queued"
+        got = await asyncio.to_thread(receiver.wait_for, 1, 10)
+        assert len(got) == 1 and "skyline" in got[0].title
+        # acknowledged: the update stops, the resolution still goes out
+        with war_room.client() as w:
+            war_room.publish("incidents", rating, rating.entity)
+            wait_for(lambda: w.get("/api/v1/incidents/inc-sky-rating").status_code == 200, what="the thread")
+            ack = w.post("/api/v1/incidents/inc-sky-rating/actions", json={"action": "acknowledge"})
+            assert ack.status_code == 200
+        upd = make_incident("skyline", iid="inc-sky-rating", signal="rating", seq=2, status="update")
+        out = await d.dispatch(upd)
+        assert out[0].status == "filtered" and out[0].error == "incident acknowledged"
+        res = make_incident("skyline", iid="inc-sky-rating", signal="rating", seq=3, status="resolved")
+        assert (await d.dispatch(res))[0].status == "queued"
+        got = await asyncio.to_thread(receiver.wait_for, 2, 10)
+        assert len(got) == 2 and "normal" in got[1].title
+        assert not [x for x in receiver.requests if "go app" in x.title.lower()]
+    finally:
+        await d.aclose()
+        await r.aclose()
+        receiver.stop()
+
+
+async def test_series_trust_and_mention_search(war_room: WarRoom) -> None:
+    r = aredis.Redis.from_url(war_room.redis_url)
+    windows = RedisWindows(r, war_room.settings)
+    events = [
+        make_event(i, "northwind", "negative" if i % 4 == 0 else "positive", ONSET + timedelta(seconds=i))
+        for i in range(40)
+    ]
+    events.append(make_event(99, "skyline", "neutral", ONSET, lang="es", source="forum"))
+    try:
+        await windows.add_batch([(ev, 0) for ev in events])
+    finally:
+        await r.aclose()
+    for ev in events:
+        war_room.publish("enriched", ev, ev.entity or "")
+    with war_room.client(READ_TOKEN) as c:
+        doc = c.get("/api/openapi.json").json()
+        wait_for(lambda: len(c.get("/api/v1/mentions", params={"limit": 100}).json()) == 41, what="the mentions")
+        neg = c.get("/api/v1/mentions", params={"entity": "northwind", "sentiment": "negative", "limit": 100}).json()
+        assert len(neg) == 10 and all(m["sentiment"] == "negative" for m in neg)
+        assert [m["event_id"] for m in c.get("/api/v1/mentions", params={"lang": "es", "source": "forum"}).json()] == [
+            "forum:skyline-99"
+        ]
+        s = c.get("/api/v1/series/northwind", params={"signal": "volume", "step": "bucket", "hours": 1}).json()
+        conforms(response_schema(doc, "/api/v1/series/{entity}"), s, doc)
+        assert sum(v for _, v in s["points"] if v) == 40  # every counted mention, in its minute
+        share = c.get(
+            "/api/v1/series/northwind", params={"signal": "negative_share", "step": "bucket", "hours": 1}
+        ).json()
+        assert max(v for _, v in share["points"] if v is not None) == pytest.approx(0.25)
+        trust = c.get("/api/v1/trust/northwind", params={"window": "1h"}).json()
+        conforms(response_schema(doc, "/api/v1/trust/{entity}"), trust, doc)
+        conforms(response_schema(doc, "/api/v1/mentions"), neg, doc)
+        assert [t["entity"] for t in trust] == ["northwind", "skyline"]  # beside the competitor
+        comp = {x["name"]: x["value"] for x in trust[0]["components"]}
+        assert comp["negative_share"] == pytest.approx(0.25)
+        r404 = c.get("/api/v1/series/nobody")
+        assert r404.status_code == 404 and "northwind" in r404.json()["reason"]
+
+
+async def test_live_events_resume_after_a_reconnect_with_last_event_id(war_room: WarRoom) -> None:
+    auth = {"Authorization": f"Bearer {READ_TOKEN}"}
+    seen: list[tuple[str, str, str]] = []
+    async with httpx.AsyncClient(base_url=war_room.url) as client:
+        stop, connected = asyncio.Event(), asyncio.Event()
+
+        def on(event: str, data: str, at: float, event_id: str) -> None:
+            seen.append((event, orjson.loads(data).get("incident_id", ""), event_id))
+
+        first = asyncio.create_task(follow_sse(client, "/api/v1/events", on, connected, stop, auth))
+        await asyncio.wait_for(connected.wait(), 10)
+        await asyncio.to_thread(war_room.publish, "incidents", make_incident(iid="inc-a"), "northwind")
+        await _until(lambda: any(iid == "inc-a" for _, iid, _ in seen))
+        first.cancel()  # the connection drops
+        await asyncio.gather(first, return_exceptions=True)
+        last_id = seen[-1][2]
+        for iid in ("inc-b", "inc-c"):  # published while nobody listens
+            await asyncio.to_thread(war_room.publish, "incidents", make_incident(iid=iid), "northwind")
+        await _until(lambda: httpx.get(f"{war_room.url}/api/v1/incidents", headers=auth).json().__len__() == 3)
+        seen.clear()
+        again, connected2 = asyncio.Event(), asyncio.Event()
+        resumed = asyncio.create_task(
+            follow_sse(client, "/api/v1/events", on, connected2, again, {**auth, "Last-Event-ID": last_id})
+        )
+        await _until(lambda: len(seen) >= 2)
+        again.set()
+        resumed.cancel()
+        await asyncio.gather(resumed, return_exceptions=True)
+    assert [(e, iid) for e, iid, _ in seen] == [("incident", "inc-b"), ("incident", "inc-c")]
+
+
+async def test_the_mention_stream_counts_everything_and_sends_at_most_its_rate(war_room: WarRoom) -> None:
+    frames: list[dict[str, Any]] = []
+    k = war_room.settings.web.stream_per_second
+    async with httpx.AsyncClient(base_url=war_room.url) as client:
+        stop, connected = asyncio.Event(), asyncio.Event()
+        path = "/api/v1/stream/mentions?entity=northwind&sentiment=negative"
+        auth = {"Authorization": f"Bearer {READ_TOKEN}"}
+        task = asyncio.create_task(
+            follow_sse(client, path, lambda e, d, at, i: frames.append(orjson.loads(d)), connected, stop, auth)
+        )
+        await asyncio.wait_for(connected.wait(), 10)
+        events = [make_event(i, "northwind", "negative" if i % 2 else "positive", ONSET) for i in range(300)]
+        events += [make_event(i, "skyline", "negative", ONSET) for i in range(50)]
+        for ev in events:
+            war_room.producer.send(war_room.topics["enriched"], dumps(ev), key=(ev.entity or "").encode())
+        await asyncio.to_thread(war_room.producer.flush, 10)
+        await _until(lambda: sum(f["matched"] for f in frames) >= 150)
+        stop.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert sum(f["matched"] for f in frames) == 150  # every negative northwind mention counted, no other
+    assert all(len(f["items"]) <= k for f in frames) and max(f["matched"] for f in frames) > k
+    items = [m for f in frames for m in f["items"]]
+    assert items and all(m["entity"] == "northwind" and m["sentiment"] == "negative" for m in items)
+
+
+async def _until(cond: Any, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.05)

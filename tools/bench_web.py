@@ -1,0 +1,200 @@
+"""``repmon bench --web``: the war room under load, on the embedded broker and Redis (loopback only).
+
+- **live clients**: ``clients`` concurrent SSE connections to ``/api/v1/events``; ``incidents``
+  incident messages published on Kafka one by one; for each client and message, the time from the
+  publish to the event arriving at the client (what a page reacts to), and whether every client got
+  every message;
+- **mention stream at a rate**: ``rate`` enriched mentions/s for ``seconds`` s published while one
+  client follows ``/api/v1/stream/mentions``: what the server matched per second, and the most it
+  sent in one frame (at most ``web.stream_per_second``, whatever the rate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from kafka import KafkaProducer
+from rich.console import Console
+
+from contract.records import TOPICS, EnrichedEvent, Incident, Sentiment, dumps
+from infra.embedded import EmbeddedBroker, EmbeddedRedis
+from infra.kafka import ensure_topics
+from infra.settings import Settings
+from web.serve import WebThread
+
+__all__ = ["bench_web", "follow_sse"]
+
+
+async def follow_sse(
+    client: httpx.AsyncClient,
+    path: str,
+    on_event: Any,
+    connected: asyncio.Event,
+    stop: asyncio.Event,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Follow an SSE endpoint: ``on_event(event, data, arrival time, event id)`` per event; ``connected`` is set at
+    the server's first comment; returns when ``stop`` is set (checked as lines arrive)."""
+    async with client.stream("GET", path, timeout=None, headers=headers) as resp:
+        resp.raise_for_status()
+        event, data, event_id = "", "", ""
+        async for line in resp.aiter_lines():
+            if line.startswith(":"):
+                connected.set()
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif not line:
+                if event:
+                    on_event(event, data, time.time(), event_id)
+                event, data = "", ""
+            if stop.is_set():
+                return
+
+
+def _incident(i: int, at: datetime) -> Incident:
+    return Incident(
+        incident_id=f"inc-bench-{i}",
+        entity="northwind",
+        status="open",
+        seq=1,
+        severity="critical",
+        opened_at=at,
+        updated_at=at,
+        title=f"bench incident {i}",
+        summary="bench",
+    )
+
+
+def _mention(i: int, at: datetime) -> EnrichedEvent:
+    label = "negative" if i % 3 == 0 else "positive"
+    return EnrichedEvent(
+        event_id=f"bench:{i}",
+        kind="mention",
+        source="bench",
+        occurred_at=at,
+        ingested_at=at,
+        entity="northwind",
+        sentiment=Sentiment(score=-0.5 if label == "negative" else 0.5, label=label, confidence=0.9, model_version="b"),
+        lang="en",
+        text_redacted=f"bench mention {i}",
+    )
+
+
+async def _live_clients(url: str, producer: KafkaProducer, topic: str, clients: int, incidents: int) -> dict[str, Any]:
+    got: list[dict[str, float]] = [{} for _ in range(clients)]
+    stop = asyncio.Event()
+    conns = [asyncio.Event() for _ in range(clients)]
+    limits = httpx.Limits(max_connections=clients + 10)
+    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+
+        def recorder(i: int) -> Any:
+            def on(event: str, data: str, at: float, _: str) -> None:
+                if event == "incident":
+                    got[i][orjson.loads(data)["incident_id"]] = at
+
+            return on
+
+        tasks = [
+            asyncio.create_task(follow_sse(client, "/api/v1/events", recorder(i), conns[i], stop))
+            for i in range(clients)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(c.wait() for c in conns)), 60)
+        sent: dict[str, float] = {}
+        now = datetime.now(UTC)
+        for i in range(incidents):
+            inc = _incident(i, now)
+            sent[inc.incident_id] = time.time()
+            future = producer.send(topic, dumps(inc), key=b"northwind")
+            await asyncio.to_thread(future.get, 10)  # acknowledged by the broker, off the loop
+            await asyncio.sleep(0.1)  # one crisis message at a time, as a worker publishes them
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(len(g) for g in got) < clients * incidents:
+            await asyncio.sleep(0.1)
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    lat = sorted(g[iid] - at for g in got for iid, at in sent.items() if iid in g)
+    return {
+        "clients": clients,
+        "incident_messages": incidents,
+        "deliveries": len(lat),
+        "expected_deliveries": clients * incidents,
+        "publish_to_client_p50_s": round(statistics.median(lat), 4) if lat else None,
+        "publish_to_client_p99_s": round(lat[int(0.99 * (len(lat) - 1))], 4) if lat else None,
+    }
+
+
+async def _stream_at_rate(url: str, producer: KafkaProducer, topic: str, rate: int, seconds: int) -> dict[str, Any]:
+    frames: list[dict[str, Any]] = []
+    stop, connected = asyncio.Event(), asyncio.Event()
+    async with httpx.AsyncClient(base_url=url) as client:
+        task = asyncio.create_task(
+            follow_sse(
+                client, "/api/v1/stream/mentions", lambda e, d, at, i: frames.append(orjson.loads(d)), connected, stop
+            )
+        )
+        await asyncio.wait_for(connected.wait(), 30)
+        now = datetime.now(UTC)
+
+        def produce() -> int:
+            n, t0 = 0, time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                target = int((time.monotonic() - t0) * rate)
+                while n < target:
+                    producer.send(topic, dumps(_mention(n, now + timedelta(milliseconds=n))), key=b"northwind")
+                    n += 1
+                time.sleep(0.005)
+            producer.flush(30)
+            return n
+
+        sent = await asyncio.to_thread(produce)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and sum(f["matched"] for f in frames) < sent:
+            await asyncio.sleep(0.2)
+        stop.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    busy = [f for f in frames if f["matched"]]
+    return {
+        "rate_mentions_per_s": rate,
+        "sent": sent,
+        "matched_by_server": sum(f["matched"] for f in frames),
+        "frames": len(busy),
+        "max_matched_per_frame": max((f["matched"] for f in busy), default=0),
+        "max_items_sent_per_frame": max((len(f["items"]) for f in busy), default=0),
+    }
+
+
+def bench_web(
+    settings: Settings, *, clients: int = 100, incidents: int = 20, rate: int = 1000, seconds: int = 5, console: Console
+) -> dict[str, Any]:
+    # the bench's clients all come from one address: lift the per-client request rate for them
+    web = settings.web.model_copy(update={"requests_per_second": float(clients * 10)})
+    settings = settings.model_copy(update={"web": web})
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-web-"))
+    with EmbeddedBroker() as broker, EmbeddedRedis(workdir / "redis.db") as er:
+        topics = {t: settings.topic(t) for t in TOPICS}
+        ensure_topics(broker.bootstrap, topics.values(), settings.kafka.partitions)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+        try:
+            with WebThread(settings, redis_url=er.url, bootstrap=broker.bootstrap, port=0) as w:
+                console.print(f"bench: {clients} live clients on {w.url}, {incidents} incident messages ...")
+                live = asyncio.run(_live_clients(w.url, producer, topics["incidents"], clients, incidents))
+                console.print(f"bench: the mention stream at {rate} mentions/s for {seconds} s ...")
+                stream = asyncio.run(_stream_at_rate(w.url, producer, topics["enriched"], rate, seconds))
+        finally:
+            producer.close(10)
+    return {"live_clients": live, "mention_stream": stream, "stream_per_second": settings.web.stream_per_second}
