@@ -42,6 +42,7 @@ import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
+from infra.kafka import partition_count
 from infra.settings import Settings
 from models.sentiment import LABELS, SentimentModel
 from streams.enrich import EnrichStage, Example
@@ -323,14 +324,13 @@ class FleetLearner:
                 logger.error("%s; resuming from the one before", exc)
         model = snap.model if snap else SentimentModel()
         offsets = dict(snap.offsets) if snap and snap.topic == self.topic else {}
+        # the broker's partition count, asked on a thread (kafka-python is blocking): every
+        # partition of the labels topic is read, whatever the config says it was created with
+        n_parts = await asyncio.to_thread(partition_count, self.s.kafka.bootstrap, self.topic, 30.0)
         consumer = self._consumer_factory()
         await consumer.start()
         try:
-            await consumer.topics()  # fetches the metadata that partitions_for_topic reads
-            parts = sorted(consumer.partitions_for_topic(self.topic) or ())
-            if not parts:
-                raise RuntimeError(f"topic {self.topic} has no partitions: the worker creates it at start")
-            tps = [TopicPartition(self.topic, p) for p in parts]
+            tps = [TopicPartition(self.topic, p) for p in range(n_parts)]
             consumer.assign(tps)
             for tp in tps:
                 if tp.partition in offsets:
@@ -351,6 +351,8 @@ class FleetLearner:
         )
 
     async def _demote(self, why: str) -> None:
+        for p in self.offsets:  # the next owner reports the labels topic's lag
+            self.metrics.consumer_lag.remove(self.topic, str(p))
         consumer, self.consumer, self.model = self.consumer, None, None
         self.offsets, self.unsaved = {}, 0
         self.metrics.learner.set(0)
