@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cli.deadletter import deadletter_app
 from cli.eval import eval_app
 from infra.settings import ConfigError, Settings, load_settings
 
@@ -531,6 +532,7 @@ def trust(
 
 
 app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
+app.add_typer(deadletter_app, name="deadletter", help="Re-send dead letters whose cause was fixed.")
 
 
 def main() -> None:
