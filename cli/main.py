@@ -169,10 +169,14 @@ def worker(
     )
     worker.load_models()
     try:
-        # JSON logs: keep the handler configured above (Faust would install its coloured one)
-        faust.Worker(
+        # JSON logs: keep the handler configured above (Faust would install its coloured one), and
+        # no terminal spinner, whose cursor escapes would break the first line after it
+        fw = faust.Worker(
             worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=fmt != "json"
-        ).execute_from_commandline()
+        )
+        if fmt == "json":
+            fw.spinner = None
+        fw.execute_from_commandline()
     finally:
         if crashed():  # an agent raised: say so to the supervisor that restarts the worker
             raise SystemExit(EXIT_AGENT_CRASHED)
