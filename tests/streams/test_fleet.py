@@ -111,10 +111,11 @@ class Fleet:
     def label(self, text: str, label: str) -> None:
         self.prod.send(self.topics["labels"], orjson.dumps({"text": text, "label": label}))
 
-    def event(self, partition: int, **fields: Any) -> None:
+    def event(self, partition: int, **fields: Any) -> str:
         self.sent += 1
         doc = {"event_id": f"t:{self.prefix}:{self.sent}", "source": "test", "occurred_at": now(), **fields}
         self.prod.send(self.topics["raw"], orjson.dumps(doc), partition=partition)
+        return str(doc["event_id"])
 
     def labels_end(self) -> int:
         c = KafkaConsumer(bootstrap_servers=self.bootstrap)
@@ -135,6 +136,14 @@ class Fleet:
     def snapshot_covers(self, end: int) -> bool:
         got = self.newest()
         return got is not None and sum(got[1].values()) >= end
+
+    def enriched_ids(self, ids: list[str], timeout: float = 90) -> list[dict[str, Any]]:
+        """The enriched events of ``ids`` (one each: a redelivery after a crash is enriched again)."""
+        found: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(ids) and time.monotonic() < deadline and self.live():
+            found = {e["event_id"]: e for e in self.enriched(1 << 30, timeout=2) if e["event_id"] in ids}
+        return list(found.values())
 
     def enriched(self, expect: int, timeout: float = 90) -> list[dict[str, Any]]:
         c = KafkaConsumer(
@@ -197,10 +206,9 @@ def test_the_fleet_scores_with_one_model_and_keeps_every_label_across_a_full_res
         assert wait_until(lambda: all(fleet.scoring_version(p) == version for _, p in fleet.live()), 60)
 
         # the same text on every raw partition: one model version, one score, the learned label
-        for p in range(PARTITIONS):
-            fleet.event(p, kind="mention", text=f"@northwind {PHRASE}")
+        ids = [fleet.event(p, kind="mention", text=f"@northwind {PHRASE}") for p in range(PARTITIONS)]
         fleet.prod.flush()
-        scored = fleet.enriched(30 + PARTITIONS)[30:]
+        scored = fleet.enriched_ids(ids)
         assert len(scored) == PARTITIONS, fleet.tails()
         sents = {(e["sentiment"]["model_version"], e["sentiment"]["score"], e["sentiment"]["label"]) for e in scored}
         assert len(sents) == 1, sents
@@ -229,10 +237,9 @@ def test_the_fleet_scores_with_one_model_and_keeps_every_label_across_a_full_res
         # three workers, one raw partition each: the same text, one version, one score
         assert wait_until(lambda: all(len(fleet.raw_partitions(p)) == 1 for _, p in fleet.live()), 120)
         assert len(fleet.live()) == 3, fleet.tails()
-        for p in range(PARTITIONS):
-            fleet.event(p, kind="mention", text=f"@northwind {PHRASE}")
+        ids = [fleet.event(p, kind="mention", text=f"@northwind {PHRASE}") for p in range(PARTITIONS)]
         fleet.prod.flush()
-        scored = fleet.enriched(30 + 2 * PARTITIONS)[30 + PARTITIONS :]
+        scored = fleet.enriched_ids(ids)
         assert len(scored) == PARTITIONS, fleet.tails()
         sents = {(e["sentiment"]["model_version"], e["sentiment"]["score"]) for e in scored}
         assert sents == {(f"{mv.rsplit(':', 1)[0]}:v{version}", scored[0]["sentiment"]["score"])}, sents
