@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test unit lint bench clean
+.PHONY: help venv demo test unit lint bench lock clean
 .DEFAULT_GOAL := help
 
 help: ## Show this help
@@ -32,6 +32,14 @@ lint: $(STAMP) ## ruff + mypy
 
 bench: $(STAMP) ## Benchmarks as JSON
 	$(VENV)/bin/repmon bench --json
+
+lock: ## Regenerate requirements.lock (the image's exact versions) in a clean venv
+	rm -rf .lockvenv && $(PY) -m venv .lockvenv && .lockvenv/bin/pip install -q --upgrade pip
+	.lockvenv/bin/pip install -q '.[accurate]'
+	{ echo "# The image's exact dependency versions (infra/Dockerfile): what \`make lock\` resolved for '.[accurate]'"; \
+	  echo "# on Python 3.11 from pyproject.toml's bounds. Regenerate after changing a dependency; never edit by hand."; \
+	  .lockvenv/bin/pip freeze --exclude-editable | grep -v '^repmon @'; } > requirements.lock
+	rm -rf .lockvenv
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .repmon *.egg-info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.connect import connect
+from cli.deadletter import deadletter_app
 from cli.eval import eval_app
 from cli.web import register as register_web
 from infra.settings import ConfigError, Settings, load_settings
@@ -79,8 +79,10 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(level: str, fmt: str = "text") -> None:
+    from infra.logs import configure
+
+    configure(level, "json" if fmt == "json" else "text")
 
 
 def _kafka_or_exit(bootstrap: str, settings: Settings, topics: list[str], option: str, timeout: float = 10.0) -> None:
@@ -115,6 +117,9 @@ def worker(
     metrics_addr: Annotated[
         str | None, typer.Option(help="Address for the metrics (worker.metrics_addr; 0.0.0.0 in a container).")
     ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text or json: one JSON object per line (worker.log_format).")
+    ] = None,
 ) -> None:
     """Run a stream worker (all agents). Scale out by running more, up to the partition count."""
     import faust
@@ -124,7 +129,18 @@ def worker(
     from streams.supervise import EXIT_AGENT_CRASHED, crashed
 
     settings = _settings(config)
-    _logging(loglevel)
+    fmt = log_format or settings.worker.log_format
+    if fmt not in ("text", "json"):
+        err.print(f"[red]--log-format {escape(fmt)!r} is not text or json[/red]: pass --log-format json or text")
+        raise typer.Exit(2)
+    if settings.author_key_secret is None:
+        # a per-app default key would let anyone who knows the app id link pseudonyms back to authors
+        err.print(
+            "[red]REPMON_AUTHOR_KEY_SECRET is not set[/red]: the worker pseudonymises authors with it; set it, "
+            "e.g. export REPMON_AUTHOR_KEY_SECRET=$(openssl rand -hex 32) (`repmon demo` sets a throwaway one)"
+        )
+        raise typer.Exit(2)
+    _logging(loglevel, fmt)
     _redis_or_exit(settings)
     try:
         wait_for_broker(settings.kafka.bootstrap, timeout=120)
@@ -155,7 +171,14 @@ def worker(
     )
     worker.load_models()
     try:
-        faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+        # JSON logs: keep the handler configured above (Faust would install its coloured one), and
+        # no terminal spinner, whose cursor escapes would break the first line after it
+        fw = faust.Worker(
+            worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=fmt != "json"
+        )
+        if fmt == "json":
+            fw.spinner = None
+        fw.execute_from_commandline()
     finally:
         if crashed():  # an agent raised: say so to the supervisor that restarts the worker
             raise SystemExit(EXIT_AGENT_CRASHED)
@@ -554,6 +577,7 @@ def trust(
 app.add_typer(eval_app, name="eval", help="Evaluate models on labelled data.")
 app.command(name="connect")(connect)
 register_web(app)
+app.add_typer(deadletter_app, name="deadletter", help="Re-send dead letters whose cause was fixed.")
 
 
 def main() -> None:

@@ -288,8 +288,23 @@ class SentimentSettings(_Section):
         default_factory=_default_rating_labels,
         description="Review rating -> training label.",
     )
-    checkpoint_path: str = Field(default=".repmon/sentiment.json")
-    checkpoint_interval_seconds: float = Field(default=60.0, gt=0)
+    checkpoint_path: str = Field(
+        default=".repmon/sentiment.json",
+        description="Offline tools only (backtest, bench, eval): a saved model to start from. Workers never "
+        "read or write a file: they share the fleet's snapshots in Redis.",
+    )
+    snapshot_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often the fleet's learner publishes a model snapshot (if it learned)."
+    )
+    refresh_seconds: float = Field(
+        default=2.0, gt=0, description="How often every worker looks for a newer snapshot to score with."
+    )
+    owner_lease_seconds: float = Field(
+        default=15.0,
+        ge=3.0,
+        description="The learner's lease in Redis: a worker that stops renewing it for this long is replaced.",
+    )
+    snapshots_kept: int = Field(default=3, ge=2, description="Snapshot versions kept in Redis (older are deleted).")
 
 
 class Route(_Section):
@@ -357,6 +372,9 @@ class WorkerSettings(_Section):
     web_bind: str = Field(default="127.0.0.1", description="Address Faust's web view binds (with --web-port).")
     metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Serve Prometheus /metrics here.")
     metrics_addr: str = Field(default="127.0.0.1", description="Address of /metrics (0.0.0.0 in a container).")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or one JSON object per line for a log shipper."
+    )
 
 
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"

@@ -249,6 +249,9 @@ class SentimentModel:
         self.lr, self.l2 = lr, l2
         self.langs: dict[str, _Lang] = {}
         self.created = datetime.now(UTC).isoformat(timespec="seconds")
+        # the fleet snapshot this model was loaded from (streams.learning): every worker that loaded
+        # snapshot N scores with the same weights, and says so in each event's model_version
+        self.release: int | None = None
         self._vader = SentimentIntensityAnalyzer()
         self._seed = {lang: SeedLexicon(lang) for lang in SEED}
         self._compounds: dict[tuple[str, str], float] = {}
@@ -274,7 +277,15 @@ class SentimentModel:
 
     @property
     def version(self) -> str:
-        """Changes as the model learns (stepped, so it does not change on every label)."""
+        """``...:v<N>`` for fleet snapshot N; otherwise changes as the model learns (stepped, so it does
+        not change on every label).
+
+        >>> m = SentimentModel()
+        >>> m.version, (setattr(m, "release", 7) or m.version)
+        ('lexicon+river-softmax-per-lang@3:0', 'lexicon+river-softmax-per-lang@3:v7')
+        """
+        if self.release is not None:
+            return f"{self.name}@{FORMAT}:v{self.release}"
         n = self.n_learned
         step = 0 if n == 0 else 2 ** int(math.log2(n))
         return f"{self.name}@{FORMAT}:{step}"

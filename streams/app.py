@@ -22,6 +22,7 @@ import faust
 
 from infra.settings import Settings
 from streams.compose import Components, build
+from streams.learning import load_newest_sync
 from streams.runtime import TOPICS, Message, Runtime
 from streams.supervise import fatal_on_error, shutdown_deadline
 
@@ -58,8 +59,17 @@ class Worker:
     components: Components
 
     def load_models(self) -> None:
-        """Load spaCy and the sentiment model once, before the worker consumes (no loop yet)."""
-        self.components.stage.load_models()
+        """Load spaCy and the fleet's newest sentiment snapshot once, before the worker consumes (no
+        loop yet), so its first batch is scored with the same model as the rest of the fleet."""
+        c = self.components
+        c.stage.load_models()
+        if c.learner is not None and c.settings.redis.url:
+            snap = load_newest_sync(c.settings.redis.url, c.settings.redis.key_prefix)
+            if snap is not None:
+                c.learner.install(snap)
+                logger.info("scoring with sentiment snapshot v%d (%s)", snap.version, snap.model.version)
+            else:
+                logger.info("no sentiment snapshot yet: scoring with the cold model until the first one")
 
 
 def _faust_app(s: Settings, web_port: int | None) -> faust.App:
@@ -97,7 +107,7 @@ def build_worker(
     metrics_addr: str = "127.0.0.1",
     raw_partitions: int | None = None,
 ) -> Worker:
-    """The Faust app of one worker: three agents and three timers over one :class:`Runtime`."""
+    """The Faust app of one worker: two agents and its timers over one :class:`Runtime`."""
     s = settings
     components = build(s, redis_url=redis_url, raw_partitions=raw_partitions)
     if metrics_port is not None:
@@ -123,24 +133,23 @@ def build_worker(
         async for event in stream.events():
             await rt.on_incident(_message(event))
 
-    @app.agent(topics["labels"], name="labels")
-    @fatal_on_error("labels")
-    async def labels_agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(256, within=0.5):  # type: ignore[attr-defined]
-            await rt.on_labels(_messages(events))
-
     @app.timer(interval=1.0)
     async def partitions_timer() -> None:
         # which raw partitions this worker holds, and how far the broker has them: the high-water
         # mark comes with every fetch response (no extra request; works on tansu too)
         raw = topics["raw"].get_topic_name()
         held: dict[int, tuple[int, int | None]] = {}
+        lags: dict[tuple[str, int], int] = {}
         for tp in app.consumer.assignment():
-            if tp.topic != raw:
-                continue
             hw = app.consumer.highwater(tp)
-            if hw is not None:  # not fetched yet: it holds the watermark until it is
-                held[tp.partition] = (int(hw), await app.consumer.position(tp))
+            if hw is None:  # not fetched yet: a raw partition holds the watermark until it is
+                continue
+            pos = await app.consumer.position(tp)
+            if pos is not None:
+                lags[(tp.topic, tp.partition)] = max(0, int(hw) - int(pos))
+            if tp.topic == raw:
+                held[tp.partition] = (int(hw), pos)
+        rt.metrics.set_lag(lags)
         try:
             await rt.report_partitions(held)
         except Exception:
@@ -162,9 +171,18 @@ def build_worker(
     async def flush_alerts() -> None:
         await rt.flush_alerts()
 
-    @app.timer(interval=s.sentiment.checkpoint_interval_seconds)
-    async def checkpoint_timer() -> None:
-        await rt.checkpoint()
+    learner = components.learner
+    assert learner is not None  # built with Redis
+
+    @app.timer(interval=0.5)
+    async def learner_timer() -> None:
+        # every worker: the lease holder learns the labels topic and publishes snapshots; the
+        # others only renew their claim (one Redis call)
+        await learner.step()
+
+    @app.timer(interval=s.sentiment.refresh_seconds)
+    async def model_refresh_timer() -> None:
+        await learner.refresh()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: faust.App, **kwargs: Any) -> None:

@@ -2,8 +2,9 @@
 
 The worker, the backtest, the tools and the tests all build their parts here, so there is one
 answer to "which Redis, which store, which model": ``build(settings)`` for the worker (Redis from
-``redis.url``), ``build(settings, memory=True)`` for the backtest and unit tests (no Redis; no
-alert dispatcher, since nothing is sent).
+``redis.url``; the sentiment model is the fleet's, :mod:`streams.learning`), ``build(settings,
+memory=True)`` for the backtest and unit tests (no Redis; no alert dispatcher, since nothing is
+sent; the model learns in place).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from alerts.dispatch import Dispatcher
 from infra.settings import Settings
 from streams.detection import DetectionEngine
 from streams.enrich import EnrichStage
+from streams.learning import FleetLearner, ModelSnapshots
 from streams.metrics import Metrics
 from streams.state import MemoryState, RedisState, StateStore
 from streams.windows import MemoryWindows, RedisWindows, Windows
@@ -48,6 +50,7 @@ class Components:
     metrics: Metrics
     dispatcher: Dispatcher | None = None
     redis: aredis.Redis | None = None
+    learner: FleetLearner | None = None  # the fleet's one sentiment model (workers); None offline
     # One thread owns the NLP pipeline and the online model: batches run off the event loop, and
     # the model is only ever touched by this thread (no locks needed).
     executor: ThreadPoolExecutor = field(
@@ -82,4 +85,9 @@ def build(
         state = RedisState(r, settings.redis.key_prefix)
         dispatcher = Dispatcher(settings.alerts, r, key_prefix=settings.redis.key_prefix)
     detection = DetectionEngine(settings, windows, state, model_version=lambda: stage.model_version)
-    return Components(settings, windows, state, stage, detection, Metrics(), dispatcher, r)
+    c = Components(settings, windows, state, stage, detection, Metrics(), dispatcher, r)
+    if r is not None:  # a worker: score with the fleet's snapshots, learn only on the lease holder
+        stage.learn_inline = False
+        snaps = ModelSnapshots(r, settings.redis.key_prefix, keep=settings.sentiment.snapshots_kept)
+        c.learner = FleetLearner(settings, stage, c.executor, snaps, c.metrics)
+    return c

@@ -230,6 +230,12 @@ class DetectionEngine:
         """Write the River watches to Redis (every ``RIVER_SAVE_SECONDS`` and at shutdown)."""
         if self._river is None:
             return
+        doc = await self.state.load_blob("river:token")
+        if doc is not None and doc.get("token") != self._river_token:
+            # another leader saved since this engine loaded them (a rebalance moved the detect
+            # timer): its watches are newer; this copy is stale and must not overwrite them
+            self._river = None
+            return
         drifts, anoms = self._river
         for key, w in drifts.items():
             await self.state.save_blob(f"drift:{key}", w.to_dict())

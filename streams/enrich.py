@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from contract.records import (
     AspectHit,
@@ -35,11 +38,27 @@ from models.privacy import pseudonymize, redact_url
 from models.sentiment import SentimentModel, SentimentResult, rating_to_label
 from models.targets import target_sentiments
 
-__all__ = ["EnrichStage", "RawRecord"]
+__all__ = ["EnrichStage", "Example", "RawRecord"]
 
 logger = logging.getLogger(__name__)
 
 RawRecord = Mention | Review | Purchase | Feedback
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training example for the sentiment model: a review's text and its rating's label, or a
+    human correction. ``lang`` is the language it was scored in (None: detect it when learning)."""
+
+    text: str
+    label: str
+    lang: str | None = None
+    event_id: str | None = None
+
+    def to_json(self) -> bytes:
+        """The labels topic's record (human corrections are the same object without lang/event_id)."""
+        doc = {"text": self.text, "label": self.label, "lang": self.lang, "event_id": self.event_id}
+        return orjson.dumps({k: v for k, v in doc.items() if v is not None})
 
 
 def _impact(reach: int) -> float:
@@ -68,6 +87,10 @@ class EnrichStage:
         else:
             secret = settings.author_key_secret.get_secret_value()
         self._secret = secret.encode()
+        # True offline (backtest, bench, eval, unit tests): a review teaches the model in place right
+        # after it is scored. A worker sets it False: its reviews become examples on the labels topic,
+        # learned by the fleet's one learner (streams.learning), and it scores with the newest snapshot.
+        self.learn_inline = True
         self._hints: dict[str, str] = {}
         for e in settings.entities:
             for name in [e.name, *e.aliases, *(h.lstrip("@") for h in e.handles)]:
@@ -87,31 +110,35 @@ class EnrichStage:
             )
         if self.sentiment is None:
             path = Path(s.sentiment.checkpoint_path)
-            if path.exists():
+            if self.learn_inline and path.exists():  # offline tools only: a worker never reads a file
                 self.sentiment = SentimentModel.load(path)
                 logger.info("sentiment model restored from %s (%s)", path, self.sentiment.version)
             else:
                 self.sentiment = SentimentModel()
                 logger.info("sentiment model starts cold (lexicon prior): %s", self.sentiment.version)
 
-    def checkpoint(self) -> str | None:
-        """Save the sentiment model atomically; returns its version."""
-        if self.sentiment is None:
-            return None
-        path = Path(self.settings.sentiment.checkpoint_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.sentiment.save(path)
-        return self.sentiment.version
-
     @property
     def model_version(self) -> str | None:
         return self.sentiment.version if self.sentiment else None
 
-    def learn(self, rows: Sequence[tuple[str, str]]) -> None:
-        """Learn from human corrections: ``(text, label)``, each in its detected language's model."""
+    def learn(self, examples: Sequence[Example], model: SentimentModel | None = None) -> None:
+        """Teach ``model`` (default: the one scoring here) each example, in its language's model (the
+        example's own, else the detected one). On the NLP thread only."""
         assert self.sentiment is not None and self.enricher is not None, "load_models() first"
-        for text, label in rows:
-            self.sentiment.learn_one(text, label, self.enricher.language(normalize(text)[0]))
+        into = model or self.sentiment
+        for ex in examples:
+            into.learn_one(ex.text, ex.label, ex.lang or self.enricher.language(normalize(ex.text)[0]))
+
+    def examples(self, recs: Sequence[RawRecord], events: Sequence[EnrichedEvent]) -> list[Example]:
+        """The training examples of an enriched batch: each review with text, labelled by its rating,
+        in the language it was scored in (test-then-train: the event was scored before it teaches)."""
+        out = []
+        for rec, ev in zip(recs, events, strict=True):
+            if isinstance(rec, Review) and rec.text:
+                label = rating_to_label(rec.rating, self.settings.sentiment.rating_labels)
+                if label:
+                    out.append(Example(rec.text, label, ev.lang, rec.event_id))
+        return out
 
     # -- enrichment -------------------------------------------------------------------------
     @staticmethod
@@ -154,11 +181,8 @@ class EnrichStage:
         for rec, text, an, lang in zip(recs, texts, analyses, langs, strict=True):
             pred = self.sentiment.predict(text, lang[0]) if text else None
             out.append(self._to_enriched(rec, text, an, pred, version, lang))
-        for rec, text, (code, _) in zip(recs, texts, langs, strict=True):
-            if isinstance(rec, Review) and text:
-                label = rating_to_label(rec.rating, self.settings.sentiment.rating_labels)
-                if label:
-                    self.sentiment.learn_one(text, label, code)
+        if self.learn_inline:
+            self.learn(self.examples(recs, out))
         return out
 
     def _targets(self, text: str, an: TextAnalysis, pred: SentimentResult | None, lang: str, version: str) -> dict:

@@ -3,8 +3,9 @@
 What an operator watches: events in and where they went (enriched, dead-lettered, skipped as
 redelivered), enrichment batch time (the part that could starve the loop if it ran on it), how
 far event time lags the wall clock (the watermark), buckets judged, signals and incidents by
-kind, and notification outcomes. Each worker has its own registry, so two pipelines in one
-process (tests) do not collide.
+kind, notification outcomes, consumer lag per topic and partition, dead letters by stage and
+reason kind, enriched texts per language, and which fleet model snapshot scores here. Each
+worker has its own registry, so two pipelines in one process (tests) do not collide.
 
 >>> m = Metrics()
 >>> m.events.labels("enriched").inc(3)
@@ -24,6 +25,7 @@ __all__ = ["Metrics"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._lag_labels: set[tuple[str, int]] = set()
         r = self.registry
         self.events = Counter(
             "repmon_events", "Raw events read, by outcome (enriched, dead_letter).", ["outcome"], registry=r
@@ -69,6 +71,33 @@ class Metrics:
         self.dependency_errors = Counter(
             "repmon_dependency_errors", "Failed calls to a dependency (each retried).", ["dependency"], registry=r
         )
+
+        self.consumer_lag = Gauge(
+            "repmon_consumer_lag",
+            "Messages behind the broker's high-water mark, per topic and partition this worker reads.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "repmon_sentiment_model_version", "The fleet snapshot this worker scores with (0: none yet).", registry=r
+        )
+        self.learner = Gauge(
+            "repmon_sentiment_learner", "1 on the worker that holds the fleet's learner lease.", registry=r
+        )
+        self.labels_learned = Counter(
+            "repmon_sentiment_labels_learned", "Training examples learned by this worker as the learner.", registry=r
+        )
+        self.snapshots = Counter(
+            "repmon_sentiment_snapshots", "Model snapshots this worker published as the learner.", registry=r
+        )
+
+    def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
+        """Set the lag of each (topic, partition) read here; drop the ones no longer assigned."""
+        for labels in list(self._lag_labels - set(lags)):
+            self.consumer_lag.remove(labels[0], str(labels[1]))
+        for (topic, p), lag in lags.items():
+            self.consumer_lag.labels(topic, str(p)).set(lag)
+        self._lag_labels = set(lags)
 
     def set_watermark(self, wm: float | None) -> None:
         if wm is not None:

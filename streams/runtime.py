@@ -9,7 +9,8 @@ test drives an agent with a list of messages and reads what it sent, with no bro
      \\--bad input--> deadletter (with the reason)
     timer (leader) --detect closed buckets--> signals, incidents
     incidents --dispatch--> Apprise routes
-    labels (human corrections) --> the sentiment model learns
+    reviews' ratings --> labels <-- human corrections: the fleet's one learner learns, every worker
+                                   scores with its newest snapshot (streams.learning)
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-import orjson
 from pydantic import ValidationError
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
@@ -40,7 +40,8 @@ from contract.records import (
 )
 from models.privacy import redact_payload
 from streams.compose import Components
-from streams.enrich import RawRecord
+from streams.enrich import Example, RawRecord
+from streams.learning import parse_example
 from streams.windows import AddResult, Windows
 
 __all__ = ["TOPICS", "Message", "Outbox", "Runtime", "validation_reason"]
@@ -109,6 +110,8 @@ class Runtime:
         self._unreachable: set[str] = set()  # dependencies whose last probe failed
         if components.dispatcher is not None:
             components.dispatcher.on_delivery = self._on_delivery
+        if components.learner is not None:
+            components.learner.dead_letter = self.dead_letter
         components.detection.emit_signal = self._emit_signal
         components.detection.emit_incident = self._emit_incident
 
@@ -216,6 +219,10 @@ class Runtime:
                 await self.out.send("enriched", (enr.entity or enr.event_id).encode(), dumps(enr))
             except Exception as exc:  # e.g. a record the broker refuses: it is counted, say why it is not out
                 await self.dead_letter("publish", validation_reason(exc), type(exc).__name__, msg)
+        if not stage.learn_inline:  # the fleet's learner learns the reviews' ratings (streams.learning)
+            recs = {id(m): r for m, r in good}
+            for ex in stage.examples([recs[id(m)] for m, _ in pairs], [e for _, e in pairs]):
+                await self.out.send("labels", (ex.event_id or "").encode(), ex.to_json())
         self.metrics.events.labels("enriched").inc(len(pairs))
         for _, enr in pairs:
             self.metrics.languages.labels(enr.lang or "none").inc()
@@ -376,39 +383,20 @@ class Runtime:
 
     # -- human labels -----------------------------------------------------------------------
     async def on_labels(self, messages: Sequence[Message]) -> None:
-        rows: list[tuple[str, str]] = []
+        """Offline and in tests (no fleet learner): learn the labels here. A worker does not run
+        this: the fleet's learner reads the labels topic itself (:mod:`streams.learning`)."""
+        rows: list[Example] = []
         for msg in messages:
             try:
-                data = orjson.loads(msg.value)
-                text, label = str(data["text"]), str(data["label"])
-                if label not in ("negative", "neutral", "positive"):
-                    raise ValueError(f"label must be negative, neutral or positive, got {label!r}")
-                rows.append((text, label))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                rows.append(parse_example(msg.value))
+            except ValueError as exc:
                 await self.dead_letter("labels", validation_reason(exc), type(exc).__name__, msg)
         if rows:
             await asyncio.get_running_loop().run_in_executor(self.c.executor, self.c.stage.learn, rows)
 
-    # -- checkpoints ------------------------------------------------------------------------
-    async def checkpoint(self) -> None:
-        """Timer: save the sentiment model (off the loop, on the NLP thread that owns it)."""
-        try:
-            version = await asyncio.get_running_loop().run_in_executor(self.c.executor, self.c.stage.checkpoint)
-        except OSError as exc:  # a full disk or an unwritable volume must not crash-loop the worker
-            self.metrics.dependency_errors.labels("checkpoint").inc()
-            logger.error(
-                "sentiment checkpoint failed (%s: %s); fix sentiment.checkpoint_path (%s): the model keeps "
-                "learning in memory meanwhile",
-                type(exc).__name__,
-                exc,
-                self.settings.sentiment.checkpoint_path,
-            )
-            return
-        if version:
-            logger.info("sentiment model checkpointed (%s)", version)
-
     async def shutdown(self) -> None:
-        await self.checkpoint()
+        if self.c.learner is not None:  # the last labels into a snapshot, the lease to the next owner
+            await self.c.learner.stop()
         await self.c.detection.save_river()
         if self.c.dispatcher is not None:
             await self.c.dispatcher.aclose()

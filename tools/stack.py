@@ -27,11 +27,18 @@ __all__ = ["LocalStack", "WorkerProcess", "wait_until", "worker_env"]
 
 
 class WorkerProcess:
-    """A ``repmon worker`` subprocess with its own environment and log file."""
+    """A ``repmon worker`` subprocess (or, with ``command``, any ``repmon`` command line) with its
+    own environment and log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, config: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        config: Path | str | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.log_path = log_path
-        args = [sys.executable, "-m", "cli.main", "worker", "--loglevel", "info"]
+        args = [sys.executable, "-m", "cli.main", *(command or ["worker", "--loglevel", "info"])]
         if config:
             args += ["--config", str(config)]
         self._log = log_path.open("wb")
@@ -147,7 +154,6 @@ class LocalStack(contextlib.ExitStack):
         env = {
             "REPMON_KAFKA__BOOTSTRAP": self.bootstrap,
             "REPMON_REDIS__URL": self.redis_url,
-            "REPMON_SENTIMENT__CHECKPOINT_PATH": str(self.workdir / "sentiment.ckpt"),
             "REPMON_ALERTS__ROUTES": json.dumps(self.routes),
         }
         if self.prefix:

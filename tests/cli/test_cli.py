@@ -45,7 +45,7 @@ def test_bad_arguments_name_the_fix(args: list[str], code: int, says: str) -> No
 @pytest.mark.parametrize("command", [["worker"], ["trust", "northwind"]])
 def test_an_unreachable_redis_is_one_line_naming_it(command: list[str]) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    out = repmon(*command, env={"REPMON_REDIS__URL": url})
+    out = repmon(*command, env={"REPMON_REDIS__URL": url, "REPMON_AUTHOR_KEY_SECRET": "s"})
     assert out.returncode == 1, out
     assert f"Redis at {url} is not reachable" in out.stderr and "REPMON_REDIS__URL" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -56,3 +56,20 @@ def test_a_config_with_a_bad_key_names_it(tmp_path) -> None:  # type: ignore[no-
     cfg.write_text('[[entities]]\nname = "Acme"\n[windows]\nbucket_secs = 60\n')
     out = repmon("trust", "acme", "--config", str(cfg))
     assert out.returncode == 2 and "windows.bucket_secs" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_worker_refuses_the_default_pseudonym_key() -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "REPMON_AUTHOR_KEY_SECRET"}
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "worker"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 2 and "REPMON_AUTHOR_KEY_SECRET is not set" in out.stderr
+    assert "openssl rand" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_bad_log_format_is_one_line() -> None:
+    out = repmon("worker", "--log-format", "xml", env={"REPMON_AUTHOR_KEY_SECRET": "s"})
+    assert out.returncode == 2 and "--log-format 'xml' is not text or json" in out.stderr, out
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -199,24 +199,6 @@ async def test_a_detect_tick_during_an_outage_is_skipped_not_fatal(components: C
     assert rt.metrics.dependency_up.labels("redis")._value.get() == 0
 
 
-async def test_an_unwritable_checkpoint_path_is_reported_not_fatal(components: Components, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    s = components.settings.model_copy(
-        update={
-            "sentiment": components.settings.sentiment.model_copy(update={"checkpoint_path": str(blocker / "m.json")})
-        }
-    )
-    c = fresh(components)
-    c.stage.settings = s
-    rt = Runtime(dataclasses.replace(c, settings=s), ListOutbox())
-    try:
-        await rt.checkpoint()  # NotADirectoryError inside: logged and counted
-    finally:
-        c.stage.settings = components.settings
-    assert rt.metrics.dependency_errors.labels("checkpoint")._value.get() == 1
-
-
 async def test_a_dependency_probe_reports_an_outage_and_the_recovery(components: Components) -> None:
     rt = Runtime(fresh(components), ListOutbox())
     up = rt.metrics.dependency_up.labels("kafka")

@@ -64,3 +64,25 @@ async def test_a_pickle_written_into_redis_is_never_unpickled(aredis, unique: st
         assert await st.load("det", ["a"]) == {"a": None}
     finally:
         await aredis.delete(f"st{unique}:blob:anom:a", f"st{unique}:state:det:a")
+
+
+async def test_a_former_leader_does_not_overwrite_newer_river_watches() -> None:
+    from infra.settings import load_settings
+    from streams.detection import MODEL, DetectionEngine
+    from streams.windows import MemoryWindows
+
+    s = load_settings(None)
+    state = MemoryState()
+    old, new = (DetectionEngine(s, MemoryWindows(s), state) for _ in range(2))
+    drifts, _ = await old._river_state()
+    drifts[MODEL].update(0.5, 50)
+    await old.save_river()
+    # a rebalance: the new leader loads them, learns more, saves; the old one stops afterwards
+    newer, _ = await new._river_state()
+    for _ in range(3):
+        newer[MODEL].update(0.9, 50)
+    await new.save_river()
+    saved = await state.load_blob(f"drift:{MODEL}")
+    await old.save_river()  # at its shutdown
+    assert await state.load_blob(f"drift:{MODEL}") == saved
+    assert old._river is None  # it reloads them if it leads again
