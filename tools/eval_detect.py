@@ -217,8 +217,7 @@ def eval_detect(
             "files": [keys[i] for i in sel_idx],
             "windows": sum(per_file[keys[i]]["windows"] for i in sel_idx),
             "scores": {
-                d: {p: round(normalised_score([scores[d][p][i] for i in sel_idx]), 2) for p in PROFILES}
-                for d in names
+                d: {p: round(normalised_score([scores[d][p][i] for i in sel_idx]), 2) for p in PROFILES} for d in names
             },
             "fp": {d: sum(scores[d][prof.name][i].fp for i in sel_idx) for d in names},
             "fp_per_series_30d": {d: budget(d, [keys[i] for i in sel_idx]) for d in names},
@@ -295,9 +294,7 @@ def detect_command(
     if not labels.is_file():
         raise typer.BadParameter(f"{labels} is not a file", param_hint="--labels")
     try:
-        result = eval_detect(
-            series, labels, profile, series_detector=series_detector, holdout=holdout, rotate=rotate
-        )
+        result = eval_detect(series, labels, profile, series_detector=series_detector, holdout=holdout, rotate=rotate)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if json_out:
