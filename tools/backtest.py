@@ -60,6 +60,7 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dic
 
     engine, store, stage = c.detection, c.windows, c.stage
     judged: list[int] = []
+    ticks = 0
     engine.emit_signal, engine.emit_incident = on_signal, on_incident
     t0 = time.monotonic()
     try:
@@ -68,10 +69,15 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dic
             enriched = await asyncio.to_thread(stage.enrich_batch, chunk)
             await store.add_batch([(e, 0) for e in enriched])
             wm_holder["wm"] = (await store.watermark()) or 0.0
-            while (n := await engine.tick()) > 0:
+            while True:  # until a tick finds nothing left to judge
+                n = await engine.tick()
+                ticks += 1
+                if n <= 0:
+                    break
                 judged.append(n)
         report = _report(settings, recs, signals, incidents, time.monotonic() - t0)
         report["buckets_judged"] = sum(judged)
+        report["ticks"] = ticks  # engine ticks: each loads and saves every entity's state
         windows = c.windows
         assert isinstance(windows, MemoryWindows)
         spans: dict[str, list[int]] = defaultdict(list)

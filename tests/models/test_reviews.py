@@ -170,3 +170,35 @@ def test_backtest_without_labels(tmp_path: Path) -> None:
     mapping = root / "infra" / "config" / "replay" / "amazon_alexa.toml"
     report = backtest(load_settings(tmp_path / "c.toml"), [ALEXA], mapping, limit=600)
     assert report["buckets_skipped"] > 0 and "labels" not in report and report["events"] == 600
+
+
+def test_backtest_of_years_of_sparse_reviews_ticks_once_per_batch(tmp_path: Path) -> None:
+    """A run of empty buckets is one step of a tick's work, whatever its length: ten years of minute
+    buckets with a review a month take a couple of ticks per batch of records, not one tick per
+    5,000 empty minutes (each tick loads and saves every entity's detector state)."""
+    from infra.settings import load_settings
+    from tools.backtest import backtest
+
+    rng = random.Random(3)
+    t0 = int(datetime(2010, 1, 1, tzinfo=UTC).timestamp())
+    rows = [
+        {
+            "reviewText": "fine" if rng.random() < 0.8 else "broke after a week",
+            "overall": rng.choice([5, 4, 4, 3]),
+            "unixReviewTime": t0 + i * 30 * 86400 + rng.randrange(86400),
+            "reviewerID": f"r{i}",
+            "asin": rng.choice(["P1", "P2"]),
+        }
+        for i in range(120)
+    ]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ents = ['[[entities]]\nname = "acme"']
+    ents += [f'[[entities]]\nname = "{p}"\nkind = "product"\nbrand = "acme"' for p in ("p1", "p2")]
+    (tmp_path / "c.toml").write_text("\n".join(ents) + "\n")
+    root = Path(__file__).resolve().parents[2]
+    mapping = root / "infra" / "config" / "replay" / "amazon_reviews_5core.toml"
+    report = backtest(load_settings(tmp_path / "c.toml"), [data], mapping, batch=32)
+    assert report["events"] == 120 and report["buckets_skipped"] > 5_000_000
+    # a tick that judges the batch's buckets and the one that finds nothing left, per batch
+    assert report["ticks"] <= 2 * (120 // 32 + 1), report["ticks"]
