@@ -115,22 +115,16 @@ class DetectionEngine:
         dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e], self.B) for e in ents}
         incs = {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
         judged = 0
-        # the work bound: a bucket judged is one step, and so is a run of empty buckets, whatever
-        # its length (it costs one closed-form step per entity): years of a sparse stream are
-        # then one tick, not one per max_buckets empty minutes (each tick loads and saves every
-        # entity's state)
-        work = 0
         t = closed + B
         if t <= last:
             drifts, anoms = await self._river_state()
-            while t <= last and work < max_buckets:
+            while t <= last and judged < max_buckets:
                 nxt = await self.windows.next_counted(t, last)
                 if nxt is None or nxt > t:  # a run of buckets no entity has events in
                     k = ((last + B if nxt is None else nxt) - t) // B
                     await self._idle(t, k, dets, incs)
                     self.skipped += k
                     judged += k
-                    work += 1
                     t += k * B
                     continue
                 stats = await self.windows.bucket_stats(ents, t)
@@ -154,7 +148,6 @@ class DetectionEngine:
                     sum(stats[e].get("model_n", 0.0) for e in ents),
                 )
                 judged += 1
-                work += 1
                 t += B
             if time.monotonic() - self._river_saved >= RIVER_SAVE_SECONDS:
                 await self.save_river()
