@@ -17,6 +17,10 @@ run through three detectors in one pass:
 
 ``--holdout PATTERN`` (repeatable) reports the files whose path contains a pattern as the
 ``holdout`` group and the others as ``tune`` (``groups`` in the JSON): tune on one, report both.
+``--rotate`` reports every leave-one-series-out fold from the same run (``folds`` in the JSON:
+each file held out in turn, the others as its tuning group) and the mean of the held-out scores,
+for every detector: a change judged on four series is then scored on the fifth, five times over,
+so a gain that only one series carries shows up as one good fold, not as a better mean.
 
 Every detector is told the NAB probationary period (the first 15% of a file, at most 750 rows) as
 its warmup: NAB ignores detections there anyway. No threshold is tuned on the labels. Two
@@ -118,6 +122,7 @@ def eval_detect(
     series_detector: bool = False,
     holdout: Sequence[str] = (),
     settings: DetectSettings | None = None,
+    rotate: bool = False,
 ) -> dict[str, Any]:
     """Run the detectors on every labelled CSV under ``series_dir`` and score them the NAB way.
 
@@ -127,7 +132,9 @@ def eval_detect(
     its detections, TP/FP/FN and raw score for every profile), ``seconds`` (per detector), plus
     ``unlabelled`` CSVs and labelled ``missing`` files. With ``holdout`` patterns, ``groups``
     holds the same scores for the ``tune`` and ``holdout`` files separately. ``settings``: the
-    worker detector's settings (default: :class:`DetectSettings` defaults).
+    worker detector's settings (default: :class:`DetectSettings` defaults). With ``rotate``,
+    ``folds`` holds one entry per file (held out: that file; tune: the others) and ``folds_mean``
+    the mean held-out score per detector and profile.
     """
     prof = get_profile(profile)
     labels: dict[str, Any] = json.loads(labels_file.read_text())
@@ -203,21 +210,32 @@ def eval_detect(
             "fp_per_series_30d": budget(name, list(per_file)),
         }
 
+    keys = list(per_file)
+
+    def group(sel_idx: list[int]) -> dict[str, Any]:
+        return {
+            "files": [keys[i] for i in sel_idx],
+            "windows": sum(per_file[keys[i]]["windows"] for i in sel_idx),
+            "scores": {
+                d: {p: round(normalised_score([scores[d][p][i] for i in sel_idx]), 2) for p in PROFILES} for d in names
+            },
+            "fp": {d: sum(scores[d][prof.name][i].fp for i in sel_idx) for d in names},
+            "fp_per_series_30d": {d: budget(d, [keys[i] for i in sel_idx]) for d in names},
+        }
+
     groups: dict[str, Any] = {}
     if holdout:
-        keys = list(per_file)
         for gname, pick in (("tune", False), ("holdout", True)):
-            sel_idx = [i for i, k in enumerate(keys) if any(p in k for p in holdout) == pick]
-            groups[gname] = {
-                "files": [keys[i] for i in sel_idx],
-                "windows": sum(per_file[keys[i]]["windows"] for i in sel_idx),
-                "scores": {
-                    d: {p: round(normalised_score([scores[d][p][i] for i in sel_idx]), 2) for p in PROFILES}
-                    for d in names
-                },
-                "fp": {d: sum(scores[d][prof.name][i].fp for i in sel_idx) for d in names},
-                "fp_per_series_30d": {d: budget(d, [keys[i] for i in sel_idx]) for d in names},
-            }
+            groups[gname] = group([i for i, k in enumerate(keys) if any(p in k for p in holdout) == pick])
+    folds: list[dict[str, Any]] = []
+    folds_mean: dict[str, dict[str, float]] = {}
+    if rotate and len(keys) > 1:
+        for i, k in enumerate(keys):
+            folds.append({"holdout": k, "tune": group([j for j in range(len(keys)) if j != i]), "held": group([i])})
+        folds_mean = {
+            d: {p: round(sum(f["held"]["scores"][d][p] for f in folds) / len(folds), 2) for p in PROFILES}
+            for d in names
+        }
 
     return {
         "series": str(series_dir),
@@ -231,6 +249,8 @@ def eval_detect(
         "totals": {d: total(d) for d in names},
         "detectors": {d: DESCRIPTIONS[d] for d in names},
         "groups": groups,
+        "folds": folds,
+        "folds_mean": folds_mean,
         "per_file": per_file,
         "seconds": {**{d: round(s, 2) for d, s in seconds.items()}, "total": round(time.perf_counter() - t_all, 2)},
         "unlabelled": unlabelled,
@@ -253,6 +273,9 @@ _SERIES_DET_OPT = typer.Option(
 _HOLDOUT_OPT = typer.Option(
     [], "--holdout", help="Files whose path contains this are reported as the held-out group (repeatable)."
 )
+_ROTATE_OPT = typer.Option(
+    False, "--rotate", help="Also report every leave-one-series-out fold and the mean held-out score."
+)
 
 
 def detect_command(
@@ -262,6 +285,7 @@ def detect_command(
     profile: str = "standard",
     series_detector: bool = _SERIES_DET_OPT,
     holdout: list[str] = _HOLDOUT_OPT,
+    rotate: bool = _ROTATE_OPT,
 ) -> None:
     """NAB scores (three profiles) of the worker's detector against a rolling 3-sigma peak detector
     and River HalfSpaceTrees (0 = never fires, 100 = perfect)."""
@@ -270,7 +294,7 @@ def detect_command(
     if not labels.is_file():
         raise typer.BadParameter(f"{labels} is not a file", param_hint="--labels")
     try:
-        result = eval_detect(series, labels, profile, series_detector=series_detector, holdout=holdout)
+        result = eval_detect(series, labels, profile, series_detector=series_detector, holdout=holdout, rotate=rotate)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if json_out:
@@ -312,6 +336,17 @@ def detect_command(
         for d, by_profile in g["scores"].items():
             gt.add_row(d, *(f"{by_profile[p]:.1f}" for p in PROFILES), str(g["fp"][d]), str(g["fp_per_series_30d"][d]))
         console.print(gt)
+    if result["folds"]:
+        ft = Table(title="leave one series out: held-out score per fold (standard / low_FP / low_FN)")
+        ft.add_column("held out")
+        dets = list(result["folds_mean"])
+        for d in dets:
+            ft.add_column(d, justify="right")
+        for f in [*result["folds"], None]:
+            by = f["held"]["scores"] if f else result["folds_mean"]
+            label = Path(f["holdout"]).stem if f else "mean"
+            ft.add_row(label, *(" / ".join(f"{by[d][p]:.1f}" for p in PROFILES) for d in dets))
+        console.print(ft)
     for d, text in result["detectors"].items():
         console.print(f"[bold]{d}[/bold]: {text}")
     if result["unlabelled"] or result["missing"]:

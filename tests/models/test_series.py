@@ -280,3 +280,23 @@ def test_eval_reports_the_alert_budget(tmp_path: Path) -> None:
     for d in ("repmon", "rolling_3sigma", "river_hst"):
         assert out["totals"][d]["fp_per_series_30d"] == round(out["totals"][d]["fp"] / (days / 30.0), 3)
     assert out["totals"]["null"]["fp_per_series_30d"] == 0.0
+
+
+def test_eval_rotates_one_series_out_at_a_time(tmp_path: Path) -> None:
+    """``rotate``: one fold per file, each scored on that file alone and tuned on the others, from
+    the same run; the mean is the mean of the held-out scores (not the pooled score)."""
+    data, labels = _synthetic_labelled(tmp_path)
+    out = eval_detect(data, labels, rotate=True)
+    assert [f["holdout"] for f in out["folds"]] == ["a/one.csv", "b/two.csv"]
+    for f in out["folds"]:
+        assert f["held"]["files"] == [f["holdout"]] and f["holdout"] not in f["tune"]["files"]
+        assert f["tune"]["files"] and set(f["tune"]["files"]) | {f["holdout"]} == set(out["per_file"])
+    # a fold's held-out group is the same file scored alone: the holdout group of --holdout
+    alone = eval_detect(data, labels, holdout=["b/"])["groups"]["holdout"]["scores"]
+    assert out["folds"][1]["held"]["scores"] == alone
+    for d in ("repmon", "river_hst", "rolling_3sigma", "null", "perfect"):
+        for p in PROFILES:
+            held = [f["held"]["scores"][d][p] for f in out["folds"]]
+            assert out["folds_mean"][d][p] == round(sum(held) / len(held), 2)
+    assert out["folds_mean"]["perfect"]["standard"] == 100.0 and out["folds_mean"]["null"]["standard"] == 0.0
+    assert eval_detect(data, labels)["folds"] == []
