@@ -131,13 +131,17 @@ class EnrichStage:
 
     def examples(self, recs: Sequence[RawRecord], events: Sequence[EnrichedEvent]) -> list[Example]:
         """The training examples of an enriched batch: each review with text, labelled by its rating,
-        in the language it was scored in (test-then-train: the event was scored before it teaches)."""
+        in the language it was scored in (test-then-train: the event was scored before it teaches).
+
+        The example carries the redacted text: the labels topic is read by the fleet's learner and
+        kept for its retention, and personal data never leaves enrichment unredacted.
+        """
         out = []
         for rec, ev in zip(recs, events, strict=True):
-            if isinstance(rec, Review) and rec.text:
+            if isinstance(rec, Review) and rec.text and ev.text_redacted:
                 label = rating_to_label(rec.rating, self.settings.sentiment.rating_labels)
                 if label:
-                    out.append(Example(rec.text, label, ev.lang, rec.event_id))
+                    out.append(Example(ev.text_redacted, label, ev.lang, rec.event_id))
         return out
 
     # -- enrichment -------------------------------------------------------------------------

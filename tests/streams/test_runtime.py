@@ -174,3 +174,26 @@ async def test_detection_state_stays_in_memory_while_this_engine_wrote_it_last(c
     await rt.on_raw([as_message(x, 10_000 + i) for i, x in enumerate(later)])
     assert await rt.detect_tick() > 0
     assert (state.loads, state.saves) == (loads + 2, saves + 1)
+
+
+async def test_training_examples_on_the_labels_topic_carry_the_redacted_text(components: Components) -> None:
+    c = fresh(components)
+    c.stage.learn_inline = False  # as in a worker: the fleet's learner learns from the labels topic
+    out = ListOutbox()
+    try:
+        review = {
+            "kind": "review",
+            "event_id": "r:1",
+            "source": "x",
+            "brand": "Northwind",
+            "rating": 1,
+            "text": "Lost my bag, mail me at jane.doe@example.com or call +1 415 555 1234",
+            "occurred_at": "2026-11-02T06:00:05+00:00",
+        }
+        await Runtime(c, out).on_raw([as_message(review, 0)])
+    finally:
+        c.stage.learn_inline = components.stage.learn_inline
+    [example] = [orjson.loads(v) for v in out.values("labels")]
+    assert example["label"] == "negative" and "[EMAIL]" in example["text"] and "[PHONE]" in example["text"]
+    assert "jane.doe" not in example["text"] and "555" not in example["text"]
+
