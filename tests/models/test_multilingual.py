@@ -199,7 +199,7 @@ def test_runs_that_stall_a_tokenizer_are_tamed_and_offsets_still_point_into_the_
     assert an.entities[0].start == 5001
 
 
-def test_a_long_text_is_scored_piece_by_piece_like_its_pieces() -> None:
+def test_a_long_text_is_scored_piece_by_piece_with_the_sign_of_its_pieces() -> None:
     from models.sentiment import VADER_PIECE, SentimentModel
 
     m = SentimentModel()

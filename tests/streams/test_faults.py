@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,9 +30,7 @@ from connectors.demo import generate
 from contract.records import TOPICS, DeadLetter
 from infra.kafka import TopicTail, ensure_topics
 from infra.settings import load_settings
-from tools.stack import WorkerProcess, wait_until, worker_env
-
-from ..conftest import free_port
+from tools.stack import RedisServer, WorkerProcess, pings, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -119,60 +116,19 @@ def test_poison_input_never_stops_a_worker(kafka_bootstrap: str, redis_url: str,
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, RedisServer]]:
     """A redis-server of this test's own, with an append-only file, that the test may kill and restart."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is not installed: `make test` installs it (infra/redis.sh)"
-    port = free_port()
-    args = [
-        exe,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(tmp_path),
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ]
-
-    class Server:
-        proc: subprocess.Popen[bytes] | None = None
-
-        def start(self) -> None:
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            client = redis.Redis(port=port)
-            assert wait_until(lambda: _pings(client), 10), "redis-server did not start"
-            client.close()
-
-        def kill(self) -> None:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(10)
-
-    server = Server()
+    assert shutil.which("redis-server"), "redis-server is not installed: `make test` installs it (infra/redis.sh)"
+    server = RedisServer(tmp_path)
     server.start()
     try:
-        yield f"redis://127.0.0.1:{port}/0", server
+        yield server.url, server
     finally:
-        if server.proc and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
+        server.kill()
 
 
 def test_a_redis_restart_is_waited_out_and_counts_stay_exact(
-    kafka_bootstrap: str, own_redis: tuple[str, Any], unique: str
+    kafka_bootstrap: str, own_redis: tuple[str, RedisServer], unique: str
 ) -> None:
     url, server = own_redis
     prefix = f"fr{unique}"
@@ -181,7 +137,7 @@ def test_a_redis_restart_is_waited_out_and_counts_stay_exact(
     now = datetime.now(UTC)
     sink = KafkaSink(kafka_bootstrap, topics["raw"])
     r = redis.Redis.from_url(url)
-    counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0) if _pings(r) else -1  # noqa: E731
+    counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0) if pings(r) else -1  # noqa: E731
     with WorkerProcess(worker_env(kafka_bootstrap, url, prefix, workdir), workdir / "worker.log") as worker:
         for i in range(300):
             sink.send_any(mention(i, now - timedelta(seconds=300 - i), "Northwind" if i % 2 else "Skyline"))

@@ -196,4 +196,3 @@ async def test_training_examples_on_the_labels_topic_carry_the_redacted_text(com
     [example] = [orjson.loads(v) for v in out.values("labels")]
     assert example["label"] == "negative" and "[EMAIL]" in example["text"] and "[PHONE]" in example["text"]
     assert "jane.doe" not in example["text"] and "555" not in example["text"]
-
