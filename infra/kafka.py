@@ -119,6 +119,26 @@ class TopicTail(threading.Thread):
         self.join(10)
 
 
+def read_to_end(bootstrap: str, topic: str, *, timeout: float = 120.0) -> list[bytes]:
+    """Every record of ``topic``, every partition from its start up to its end offset at call
+    time (Apache Kafka: tansu's end offsets undercount, see :class:`TopicTail`); at most
+    ``timeout`` seconds."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=10_000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+        c.assign(parts)
+        c.seek_to_beginning(*parts)
+        end = c.end_offsets(parts)
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while any(c.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=1000, max_records=5000).values():
+                out.extend(r.value for r in recs)
+        return out
+    finally:
+        c.close()
+
+
 def end_offsets(bootstrap: str, topic: str) -> int:
     """Total messages ever written to ``topic`` (sum of end offsets over its partitions).
 

@@ -278,23 +278,10 @@ def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.
 
 def _count(bootstrap: str, topic: str) -> tuple[int, int]:
     """(records, distinct event ids) on ``topic``, read back to its end."""
-    from kafka import KafkaConsumer, TopicPartition
+    from infra.kafka import read_to_end
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=10_000)
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
-        c.assign(parts)
-        c.seek_to_beginning(*parts)
-        end = c.end_offsets(parts)
-        n, ids = 0, set[str]()
-        deadline = time.monotonic() + 120
-        while any(c.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=1000, max_records=5000).values():
-                n += len(recs)
-                ids.update(orjson.loads(r.value).get("event_id") for r in recs)
-        return n, len(ids)
-    finally:
-        c.close()
+    values = read_to_end(bootstrap, topic)
+    return len(values), len({orjson.loads(v).get("event_id") for v in values})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import orjson
 from aiohttp import web
-from kafka import KafkaConsumer, TopicPartition
 
 from connectors.base import Sink
 from connectors.runtime import CursorStore, Runtime
 from connectors.source import Source
+from infra.kafka import read_to_end
 from infra.settings import SourceSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -131,17 +131,5 @@ def ids_of(payloads: list[bytes]) -> list[str]:
 
 
 def read_topic(bootstrap: str, topic: str) -> list[bytes]:
-    """Every record of ``topic`` (partition 0 up to its end offset at call time)."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=10_000)
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
-        c.assign(parts)
-        c.seek_to_beginning(*parts)
-        end = c.end_offsets(parts)
-        out: list[bytes] = []
-        while any(c.position(tp) < end[tp] for tp in parts):
-            for recs in c.poll(timeout_ms=1000).values():
-                out.extend(r.value for r in recs)
-        return out
-    finally:
-        c.close()
+    """Every record of ``topic`` up to its end offset at call time."""
+    return read_to_end(bootstrap, topic)
