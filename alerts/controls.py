@@ -10,6 +10,10 @@ Keys (``p`` is ``redis.key_prefix``):
                                 ``owner``, and who/when of the last state change;
 - ``p:ctl:log:{incident_id}``   list of every action on the incident, oldest first (JSON);
 - ``p:ctl:log``                 the last :data:`LOG_MAX` actions of any incident (JSON), newest last;
+- ``p:ctl:feedback``            list of false positives the detection leader has not learned yet
+                                (JSON: ``action_id``, ``entity``, ``buckets`` as epoch seconds);
+                                :meth:`Controls.feedback` reads it, :meth:`Controls.feedback_done`
+                                drops what was learned;
 - ``p:ctl:silences``            hash ``silence id -> JSON``: Alertmanager-style silences, each with
                                 matchers (``entity``, ``signal``, ``route``; unset matches all) and an
                                 expiry (``ends_at``); expired ones are ignored, and pruned on write.
@@ -90,6 +94,10 @@ class Controls:
     def k_silences(self) -> str:
         return f"{self.p}:silences"
 
+    @property
+    def k_feedback(self) -> str:
+        return f"{self.p}:feedback"
+
     # -- reads ----------------------------------------------------------------------------
     async def incident(self, incident_id: str) -> dict[str, str]:
         raw = await cast(Awaitable[dict[Any, Any]], self.r.hgetall(self.k_incident(incident_id)))
@@ -107,6 +115,16 @@ class Controls:
     async def log(self, incident_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         raw = await cast(Awaitable[list[Any]], self.r.lrange(self.k_log(incident_id), -limit, -1))
         return [json.loads(_s(x)) for x in raw]
+
+    async def feedback(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The oldest false positives not yet learned by the detection leader (module doc)."""
+        raw = await cast(Awaitable[list[Any]], self.r.lrange(self.k_feedback, 0, limit - 1))
+        return [json.loads(_s(x)) for x in raw]
+
+    async def feedback_done(self, n: int) -> None:
+        """Drop the ``n`` oldest feedback entries (learned: the detector state holding them is saved)."""
+        if n > 0:
+            await cast(Awaitable[Any], self.r.ltrim(self.k_feedback, n, -1))
 
     async def silences(self, *, include_expired: bool = False) -> list[Silence]:
         raw = await cast(Awaitable[dict[Any, Any]], self.r.hgetall(self.k_silences))
@@ -139,7 +157,11 @@ class Controls:
         fields: dict[str, str] | None = None,
         details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Record one action (who, when, why) and apply ``fields`` to the incident's hash, atomically."""
+        """Record one action (who, when, why) and apply ``fields`` to the incident's hash, atomically.
+
+        A ``false_positive`` whose ``details`` name the ``entity`` and its ``buckets`` (epoch
+        seconds) is queued for the detection leader too, in the same transaction: the detector
+        learns those buckets as normal (:meth:`models.detect.EntityDetector.absorb`)."""
         entry = {
             "action_id": uuid.uuid4().hex,
             "incident_id": incident_id,
@@ -160,6 +182,8 @@ class Controls:
                 pipe.expire(self.k_log(incident_id), CONTROL_TTL_SECONDS)
             pipe.rpush(self.k_log(), blob)
             pipe.ltrim(self.k_log(), -LOG_MAX, -1)
+            if action == "false_positive" and entry.get("entity") and entry.get("buckets"):
+                pipe.rpush(self.k_feedback, blob)
             await pipe.execute()
         return entry
 

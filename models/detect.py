@@ -94,6 +94,7 @@ DISPERSION_HALFLIVES = 4.0  # the dispersion remembers this many level half-live
 SPARSE_EVENTS = 1.0  # a bucket expecting fewer events moves the level (and calibration) less
 TAIL_K = 6.0  # the count spread includes bursts up to this many robust sigmas (module doc)
 Z_CAP = 38.0  # z of a tail probability below the float range
+ABSORB_MARGIN = 0.5  # a bucket a responder marked normal reads this far under ``z_threshold`` after
 
 
 @dataclass(slots=True)
@@ -673,24 +674,89 @@ class EntityDetector:
             return False
         return _tail_z(_binom_tail(neg, share.support, share.baseline)) >= MIX_Z
 
-    def learn(self, st: dict[str, float], hour_of_week: int | None, fired: list[Verdict]) -> None:
-        """Update the baselines with a closed bucket (robust: see the module doc)."""
+    def learn(
+        self, st: dict[str, float], hour_of_week: int | None, fired: list[Verdict], *, normal: bool = False
+    ) -> None:
+        """Update the baselines with a closed bucket (robust: see the module doc). ``normal``: a
+        responder said the bucket is normal (:meth:`absorb`), so nothing of it is protected."""
         if self.buckets == 0 and not any(v > 0 for v in st.values()):
             return  # the entity has not been seen yet: its warm-up has not begun
         how, hot = hour_of_week, {v.key for v in fired}
         for sig in SIGNALS.values():
             if sig.kind == "count":
-                self._learn_count(sig, st, how, sig.name in hot)
+                self._learn_count(sig, st, how, sig.name in hot, normal)
             elif sig.per_aspect:
                 for a in aspects_in(st):
-                    self._learn_share(sig, st, how, signal_key(sig.name, a) in hot, a)
+                    self._learn_share(sig, st, how, signal_key(sig.name, a) in hot, a, normal)
             else:
-                self._learn_share(sig, st, how, sig.name in hot)
+                self._learn_share(sig, st, how, sig.name in hot, None, normal)
         for name in SEQ_SIGNALS:
-            self._learn_seq(SIGNALS[name], st)
-        self.buckets += 1
+            self._learn_seq(SIGNALS[name], st, normal)
+        if not normal:  # a bucket learned again was counted when it closed
+            self.buckets += 1
 
-    def _learn_seq(self, sig: SignalDef, st: dict[str, float]) -> None:
+    def absorb(self, st: dict[str, float], hour_of_week: int | None) -> list[str]:
+        """A responder marked this (already learned) bucket a false positive: learn it as normal.
+
+        Every signal that reads it at ``z_threshold - ABSORB_MARGIN`` or more gets the spread that
+        puts it just under that (the least widening that makes this bucket normal: a crisis twice
+        its size still pages), which the spread's EW memory forgets as ordinary buckets come; its
+        CUSUM and suspect streak start over, and a per-event test takes the episode as its level.
+        Then the bucket is learned again, at full weight and unprotected (it was learned
+        protected, at a quarter weight, when it fired). Returns the signal keys widened.
+        """
+        if self.buckets < self.cfg.warmup_buckets:
+            return []  # nothing fires in warm-up: there is nothing to unlearn
+        how, target = hour_of_week, max(self.cfg.z_threshold - ABSORB_MARGIN, 1.0)
+        widened: list[str] = []
+        for r in self._readings(st, how):
+            key = signal_key(r.sig.name, r.aspect)
+            state = self.signals.get(f"seq:{r.sig.name}" if r.detector == SEQ_DETECTOR else key)
+            if isinstance(state, SeqState):
+                if r.z >= target or r.fires:
+                    state.cusum = state.support = state.bad = state.alarm = 0.0
+                    widened.append(f"seq:{r.sig.name}")
+            elif isinstance(state, CountState):
+                if self._widen_count(state, r.sig, st, how, target):
+                    widened.append(key)
+            elif isinstance(state, SignalState) and (r.z >= target or r.fires):
+                need = (r.value - r.baseline if r.sig.bad == "up" else r.baseline - r.value) / target
+                if r.sig.kind == "share":
+                    p = r.baseline
+                    # scale^2 = p(1-p)/support + (std^2 - p(1-p)/typical support): solve for std^2
+                    var = need * need - p * (1.0 - p) / max(r.support, 1.0) + p * (1.0 - p) / max(state.den.mean, 1.0)
+                else:
+                    var = need * need
+                for stat in (state.overall, state.seasonal.get(str(how))):
+                    if stat is not None:
+                        stat.var = max(stat.var, var)
+                state.streak = 0
+                widened.append(key)
+        self.learn(st, how, [], normal=True)
+        return widened
+
+    def _widen_count(
+        self, state: CountState, sig: SignalDef, st: dict[str, float], how: int | None, target: float
+    ) -> bool:
+        """Widen a count's spreads (bucket and hourly) so that ``st`` reads at ``target``."""
+        x = sig.num_of(st)
+        mu = state.expect(how, self.per_hour)
+        r = math.log(x + 1.0) - state.predict(how, self.per_hour)
+        changed = state.cusum >= self.cfg.cusum_h
+        if r / state.sigma(mu) >= target:
+            state.tail = max(state.tail, (r / target) ** 2)
+            changed = True
+        hx, hmu = state.hourly(x, mu, self.per_hour)
+        hr = math.log(hx + 1.0) - math.log(hmu + 1.0)
+        if state.n >= self.cfg.warmup_buckets and hr / state.hsigma(hmu) >= target:
+            state.htail = max(state.htail, (hr / target) ** 2)
+            changed = True
+        if changed:
+            state.cusum = state.excess = 0.0
+            state.streak = 0
+        return changed
+
+    def _learn_seq(self, sig: SignalDef, st: dict[str, float], normal: bool = False) -> None:
         count, total, sq = self._seq_inputs(sig, st)
         if count <= 0:
             return  # an empty bucket costs nothing
@@ -698,6 +764,9 @@ class EntityDetector:
         state = self.signals.get(key)
         if not isinstance(state, SeqState):
             state = self.signals[key] = SeqState()
+        if normal:
+            state.learn(total, sq, count)
+            return
         state.per_bucket += (count - state.per_bucket) / min(state.n + 1.0, 100.0)
         if state.n >= SEQ_WARMUP:
             cus, fired = self._seq_step(state, sig, count, total)
@@ -723,7 +792,9 @@ class EntityDetector:
         state.streak = min(cap, state.streak + 1) if suspect else max(0, state.streak - 1)
         return suspect and state.streak < cap
 
-    def _learn_count(self, sig: SignalDef, st: dict[str, float], how: int | None, hot: bool) -> None:
+    def _learn_count(
+        self, sig: SignalDef, st: dict[str, float], how: int | None, hot: bool, normal: bool = False
+    ) -> None:
         x = sig.num_of(st)
         state = self.signals.get(sig.name)
         if state is None and x <= 0:
@@ -742,7 +813,7 @@ class EntityDetector:
         z = r / sigma
         warm = state.n >= self.cfg.warmup_buckets
         cus = max(0.0, state.cusum + min(z, PROTECT_Z) - self.cfg.cusum_k)
-        suspect = hot or (warm and z >= PROTECT_Z)
+        suspect = not normal and (hot or (warm and z >= PROTECT_Z))
         if hot:
             state.last_fire = self.buckets
         protect = self._shift_guard(state, suspect)
@@ -775,9 +846,11 @@ class EntityDetector:
             state.hmad += (abs(hc) - state.hmad) / state.mad_w
             hc = min(abs(hr), TAIL_K * 1.2533 * max(state.hmad, 0.02))
             state.htail += (hc * hc - state.htail) / state.mad_w
-        # a bucket that fired is counted at its expectation: its episode must not re-fire the hour after
-        state.recent.append([min(x, mu) if hot else x, mu])
-        del state.recent[: max(len(state.recent) - int(ph), 0)]
+        # a bucket that fired is counted at its expectation: its episode must not re-fire the hour
+        # after; a bucket learned again as normal is already in the last hour's window
+        if not normal:
+            state.recent.append([min(x, mu) if hot else x, mu])
+            del state.recent[: max(len(state.recent) - int(ph), 0)]
         # level learns the deseasonalised value; the slots learn their offset from the level
         # a bucket of a sparse series carries little information: it moves the level less
         info = min(1.0, max(mu, 0.05) / SPARSE_EVENTS)
@@ -790,10 +863,16 @@ class EntityDetector:
                 a = max(slot_alpha, 1.0 / (s[1] + 1.0)) * weight
                 s[0] += a * (dev - s[0])
                 s[1] += 1.0
-        state.n += 1
+        state.n += 0 if normal else 1
 
     def _learn_share(
-        self, sig: SignalDef, st: dict[str, float], how: int | None, hot: bool, aspect: str | None = None
+        self,
+        sig: SignalDef,
+        st: dict[str, float],
+        how: int | None,
+        hot: bool,
+        aspect: str | None = None,
+        normal: bool = False,
     ) -> None:
         den, support = sig.den_of(st, aspect), sig.support_of(st, aspect)
         if den <= 0 or support < 1:
@@ -808,7 +887,7 @@ class EntityDetector:
             r = self._read_share(sig, st, how, aspect)
             weight = min(1.0, support / max(self.cfg.min_volume, 1))  # 1 event says little
         warm = self.buckets >= self.cfg.warmup_buckets
-        suspect = hot or (warm and r is not None and r.z >= PROTECT_Z)
+        suspect = not normal and (hot or (warm and r is not None and r.z >= PROTECT_Z))
         if hot:
             state.last_fire = self.buckets
         if self._shift_guard(state, suspect):

@@ -84,7 +84,13 @@ def build(
         windows = RedisWindows(r, settings, partitions=raw_partitions or settings.kafka.partitions)
         state = RedisState(r, settings.redis.key_prefix)
         dispatcher = Dispatcher(settings.alerts, r, key_prefix=settings.redis.key_prefix)
-    detection = DetectionEngine(settings, windows, state, model_version=lambda: stage.model_version)
+    detection = DetectionEngine(
+        settings,
+        windows,
+        state,
+        model_version=lambda: stage.model_version,
+        feedback=dispatcher.controls if dispatcher is not None else None,
+    )
     c = Components(settings, windows, state, stage, detection, Metrics(), dispatcher, r)
     if r is not None:  # a worker: score with the fleet's snapshots, learn only on the lease holder
         stage.learn_inline = False

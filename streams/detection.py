@@ -7,6 +7,12 @@ when the evidence there is already overwhelming (``z >= detect.critical_z`` on t
 far, against the share of the baseline expected by then), it opens the incident at once instead
 of waiting for the bucket to close ("early firing"); the closed bucket then continues the thread.
 
+A responder's "false positive" (``repmon web``, queued by :class:`alerts.controls.Controls`) is
+learned by the leader on its next tick: each bucket the incident fired on is read back from the
+windows and its entity's detector learns it as normal (:meth:`EntityDetector.absorb`), then the
+entry leaves the queue once the detector state holding it is saved (a crash in between learns it
+once more at full weight, which moves a baseline a little; the widening itself is idempotent).
+
 Outputs go to two callbacks, so the worker sends them to Kafka and the backtest collects them.
 State (detector baselines, incident threads, the closed pointer, the River watches) goes through
 the :class:`~streams.state.StateStore` seam: Redis in the worker, memory in the backtest.
@@ -18,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from alerts.incidents import IncidentState, Transition, build_incident, step
 from alerts.render import signal_line
@@ -41,6 +47,14 @@ RIVER_SAVE_SECONDS = 10.0  # River watches are saved this often (they are eviden
 
 async def _discard(_: Any) -> None:
     return None
+
+
+class Feedback(Protocol):
+    """Where responders' false positives wait for the leader (:class:`alerts.controls.Controls`)."""
+
+    async def feedback(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def feedback_done(self, n: int) -> None: ...
 
 
 def hour_of_week(t: int) -> int:
@@ -75,6 +89,7 @@ class DetectionEngine:
         emit_signal: Emit | None = None,
         emit_incident: Emit | None = None,
         model_version: Callable[[], str | None] = lambda: None,
+        feedback: Feedback | None = None,
     ) -> None:
         self.settings = settings
         self.windows = windows
@@ -83,6 +98,8 @@ class DetectionEngine:
         self.emit_signal: Emit = emit_signal or _discard
         self.emit_incident: Emit = emit_incident or _discard
         self.model_version = model_version
+        self.feedback = feedback
+        self.absorbed = 0  # buckets learned as normal on a responder's word
         self.entities = [e.key for e in settings.entities]
         self.B = settings.windows.bucket_seconds
         self.signals_out = 0
@@ -143,6 +160,7 @@ class DetectionEngine:
         B = self.B
         dets, incs = await self._entity_state(ents)
         self._dirty = False
+        learned = await self._learn_feedback(closed, dets)
         judged = 0
         t = closed + B
         if t <= last:
@@ -191,7 +209,37 @@ class DetectionEngine:
             token = uuid.uuid4().hex
             await self.state.save_blob("det:token", {"token": token})
             self._state = (token, dets, incs)
+        if learned and self.feedback is not None:
+            await self.feedback.feedback_done(learned)
         return judged
+
+    async def _learn_feedback(self, closed: int, dets: dict[str, EntityDetector]) -> int:
+        """Learn the queued false positives whose buckets have closed (module doc); returns how
+        many entries were taken. An entry waits while one of its buckets is still open (an early
+        verdict): the closed bucket must be learned first, or it would be learned protected again."""
+        if self.feedback is None:
+            return 0
+        taken = 0
+        for item in await self.feedback.feedback(100):
+            entity, buckets = item.get("entity"), sorted(int(b) for b in item.get("buckets") or [])
+            if buckets and buckets[-1] > closed:
+                break
+            taken += 1
+            if entity not in dets:
+                logger.warning(
+                    "false positive %s: %r is not a tracked entity; nothing learned", item.get("action_id"), entity
+                )
+                continue
+            stats = {t: (await self.windows.bucket_stats([entity], t))[entity] for t in buckets}
+            for t, st in stats.items():
+                if st.get("n", 0.0) <= 0:
+                    logger.warning("false positive on %s at %s: the bucket is no longer held; not learned", entity, t)
+                    continue
+                widened = dets[entity].absorb(st, hour_of_week(t))
+                self.absorbed += 1
+                logger.info("false positive on %s at %s learned as normal (%s)", entity, t, ", ".join(widened) or "-")
+            self._dirty = True
+        return taken
 
     async def _idle(self, t: int, k: int, dets: dict[str, EntityDetector], incs: dict[str, IncidentState]) -> None:
         """Account for ``k`` empty buckets from ``t`` at once: each detector learns them in closed

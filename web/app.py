@@ -596,8 +596,10 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
         elif not body.why:
             raise ApiError(422, "invalid_request", "a comment needs a text (why)")
         details: dict[str, Any] = {"owner": body.owner} if body.owner else {}
-        if body.action == "false_positive":  # the bucket(s) that fired, for whoever retunes the detector
-            details["buckets"] = sorted({s.bucket_start.isoformat() for m in th.messages for s in m.signals})
+        if body.action == "false_positive":
+            # the buckets that fired: the detection leader learns them as normal (Controls.record)
+            details["entity"] = th.first.entity
+            details["buckets"] = sorted({int(s.bucket_start.timestamp()) for m in th.messages for s in m.signals})
         entry = await war.controls.record(
             incident_id, body.action, who=who.name, why=body.why, fields=fields, details=details
         )

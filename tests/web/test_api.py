@@ -12,6 +12,7 @@ import orjson
 import pytest
 import redis.asyncio as aredis
 
+from alerts.controls import Controls
 from alerts.dispatch import Dispatcher
 from contract.records import dumps
 from infra.settings import AlertSettings
@@ -126,6 +127,27 @@ async def test_incidents_thread_and_acknowledge_through_kafka_and_redis(war_room
         ("acknowledge", "alice", inc.incident_id),
         ("assign", "alice", inc.incident_id),
     ]
+
+
+async def test_a_false_positive_queues_the_fired_buckets_for_the_detection_leader(war_room: WarRoom) -> None:
+    """What the leader learns as normal (tests/alerts/test_false_positive.py shows it learning)."""
+    inc = make_incident("skyline", iid="inc-fp")
+    war_room.publish("incidents", inc, inc.entity)
+    war_room.publish("incidents", make_incident("skyline", iid="inc-fp", seq=2, status="update"), inc.entity)
+    with war_room.client() as w:
+        wait_for(lambda: (x := w.get("/api/v1/incidents/inc-fp")).status_code == 200 and len(x.json()["messages"]) == 2)
+        r = w.post("/api/v1/incidents/inc-fp/actions", json={"action": "false_positive", "why": "a quiz night"})
+        assert r.status_code == 200, r.text
+        assert w.get("/api/v1/incidents/inc-fp").json()["summary"]["state"] == "false_positive"
+    controls = Controls(aredis.Redis.from_url(war_room.redis_url), war_room.prefix)
+    try:
+        (queued,) = await controls.feedback()
+        assert queued["entity"] == "skyline" and queued["why"] == "a quiz night"
+        assert queued["buckets"] == [int(ONSET.timestamp()), int(ONSET.timestamp()) + 60]  # both messages' buckets
+        await controls.feedback_done(1)
+        assert await controls.feedback() == []
+    finally:
+        await controls.r.aclose()
 
 
 async def test_dispatcher_honours_silences_and_acknowledgements(war_room: WarRoom) -> None:
