@@ -351,6 +351,10 @@ def bench(
         ),
     ] = False,
     fault_events: Annotated[int, typer.Option(help="Events for --faults.")] = 200_000,
+    frozen_model: Annotated[
+        bool,
+        typer.Option(help="With --faults: both runs score with one frozen sentiment model (sentiment.frozen)."),
+    ] = False,
     web: Annotated[bool, typer.Option(help="Only the war room: 100 live SSE clients, mentions at --rate.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     connect_only: Annotated[
@@ -370,7 +374,7 @@ def bench(
     if faults:
         from tools.bench_faults import bench_faults
 
-        report = bench_faults(settings, events=fault_events, console=err)
+        report = bench_faults(settings, events=fault_events, frozen_model=frozen_model, console=err)
         typer.echo(json.dumps(report, indent=None if json_out else 2))
         if "error" in report:
             raise typer.Exit(2)

@@ -305,6 +305,12 @@ class SentimentSettings(_Section):
         description="The learner's lease in Redis: a worker that stops renewing it for this long is replaced.",
     )
     snapshots_kept: int = Field(default=3, ge=2, description="Snapshot versions kept in Redis (older are deleted).")
+    frozen: bool = Field(
+        default=False,
+        description="Learn nothing: every worker scores with the newest snapshot there is (or the cold model). "
+        "Labels still reach the labels topic, to be learned once unfrozen. For audits and replays that must "
+        "score a stream the same way every time.",
+    )
 
 
 class Route(_Section):

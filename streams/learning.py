@@ -281,7 +281,10 @@ class FleetLearner:
     # -- the owner: learn, publish -----------------------------------------------------------
     async def step(self) -> int:
         """Timer (every worker): hold the lease or wait for it; while held, learn the next labels
-        and publish a snapshot when one is due. Returns the labels learned in this step."""
+        and publish a snapshot when one is due. Returns the labels learned in this step.
+        A frozen fleet (``sentiment.frozen``) takes no lease and learns nothing."""
+        if self.s.sentiment.frozen:
+            return 0
         async with self._lock:
             try:
                 held = await self.snaps.acquire(self.token, self.s.sentiment.owner_lease_seconds)

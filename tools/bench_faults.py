@@ -16,6 +16,12 @@ order per thread, every ``open`` / ``escalated`` / ``resolved`` message publishe
 the incident ids equal to those of the same stream run with no fault. A benchmark, not a test:
 its figures are read, not asserted.
 
+The fleet's sentiment model learns from the stream's review ratings while it runs, and which
+snapshot scores an event depends on wall time (when the learner published, when a worker loaded
+it), so two runs score marginal texts differently even with no fault at all, and a bucket near a
+threshold can open a thread a minute apart. ``frozen_model`` runs both with ``sentiment.frozen``:
+every event scored by the same model, so any difference left in the incident ids is the faults'.
+
 Needs Apache Kafka (``REPMON_KAFKA__BOOTSTRAP``, e.g. ``infra/kafka/kafka.sh start``): the
 embedded broker keeps no consumer-group state worth failing over.
 """
@@ -92,9 +98,12 @@ def _events(settings: Settings, events: int) -> list[dict[str, Any]]:
     return _valid(generate(settings.entities, start=START, minutes=minutes, crisis_at_minute=int(minutes * 0.8)))
 
 
-def _worker_env(bootstrap: str, redis_url: str, prefix: str, workdir: Path, url: str) -> dict[str, str]:
+def _worker_env(
+    bootstrap: str, redis_url: str, prefix: str, workdir: Path, url: str, *, frozen_model: bool
+) -> dict[str, str]:
     route = {"name": "oncall", "urls": [url], "min_severity": "warning", "rate_per_second": 20}
     extra = {
+        "REPMON_SENTIMENT__FROZEN": str(frozen_model).lower(),
         "REPMON_WINDOWS__BACKFILL_SINCE": START.isoformat(),  # generated history: backfill mode
         "REPMON_ALERTS__ROUTES": json.dumps([route]),
         "REPMON_ALERTS__CONSOLE": "false",
@@ -116,6 +125,7 @@ def _run(
     kill_every: float,
     receiver_down: float,
     timeout: float,
+    frozen_model: bool,
     console: Console,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-faults-"))
@@ -129,7 +139,7 @@ def _run(
     log: list[str] = []
     kills = redis_restarts = 0
     with HttpReceiver(dedupe=True) as rx:
-        env = _worker_env(bootstrap, server.url, prefix, workdir, rx.apprise_url("/oncall"))
+        env = _worker_env(bootstrap, server.url, prefix, workdir, rx.apprise_url("/oncall"), frozen_model=frozen_model)
         n_started = 0
 
         def start_worker() -> WorkerProcess:
@@ -289,6 +299,7 @@ def bench_faults(
     kill_every: float = 20.0,
     receiver_down: float = 60.0,
     timeout: float = 3600.0,
+    frozen_model: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the stream with faults, then without, and compare (see the module docstring)."""
@@ -303,13 +314,20 @@ def bench_faults(
     console.print(
         f"bench faults: {len(rows)} events, kill -9 every {kill_every:g} s, receiver down {receiver_down:g} s"
     )
-    kw: dict[str, Any] = {"rate": rate, "kill_every": kill_every, "receiver_down": receiver_down, "timeout": timeout}
+    kw: dict[str, Any] = {
+        "rate": rate,
+        "kill_every": kill_every,
+        "receiver_down": receiver_down,
+        "timeout": timeout,
+        "frozen_model": frozen_model,
+    }
     with_faults = _run(settings, rows, bootstrap, faults=True, console=console, **kw)
     console.print("bench faults: the same stream with no fault (reference) ...")
     reference = _run(settings, rows, bootstrap, faults=False, console=console, **kw)
     n = with_faults["notifications"]
     return {
         "events": len(rows),
+        "sentiment": "frozen" if frozen_model else "learning",
         "with_faults": with_faults,
         "reference": reference,
         "verdict": {

@@ -90,3 +90,38 @@ async def test_a_bad_snapshot_is_skipped_and_an_outage_is_survived(kafka_bootstr
     assert await c.step() == 0 and await c.refresh() is None
     assert c.metrics.dependency_errors.labels("redis")._value.get() == 2
     assert isinstance(stage.sentiment, SentimentModel) and stage.sentiment.version.endswith(f":v{v}")
+
+
+async def test_a_frozen_fleet_takes_no_lease_and_learns_nothing(kafka_bootstrap: str, redis_url: str) -> None:
+    prefix = f"lf{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        None,
+        app_id=prefix,
+        kafka={"bootstrap": kafka_bootstrap, "topic_prefix": prefix, "partitions": 1},
+        redis={"url": redis_url, "key_prefix": prefix},
+        sentiment={"snapshot_interval_seconds": 0.01, "frozen": True},
+    )
+    ensure_topics(kafka_bootstrap, [settings.topic(t) for t in TOPICS], 1)
+    stage = EnrichStage(settings)
+    stage.learn_inline = False
+    stage.load_models()
+    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    prod.send(settings.topic("labels"), orjson.dumps({"text": "the blorft was late", "label": "negative"})).get(10)
+    prod.close()
+    frozen = learner(settings, stage, redis_url)
+    for _ in range(3):
+        assert await frozen.step() == 0
+    assert not frozen.is_owner and await frozen.snaps.latest() is None
+    # the same fleet unfrozen: the lease is free and the label is there to be learned
+    live = learner(
+        settings.model_copy(update={"sentiment": settings.sentiment.model_copy(update={"frozen": False})}),
+        stage,
+        redis_url,
+    )
+    learned = 0
+    for _ in range(50):
+        learned += await live.step()
+        if learned:
+            break
+    assert learned == 1 and live.is_owner
+    await live.stop()
