@@ -360,6 +360,13 @@ def bench(
     connect_only: Annotated[
         bool, typer.Option("--connect", help="Only the connector runtime: one repmon connect, 20 local sources.")
     ] = False,
+    entities: Annotated[
+        str | None,
+        typer.Option(
+            "--entities",
+            help="Only detection at scale: entity counts (e.g. 10,1000,10000), each entity with a day of state.",
+        ),
+    ] = None,
 ) -> None:
     """Benchmarks: end-to-end throughput and latency, the enrichment functions alone, repmon connect."""
     from infra.embedded import unwind_on_signals
@@ -369,6 +376,19 @@ def bench(
     unwind_on_signals()
     if connect_only:
         typer.echo(json.dumps({"connect": bench_connect()}, indent=None if json_out else 2))
+        return
+    if entities is not None:
+        from tools.bench_detect import bench_detection_scale
+
+        settings = _settings(config)
+
+        try:
+            sizes = tuple(int(x) for x in entities.split(",") if x.strip())
+        except ValueError:
+            err.print(f"--entities takes comma-separated counts such as 10,1000,10000, not {entities!r}")
+            raise typer.Exit(2) from None
+        report = bench_detection_scale(sizes, redis_url=settings.redis.url, console=err)
+        typer.echo(json.dumps({"detection_scale": report}, indent=None if json_out else 2))
         return
     settings = _settings(config)
     if faults:

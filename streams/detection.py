@@ -20,6 +20,7 @@ the :class:`~streams.state.StateStore` seam: Redis in the worker, memory in the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -30,6 +31,7 @@ from alerts.incidents import IncidentState, Transition, build_incident, step
 from alerts.render import signal_line
 from contract.records import Incident, Signal
 from infra.settings import Settings
+from models.anomaly import FEATURES as ANOMALY_FEATURES
 from models.anomaly import AnomalyHit, AnomalyWatch
 from models.detect import EntityDetector, Verdict
 from models.drift import DriftWatch
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 Emit = Callable[[Any], Awaitable[None]]
 MODEL = "*"  # entity key of signals about the sentiment model itself
 RIVER_SAVE_SECONDS = 10.0  # River watches are saved this often (they are evidence, not pages)
+OFFLOAD_ENTITIES = 20  # from this many entities a closed bucket is judged off the event loop
 
 
 async def _discard(_: Any) -> None:
@@ -55,6 +58,24 @@ class Feedback(Protocol):
     async def feedback(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
     async def feedback_done(self, n: int) -> None: ...
+
+
+def _judge_bucket(
+    ents: list[str],
+    stats: dict[str, dict[str, float]],
+    how: int,
+    dets: dict[str, EntityDetector],
+    anoms: dict[str, AnomalyWatch],
+) -> list[tuple[str, list[Verdict], AnomalyHit | None]]:
+    """Judge and learn one closed bucket for every entity (pure computation, no I/O)."""
+    rows = []
+    for e in ents:
+        zs = dets[e].standardize(stats[e], how)  # before the bucket is learned
+        verdicts = dets[e].update(stats[e], how)
+        # a watch judges combinations: one input (no mention, no share) leaves it untouched
+        hit = anoms[e].update(zs) if sum(f in zs for f in ANOMALY_FEATURES) >= 2 else None
+        rows.append((e, verdicts, hit))
+    return rows
 
 
 def hour_of_week(t: int) -> int:
@@ -77,6 +98,24 @@ def describe(s: Signal) -> str:
     'negative share 62% vs baseline 14% (z=9.6, n=80)'
     """
     return signal_line(s)
+
+
+class _Watches(dict[str, AnomalyWatch]):
+    """Every entity's River watch, each decoded when first used.
+
+    Rebuilding one HalfSpaceTrees forest takes tens of milliseconds, so a new leader decoding a
+    thousand entities' watches at once stalled for a minute; a watch is only needed for a bucket
+    with two standardised inputs or more (an entity with mentions in it), so most are never
+    decoded between two failovers. Only decoded watches can have changed, and only they are saved.
+    """
+
+    def __init__(self, raw: dict[str, dict[str, Any] | None]) -> None:
+        super().__init__()
+        self._raw = {k.removeprefix("anom:"): v for k, v in raw.items()}
+
+    def __missing__(self, entity: str) -> AnomalyWatch:
+        w = self[entity] = AnomalyWatch.from_dict(self._raw.pop(entity, None))
+        return w
 
 
 class DetectionEngine:
@@ -113,6 +152,8 @@ class DetectionEngine:
         # (see ``_entity_state``), and whether this tick changed them
         self._state: tuple[str, dict[str, EntityDetector], dict[str, IncidentState]] | None = None
         self._dirty = False
+        # the filling bucket's counts per entity as last judged early (see ``_early``)
+        self._early_seen: tuple[int | None, dict[str, dict[str, float]]] = (None, {})
 
     async def tick(self, max_buckets: int = 5000) -> int:
         """Judge closed buckets (and the filling one, for early firing). Returns buckets judged."""
@@ -151,9 +192,15 @@ class DetectionEngine:
             return self._state[1], self._state[2]
         det_raw = await self.state.load("det", ents)
         inc_raw = await self.state.load("inc", ents)
-        dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e], self.B) for e in ents}
-        incs = {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
+
+        def decode() -> tuple[dict[str, EntityDetector], dict[str, IncidentState]]:
+            dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e], self.B) for e in ents}
+            return dets, {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
+
+        # milliseconds per entity: thousands of them are decoded off the event loop
+        dets, incs = await asyncio.to_thread(decode) if len(ents) >= OFFLOAD_ENTITIES else decode()
         self._state = (token or "", dets, incs)
+        self._early_seen = (None, {})  # judged against other detectors
         return dets, incs
 
     async def _judge(self, wm: float, last: int, closed: int, ents: list[str], max_buckets: int) -> int:
@@ -176,10 +223,14 @@ class DetectionEngine:
                     continue
                 stats = await self.windows.bucket_stats(ents, t)
                 how = hour_of_week(t)
-                for e in ents:
-                    zs = dets[e].standardize(stats[e], how)  # before the bucket is learned
-                    verdicts = dets[e].update(stats[e], how)
-                    hit = anoms[e].update(zs)
+                # about a millisecond per entity: hundreds of entities would hold the event loop
+                # for the better part of a second on every closed bucket, so a big fleet of
+                # entities is judged on a thread (the GIL still hands the loop its turn)
+                if len(ents) >= OFFLOAD_ENTITIES:
+                    rows = await asyncio.to_thread(_judge_bucket, ents, stats, how, dets, anoms)
+                else:
+                    rows = _judge_bucket(ents, stats, how, dets, anoms)
+                for e, verdicts, hit in rows:
                     if hit is not None:
                         await self._anomaly(e, t, hit, int(stats[e].get("n", 0.0)))
                     await self._advance(e, t, verdicts, stats[e], incs[e], early=False, anomaly=hit)
@@ -200,12 +251,17 @@ class DetectionEngine:
                 await self.save_river()
         closed_now = t - B
         if judged == 0 or closed_now >= last:
-            await self._early(wm, closed_now, dets, incs)
+            await self._early(wm, closed_now, dets, incs, learned_since=judged > 0 or learned > 0)
         if judged or self._dirty or closed_now != closed:
-            await self.state.save(
-                {"det": {e: d.to_dict() for e, d in dets.items()}, "inc": {e: i.to_dict() for e, i in incs.items()}},
-                {"closed": closed_now},
-            )
+
+            def docs() -> dict[str, dict[str, Any]]:
+                return {
+                    "det": {e: d.to_dict() for e, d in dets.items()},
+                    "inc": {e: i.to_dict() for e, i in incs.items()},
+                }
+
+            many = len(dets) >= OFFLOAD_ENTITIES  # about a millisecond per entity, off the event loop
+            await self.state.save(await asyncio.to_thread(docs) if many else docs(), {"closed": closed_now})
             token = uuid.uuid4().hex
             await self.state.save_blob("det:token", {"token": token})
             self._state = (token, dets, incs)
@@ -268,8 +324,9 @@ class DetectionEngine:
         token = str(doc["token"]) if doc and "token" in doc else None
         if self._river is None or token != self._river_token:
             ents = self.entities
-            drifts = {e: DriftWatch.from_dict(await self.state.load_blob(f"drift:{e}")) for e in [*ents, MODEL]}
-            anoms = {e: AnomalyWatch.from_dict(await self.state.load_blob(f"anom:{e}")) for e in ents}
+            raw = await self.state.load_blobs([f"drift:{e}" for e in [*ents, MODEL]])
+            drifts = {e: DriftWatch.from_dict(raw[f"drift:{e}"]) for e in [*ents, MODEL]}
+            anoms = _Watches(await self.state.load_blobs([f"anom:{e}" for e in ents]))
             self._river = (drifts, anoms)
             self._river_token = token
         return self._river
@@ -285,10 +342,14 @@ class DetectionEngine:
             self._river = None
             return
         drifts, anoms = self._river
-        for key, w in drifts.items():
-            await self.state.save_blob(f"drift:{key}", w.to_dict())
-        for key, a in anoms.items():
-            await self.state.save_blob(f"anom:{key}", a.to_dict())
+
+        def docs() -> dict[str, dict[str, Any]]:
+            out = {f"drift:{key}": w.to_dict() for key, w in drifts.items()}
+            out.update((f"anom:{key}", a.to_dict()) for key, a in anoms.items())  # the decoded ones
+            return out
+
+        many = len(anoms) >= OFFLOAD_ENTITIES
+        await self.state.save_blobs(await asyncio.to_thread(docs) if many else docs())
         token = uuid.uuid4().hex
         await self.state.save_blob("river:token", {"token": token})
         self._river_token = token
@@ -340,7 +401,12 @@ class DetectionEngine:
         self.signals_out += 1
 
     async def _early(
-        self, wm: float, closed: int, dets: dict[str, EntityDetector], incs: dict[str, IncidentState]
+        self,
+        wm: float,
+        closed: int,
+        dets: dict[str, EntityDetector],
+        incs: dict[str, IncidentState],
+        learned_since: bool = True,
     ) -> None:
         """Open an incident inside a bucket still filling when the evidence is overwhelming."""
         B = self.B
@@ -352,11 +418,22 @@ class DetectionEngine:
         high = await self.windows.watermark(high=True) or wm
         frac = min(1.0, max((high - t) / B, 1.0 / B))
         stats = await self.windows.bucket_stats(self.entities, t)
-        cfg = self.settings.detect
-        for e in self.entities:
-            if incs[e].is_open:
-                continue  # early firing only opens threads; the closed buckets continue them
-            verdicts = [v for v in dets[e].judge(stats[e], hour_of_week(t), frac) if v.z >= cfg.critical_z]
+        # only entities whose part of the filling bucket grew since the last look, with no thread
+        # open (early firing only opens threads; the closed buckets continue them): the same counts
+        # against a larger share of the bucket expected can only read lower, and an entity with
+        # no event in the bucket cannot spike. With thousands of entities most ticks judge few.
+        if self._early_seen[0] != t or learned_since:
+            self._early_seen = (t, {})
+        seen = self._early_seen[1]
+        ents = [e for e in self.entities if not incs[e].is_open and stats[e] and seen.get(e) != stats[e]]
+        seen.update((e, stats[e]) for e in ents)
+        cfg, how = self.settings.detect, hour_of_week(t)
+
+        def judge_all() -> list[tuple[str, list[Verdict]]]:
+            return [(e, [v for v in dets[e].judge(stats[e], how, frac) if v.z >= cfg.critical_z]) for e in ents]
+
+        rows = await asyncio.to_thread(judge_all) if len(ents) >= OFFLOAD_ENTITIES else judge_all()
+        for e, verdicts in rows:
             if verdicts:
                 await self._advance(e, t, verdicts, stats[e], incs[e], early=True)
 

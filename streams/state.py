@@ -18,6 +18,7 @@ the unit tests (no Redis needed).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ import redis.asyncio as aredis
 __all__ = ["MemoryState", "RedisState", "StateStore"]
 
 Doc = dict[str, Any]
+ENCODE_OFF_LOOP = 40  # documents from which a save encodes them on a thread
 
 
 class StateStore(ABC):
@@ -50,6 +52,15 @@ class StateStore(ABC):
 
     @abstractmethod
     async def save_blob(self, name: str, doc: Doc) -> None: ...
+
+    async def load_blobs(self, names: Iterable[str]) -> dict[str, Doc | None]:
+        """Several blobs at once (one round trip where the store can)."""
+        return {n: await self.load_blob(n) for n in names}
+
+    async def save_blobs(self, docs: Mapping[str, Doc]) -> None:
+        """Several blobs at once (one round trip where the store can)."""
+        for n, d in docs.items():
+            await self.save_blob(n, d)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the store holds (a client it owns)."""
@@ -101,14 +112,26 @@ class RedisState(StateStore):
 
     async def load(self, name: str, entities: Iterable[str]) -> dict[str, Doc | None]:
         ents = list(entities)
-        vals = await self.r.mget([self._k_state(name, e) for e in ents]) if ents else []
-        return {e: _doc(v) for e, v in zip(ents, vals, strict=True)}
+        out: dict[str, Doc | None] = {}
+        for i in range(0, len(ents), 1000):  # a bounded reply per round trip
+            chunk = ents[i : i + 1000]
+            vals = await self.r.mget([self._k_state(name, e) for e in chunk])
+            docs = await asyncio.to_thread(_docs, vals) if len(vals) >= ENCODE_OFF_LOOP else _docs(vals)
+            out.update(zip(chunk, docs, strict=True))
+        return out
 
     async def save(self, states: Mapping[str, Mapping[str, Doc]], pointers: Mapping[str, float]) -> None:
+        docs = [(self._k_state(name, e), st) for name, per_entity in states.items() for e, st in per_entity.items()]
+
+        def encode() -> list[tuple[str, bytes]]:
+            return [(k, orjson.dumps(st)) for k, st in docs]
+
+        # a detector is tens of KB of JSON: encoding a thousand entities' state takes a good part
+        # of a second, which the event loop must not spend
+        blobs = await asyncio.to_thread(encode) if len(docs) >= ENCODE_OFF_LOOP else encode()
         async with self.r.pipeline(transaction=True) as pipe:
-            for name, per_entity in states.items():
-                for e, st in per_entity.items():
-                    pipe.set(self._k_state(name, e), orjson.dumps(st))
+            for k, blob in blobs:
+                pipe.set(k, blob)
             for name, value in pointers.items():
                 pipe.set(self.pointer_key(self.p, name), repr(float(value)))
             await pipe.execute()
@@ -122,6 +145,33 @@ class RedisState(StateStore):
 
     async def save_blob(self, name: str, doc: Doc) -> None:
         await self.r.set(f"{self.p}:blob:{name}", orjson.dumps(doc))
+
+    async def save_blobs(self, docs: Mapping[str, Doc]) -> None:
+        items = list(docs.items())
+
+        def encode() -> list[tuple[str, bytes]]:
+            return [(f"{self.p}:blob:{n}", orjson.dumps(d)) for n, d in items]
+
+        blobs = await asyncio.to_thread(encode) if len(items) >= ENCODE_OFF_LOOP else encode()
+        for i in range(0, len(blobs), 1000):
+            async with self.r.pipeline(transaction=False) as pipe:
+                for k, b in blobs[i : i + 1000]:
+                    pipe.set(k, b)
+                await pipe.execute()
+
+    async def load_blobs(self, names: Iterable[str]) -> dict[str, Doc | None]:
+        keys = list(names)
+        out: dict[str, Doc | None] = {}
+        for i in range(0, len(keys), 1000):  # a bounded reply per round trip
+            chunk = keys[i : i + 1000]
+            vals = await self.r.mget([f"{self.p}:blob:{n}" for n in chunk])
+            docs = await asyncio.to_thread(_docs, vals) if len(vals) >= ENCODE_OFF_LOOP else _docs(vals)
+            out.update(zip(chunk, docs, strict=True))
+        return out
+
+
+def _docs(raws: list[Any]) -> list[Doc | None]:
+    return [_doc(v) for v in raws]
 
 
 def _doc(raw: bytes | str | None) -> Doc | None:

@@ -37,8 +37,10 @@ from contract.records import parse_raw
 from infra.kafka import TopicTail
 from infra.settings import Settings
 from streams.enrich import EnrichStage
+from tools.bench_web import PageWatch
 from tools.receiver import HttpReceiver
 from tools.stack import LocalStack, wait_until
+from web.serve import WebThread
 
 __all__ = ["bench_enrichment", "run_bench"]
 
@@ -267,9 +269,20 @@ def _latency_run(
         sink.send_any(Malformed(b"warm-up", "not an event"))
         sink.flush()
         tail = TopicTail(
-            bootstrap, [topics["enriched"], topics["deadletter"], topics["signals"]], keep=[topics["signals"]]
+            bootstrap,
+            [topics["enriched"], topics["deadletter"], topics["signals"], topics["incidents"]],
+            keep=[topics["signals"], topics["incidents"]],
         )
         stack.callback(tail.stop)
+        # an open war-room page on the same stack: when each incident could be drawn there
+        web_settings = settings.model_copy(
+            update={
+                "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
+                "redis": settings.redis.model_copy(update={"key_prefix": prefix}),
+            }
+        )
+        web = stack.enter_context(WebThread(web_settings, redis_url=local.redis_url, bootstrap=bootstrap))
+        page = stack.enter_context(PageWatch(web.url))
         if not wait_until(lambda: tail.count(topics["deadletter"]) >= 1 or not worker.alive(), 180):
             return {"error": "worker did not start", "log": worker.tail(20)}
         seq, t0 = 1, time.monotonic()
@@ -292,6 +305,25 @@ def _latency_run(
         rx.wait_for(1, timeout=10 if crisis else 5)
         first = rx.requests[0].at if rx.requests else None
         wall0 = time.time() - (time.monotonic() - t0)  # wall clock of the stream's start
+
+        def opened() -> list[dict[str, Any]]:
+            return [i for i in map(orjson.loads, tail.values(topics["incidents"])) if i.get("status") == "open"]
+
+        if rx.requests:  # a thread was notified: its OPEN is on the incidents topic, and then on the page
+            wait_until(lambda: bool(opened()), 10)
+        opens = opened()
+        wait_until(lambda: all((i["incident_id"], 1) in page.arrived for i in opens), 10)
+        # live events carry the wall clock as event time: the bucket that opened a thread could
+        # be judged at its end plus the allowed lateness; negative = the page had it before that
+        # (early firing judges a bucket still filling)
+        close_to_page = [
+            round(
+                page.arrived[(i["incident_id"], 1)] - (datetime.fromisoformat(i["opened_at"]).timestamp() + bucket + 1),
+                3,
+            )
+            for i in opens
+            if (i["incident_id"], 1) in page.arrived
+        ]
         signals, before_onset = [], 0
         for raw in tail.values(topics["signals"]):
             sig = orjson.loads(raw)
@@ -308,6 +340,16 @@ def _latency_run(
             "events": seq,
             "notifications": len(rx.requests),
             "first_notification_delay_s": round(first - onset, 2) if first and onset else None,
+            "first_page_delay_s": (
+                round(
+                    min(page.arrived[(i["incident_id"], 1)] for i in opens if (i["incident_id"], 1) in page.arrived)
+                    - (wall0 + start_crisis),
+                    2,
+                )
+                if crisis and any((i["incident_id"], 1) in page.arrived for i in opens)
+                else None
+            ),
+            "bucket_close_to_page_s": close_to_page,
             "titles": [r.title for r in rx.requests],
             "lag_enriched": seq - tail.count(topics["enriched"]),
             "onset_s": start_crisis if crisis else None,
@@ -327,11 +369,14 @@ def bench_alert_latency(
     console.print("bench: alert latency, the same stream without the crisis ...")
     quiet = _latency_run(settings, rate, crisis=False, seed=0, console=console, config=config)
     delays = [r["first_notification_delay_s"] for r in crisis_runs if r.get("first_notification_delay_s") is not None]
+    close_to_page = [x for r in crisis_runs for x in r.get("bucket_close_to_page_s", [])]
     return {
         "rate_events_per_s": rate,
         "bucket_seconds": 5,
         "runs": crisis_runs,
         "median_first_notification_delay_s": statistics.median(delays) if len(delays) == runs else None,
+        # the war room's target: from the bucket that opened a thread closing to the page showing it
+        "median_bucket_close_to_page_s": statistics.median(close_to_page) if close_to_page else None,
         "quiet_run": quiet,
         "quiet_notifications": quiet.get("notifications"),
         # signals of any severity where there was no crisis: before the onset, or in the quiet run

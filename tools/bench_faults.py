@@ -28,6 +28,7 @@ embedded broker keeps no consumer-group state worth failing over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -138,7 +139,10 @@ def _run(
     counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0) if pings(r) else -1  # noqa: E731
     log: list[str] = []
     kills = redis_restarts = 0
-    with HttpReceiver(dedupe=True) as rx:
+    # an interrupted bench (Ctrl-C, SIGTERM) stops every process it started, not only a finished one
+    with contextlib.ExitStack() as stack, HttpReceiver(dedupe=True) as rx:
+        stack.callback(server.kill)
+        stack.callback(r.close)
         env = _worker_env(bootstrap, server.url, prefix, workdir, rx.apprise_url("/oncall"), frozen_model=frozen_model)
         n_started = 0
 
@@ -148,7 +152,9 @@ def _run(
             return WorkerProcess(env, workdir / f"worker{n_started}.log")
 
         workers = [start_worker(), start_worker()]
+        stack.callback(lambda: [w.stop() for w in workers])
         tail = _Tail(bootstrap, topics["enriched"], topics["incidents"])
+        stack.callback(tail.stop)
         produced = threading.Event()
         sink_error: list[str] = []
 
@@ -232,8 +238,6 @@ def _run(
         alive = [w.alive() for w in workers]
         for w in workers:
             w.stop()
-    r.close()
-    server.kill()
     console.print()
     sent_ids = {row["event_id"] for row in rows}
     return {

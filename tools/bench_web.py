@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +32,7 @@ from infra.kafka import ensure_topics
 from infra.settings import Settings
 from web.serve import WebThread
 
-__all__ = ["bench_web", "follow_sse"]
+__all__ = ["PageWatch", "bench_web", "follow_sse"]
 
 
 async def follow_sse(
@@ -61,6 +63,51 @@ async def follow_sse(
                 event, data = "", ""
             if stop.is_set():
                 return
+
+
+class PageWatch:
+    """An open war-room page, as far as timing goes: a thread following ``/api/v1/events`` (the
+    SSE stream the pages update from) that records when each incident message arrived there.
+    ``arrived[(incident_id, seq)]`` is the wall time the page could draw it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.arrived: dict[tuple[str, int], float] = {}
+        self._connected = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, name="repmon-page-watch", daemon=True)
+
+    def _on(self, event: str, data: str, at: float, _: str) -> None:
+        if event == "incident":
+            d = orjson.loads(data)
+            self.arrived.setdefault((d["incident_id"], int(d["seq"])), at)
+
+    def _run(self) -> None:
+        async def follow() -> None:
+            connected, stop = asyncio.Event(), asyncio.Event()
+            async with httpx.AsyncClient(base_url=self.url) as client:
+                task = asyncio.create_task(follow_sse(client, "/api/v1/events", self._on, connected, stop))
+                self._loop, self._task = asyncio.get_running_loop(), task
+                waiter = asyncio.create_task(connected.wait())
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                self._connected.set()
+                waiter.cancel()
+                with contextlib.suppress(httpx.HTTPError, asyncio.CancelledError):
+                    await task  # until __exit__ cancels it (the stream never ends by itself)
+
+        asyncio.run(follow())
+
+    def __enter__(self) -> PageWatch:
+        self._thread.start()
+        if not self._connected.wait(60) or self._task is None or self._task.done():
+            raise RuntimeError(f"the war room at {self.url} sent no live events stream within 60 s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
 
 
 def _incident(i: int, at: datetime) -> Incident:
