@@ -277,7 +277,18 @@ class DetectionEngine:
             return 0
         taken = 0
         for item in await self.feedback.feedback(100):
-            entity, buckets = item.get("entity"), sorted(int(b) for b in item.get("buckets") or [])
+            entity = item.get("entity")
+            try:
+                buckets = sorted(int(b) for b in item.get("buckets") or [])
+            except (TypeError, ValueError):
+                # written by hand or by another version: taken off the queue, or it holds every later one
+                logger.warning(
+                    "false positive %s: buckets %r are not epoch seconds; skipped",
+                    item.get("action_id"),
+                    item.get("buckets"),
+                )
+                taken += 1
+                continue
             if buckets and buckets[-1] > closed:
                 break
             taken += 1

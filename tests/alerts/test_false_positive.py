@@ -71,3 +71,18 @@ async def test_a_false_positive_is_learned_as_normal_and_the_same_spike_pages_no
         h, opens = await run(r, unique, rx, mark=False)
         assert opens == [100, 130, 160]  # the control: unmarked, the same spike pages again
         assert h.engine.absorbed == 0
+
+
+async def test_a_malformed_false_positive_entry_is_skipped_and_the_next_is_learned(
+    r: aredis.Redis, unique: str
+) -> None:
+    with HttpReceiver() as rx:
+        h = Harness(settings_for(unique, rx), r)
+        h.engine.feedback = h.dispatcher.controls
+        await h.feed(calm(0, 100, seed=3) + minute_of(100, *SPIKE) + calm(101, 125, seed=4))
+        spike = int((T0 + timedelta(minutes=100)).timestamp())
+        ctl = h.dispatcher.controls
+        await ctl.record("x", "false_positive", who="bob", details={"entity": "northwind", "buckets": ["soon"]})
+        await ctl.record("y", "false_positive", who="bob", details={"entity": "northwind", "buckets": [spike]})
+        await h.feed(calm(125, 127, seed=7))
+        assert h.engine.absorbed == 1 and await ctl.feedback() == []

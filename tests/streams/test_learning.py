@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 
 from contract.records import TOPICS
 from infra.kafka import ensure_topics
-from infra.settings import load_settings
+from infra.settings import Settings, load_settings
 from models.sentiment import SentimentModel
 from streams.enrich import EnrichStage
 from streams.learning import FleetLearner, ModelSnapshots
@@ -37,6 +37,23 @@ async def test_only_the_lease_holder_publishes_and_old_versions_are_trimmed(ared
     assert await snaps.publish("a", b"{}") is None
 
 
+def fleet(kafka_bootstrap: str, redis_url: str, partitions: int, **sentiment: object) -> tuple[Settings, EnrichStage]:
+    """Settings of a fleet of its own (topics, keys) and a worker's stage that scores, never learns."""
+    prefix = f"lf{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        None,
+        app_id=prefix,
+        kafka={"bootstrap": kafka_bootstrap, "topic_prefix": prefix, "partitions": partitions},
+        redis={"url": redis_url, "key_prefix": prefix},
+        sentiment={"snapshot_interval_seconds": 0.01, **sentiment},
+    )
+    ensure_topics(kafka_bootstrap, [settings.topic(t) for t in TOPICS], partitions)
+    stage = EnrichStage(settings)
+    stage.learn_inline = False
+    stage.load_models()
+    return settings, stage
+
+
 def learner(settings, stage, redis_url: str) -> FleetLearner:  # type: ignore[no-untyped-def]
     r = aredis.Redis.from_url(redis_url)
     snaps = ModelSnapshots(r, settings.redis.key_prefix, keep=3)
@@ -44,18 +61,7 @@ def learner(settings, stage, redis_url: str) -> FleetLearner:  # type: ignore[no
 
 
 async def test_a_bad_snapshot_is_skipped_and_an_outage_is_survived(kafka_bootstrap: str, redis_url: str) -> None:
-    prefix = f"lb{uuid.uuid4().hex[:8]}"
-    settings = load_settings(
-        None,
-        app_id=prefix,
-        kafka={"bootstrap": kafka_bootstrap, "topic_prefix": prefix, "partitions": 2},
-        redis={"url": redis_url, "key_prefix": prefix},
-        sentiment={"snapshot_interval_seconds": 0.01},
-    )
-    ensure_topics(kafka_bootstrap, [settings.topic(t) for t in TOPICS], 2)
-    stage = EnrichStage(settings)
-    stage.learn_inline = False
-    stage.load_models()
+    settings, stage = fleet(kafka_bootstrap, redis_url, 2)
     prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     for i in range(10):
         prod.send(settings.topic("labels"), orjson.dumps({"text": f"the blorft was late {i}", "label": "negative"}))
@@ -93,18 +99,7 @@ async def test_a_bad_snapshot_is_skipped_and_an_outage_is_survived(kafka_bootstr
 
 
 async def test_a_frozen_fleet_takes_no_lease_and_learns_nothing(kafka_bootstrap: str, redis_url: str) -> None:
-    prefix = f"lf{uuid.uuid4().hex[:8]}"
-    settings = load_settings(
-        None,
-        app_id=prefix,
-        kafka={"bootstrap": kafka_bootstrap, "topic_prefix": prefix, "partitions": 1},
-        redis={"url": redis_url, "key_prefix": prefix},
-        sentiment={"snapshot_interval_seconds": 0.01, "frozen": True},
-    )
-    ensure_topics(kafka_bootstrap, [settings.topic(t) for t in TOPICS], 1)
-    stage = EnrichStage(settings)
-    stage.learn_inline = False
-    stage.load_models()
+    settings, stage = fleet(kafka_bootstrap, redis_url, 1, frozen=True)
     prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     prod.send(settings.topic("labels"), orjson.dumps({"text": "the blorft was late", "label": "negative"})).get(10)
     prod.close()
