@@ -17,7 +17,10 @@ before, at least one per 90 days): a launch or a campaign, good news that must n
 Products are named by the source's product hint (``product`` in the mapping, e.g. the ASIN),
 lowercased: the backtest matches them to entity keys (``brand/product`` or ``product``).
 
-``python -m tools.label_reviews FILE... --mapping M --out labels.json``
+``python -m tools.label_reviews FILE... --mapping M --out labels.json [--config-out c.toml]``
+
+``--config-out`` writes the config a new user would start from: only the entities (the mapping's
+constant brand, else its source, and each product of it), no detection settings.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["ReviewPoint", "label_points", "label_reviews", "main"]
+__all__ = ["ReviewPoint", "entities_config", "label_points", "label_reviews", "main"]
 
 WEEK = timedelta(days=7)
 
@@ -149,16 +152,45 @@ def label_reviews(files: Sequence[Path], mapping: Path, **kwargs: Any) -> dict[s
     return result
 
 
+def entities_config(products: Iterable[str], brand: str) -> str:
+    """A config TOML naming only the entities: the brand and each product of it.
+
+    >>> print(entities_config(["b0001"], "Acme"))
+    [[entities]]
+    name = "Acme"
+    kind = "brand"
+    <BLANKLINE>
+    [[entities]]
+    name = "b0001"
+    kind = "product"
+    brand = "Acme"
+    <BLANKLINE>
+    """
+    blocks = [f'[[entities]]\nname = {json.dumps(brand)}\nkind = "brand"\n']
+    for p in products:
+        blocks.append(f'[[entities]]\nname = {json.dumps(p)}\nkind = "product"\nbrand = {json.dumps(brand)}\n')
+    return "\n".join(blocks)
+
+
 def main(
     files: Annotated[list[Path], typer.Argument(exists=True, help="Review files (CSV/TSV/JSONL, .gz ok).")],
     mapping: Annotated[Path, typer.Option("--mapping", "-m", exists=True, help="Replay mapping TOML.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Labels JSON to write.")],
     min_week: Annotated[int, typer.Option(help="Minimum reviews in a labelled week.")] = 5,
     min_trailing: Annotated[int, typer.Option(help="Minimum reviews in the trailing 8 weeks.")] = 20,
+    config_out: Annotated[
+        Path | None, typer.Option("--config-out", help="Also write a config TOML naming only the entities.")
+    ] = None,
 ) -> None:
     """Label weekly rating drops and positive bursts per product."""
     result = label_reviews(files, mapping, min_week=min_week, min_trailing=min_trailing)
     out.write_text(json.dumps(result, indent=1))
+    if config_out is not None:
+        from connectors.replay import load_mapping
+
+        # a source without a brand column (Amazon 5-core: ASINs only) gets its source as the brand
+        m = load_mapping(mapping)
+        config_out.write_text(entities_config(result["entities"], str(m.constants.get("brand") or m.source)))
     typer.echo(
         f"{len(result['entities'])} products: {len(result['drops'])} rating drops, "
         f"{len(result['bursts'])} positive bursts -> {out}"
