@@ -295,3 +295,17 @@ def test_a_burst_of_five_star_reviews_with_negative_texts_does_not_page_but_the_
     assert any(v.severity == "info" and v.signal == "negative_volume" for v in det.judge(burst))
     mentions = {k: v for k, v in burst.items() if not k.startswith("rating")}
     assert any(v.signal == "negative_volume" and v.severity != "info" for v in det.judge(mentions))
+
+
+def test_chance_drops_count_what_the_rule_finds_without_any_real_drop() -> None:
+    """A product with a real bad week keeps it in the data and loses it when shuffled; a
+    polarised product (1s and 5s, a few reviews a week) has 'drops' by chance too."""
+    from tools.label_reviews import chance_drops
+
+    rng = random.Random(8)
+    steady = [ReviewPoint("p", T0 + timedelta(days=d, hours=h), 4.0 + (h % 2)) for d in range(140) for h in (1, 2)]
+    steady += [ReviewPoint("p", T0 + timedelta(days=140 + d), 1.0) for d in range(6)]
+    assert len(label_points(steady)["drops"]) == 1
+    assert chance_drops(steady, 5) == [0] * 5  # six 1-stars spread over 20 weeks: no week drops
+    split = [ReviewPoint("q", T0 + timedelta(days=d * 0.9), rng.choice([1.0, 5.0, 5.0])) for d in range(400)]
+    assert sum(chance_drops(split, 5)) > 0
