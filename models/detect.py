@@ -38,8 +38,13 @@ share or mean needs its own warm-up history.
 rating (a drop of ``RATING_DROP`` star) and the negative share: a CUSUM of the log-likelihood
 ratio fed from the bucket sums, so empty buckets cost nothing (:class:`SeqState`), with a per-event
 baseline and warm-up, a minimum support, and one verdict per episode (its level then becomes the
-reference, so a further drop is a new episode). They fire only where the bucket tests cannot
-judge (under ``min_volume`` events per non-empty bucket).
+reference, so a further drop is a new episode). The rating test models the entity's star
+distribution (maximum entropy on 1..5 stars for its mean and variance, one pseudo-review of each
+star) against the same distribution tilted one star down, so a 1-star review weighs what it is
+worth for that entity: much for a product rated 5 by everyone, little for a polarised one. The
+CUSUM threshold is set per entity from a false-page budget (``SEQ_PAGE_BUDGET`` per 30 days) and
+its review rate, so a busy stream needs more evidence than a product with a review a week. They
+fire only where the bucket tests cannot judge (under ``min_volume`` events per non-empty bucket).
 
 A verdict carries ``onset``: the first bucket of an episode of that signal (no verdict of it in
 the previous ``episode_gap_seconds``). Pages are incidents (:mod:`alerts.incidents`); ``onset``
@@ -48,7 +53,9 @@ is what a benchmark that wants one detection per anomaly (NAB) scores.
 **Crisis means negativity**: a volume rise whose sentiment mix is no worse than usual (no share
 or mean signal firing, the negative share not above baseline beyond chance on ``min_negative``
 negatives) is reported as ``trending`` at ``info`` severity, never a page; a burst of five-star
-reviews is news, not a crisis. Negative mention counts and complaints page on their own.
+reviews is news, not a crisis. Negative mention counts and complaints page on their own, except
+in a bucket whose reviews' stars are no worse than usual (the reviewers' verdict outranks the
+sentiment model's).
 
 >>> from infra.settings import DetectSettings
 >>> det = EntityDetector(DetectSettings(warmup_buckets=5, min_volume=5, min_negative=3))
@@ -71,7 +78,7 @@ from typing import Any, Literal
 from scipy import special as _sp
 
 from infra.settings import DetectSettings
-from models.signals import SIGNALS, TRENDING, SignalDef, aspects_in, signal_key
+from models.signals import RATING_N, RATING_SUM, SIGNALS, TRENDING, SignalDef, aspects_in, signal_key
 
 __all__ = [
     "CountState",
@@ -378,15 +385,57 @@ class SeqState:
     bad: float = 0.0  # ... and their sum (negative events, for a share)
     alarm: float = 0.0  # events since the CUSUM crossed h (a lasting shift is a new level)
     per_bucket: float = 0.0  # EW events per non-empty bucket: the test fires only on sparse streams
+    _tilt_key: tuple[float, float, float] | None = field(default=None, repr=False, compare=False)
+    _tilt: tuple[float, float] = field(default=(0.0, 0.0), repr=False, compare=False)
 
     def llr(self, sig: SignalDef, count: float, total: float) -> float:
         """Log-likelihood ratio of a bucket's ``count`` events summing to ``total``."""
         if sig.kind == "mean":
-            sd2 = max(self.var, SEQ_MIN_SD**2)
-            return (RATING_DROP / sd2) * (count * (self.mean - RATING_DROP / 2.0) - total)
+            theta, log_z = self.drop_tilt()
+            return -theta * total - count * log_z
         p0 = min(max(self.mean, 0.01), 0.9)
         p1 = min(0.95, max(2.0 * p0, p0 + 0.15))
         return total * math.log(p1 / p0) + (count - total) * math.log((1.0 - p1) / (1.0 - p0))
+
+    def kl(self, sig: SignalDef) -> float:
+        """Expected log-likelihood ratio per usual event against the shift (the drift of the
+        CUSUM under the null, Kullback-Leibler ``KL(p0 || p1)``)."""
+        if sig.kind == "mean":
+            theta, log_z = self.drop_tilt()
+            m0 = sum((i + 1) * p for i, p in enumerate(self.stars()))
+            return max(theta * m0 + log_z, 1e-6)
+        p0 = min(max(self.mean, 0.01), 0.9)
+        p1 = min(0.95, max(2.0 * p0, p0 + 0.15))
+        return max(p0 * math.log(p0 / p1) + (1.0 - p0) * math.log((1.0 - p0) / (1.0 - p1)), 1e-6)
+
+    def stars(self) -> list[float]:
+        """The entity's star distribution (1..5): the maximum-entropy distribution with its
+        per-event mean and variance, with one pseudo-review of each star (Laplace): a product
+        rated 5 by its first 30 reviewers still has a small chance of a 1-star one, so a single
+        one is not a drop."""
+        q = _maxent_stars(self.mean, self.var)
+        w = self.w
+        return [(w * qi + SEQ_PRIOR / 5.0) / (w + SEQ_PRIOR) for qi in q]
+
+    def drop_tilt(self) -> tuple[float, float]:
+        """``(theta, log Z)`` of the alternative: the star distribution exponentially tilted,
+        ``p1(s) = p0(s) exp(-theta s) / Z``, so its mean is ``RATING_DROP`` lower (or near the
+        floor of one star). The log-likelihood ratio of a review is then ``-theta s - log Z``:
+        linear in the stars, so a bucket's sum is all the test needs. Cached per baseline."""
+        key = (self.mean, self.var, self.w)
+        if self._tilt_key == key:
+            return self._tilt
+        p0 = self.stars()
+        m0 = sum((i + 1) * p for i, p in enumerate(p0))
+        target = max(m0 - RATING_DROP, 1.0 + 0.5 * (m0 - 1.0))
+        lo, hi = 0.0, 20.0
+        for _ in range(60):  # the tilted mean falls monotonically in theta
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if _tilted_mean(p0, mid) > target else (lo, mid)
+        theta = 0.5 * (lo + hi)
+        log_z = math.log(sum(p * math.exp(-theta * (i + 1)) for i, p in enumerate(p0)))
+        self._tilt_key, self._tilt = key, (theta, log_z)
+        return self._tilt
 
     def learn(self, x_sum: float, x_sq: float, count: float) -> None:
         """Fold a bucket's events into the per-event baseline."""
@@ -404,7 +453,7 @@ class SeqState:
         self.n += int(count)
 
     def to_dict(self) -> dict[str, Any]:
-        d = _shallow(self)
+        d = {k: v for k, v in _shallow(self).items() if not k.startswith("_")}
         d["kind"] = "seq"
         return d
 
@@ -416,11 +465,65 @@ class SeqState:
 SEQ_SIGNALS = ("negative_share", "rating")  # judged per event too, for sparse streams
 SEQ_HALFLIFE = 100.0  # events: the per-event baseline's memory
 SEQ_WARMUP = 30  # events before a sequential test may fire
-SEQ_H = 7.0  # CUSUM decision threshold (log-likelihood ratio)
+SEQ_H_MIN = 6.0  # CUSUM decision threshold (log-likelihood ratio) at least; above it, the page budget's
+SEQ_PAGE_BUDGET = 0.05  # false pages per entity per 30 days each per-event test is set for
 SEQ_SHIFT = 60.0  # events in alarm after which the shift is a new level, learned
 RATING_DROP = 1.0  # stars: the drop worth paging
-SEQ_MIN_SD = 0.7  # stars: floor of the rating spread
-SEQ_DETECTOR = "cusum-events-v1"
+SEQ_MIN_SD = 0.7  # stars: floor of the rating spread reported with a verdict
+SEQ_MIN_RATINGS = 5  # reviews in an episode before a rating drop may page (a week of the drop rule)
+SEQ_PRIOR = 5.0  # pseudo-reviews (one of each star) in the star distribution
+SEQ_DETECTOR = "cusum-stars-v2"
+# signals read from the sentiment model or the aspects of the texts (not stars, not purchases)
+TEXT_SIGNALS = frozenset(
+    {"negative_volume", "complaints", "negative_share", "complaint_share", "impact_negativity", "aspect_negativity"}
+)
+
+
+def _maxent_stars(mean: float, var: float) -> list[float]:
+    """The maximum-entropy distribution on 1..5 stars with this mean and variance,
+    ``p(s) ~ exp(a s + b s^2)`` (J-shaped review distributions are ``b > 0``), by Newton's method
+    on the dual; mean and variance are first clipped to what five stars can have.
+
+    >>> p = _maxent_stars(4.2, 1.4)
+    >>> m = sum((i + 1) * x for i, x in enumerate(p))
+    >>> round(m, 3), round(sum((i + 1) ** 2 * x for i, x in enumerate(p)) - m * m, 3)
+    (4.2, 1.4)
+    """
+    m = min(max(mean, 1.02), 4.98)
+    frac = m - math.floor(m)
+    var = min(max(var, frac * (1.0 - frac) + 0.02, 0.02), 0.95 * (m - 1.0) * (5.0 - m))
+    c = [s - 3.0 for s in (1, 2, 3, 4, 5)]  # centred: better conditioned
+    mc, m2 = m - 3.0, var + (m - 3.0) ** 2
+    a = b = 0.0
+    p = [0.2] * 5
+    for _ in range(50):
+        e = [a * x + b * x * x for x in c]
+        top = max(e)
+        w = [math.exp(v - top) for v in e]
+        z = sum(w)
+        p = [v / z for v in w]
+        e1 = sum(pi * x for pi, x in zip(p, c, strict=True))
+        e2 = sum(pi * x * x for pi, x in zip(p, c, strict=True))
+        e3 = sum(pi * x**3 for pi, x in zip(p, c, strict=True))
+        e4 = sum(pi * x**4 for pi, x in zip(p, c, strict=True))
+        g1, g2 = e1 - mc, e2 - m2
+        if abs(g1) + abs(g2) < 1e-10:
+            break
+        h11, h12, h22 = e2 - e1 * e1, e3 - e1 * e2, e4 - e2 * e2
+        det = h11 * h22 - h12 * h12
+        if det <= 1e-14:
+            break
+        da, db = (h22 * g1 - h12 * g2) / det, (h11 * g2 - h12 * g1) / det
+        step = max(abs(da), abs(db))
+        if step > 5.0:  # damped: far from the optimum the quadratic model overshoots
+            da, db = da * 5.0 / step, db * 5.0 / step
+        a, b = a - da, b - db
+    return p
+
+
+def _tilted_mean(p: list[float], theta: float) -> float:
+    w = [pi * math.exp(-theta * (i + 1)) for i, pi in enumerate(p)]
+    return sum((i + 1) * wi for i, wi in enumerate(w)) / sum(w)
 
 
 State = CountState | SignalState | SeqState
@@ -592,16 +695,27 @@ class EntityDetector:
         cus = max(0.0, state.cusum + state.llr(sig, count, total))
         support = state.support + count if cus > 0 else 0.0
         bad = state.bad + total if cus > 0 else 0.0
-        # minimum support: three reviews for a rating; min_volume events, min_negative of them
+        # minimum support: SEQ_MIN_RATINGS reviews for a rating; min_volume events, min_negative of them
         # negative, for a share
         if sig.kind == "mean":
-            enough = support >= 3.0
+            enough = support >= SEQ_MIN_RATINGS
         else:
             enough = support >= self.cfg.min_volume and bad >= self.cfg.min_negative
         # a dense stream is judged per bucket; the per-event test is for the sparse ones, where no
         # bucket has the support to judge (its false alarms are rare per event, not per minute)
         sparse = state.per_bucket < self.cfg.min_volume
-        return cus, sparse and enough and cus >= SEQ_H
+        return cus, sparse and enough and cus >= self._seq_h(state, sig)
+
+    def _seq_h(self, state: SeqState, sig: SignalDef) -> float:
+        """The CUSUM threshold that keeps the test's false pages near ``SEQ_PAGE_BUDGET`` per 30 days
+        for this entity's review rate: with Siegmund's approximation the mean run between false
+        alarms is ``(e^h - h - 1) / KL`` events, so ``h ~ log(1 + ARL * KL)`` for the ARL of
+        ``events per 30 days / budget``. A product with 20 reviews a month is judged on less
+        evidence than one with 3,000 (which would otherwise page on chance every week); never
+        below ``SEQ_H_MIN``. The rate counts from the entity's first event (at least a day)."""
+        days = max(self.buckets * self.bucket_seconds / 86400.0, 1.0)
+        arl = state.n / days * 30.0 / SEQ_PAGE_BUDGET
+        return max(SEQ_H_MIN, math.log1p(arl * state.kl(sig)))
 
     # -- public API -----------------------------------------------------------------------------
     def standardize(self, st: dict[str, float], hour_of_week: int | None = None) -> dict[str, float]:
@@ -630,16 +744,30 @@ class EntityDetector:
         """Judge a bucket without learning from it (``frac`` < 1: a bucket still filling)."""
         if self.buckets < self.cfg.warmup_buckets:
             return []
-        return self._verdicts(self._readings(st, hour_of_week, frac))
+        return self._verdicts(self._readings(st, hour_of_week, frac), self._stars_fine(st))
 
-    def _verdicts(self, readings: list[_Judged]) -> list[Verdict]:
+    def _stars_fine(self, st: dict[str, float]) -> bool:
+        """The bucket's reviews rate the entity as usual: ``SEQ_MIN_RATINGS`` stars or more that are
+        likelier under the entity's star distribution than under the drop the rating test looks
+        for (log-likelihood ratio below 0). Reviewers' own stars outrank the sentiment model's
+        reading of their words: a burst of five-star reviews whose texts the model scores
+        negative now and then is good news, whatever the count of those texts."""
+        n = st.get(RATING_N, 0.0)
+        state = self.signals.get("seq:rating")
+        if n < SEQ_MIN_RATINGS or not isinstance(state, SeqState) or state.n < SEQ_WARMUP:
+            return False
+        return state.llr(SIGNALS["rating"], n, st.get(RATING_SUM, 0.0)) < 0.0
+
+    def _verdicts(self, readings: list[_Judged], stars_fine: bool = False) -> list[Verdict]:
         """Verdicts of the readings that fire; a volume rise with an unchanged mix is ``info``.
 
         The mix is worse when a share or mean signal fires (negative share, reach-weighted or
         aspect negativity, rating, refunds) or the negative share is ``MIX_Z`` above baseline.
         With no worse mix, a volume rise is ``trending`` (info): more talk, same tone. The
         negative counts page on their own (a hundred times the usual negative mentions is a
-        crisis even when the share of them is the usual one).
+        crisis even when the share of them is the usual one), unless ``stars_fine``: then every
+        signal read from the texts' sentiment is ``info`` and none makes the mix worse
+        (:meth:`_stars_fine`).
         """
         by_name = {r.sig.name: r for r in readings if r.aspect is None}
         fired, seen = [], set()
@@ -649,9 +777,9 @@ class EntityDetector:
                 seen.add(key)
                 fired.append(r)
         share = by_name.get("negative_share")
-        worse = any(r.sig.pages and r.sig.kind != "count" for r in fired) or (
-            share is not None and share.detector != SEQ_DETECTOR and self._mix_worse(share)
-        )
+        worse = any(
+            r.sig.pages and r.sig.kind != "count" and not (stars_fine and r.sig.name in TEXT_SIGNALS) for r in fired
+        ) or (not stars_fine and share is not None and share.detector != SEQ_DETECTOR and self._mix_worse(share))
         out = []
         for r in fired:
             key = signal_key(r.sig.name, r.aspect)
@@ -662,6 +790,8 @@ class EntityDetector:
             severity: Severity = severity_for(r.z, self.cfg)
             if r.sig.name == "volume" and not worse:
                 name, severity = TRENDING, "info"
+            elif stars_fine and r.sig.name in TEXT_SIGNALS:
+                severity = "info"
             out.append(
                 Verdict(
                     name,
@@ -791,11 +921,12 @@ class EntityDetector:
                 state.mean = state.bad / max(state.support, 1.0)
                 state.cusum = state.support = state.bad = state.alarm = 0.0
                 return
-            state.cusum = min(cus, 2.0 * SEQ_H)
-            state.alarm = state.alarm + count if state.cusum >= SEQ_H else 0.0
+            h = self._seq_h(state, sig)
+            state.cusum = min(cus, 2.0 * h)
+            state.alarm = state.alarm + count if state.cusum >= h else 0.0
             if state.alarm >= SEQ_SHIFT:  # a lasting shift (a dense stream): the new level, learned
                 state.cusum = state.support = state.bad = state.alarm = 0.0
-            if state.cusum >= SEQ_H / 2.0:
+            if state.cusum >= h / 2.0:
                 return  # suspect: the shift is not learned while it is being judged
         state.learn(total, sq, count)
 

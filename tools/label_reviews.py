@@ -17,7 +17,15 @@ before, at least one per 90 days): a launch or a campaign, good news that must n
 Products are named by the source's product hint (``product`` in the mapping, e.g. the ASIN),
 lowercased: the backtest matches them to entity keys (``brand/product`` or ``product``).
 
-``python -m tools.label_reviews FILE... --mapping M --out labels.json``
+``python -m tools.label_reviews FILE... --mapping M --out labels.json [--config-out c.toml]``
+
+``--chance N`` also counts the drops the rule finds in N copies of the data with each product's
+ratings shuffled in time (same products, same review times, same star counts, no real drop): on
+a polarised stream with a few reviews a week, a week a star below its trailing mean happens by
+chance, and no detector with a bounded false-page rate can catch those.
+
+``--config-out`` writes the config a new user would start from: only the entities (the mapping's
+constant brand, else its source, and each product of it), no detection settings.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["ReviewPoint", "label_points", "label_reviews", "main"]
+__all__ = ["ReviewPoint", "chance_drops", "entities_config", "label_points", "label_reviews", "main"]
 
 WEEK = timedelta(days=7)
 
@@ -124,6 +132,32 @@ def label_points(
     }
 
 
+def chance_drops(points: Sequence[ReviewPoint], seeds: int, **kwargs: Any) -> list[int]:
+    """Drops labelled in ``seeds`` copies of ``points`` with each entity's ratings shuffled in time
+    (module doc).
+
+    >>> t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    >>> pts = [ReviewPoint("p", t0 + timedelta(days=d), 5.0) for d in range(70)]
+    >>> chance_drops(pts, 3)  # one star everywhere: no week is ever below the others
+    [0, 0, 0]
+    """
+    import random
+
+    by: dict[str, list[ReviewPoint]] = defaultdict(list)
+    for p in points:
+        by[p.entity].append(p)
+    out = []
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        shuffled: list[ReviewPoint] = []
+        for ent, ps in by.items():
+            ratings = [p.rating for p in ps]
+            rng.shuffle(ratings)
+            shuffled += [ReviewPoint(ent, p.at, r) for p, r in zip(ps, ratings, strict=True)]
+        out.append(len(label_points(shuffled, **kwargs)["drops"]))
+    return out
+
+
 def read_points(files: Sequence[Path], mapping: Path) -> list[ReviewPoint]:
     """Reviews with a rating and a product hint, through the replay mapping."""
     from connectors.base import ListSink
@@ -143,10 +177,33 @@ def read_points(files: Sequence[Path], mapping: Path) -> list[ReviewPoint]:
     return out
 
 
-def label_reviews(files: Sequence[Path], mapping: Path, **kwargs: Any) -> dict[str, Any]:
-    result = label_points(read_points(files, mapping), **kwargs)
+def label_reviews(files: Sequence[Path], mapping: Path, chance: int = 0, **kwargs: Any) -> dict[str, Any]:
+    points = read_points(files, mapping)
+    result = label_points(points, **kwargs)
     result["files"] = [p.name for p in files]
+    if chance:
+        result["chance_drops"] = chance_drops(points, chance, **kwargs)
     return result
+
+
+def entities_config(products: Iterable[str], brand: str) -> str:
+    """A config TOML naming only the entities: the brand and each product of it.
+
+    >>> print(entities_config(["b0001"], "Acme"))
+    [[entities]]
+    name = "Acme"
+    kind = "brand"
+    <BLANKLINE>
+    [[entities]]
+    name = "b0001"
+    kind = "product"
+    brand = "Acme"
+    <BLANKLINE>
+    """
+    blocks = [f'[[entities]]\nname = {json.dumps(brand)}\nkind = "brand"\n']
+    for p in products:
+        blocks.append(f'[[entities]]\nname = {json.dumps(p)}\nkind = "product"\nbrand = {json.dumps(brand)}\n')
+    return "\n".join(blocks)
 
 
 def main(
@@ -155,14 +212,29 @@ def main(
     out: Annotated[Path, typer.Option("--out", "-o", help="Labels JSON to write.")],
     min_week: Annotated[int, typer.Option(help="Minimum reviews in a labelled week.")] = 5,
     min_trailing: Annotated[int, typer.Option(help="Minimum reviews in the trailing 8 weeks.")] = 20,
+    chance: Annotated[int, typer.Option(help="Also count the drops found with ratings shuffled, N times.")] = 0,
+    config_out: Annotated[
+        Path | None, typer.Option("--config-out", help="Also write a config TOML naming only the entities.")
+    ] = None,
 ) -> None:
     """Label weekly rating drops and positive bursts per product."""
-    result = label_reviews(files, mapping, min_week=min_week, min_trailing=min_trailing)
+    result = label_reviews(files, mapping, chance=chance, min_week=min_week, min_trailing=min_trailing)
     out.write_text(json.dumps(result, indent=1))
+    if config_out is not None:
+        from connectors.replay import load_mapping
+
+        # a source without a brand column (Amazon 5-core: ASINs only) gets its source as the brand
+        m = load_mapping(mapping)
+        config_out.write_text(entities_config(result["entities"], str(m.constants.get("brand") or m.source)))
     typer.echo(
         f"{len(result['entities'])} products: {len(result['drops'])} rating drops, "
         f"{len(result['bursts'])} positive bursts -> {out}"
     )
+    if chance:
+        c = result["chance_drops"]
+        typer.echo(
+            f"with ratings shuffled in time ({chance} times): {sum(c) / len(c):.1f} drops (min {min(c)}, max {max(c)})"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,12 +72,16 @@ def test_a_burst_of_five_star_reviews_never_pages_a_sparse_stream() -> None:
 
 
 def test_empty_buckets_cost_nothing_to_the_per_event_tests() -> None:
+    """A run of empty buckets accounted at once (the backtest) leaves the per-event tests as
+    learning each empty bucket does (the live engine): they only see the reviews and the time."""
     rng = random.Random(3)
-    reviews = [[rng.choice([5, 4, 3, 1])] for _ in range(400)]
+    reviews = [([rng.choice([5, 4, 3, 1])], rng.randint(0, 40)) for _ in range(400)]
     dense, sparse = EntityDetector(DEFAULTS), EntityDetector(DEFAULTS)
-    for r in reviews:
+    for r, gap in reviews:
+        for _ in range(gap):
+            dense.update({})
         dense.update(_bucket(r))
-        sparse.idle(rng.randint(0, 3000))
+        sparse.idle(gap)
         sparse.update(_bucket(r))
     for key in ("seq:rating", "seq:negative_share"):
         a, b = dense.signals[key], sparse.signals[key]
@@ -207,3 +212,100 @@ def test_backtest_of_years_of_sparse_reviews_ticks_once_per_batch(tmp_path: Path
     span = (max(r["unixReviewTime"] for r in rows) - min(r["unixReviewTime"] for r in rows)) // 60
     late = settings.windows.allowed_lateness_seconds // 60 + 2
     assert span - late <= report["buckets_judged"] <= span, (report["buckets_judged"], span)
+
+
+def _usual_dense(rng: random.Random) -> list[int]:
+    """3-5 reviews a minute of a product rated ~4.4 (5 % 1-star): busy, yet under ``min_volume``."""
+    return [rng.choices([1, 2, 3, 4, 5], [5, 3, 7, 20, 65])[0] for _ in range(rng.randint(3, 5))]
+
+
+def test_chance_clusters_of_low_stars_at_small_support_do_not_page() -> None:
+    """Twenty thousand reviews at 3-5 a minute, drawn from one star distribution: any cluster of
+    1-star reviews in them is chance. (The Gaussian test this replaced paged 20 times on these
+    two streams, e.g. 2.4 vs 4.44 stars on 5 reviews.)"""
+    pages = []
+    for seed in (0, 1):
+        rng, det = random.Random(seed), EntityDetector(DEFAULTS)
+        for m in range(5000):
+            pages += [(seed, m, v.signal) for v in det.update(_bucket(_usual_dense(rng))) if v.severity != "info"]
+    assert len(pages) <= 1, pages
+
+
+def test_a_drop_of_a_star_at_small_support_is_still_caught_within_the_hour() -> None:
+    rng, det = random.Random(5), EntityDetector(DEFAULTS)
+    for _ in range(3000):
+        det.update(_bucket(_usual_dense(rng)))
+    hits = []
+    for m in range(60):  # then ~3.3 stars: 1-star reviews five times as often
+        ratings = [rng.choices([1, 2, 3, 4, 5], [25, 8, 10, 20, 37])[0] for _ in range(rng.randint(3, 5))]
+        hits += [(m, v.signal) for v in det.update(_bucket(ratings)) if v.severity != "info"]
+    assert any(s == "rating" for _, s in hits) and min(m for m, s in hits if s == "rating") < 30, hits
+
+
+def test_the_star_distribution_has_the_entitys_moments_and_the_alternative_is_a_star_lower() -> None:
+    from models.detect import _maxent_stars, _tilted_mean
+
+    for mean, var in ((4.7, 0.5), (3.2, 2.6), (2.0, 1.0)):
+        p = _maxent_stars(mean, var)
+        m = sum((i + 1) * x for i, x in enumerate(p))
+        assert abs(m - mean) < 1e-6 and abs(sum((i + 1) ** 2 * x for i, x in enumerate(p)) - m * m - var) < 1e-6
+        st = SeqState(mean=mean, var=var, w=100.0, n=100)
+        theta, _ = st.drop_tilt()
+        p0 = st.stars()
+        m0 = sum((i + 1) * x for i, x in enumerate(p0))
+        assert abs(_tilted_mean(p0, theta) - max(m0 - 1.0, 1.0 + 0.5 * (m0 - 1.0))) < 1e-6
+
+
+def test_a_one_star_review_weighs_more_for_a_product_everyone_rates_five() -> None:
+    from models.signals import SIGNALS
+
+    sig = SIGNALS["rating"]
+    loved = SeqState(mean=4.95, var=0.05, w=140.0, n=300)
+    split = SeqState(mean=3.2, var=2.8, w=140.0, n=300)  # 1s and 5s
+    assert loved.llr(sig, 1, 1.0) > 2.0 * split.llr(sig, 1, 1.0) > 0
+    assert loved.llr(sig, 1, 5.0) < 0 and split.llr(sig, 1, 5.0) < 0  # a 5-star review is evidence against a drop
+
+
+def test_the_threshold_follows_the_page_budget_and_the_review_rate() -> None:
+    from models.detect import SEQ_H_MIN
+    from models.signals import SIGNALS
+
+    sig = SIGNALS["rating"]
+    st = SeqState(mean=4.3, var=1.2, w=140.0, n=3000)
+    busy = EntityDetector(DEFAULTS, buckets=30 * 1440)  # 3,000 reviews in 30 days
+    quiet = EntityDetector(DEFAULTS, buckets=300 * 1440)  # 3,000 reviews in 300 days
+    assert busy._seq_h(st, sig) > quiet._seq_h(st, sig) >= SEQ_H_MIN
+    # Siegmund: (e^h - h - 1) / KL events between false alarms ~ events per 30 days / budget
+    from models.detect import SEQ_PAGE_BUDGET
+
+    h = busy._seq_h(st, sig)
+    assert abs(math.expm1(h) / st.kl(sig) - 3000 / SEQ_PAGE_BUDGET) < 1.0
+
+
+def test_a_burst_of_five_star_reviews_with_negative_texts_does_not_page_but_the_same_texts_without_stars_do() -> None:
+    """The reviewers' stars outrank the sentiment model: 40 reviews in a bucket, 12 of them scored
+    negative by the model, all five stars, are good news; the same 12 negative mentions (no
+    stars) are a rise in negative volume that pages."""
+    rng = random.Random(6)
+    det = EntityDetector(DEFAULTS)
+    for _ in range(600):
+        det.update(_bucket(_usual_dense(rng)))
+    burst = {**_bucket([5] * 40), "neg": 12, "pos": 28}
+    assert [v for v in det.judge(burst) if v.severity != "info"] == []
+    assert any(v.severity == "info" and v.signal == "negative_volume" for v in det.judge(burst))
+    mentions = {k: v for k, v in burst.items() if not k.startswith("rating")}
+    assert any(v.signal == "negative_volume" and v.severity != "info" for v in det.judge(mentions))
+
+
+def test_chance_drops_count_what_the_rule_finds_without_any_real_drop() -> None:
+    """A product with a real bad week keeps it in the data and loses it when shuffled; a
+    polarised product (1s and 5s, a few reviews a week) has 'drops' by chance too."""
+    from tools.label_reviews import chance_drops
+
+    rng = random.Random(8)
+    steady = [ReviewPoint("p", T0 + timedelta(days=d, hours=h), 4.0 + (h % 2)) for d in range(140) for h in (1, 2)]
+    steady += [ReviewPoint("p", T0 + timedelta(days=140 + d), 1.0) for d in range(6)]
+    assert len(label_points(steady)["drops"]) == 1
+    assert chance_drops(steady, 5) == [0] * 5  # six 1-stars spread over 20 weeks: no week drops
+    split = [ReviewPoint("q", T0 + timedelta(days=d * 0.9), rng.choice([1.0, 5.0, 5.0])) for d in range(400)]
+    assert sum(chance_drops(split, 5)) > 0
