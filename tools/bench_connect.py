@@ -17,6 +17,7 @@ import asyncio
 import email.utils
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -245,8 +246,11 @@ def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.
                 "warning",
             ]
             t0 = time.perf_counter()
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the connect process, reaped just now
             wall = time.perf_counter() - t0
+            cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode != 0 or not lines:
                 return {"error": f"repmon connect exited {proc.returncode}", "stderr": proc.stderr[-2000:]}
@@ -265,6 +269,10 @@ def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.
         "complete": report["sent"] == expected == arrived == distinct,
         "seconds": report["seconds"],
         "process_seconds": round(wall, 3),
+        # CPU of the whole connect process (every thread, start-up included): less sensitive to
+        # the machine's load than the loop-block figure
+        "process_cpu_seconds": round(cpu, 3),
+        "cpu_us_per_item": round(cpu / expected * 1e6, 1) if expected else None,
         "items_per_s": report["items_per_s"],
         "max_loop_block_ms": report["max_loop_block_ms"],
         "idle_loop_block_ms": idle,
