@@ -254,6 +254,7 @@ class Producer:
         self._p = confluent_kafka.Producer(config)
         self._window = ProducerWindow()
         self._ready = False  # the topic's metadata arrived once: the broker answers
+        self._closed = False
 
     @property
     def failing(self) -> bool:
@@ -313,10 +314,18 @@ class Producer:
         """Wait up to ``timeout`` s for the records in flight, then drop the rest (a broker that
         is gone must not hang the exit); returns the last window, for what was not acknowledged."""
         w = self._window
+        if self._closed:
+            return w
+        self._closed = True
         if self._p.flush(timeout):
             logger.error(
                 "broker at %s did not acknowledge every message within %.0f s; closed anyway", self.bootstrap, timeout
             )
             self._p.purge()
             self._p.flush(0)
+        # release the broker connections now rather than whenever the object is collected (its
+        # threads would go on logging a broker that went away); older releases have no close()
+        closer = getattr(self._p, "close", None)
+        if closer is not None:
+            closer()
         return w

@@ -18,6 +18,7 @@ import email.utils
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -256,8 +257,10 @@ def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.
                 return {"error": f"repmon connect exited {proc.returncode}", "stderr": proc.stderr[-2000:]}
             report = json.loads(lines[-1])
             arrived, distinct = _count(broker.bootstrap, topic)
+            sink = bench_sink(broker.bootstrap, prefix)
         finally:
             er.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     expected = sources * items
     return {
         "sources": sources,
@@ -280,8 +283,72 @@ def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.
         "met": bool((report["items_per_s"] or 0) >= 500 and report["max_loop_block_ms"] <= 100),
         "stopped": {k: v for k, v in report["sources"].items() if v != "done"},
         "broker": "embedded tansu",
+        "sink": sink,
         "load_average": [round(x, 2) for x in os.getloadavg()],  # the loop-block figure depends on it
     }
+
+
+def _record(i: int) -> bytes:
+    return orjson.dumps(
+        {
+            "kind": "mention",
+            "event_id": f"bench:{i}",
+            "source": "bench",
+            "occurred_at": "2026-12-03T04:00:00+00:00",
+            "brand": "Northwind",
+            "text": f"Northwind bench mention {i}: the flight was late and the crew were lovely, thanks",
+            "channel": "news",
+        }
+    )
+
+
+def bench_sink(bootstrap: str, prefix: str, records: int = 100_000) -> dict[str, Any]:
+    """Records/s and CPU per record of the connectors' producer (:class:`connectors.base.KafkaSink`,
+    confluent-kafka) against kafka-python's producer with the settings and per-record callbacks
+    the sink used before, on the same broker in the same run: one flush per 10,000 records."""
+    from kafka import KafkaProducer
+
+    from connectors.base import KafkaSink
+
+    values = [(_record(i), b"Northwind") for i in range(records)]
+    out: dict[str, Any] = {"records": records}
+
+    def measure(name: str, send: Any, flush: Any) -> None:
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i, (v, k) in enumerate(values, 1):
+            send(v, k)
+            if i % 10_000 == 0:
+                flush()
+        flush()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out[name] = {"records_per_s": round(records / wall), "cpu_us_per_record": round(cpu / records * 1e6, 1)}
+
+    topics = [f"{prefix}.sink-confluent", f"{prefix}.sink-kafka-python"]
+    ensure_topics(bootstrap, topics, 4)
+    sink = KafkaSink(bootstrap, topics[0])
+    try:
+        measure("confluent_kafka", sink.send_bytes, sink.flush)
+    finally:
+        sink.close(10)
+    acked = [0]
+
+    def ack(_: object) -> None:
+        acked[0] += 1
+
+    old = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5, max_in_flight_requests_per_connection=1
+    )
+    try:
+        measure(
+            "kafka_python",
+            lambda v, k: old.send(topics[1], key=k, value=v).add_callback(ack),
+            old.flush,
+        )
+    finally:
+        old.close(10)
+    out["acknowledged"] = {"confluent_kafka": sink.acked, "kafka_python": acked[0]}
+    out["speedup"] = round(out["confluent_kafka"]["records_per_s"] / max(1, out["kafka_python"]["records_per_s"]), 1)
+    return out
 
 
 def _count(bootstrap: str, topic: str) -> tuple[int, int]:
