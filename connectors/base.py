@@ -1,4 +1,4 @@
-"""Connector base: outside sources -> records on the raw topic (kafka-python).
+"""Connector base: outside sources -> records on the raw topic (confluent-kafka).
 
 All raw kinds go to one topic, ``<prefix>.raw``: one validated entry point, the record's ``kind``
 discriminates. Connectors never drop bad input: a row that cannot become a valid record is sent
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -25,11 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import orjson
-from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
 from pydantic import BaseModel
 
 from contract.records import dumps
+from infra.kafka import Producer
 
 __all__ = ["RAW", "Connector", "DeliveryError", "Item", "KafkaSink", "ListSink", "Malformed", "RunStats", "Sink"]
 
@@ -99,28 +97,9 @@ class Sink(ABC):
         self.sent += 1
 
 
-class _Window:
-    """Acknowledgements of the records sent since the last flush (updated from the sender thread)."""
-
-    __slots__ = ("acked", "error", "failed", "lock", "sent")
-
-    def __init__(self) -> None:
-        self.sent = self.acked = self.failed = 0
-        self.error: str | None = None
-        self.lock = threading.Lock()
-
-    def ack(self, _metadata: object = None) -> None:
-        with self.lock:
-            self.acked += 1
-
-    def fail(self, exc: BaseException) -> None:
-        with self.lock:
-            self.failed += 1
-            self.error = self.error or f"{type(exc).__name__}: {exc}"
-
-
 class KafkaSink(Sink):
-    """Produces to one topic with kafka-python (acks=all, small linger); every send is checked.
+    """Produces to one topic through :class:`infra.kafka.Producer` (confluent-kafka, acks=all,
+    small linger); every send is checked.
 
     ``producer`` overrides the producer settings (e.g. ``delivery_timeout_ms``, ``max_block_ms``).
     """
@@ -130,69 +109,27 @@ class KafkaSink(Sink):
         self.topic = topic
         self.acked = 0
         self.failed = 0
-        self._window = _Window()
-        config: dict[str, Any] = {
-            "acks": "all",
-            "linger_ms": 5,
-            "retries": 5,
-            "max_in_flight_requests_per_connection": 1,  # keeps per-key order across retries
-            **producer,
-        }
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, **config)
+        self.producer = Producer(bootstrap, topic, **producer)
 
     @property
     def failing(self) -> bool:
-        return self._window.failed > 0
+        return self.producer.failing
 
     def send_bytes(self, value: bytes, key: bytes | None) -> None:
-        w = self._window
-        w.sent += 1
-        if w.failed:
-            # the broker is refusing or gone: do not wait max_block_ms once more per record
-            w.fail(KafkaError("not sent after an earlier failure in the same batch"))
-            return
-        try:
-            fut = self.producer.send(self.topic, key=key, value=value)
-        except KafkaError as exc:  # metadata or buffer timeout, record too large
-            w.fail(exc)
-            return
-        fut.add_callback(w.ack)
-        fut.add_errback(w.fail)
+        self.producer.send(value, key)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until the broker answered for every record since the last flush (``timeout`` s at
         most); raise :class:`DeliveryError` naming the broker if any was not acknowledged."""
-        w, self._window = self._window, _Window()
-        cause = None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for _ in range(1000):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                self.producer.flush(left)
-                break
-            except KafkaTimeoutError:
-                cause = f"no acknowledgement within {timeout:g} s"
-                break
-            except KafkaError:
-                # kafka-python wakes flush() when it splits a batch the broker found too large,
-                # before the halves are answered ("Future not done"): wait for them
-                continue
-        with w.lock:
-            acked, error = w.acked, w.error
+        sent, acked, error = self.producer.flush(timeout)
         self.acked += acked
-        self.failed += w.sent - acked
-        if acked < w.sent:
-            raise DeliveryError(w.sent - acked, w.sent, self.bootstrap, error or cause or "not acknowledged")
+        self.failed += sent - acked
+        if acked < sent:
+            raise DeliveryError(sent - acked, sent, self.bootstrap, error or "not acknowledged")
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush and close; gives up after ``timeout`` s (a broker that is gone must not hang exit)."""
-        try:
-            # close() flushes first; kafka-python raises there when the broker is gone (its own
-            # atexit hook would then wait forever), so a timeout is logged and the sender dropped
-            self.producer.close(timeout=timeout)
-        except KafkaTimeoutError:
-            logger.error("broker did not acknowledge every message within %.0f s; closed anyway", timeout)
-        w = self._window
+        w = self.producer.close(timeout)
         if w.sent > w.acked:  # sent after the last flush and not acknowledged: say so, never silently
             logger.error(
                 "%d of %d records sent since the last flush were not acknowledged by Kafka at %s: %s",

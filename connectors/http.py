@@ -98,8 +98,12 @@ class Http:
         max_delay: float = 900.0,
         sleep: Sleep = asyncio.sleep,
         hint: str = "",
+        max_wait: float | None = None,
     ) -> None:
         self.client = client
+        # a caller that must answer soon (a push delivery) gives up instead of waiting longer
+        # than this for the platform: RetryLater carries the wait the platform asked for
+        self.max_wait = max_wait
         self.source = source
         self.retries = retries
         self.base_delay = base_delay
@@ -164,16 +168,19 @@ class Http:
             if code in (429, 503) or code >= 500:
                 last = f"HTTP {code} from {where}"
                 wait = retry_after(resp.headers) if code in (429, 503) else None
+                if self.max_wait is not None and wait is not None and wait > self.max_wait:
+                    raise RetryLater(f"{last}: asked to wait {wait:.0f} s", wait)
                 if attempt < self.retries:
                     await self._wait(wait if wait is not None else self._backoff(attempt))
                     continue
                 raise RetryLater(last, wait)
             body = resp.text[:200].replace("\n", " ")
             if code in (401, 403):
-                raise SourceError(
-                    f"HTTP {code} from {where}: the platform refused the credential; check {self.hint or 'it'} ({body})"
-                )
-            raise SourceError(f"HTTP {code} from {where}: {body or resp.reason_phrase}; check the source's settings")
+                refused = f"HTTP {code} from {where}: the platform refused the credential"
+                raise SourceError(f"{refused}; check {self.hint or 'it'} ({body})", code)
+            raise SourceError(
+                f"HTTP {code} from {where}: {body or resp.reason_phrase}; check the source's settings", code
+            )
         raise RetryLater(f"{last} after {self.retries + 1} tries")
 
     async def get_json(self, url: str, **kw: Any) -> Any:

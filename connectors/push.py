@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import math
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
@@ -31,12 +32,13 @@ from collections.abc import Mapping as MappingT
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import orjson
 from aiohttp import web
 
 from connectors.base import DeliveryError, Malformed
 from connectors.mapping import Mapping, load_mapping, skipped, to_item
-from connectors.source import Batch, Entry, Source, SourceState
+from connectors.source import Batch, Entry, RetryLater, Source, SourceError, SourceState
 from connectors.webhook import HEADER, SignatureError, _objects, _TooLarge, verify
 from contract.records import make_event_id
 
@@ -68,8 +70,6 @@ class PushSource(Source):
             try:
                 self.mapping: Mapping | None = load_mapping(Path(spec.mapping))
             except ValueError as exc:
-                from connectors.source import SourceError
-
                 raise SourceError(str(exc)) from None
         else:
             self.mapping = Mapping(**self.default_mapping) if self.default_mapping else None
@@ -77,6 +77,7 @@ class PushSource(Source):
         self.secrets: list[bytes] = []
         self._ready = asyncio.Event()  # set once open() read the secrets (or the source stopped)
         self._stopped: str | None = None
+        self.refused: str | None = None  # set when the platform's API refused our credential
         self.stats = {"accepted": 0, "invalid": 0, "duplicates": 0, "rejected": 0, "skipped": 0}
 
     async def open(self, state: SourceState) -> None:
@@ -101,17 +102,29 @@ class PushSource(Source):
             raise ValueError("body is not JSON") from None
         return data if isinstance(data, list) else [data]
 
-    def entries(self, headers: MappingT[str, str], body: bytes) -> tuple[list[Entry], int]:
+    async def expand(self, rows: list[Any]) -> list[Any]:
+        """Complete rows that only name what happened (SurveyMonkey's events carry ids, not
+        answers) from the platform's API; the rows as they are by default. Raises
+        :class:`~connectors.source.RetryLater` (the delivery gets 503 and is sent again) or
+        :class:`~connectors.source.SourceError` (the source stops: a refused credential)."""
+        return rows
+
+    async def entries(self, headers: MappingT[str, str], body: bytes) -> tuple[list[Entry], int]:
         """Mapped entries of a verified delivery, and how many rows the mapping skipped."""
         try:
             rows = self.rows(headers, body)
         except ValueError as exc:
             return [Entry(make_event_id(self.kind, None, body.decode(errors="replace")), Malformed(body, str(exc)))], 0
+        rows = await self.expand(rows[: self.max_items])
         out: list[Entry] = []
         skip = 0
-        for row in rows[: self.max_items]:
+        for row in rows:
             if skipped(self.mapping, row):
                 skip += 1
+                continue
+            if isinstance(row, dict) and "_error" in row:  # expand() could not complete it
+                bad = Malformed(orjson.dumps(row, default=str), str(row["_error"]))
+                out.append(Entry(make_event_id(self.kind, None, row), bad))
                 continue
             item = to_item(row, self.mapping)
             if isinstance(item, Malformed):
@@ -135,7 +148,18 @@ class PushSource(Source):
         except SignatureError as exc:
             self.stats["rejected"] += 1
             return 401, {"error": str(exc)}
-        entries, skip = self.entries(headers, body)
+        try:
+            entries, skip = await self.entries(headers, body)
+        except SourceError as exc:
+            self.refused = str(exc)  # fetch() raises it: the runtime stops the source with this line
+            await self._queue.put(Batch([], None))
+            return 503, {"error": f"source {self.spec.name} is stopped: {exc}"}
+        except (RetryLater, httpx.HTTPError) as exc:
+            out: dict[str, Any] = {"error": f"{exc}; nothing was accepted, send it again later"}
+            delay = exc.delay if isinstance(exc, RetryLater) else None
+            if delay:
+                out["retry_after"] = math.ceil(delay)
+            return 503, out
         self.stats["skipped"] += skip
         if not entries:
             return 200, {"accepted": 0, "invalid": 0, "duplicates": 0, "skipped": skip}
@@ -153,7 +177,10 @@ class PushSource(Source):
 
     async def fetch(self, state: SourceState) -> AsyncIterator[Batch]:
         while True:
-            yield await self._queue.get()
+            batch = await self._queue.get()
+            if self.refused is not None:
+                raise SourceError(self.refused)
+            yield batch
 
 
 class PushServer:
@@ -178,7 +205,7 @@ class PushServer:
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"error": "body too large"}, status=413)
         status, out = await src.receive(request.headers, body)
-        headers = {"Retry-After": str(self.retry_after)} if status == 503 else None
+        headers = {"Retry-After": str(out.pop("retry_after", self.retry_after))} if status == 503 else None
         return web.json_response(out, status=status, headers=headers)
 
     async def start(self, host: str, port: int) -> int:

@@ -68,7 +68,13 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
 
 
 class SourceError(Exception):
-    """This source cannot go on (bad credential, refused request, bad options): stop it, say why."""
+    """This source cannot go on (bad credential, refused request, bad options): stop it, say why.
+
+    ``status``: the HTTP status the platform refused with, when it was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RetryLater(Exception):

@@ -1,4 +1,12 @@
-"""Kafka plumbing shared by the worker, the connectors and the CLI (kafka-python, sync)."""
+"""Kafka plumbing shared by the worker, the connectors and the CLI.
+
+Admin, tails and reads use kafka-python (sync, pure Python). Records are produced by
+:class:`Producer`, on confluent-kafka (librdkafka, Apache-2.0): kafka-python's producer costs ~94
+µs of Python per record (its CRC32C and record batches are pure Python, on a sender thread that
+holds the GIL), which capped connectors and replay near 10k records/s and stalled the event loop
+of ``repmon connect``; librdkafka builds, compresses and sends batches in C threads that do not
+hold the GIL, so a send costs a few µs of the caller's time.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
+import confluent_kafka
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-__all__ = ["TopicTail", "end_offsets", "ensure_topics", "wait_for_broker"]
+__all__ = ["Producer", "ProducerWindow", "TopicTail", "end_offsets", "ensure_topics", "wait_for_broker"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +179,153 @@ def partition_count(bootstrap: str, topic: str, timeout: float = 30.0) -> int:
             time.sleep(0.2)
     finally:
         consumer.close()
+
+
+class ProducerWindow:
+    """Acknowledgements of the records sent since the last :meth:`Producer.flush` (delivery
+    callbacks run in whichever thread serves the producer's queue, hence the lock)."""
+
+    __slots__ = ("acked", "error", "failed", "lock", "sent")
+
+    def __init__(self) -> None:
+        self.sent = self.acked = self.failed = 0
+        self.error: str | None = None
+        self.lock = threading.Lock()
+
+    def delivered(self, err: confluent_kafka.KafkaError | None, _msg: object) -> None:
+        if err is None:
+            with self.lock:
+                self.acked += 1
+        else:
+            self.fail(f"{err.name()}: {err.str()}")
+
+    def fail(self, error: str) -> None:
+        with self.lock:
+            self.failed += 1
+            self.error = self.error or error
+
+
+# kafka-python spellings the callers already use -> librdkafka's (CONFIGURATION.md of librdkafka)
+_RENAMED = {
+    "acks": "acks",
+    "linger_ms": "linger.ms",
+    "retries": "retries",
+    "request_timeout_ms": "request.timeout.ms",
+    "delivery_timeout_ms": "message.timeout.ms",
+    "max_in_flight_requests_per_connection": "max.in.flight.requests.per.connection",
+    "max_request_size": "message.max.bytes",
+    "compression_type": "compression.type",
+}
+
+
+class Producer:
+    """One topic's producer with an acknowledgement window (acks=all, every record checked).
+
+    - :meth:`send` queues a record; it never waits for the broker except once per window for
+      the topic's metadata (``max_block_ms``): a broker that does not answer fails the window at
+      once instead of after the delivery timeout, and the records after a failure in the same
+      window are failed without being queued;
+    - :meth:`flush` waits (``timeout`` s at most) for the broker's answer on every record of the
+      window and returns it: ``(sent, acked, first error)``; a record not answered in time is
+      purged from the queue and counted as not acknowledged, so it is never claimed;
+    - options take kafka-python's names (``linger_ms``, ``request_timeout_ms``,
+      ``delivery_timeout_ms``, ``max_block_ms``...) or librdkafka's dotted ones; ``api_version``
+      is ignored (librdkafka negotiates it).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, **options: Any) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        options.pop("api_version", None)
+        self.max_block = float(options.pop("max_block_ms", 60_000)) / 1000
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 5,
+            "retries": 5,
+            # one request in flight per broker keeps per-key order across retries without
+            # idempotence (which needs InitProducerId, not every Kafka-compatible broker has it)
+            "max.in.flight.requests.per.connection": 1,
+            "message.timeout.ms": 120_000,
+            "logger": logging.getLogger("librdkafka"),
+        }
+        for k, v in options.items():
+            config[_RENAMED.get(k, k)] = v
+        self._p = confluent_kafka.Producer(config)
+        self._window = ProducerWindow()
+        self._ready = False  # the topic's metadata arrived once: the broker answers
+        self._closed = False
+
+    @property
+    def failing(self) -> bool:
+        return self._window.failed > 0
+
+    def _check_broker(self) -> str | None:
+        try:
+            md = self._p.list_topics(self.topic, timeout=self.max_block)
+        except confluent_kafka.KafkaException as exc:
+            return f"no metadata within {self.max_block:g} s: {exc.args[0].str() if exc.args else exc}"
+        topic = md.topics.get(self.topic)
+        if topic is None or not topic.partitions:
+            err = topic.error.str() if topic is not None and topic.error is not None else "no partitions"
+            return f"topic {self.topic}: {err}"
+        self._ready = True
+        return None
+
+    def send(self, value: bytes, key: bytes | None = None) -> None:
+        w = self._window
+        w.sent += 1
+        if w.failed:
+            # the broker is refusing or gone: fail the rest of the window without queueing it
+            w.fail("not sent after an earlier failure in the same batch")
+            return
+        if not self._ready and (problem := self._check_broker()) is not None:
+            w.fail(problem)
+            return
+        deadline = time.monotonic() + self.max_block
+        while True:
+            try:
+                self._p.produce(self.topic, value, key, on_delivery=w.delivered)
+                break
+            except BufferError:  # the local queue is full: let the broker drain it a little
+                if time.monotonic() > deadline:
+                    w.fail(f"local queue full for {self.max_block:g} s")
+                    return
+                self._p.poll(0.05)
+            except confluent_kafka.KafkaException as exc:  # e.g. a record over message.max.bytes
+                w.fail(f"{exc.args[0].name()}: {exc.args[0].str()}" if exc.args else str(exc))
+                return
+        self._p.poll(0)  # serve callbacks of earlier records; never blocks
+
+    def flush(self, timeout: float | None = None) -> tuple[int, int, str | None]:
+        """Wait for the window's answers; ``(sent, acked, error)`` of the window, then a new one."""
+        w, self._window = self._window, ProducerWindow()
+        left = self._p.flush(-1 if timeout is None else timeout)
+        cause = None
+        if left:
+            # not answered in time: purge so they cannot be acknowledged after being reported lost
+            self._p.purge(in_queue=True, in_flight=False)
+            self._p.flush(0)
+            cause = f"no acknowledgement within {timeout:g} s"
+        with w.lock:
+            return w.sent, min(w.acked, w.sent), w.error or cause
+
+    def close(self, timeout: float = 30.0) -> ProducerWindow:
+        """Wait up to ``timeout`` s for the records in flight, then drop the rest (a broker that
+        is gone must not hang the exit); returns the last window, for what was not acknowledged."""
+        w = self._window
+        if self._closed:
+            return w
+        self._closed = True
+        if self._p.flush(timeout):
+            logger.error(
+                "broker at %s did not acknowledge every message within %.0f s; closed anyway", self.bootstrap, timeout
+            )
+            self._p.purge()
+            self._p.flush(0)
+        # release the broker connections now rather than whenever the object is collected (its
+        # threads would go on logging a broker that went away); older releases have no close()
+        closer = getattr(self._p, "close", None)
+        if closer is not None:
+            closer()
+        return w

@@ -17,6 +17,8 @@ import asyncio
 import email.utils
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -211,7 +213,7 @@ def idle_loop_block(seconds: float = 3.0) -> float:
     return round(asyncio.run(run()) * 1000, 1)
 
 
-def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.0) -> dict[str, Any]:
+def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.0, sink: bool = True) -> dict[str, Any]:
     """Items/s and the longest event-loop block of one ``repmon connect --once`` with ``sources``."""
     idle = idle_loop_block()
     workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-connect-"))
@@ -245,15 +247,20 @@ def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.
                 "warning",
             ]
             t0 = time.perf_counter()
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the connect process, reaped just now
             wall = time.perf_counter() - t0
+            cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode != 0 or not lines:
                 return {"error": f"repmon connect exited {proc.returncode}", "stderr": proc.stderr[-2000:]}
             report = json.loads(lines[-1])
             arrived, distinct = _count(broker.bootstrap, topic)
+            producers = bench_sink(broker.bootstrap, prefix, 50_000) if sink else None
         finally:
             er.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     expected = sources * items
     return {
         "sources": sources,
@@ -265,6 +272,10 @@ def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.
         "complete": report["sent"] == expected == arrived == distinct,
         "seconds": report["seconds"],
         "process_seconds": round(wall, 3),
+        # CPU of the whole connect process (every thread, start-up included): less sensitive to
+        # the machine's load than the loop-block figure
+        "process_cpu_seconds": round(cpu, 3),
+        "cpu_us_per_item": round(cpu / expected * 1e6, 1) if expected else None,
         "items_per_s": report["items_per_s"],
         "max_loop_block_ms": report["max_loop_block_ms"],
         "idle_loop_block_ms": idle,
@@ -272,8 +283,72 @@ def bench_connect(*, sources: int = 20, items: int = 2000, timeout: float = 600.
         "met": bool((report["items_per_s"] or 0) >= 500 and report["max_loop_block_ms"] <= 100),
         "stopped": {k: v for k, v in report["sources"].items() if v != "done"},
         "broker": "embedded tansu",
+        "sink": producers,
         "load_average": [round(x, 2) for x in os.getloadavg()],  # the loop-block figure depends on it
     }
+
+
+def _record(i: int) -> bytes:
+    return orjson.dumps(
+        {
+            "kind": "mention",
+            "event_id": f"bench:{i}",
+            "source": "bench",
+            "occurred_at": "2026-12-03T04:00:00+00:00",
+            "brand": "Northwind",
+            "text": f"Northwind bench mention {i}: the flight was late and the crew were lovely, thanks",
+            "channel": "news",
+        }
+    )
+
+
+def bench_sink(bootstrap: str, prefix: str, records: int = 100_000) -> dict[str, Any]:
+    """Records/s and CPU per record of the connectors' producer (:class:`connectors.base.KafkaSink`,
+    confluent-kafka) against kafka-python's producer with the settings and per-record callbacks
+    the sink used before, on the same broker in the same run: one flush per 10,000 records."""
+    from kafka import KafkaProducer
+
+    from connectors.base import KafkaSink
+
+    values = [(_record(i), b"Northwind") for i in range(records)]
+    out: dict[str, Any] = {"records": records}
+
+    def measure(name: str, send: Any, flush: Any) -> None:
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i, (v, k) in enumerate(values, 1):
+            send(v, k)
+            if i % 10_000 == 0:
+                flush()
+        flush()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out[name] = {"records_per_s": round(records / wall), "cpu_us_per_record": round(cpu / records * 1e6, 1)}
+
+    topics = [f"{prefix}.sink-confluent", f"{prefix}.sink-kafka-python"]
+    ensure_topics(bootstrap, topics, 4)
+    sink = KafkaSink(bootstrap, topics[0])
+    try:
+        measure("confluent_kafka", sink.send_bytes, sink.flush)
+    finally:
+        sink.close(10)
+    acked = [0]
+
+    def ack(_: object) -> None:
+        acked[0] += 1
+
+    old = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5, max_in_flight_requests_per_connection=1
+    )
+    try:
+        measure(
+            "kafka_python",
+            lambda v, k: old.send(topics[1], key=k, value=v).add_callback(ack),
+            old.flush,
+        )
+    finally:
+        old.close(10)
+    out["acknowledged"] = {"confluent_kafka": sink.acked, "kafka_python": acked[0]}
+    out["speedup"] = round(out["confluent_kafka"]["records_per_s"] / max(1, out["kafka_python"]["records_per_s"]), 1)
+    return out
 
 
 def _count(bootstrap: str, topic: str) -> tuple[int, int]:

@@ -71,7 +71,7 @@ def test_records_the_broker_refuses_make_replay_exit_non_zero_naming_the_broker(
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert f"not acknowledged by Kafka at {kafka_bootstrap}" in r.stderr and "Traceback" not in r.stderr
     out = orjson.loads(r.stdout.strip().splitlines()[-1])
-    assert out["failed"] == 3 and "MessageSizeTooLarge" in out["error"]
+    assert out["failed"] == 3 and "Message size too large" in out["error"]
 
 
 def test_an_unreachable_broker_is_named_with_the_fix_and_no_traceback(tmp_path: Path, unique: str) -> None:
