@@ -539,6 +539,29 @@ def _to_original(a: int, b: int, starts: list[int] | None, ends: list[int] | Non
     return starts[a], ends[b - 1]
 
 
+# Tweets glue punctuation onto handles: ".@united" (so the reply is public), "@SouthwestAir- hi",
+# "->@JetBlue <-", "shortly?“@SouthwestAir: ...", "@SouthwestAir#4569". spaCy's English rules keep
+# such a token whole, and a whole token is never a tracked handle. Punctuation before an @handle or
+# #hashtag is a prefix (or, inside a token, an infix), dashes after a word a suffix, and a "#" glued
+# to a word an infix.
+_HANDLE_PREFIX = r"[^\w\s@#]+(?=[@#]\w)"
+_HANDLE_INFIX = r"(?<=\w)[^\w\s@#]+(?=[@#]\w)|(?<=\w)#(?=\w)"
+_DASH_SUFFIX = r"(?<=\w)[-\u2013\u2014]+"
+
+
+def _split_at_handles(nlp: Language) -> None:
+    tok: Any = nlp.tokenizer
+    prefix = getattr(tok.prefix_search, "__self__", None)
+    suffix = getattr(tok.suffix_search, "__self__", None)
+    infix = getattr(tok.infix_finditer, "__self__", None)
+    if isinstance(prefix, re.Pattern):
+        tok.prefix_search = re.compile(f"^{_HANDLE_PREFIX}|{prefix.pattern}").search
+    if isinstance(suffix, re.Pattern):
+        tok.suffix_search = re.compile(f"{suffix.pattern}|{_DASH_SUFFIX}$").search
+    if isinstance(infix, re.Pattern):
+        tok.infix_finditer = re.compile(f"{_HANDLE_INFIX}|{infix.pattern}").finditer
+
+
 class Enricher:
     """Entity attribution, aspects, language and redaction for batches of texts."""
 
@@ -563,6 +586,7 @@ class Enricher:
         else:
             self.model_name = "blank:en"
             self.nlp = spacy.blank("en")
+        _split_at_handles(self.nlp)
         self.entities = list(entities)
         self._kinds = {e.key: e.kind for e in entities}
         self._brand_of = {e.key: e.key.split("/", 1)[0] for e in entities if e.kind == "product"}
