@@ -383,6 +383,69 @@ def enrich(
     Console().print({"no_entity": result["no_entity"], "rows_with_unknown_truth": unknown})
 
 
+@eval_app.command("targets")
+def targets(
+    labels: Annotated[
+        Path, typer.Option("--labels", exists=True, help="Hand labels: JSON {row id: {entity key: label}}.")
+    ],
+    data: Annotated[Path, typer.Option("--data", exists=True, help="The file the ids point into.")],
+    text_col: Annotated[str, typer.Option("--text-col")] = "text",
+    id_col: Annotated[str, typer.Option("--id-col")] = "tweet_id",
+    label_col: Annotated[
+        str | None,
+        typer.Option(help="Whole-text label column: the other rows teach the model first, as a worker's stream would."),
+    ] = None,
+    label_map: Annotated[str | None, typer.Option("--map", help='Label values to classes, e.g. "0=negative".')] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    part: Annotated[
+        str, typer.Option(help="all, tune or holdout: a fixed half of the texts (by a hash of each text).")
+    ] = "all",
+    encoding: Annotated[str, typer.Option(help="Text encoding of the file (decoded strictly).")] = "utf-8-sig",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Per-entity sentiment of texts naming several entities (target-dependent rules) vs giving
+    each entity the whole text's label, against hand labels."""
+    from models.evaluate import target_sentiment_accuracy
+    from models.nlp import Enricher
+    from models.sentiment import LABELS, SentimentModel
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    part, mapping = _part(part), _label_map(label_map)
+    truth: dict[str, dict[str, str]] = {str(k): v for k, v in json.loads(labels.read_text()).items()}
+    keys = {e.key for e in settings.entities}
+    for rid, per in truth.items():
+        bad = [k for k, lab in per.items() if k not in keys or lab not in LABELS]
+        if bad:
+            raise typer.BadParameter(f"--labels: row {rid}: {bad} is not an entity key of the config with a label")
+    model, rows, seen, learned = SentimentModel(), [], set(), 0
+    for row in _read(data, "auto", True, encoding):
+        rid, text = str(row.get(id_col, "")), str(row.get(text_col) or "")
+        if rid in truth:
+            if rid not in seen and in_part(text, part):
+                seen.add(rid)
+                rows.append((text, truth[rid]))
+        elif label_col and text:
+            lab = _norm(row.get(label_col, ""), mapping)
+            if lab is not None:
+                model.learn_one(text, lab)
+                learned += 1
+    enricher = Enricher(settings.entities, extra_aspects=settings.nlp.aspects)
+    result = target_sentiment_accuracy(rows, enricher, model)
+    result.update({"part": part, "model_learned": learned, "ids_not_found": len(truth) - len(seen)})
+    if part != "all":
+        result["ids_not_found"] = None  # the other half's ids are left out on purpose
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    mistakes = result.pop("mistakes")
+    Console().print(result)
+    for m in mistakes[:20]:
+        Console().print(f"  {m['entity']}: truth {m['truth']}, got {m['got']}: {m['text'][:100]!r}")
+
+
 def _register_detect() -> None:
     from tools.eval_detect import detect_command
 

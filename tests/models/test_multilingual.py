@@ -168,6 +168,26 @@ def test_target_sentiment_on_hand_labelled_multi_airline_tweets() -> None:
     assert out["texts"] == 88 and out["target_accuracy"] > out["whole_text_accuracy"]
 
 
+@pytest.mark.shared_data
+def test_eval_targets_reports_the_held_out_half_beside_the_whole_text_baseline() -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = CliRunner().invoke(
+        app,
+        [
+            "eval", "targets", "--labels", str(FIXTURES / "airline_multi_entity_labels.json"),
+            "--data", str(SHARED_DATA / "twitter_us_airline_sentiment" / "Tweets.csv"),
+            "--label-col", "airline_sentiment", "--config", "infra/config/airlines.toml", "--part", "holdout", "--json",
+        ],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    r = json.loads(out.output.strip().splitlines()[-1])
+    assert r["part"] == "holdout" and 0 < r["texts"] < 88 and r["model_learned"] > 14000
+    assert r["target_accuracy"] > r["whole_text_accuracy"]
+
+
 # -- matching like a listening tool ---------------------------------------------------------------------
 def test_normalisation_keeps_original_offsets() -> None:
     wide = "".join(chr(ord(c) + 0xFEE0) for c in "North") + "\u200b" + "".join(chr(ord(c) + 0xFEE0) for c in "wind")
