@@ -546,7 +546,12 @@ def _to_original(a: int, b: int, starts: list[int] | None, ends: list[int] | Non
 # to a word an infix.
 _HANDLE_PREFIX = r"[^\w\s@#]+(?=[@#]\w)"
 _HANDLE_INFIX = r"(?<=\w)[^\w\s@#]+(?=[@#]\w)|(?<=\w)#(?=\w)"
-_DASH_SUFFIX = r"(?<=\w)[-\u2013\u2014]+"
+# a sentence's full stop after a name with "&" or a digit in it ("damn you, AT&T.", "Canon 50D."):
+# spaCy keeps it, as it keeps the stop of an abbreviation
+_DASH_SUFFIX = r"(?<=\w)[-\u2013\u2014]+|(?<=[&\d][A-Za-z])\."
+
+
+_GLUE = re.compile(r"[\s'\u2019]+")
 
 
 def _split_at_handles(nlp: Language) -> None:
@@ -608,14 +613,26 @@ class Enricher:
                 if rule is not None and rule.case_sensitive:
                     self._ent_exact.add(label, [self.nlp.make_doc(normalize(name)[0])])
                 else:
-                    self._ent_lower.add(label, [self.nlp.make_doc(normalize(name)[0].lower())])
+                    low = normalize(name)[0].lower()
+                    # as people type it: run together ("Kindle2", "McDonalds", "TimeWarner") or with
+                    # punctuation between the words ("Goodby, Silverstein", "time-warner", "Time/Warner")
+                    forms = {low, _GLUE.sub("", low)}
+                    if " " in low:
+                        forms |= {low.replace(" ", sep) for sep in (", ", "-", "/")}
+                    self._ent_lower.add(label, [self.nlp.make_doc(f) for f in sorted(forms) if f])
             tags = {*(h.lower() for h in e.handles), *(h.lower() for h in e.hashtags)}
             # a listening tool finds a name written as a handle or hashtag too ("@united", "#jetblue")
+            # ("@mcdonalds"); a name with a rule keeps it there (its context, its exclusions), and a
+            # case-sensitive name is not found in the lower case tags are matched in
             for name in [e.name, *e.aliases]:
                 rule = e.rules.get(name)
-                compact = re.sub(r"\s+", "", normalize(name)[0].lower())
-                if compact and (rule is None or not (rule.context or rule.exclude or rule.case_sensitive)):
+                compact = _GLUE.sub("", normalize(name)[0].lower())
+                if not compact or (rule is not None and rule.case_sensitive):
+                    continue
+                if rule is None:
                     tags |= {f"@{compact}", f"#{compact}"}
+                else:
+                    self._ent_lower.add(f"{e.key}\x1f{name}", [self.nlp.make_doc(f"{c}{compact}") for c in "@#"])
             if tags:
                 label = f"{e.key}\x1f#"
                 self._rules[label] = (e.key, None)

@@ -297,6 +297,44 @@ def test_handles_glued_to_punctuation_are_found_at_their_own_offsets() -> None:
     ]
 
 
+def test_names_run_together_or_joined_by_punctuation_as_people_type_them() -> None:
+    ents = [
+        Entity(name="Time Warner"),
+        Entity(name="McDonald's"),
+        Entity(name="Amazon"),
+        Entity(name="Kindle 2", kind="product", brand="Amazon"),
+        Entity(name="AT&T"),
+        Entity(name="Canon"),
+        Entity(name="50D", kind="product", brand="Canon"),
+        Entity.model_validate({"name": "American", "rules": {"American": {"exclude": ["American Express"]}}}),
+    ]
+    texts = [
+        "TimeWarner is down again",
+        "could time-warner cable suck more",
+        "Just had McDonalds for dinner",
+        "@mcdonalds where is my order",
+        "LOVING my new Kindle2",
+        "Today is a good day to dislike AT&T. Vote them out",
+        "Just got my new toy. Canon 50D. Love it",
+        "@usairways and @american please get my plane together",
+        "paid with my American Express card",
+        "a warner bros film, a time to remember",
+    ]
+    got = [[h.key for h in a.entities] for a in Enricher(ents).process(texts)]
+    assert got == [
+        ["time warner"],
+        ["time warner"],
+        ["mcdonald's"],
+        ["mcdonald's"],
+        ["amazon/kindle 2", "amazon"],
+        ["at&t"],
+        ["canon/50d", "canon"],  # "Canon 50D" is one span: the product, then its brand
+        ["american"],  # a name with a rule is still found as a handle, under its rule
+        [],
+        [],
+    ]
+
+
 def test_attribution_counts_hand_judged_second_entities_as_right() -> None:
     from models.evaluate import brand_attribution
 
