@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -115,6 +116,29 @@ def _binned(value: Any, cuts: list[float]) -> str | None:
     return "positive"
 
 
+PARTS = ("all", "tune", "holdout")
+
+
+def in_part(text: str, part: str) -> bool:
+    """Whether ``text`` is in the ``tune`` or ``holdout`` half (``all``: both).
+
+    The split is a hash of the text, not of its row: the same text is on the same side in every
+    file, order and seed, so a choice made on ``tune`` has never seen a ``holdout`` text.
+
+    >>> in_part("x", "all"), in_part("x", "tune") != in_part("x", "holdout")
+    (True, True)
+    """
+    if part == "all":
+        return True
+    return (zlib.crc32(text.encode("utf-8", "surrogatepass")) % 2 == 0) == (part == "tune")
+
+
+def _part(part: str) -> str:
+    if part not in PARTS:
+        raise typer.BadParameter(f"--part must be one of {', '.join(PARTS)}")
+    return part
+
+
 def _read(data: Path, fmt: str, header: bool, encoding: str) -> Iterator[dict[str, Any]]:
     try:
         yield from read_rows(data, fmt, header, encoding)
@@ -149,6 +173,9 @@ def sentiment(
     limit: Annotated[
         int | None, typer.Option(help="N rows only: a random sample when shuffling, else the first N.")
     ] = None,
+    part: Annotated[
+        str, typer.Option(help="all, tune or holdout: a fixed half of the texts (by a hash of each text).")
+    ] = "all",
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Prequential accuracy and macro-F1 through the worker's enrichment path (language gate
@@ -164,7 +191,7 @@ def sentiment(
 
     if order not in ("shuffle", "file"):
         raise typer.BadParameter("--order must be shuffle or file")
-    mapping, cuts = _label_map(label_map), _bins(bins)
+    mapping, cuts, part = _label_map(label_map), _bins(bins), _part(part)
     rows: list[tuple[str, str]] = []
     skipped = 0
     for row in _read(data, fmt, header, encoding):
@@ -175,6 +202,8 @@ def sentiment(
         text = row.get(text_col)
         if not text or label is None:
             skipped += 1
+            continue
+        if not in_part(str(text), part):
             continue
         rows.append((str(text), label))
         if limit and order == "file" and len(rows) >= limit:
@@ -226,6 +255,7 @@ def sentiment(
     result["skipped_rows"] = skipped
     result["data"] = data.name
     result["order"] = order
+    result["part"] = part
     result["seed"] = seed if order == "shuffle" else None
     result["label_runs"] = runs
     if sorted_warning:
@@ -271,6 +301,18 @@ def enrich(
     ] = ",".join(NO_ENTITY),
     encoding: Annotated[str, typer.Option(help="Text encoding of the file (decoded strictly).")] = "utf-8-sig",
     limit: Annotated[int | None, typer.Option()] = None,
+    part: Annotated[
+        str, typer.Option(help="all, tune or holdout: a fixed half of the texts (by a hash of each text).")
+    ] = "all",
+    also_named: Annotated[
+        Path | None,
+        typer.Option(
+            "--also-named",
+            exists=True,
+            help="JSON {row id: [entity key, ...]}: the other entities a row's text truly names (judged by hand).",
+        ),
+    ] = None,
+    id_col: Annotated[str, typer.Option("--id-col", help="Row id column, for --also-named.")] = "tweet_id",
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Precision/recall of entity attribution against a truth column: brand or product names and
@@ -288,19 +330,32 @@ def enrich(
             names.setdefault(n.strip().lower(), e.key)
     none = {v.strip().lower() for v in none_values.split(",")}
     rename = {}
-    for part in (truth_map or "").split(","):
-        if "=" in part:
-            a, _, b = part.partition("=")
+    for pair in (truth_map or "").split(","):
+        if "=" in pair:
+            a, _, b = pair.partition("=")
             rename[a.strip().lower()] = b.strip().lower()
-    rows: list[tuple[str, str | None]] = []
+    rows: list[tuple[str, str | None, frozenset[str]]] = []
     unknown = 0
+    part = _part(part)
+    also: dict[str, frozenset[str]] = {}
+    if also_named is not None:
+        doc = json.loads(also_named.read_text())
+        keys = {e.key for e in settings.entities}
+        for rid, ks in doc.items():
+            bad = [k for k in ks if k not in keys]
+            if bad:
+                raise typer.BadParameter(f"--also-named: row {rid} names {bad}, not entity keys of the config")
+            also[str(rid)] = frozenset(ks)
     for row in _read(data, "auto", True, encoding):
+        if not in_part(str(row.get(text_col, "")), part):
+            continue
         value = str(row.get(truth_col) or "").strip().lower()
         value = rename.get(value, value)
+        more = also.get(str(row.get(id_col, "")), frozenset())
         if value in none:
-            rows.append((str(row.get(text_col, "")), None))
+            rows.append((str(row.get(text_col, "")), None, more))
         elif value in names:
-            rows.append((str(row.get(text_col, "")), names[value]))
+            rows.append((str(row.get(text_col, "")), names[value], more))
         else:
             unknown += 1
             continue
@@ -314,6 +369,7 @@ def enrich(
     )
     result = brand_attribution(rows, enricher)
     result["rows_with_unknown_truth"] = unknown
+    result["part"] = part
     if json_out:
         typer.echo(json.dumps(result))
         return
@@ -325,6 +381,69 @@ def enrich(
         tbl.add_row(k, str(v["precision"]), str(v["recall"]), str(v["f1"]), str(v["n"]))
     Console().print(tbl)
     Console().print({"no_entity": result["no_entity"], "rows_with_unknown_truth": unknown})
+
+
+@eval_app.command("targets")
+def targets(
+    labels: Annotated[
+        Path, typer.Option("--labels", exists=True, help="Hand labels: JSON {row id: {entity key: label}}.")
+    ],
+    data: Annotated[Path, typer.Option("--data", exists=True, help="The file the ids point into.")],
+    text_col: Annotated[str, typer.Option("--text-col")] = "text",
+    id_col: Annotated[str, typer.Option("--id-col")] = "tweet_id",
+    label_col: Annotated[
+        str | None,
+        typer.Option(help="Whole-text label column: the other rows teach the model first, as a worker's stream would."),
+    ] = None,
+    label_map: Annotated[str | None, typer.Option("--map", help='Label values to classes, e.g. "0=negative".')] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    part: Annotated[
+        str, typer.Option(help="all, tune or holdout: a fixed half of the texts (by a hash of each text).")
+    ] = "all",
+    encoding: Annotated[str, typer.Option(help="Text encoding of the file (decoded strictly).")] = "utf-8-sig",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Per-entity sentiment of texts naming several entities (target-dependent rules) vs giving
+    each entity the whole text's label, against hand labels."""
+    from models.evaluate import target_sentiment_accuracy
+    from models.nlp import Enricher
+    from models.sentiment import LABELS, SentimentModel
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    part, mapping = _part(part), _label_map(label_map)
+    truth: dict[str, dict[str, str]] = {str(k): v for k, v in json.loads(labels.read_text()).items()}
+    keys = {e.key for e in settings.entities}
+    for rid, per in truth.items():
+        bad = [k for k, lab in per.items() if k not in keys or lab not in LABELS]
+        if bad:
+            raise typer.BadParameter(f"--labels: row {rid}: {bad} is not an entity key of the config with a label")
+    model, rows, seen, learned = SentimentModel(), [], set(), 0
+    for row in _read(data, "auto", True, encoding):
+        rid, text = str(row.get(id_col, "")), str(row.get(text_col) or "")
+        if rid in truth:
+            if rid not in seen and in_part(text, part):
+                seen.add(rid)
+                rows.append((text, truth[rid]))
+        elif label_col and text:
+            lab = _norm(row.get(label_col, ""), mapping)
+            if lab is not None:
+                model.learn_one(text, lab)
+                learned += 1
+    enricher = Enricher(settings.entities, extra_aspects=settings.nlp.aspects)
+    result = target_sentiment_accuracy(rows, enricher, model)
+    result.update({"part": part, "model_learned": learned, "ids_not_found": len(truth) - len(seen)})
+    if part != "all":
+        result["ids_not_found"] = None  # the other half's ids are left out on purpose
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    mistakes = result.pop("mistakes")
+    Console().print(result)
+    for m in mistakes[:20]:
+        Console().print(f"  {m['entity']}: truth {m['truth']}, got {m['got']}: {m['text'][:100]!r}")
 
 
 def _register_detect() -> None:

@@ -539,6 +539,34 @@ def _to_original(a: int, b: int, starts: list[int] | None, ends: list[int] | Non
     return starts[a], ends[b - 1]
 
 
+# Tweets glue punctuation onto handles: ".@united" (so the reply is public), "@SouthwestAir- hi",
+# "->@JetBlue <-", "shortly?“@SouthwestAir: ...", "@SouthwestAir#4569". spaCy's English rules keep
+# such a token whole, and a whole token is never a tracked handle. Punctuation before an @handle or
+# #hashtag is a prefix (or, inside a token, an infix), dashes after a word a suffix, and a "#" glued
+# to a word an infix.
+_HANDLE_PREFIX = r"[^\w\s@#]+(?=[@#]\w)"
+_HANDLE_INFIX = r"(?<=\w)[^\w\s@#]+(?=[@#]\w)|(?<=\w)#(?=\w)"
+# a sentence's full stop after a name with "&" or a digit in it ("damn you, AT&T.", "Canon 50D."):
+# spaCy keeps it, as it keeps the stop of an abbreviation
+_DASH_SUFFIX = r"(?<=\w)[-\u2013\u2014]+|(?<=[&\d][A-Za-z])\."
+
+
+_GLUE = re.compile(r"[\s'\u2019]+")
+
+
+def _split_at_handles(nlp: Language) -> None:
+    tok: Any = nlp.tokenizer
+    prefix = getattr(tok.prefix_search, "__self__", None)
+    suffix = getattr(tok.suffix_search, "__self__", None)
+    infix = getattr(tok.infix_finditer, "__self__", None)
+    if isinstance(prefix, re.Pattern):
+        tok.prefix_search = re.compile(f"^{_HANDLE_PREFIX}|{prefix.pattern}").search
+    if isinstance(suffix, re.Pattern):
+        tok.suffix_search = re.compile(f"{suffix.pattern}|{_DASH_SUFFIX}$").search
+    if isinstance(infix, re.Pattern):
+        tok.infix_finditer = re.compile(f"{_HANDLE_INFIX}|{infix.pattern}").finditer
+
+
 class Enricher:
     """Entity attribution, aspects, language and redaction for batches of texts."""
 
@@ -563,6 +591,7 @@ class Enricher:
         else:
             self.model_name = "blank:en"
             self.nlp = spacy.blank("en")
+        _split_at_handles(self.nlp)
         self.entities = list(entities)
         self._kinds = {e.key: e.kind for e in entities}
         self._brand_of = {e.key: e.key.split("/", 1)[0] for e in entities if e.kind == "product"}
@@ -584,14 +613,26 @@ class Enricher:
                 if rule is not None and rule.case_sensitive:
                     self._ent_exact.add(label, [self.nlp.make_doc(normalize(name)[0])])
                 else:
-                    self._ent_lower.add(label, [self.nlp.make_doc(normalize(name)[0].lower())])
+                    low = normalize(name)[0].lower()
+                    # as people type it: run together ("Kindle2", "McDonalds", "TimeWarner") or with
+                    # punctuation between the words ("Goodby, Silverstein", "time-warner", "Time/Warner")
+                    forms = {low, _GLUE.sub("", low)}
+                    if " " in low:
+                        forms |= {low.replace(" ", sep) for sep in (", ", "-", "/")}
+                    self._ent_lower.add(label, [self.nlp.make_doc(f) for f in sorted(forms) if f])
             tags = {*(h.lower() for h in e.handles), *(h.lower() for h in e.hashtags)}
             # a listening tool finds a name written as a handle or hashtag too ("@united", "#jetblue")
+            # ("@mcdonalds"); a name with a rule keeps it there (its context, its exclusions), and a
+            # case-sensitive name is not found in the lower case tags are matched in
             for name in [e.name, *e.aliases]:
                 rule = e.rules.get(name)
-                compact = re.sub(r"\s+", "", normalize(name)[0].lower())
-                if compact and (rule is None or not (rule.context or rule.exclude or rule.case_sensitive)):
+                compact = _GLUE.sub("", normalize(name)[0].lower())
+                if not compact or (rule is not None and rule.case_sensitive):
+                    continue
+                if rule is None:
                     tags |= {f"@{compact}", f"#{compact}"}
+                else:
+                    self._ent_lower.add(f"{e.key}\x1f{name}", [self.nlp.make_doc(f"{c}{compact}") for c in "@#"])
             if tags:
                 label = f"{e.key}\x1f#"
                 self._rules[label] = (e.key, None)

@@ -44,6 +44,7 @@ __all__ = ["LABELS", "SentimentModel", "SentimentResult", "lexicon_label", "rati
 LABELS = ("negative", "neutral", "positive")
 FORMAT = 3  # JSON checkpoints: 3 = per-language weights; 2 = one English model (read as "en"); 1 was a pickle
 NB_SHARE = 0.3  # weight of naive Bayes in a language's model (the rest: logistic regression)
+BALANCE = 0.5  # how far the label leans to rarer classes: p(k) / (share of k in the labels) ** BALANCE
 UNKNOWN_PRIOR = {"negative": 0.3, "neutral": 0.4, "positive": 0.3}
 
 _URL = re.compile(r"https?://\S+")
@@ -398,13 +399,35 @@ class SentimentModel:
         w = lm.n_learned / (lm.n_learned + pw)
         return {k: w * p_model.get(k, 0.0) + (1 - w) * prior[k] for k in LABELS}
 
+    def _balance(self, lang: str) -> dict[str, float] | None:
+        """Per class, ``(1/K / its share of the labels) ** BALANCE`` over the K classes learned; None before any label.
+
+        A model trained on labels where one class is rare (3-star reviews, neutral tweets) learns
+        to almost never say it; dividing by the class share (the class-prior correction for
+        imbalanced data, softened by the exponent) gives the rare class back its recall, which is
+        what macro-F1 and a negative-share detector need. A class never learned keeps weight 1.
+        """
+        lm = self.langs.get(lang)
+        if lm is None or not BALANCE:
+            return None
+        counts: Mapping[str, float] = lm.nb.class_counts
+        total = sum(counts.values())
+        if not total:
+            return None
+        # uniform over the classes learned: a set labelled positive/negative only is balanced already,
+        # and a class never learned must not gain on the others
+        even = 1 / sum(1 for k in LABELS if counts.get(k))
+        return {k: (even / (counts[k] / total)) ** BALANCE if counts.get(k) else 1.0 for k in LABELS}
+
     def predict(self, text: str, lang: str = "en") -> SentimentResult:
         key = (lang, text)
         hit = self._predictions.get(key)
         if hit is not None:
             return hit
         p = self.proba(text, lang=lang)
-        label = max(LABELS, key=lambda k: (p[k], k == "neutral"))  # a tie is neutral, not the first class
+        bal = self._balance(lang)
+        q = {k: p[k] * bal[k] for k in LABELS} if bal else p
+        label = max(LABELS, key=lambda k: (q[k], k == "neutral"))  # a tie is neutral, not the first class
         res = SentimentResult(max(-1.0, min(1.0, p["positive"] - p["negative"])), label, p[label])
         if len(self._predictions) >= 4096:
             self._predictions.clear()

@@ -161,3 +161,17 @@ def test_fast_profile_redacts_the_names_the_wording_gives_away(fast: Enricher) -
     assert all("person" not in a.pii for a in got[3:])
     # attribution runs on the original text: a redacted name never hides an entity
     assert [h.key for h in got[0].entities] == ["northwind"]
+
+
+def test_rare_classes_are_weighted_up_by_their_share_of_the_labels() -> None:
+    m = SentimentModel()
+    assert m._balance("en") is None  # nothing learned: the prior alone decides
+    m.learn_many([("good trip", "positive")] * 8 + [("bad trip", "negative")] * 2)
+    w = m._balance("en")
+    assert w is not None and w["neutral"] == 1.0  # never learned: no weight either way
+    assert round(w["negative"], 3) == round((0.5 / 0.2) ** 0.5, 3) and round(w["positive"], 3) == round(
+        (0.5 / 0.8) ** 0.5, 3
+    )
+    even = SentimentModel()
+    even.learn_many([("good trip", "positive"), ("bad trip", "negative")] * 5)
+    assert even._balance("en") == {"negative": 1.0, "neutral": 1.0, "positive": 1.0}
