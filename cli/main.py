@@ -356,8 +356,14 @@ def bench(
     connect_only: Annotated[
         bool, typer.Option("--connect", help="Only the connector runtime: one repmon connect, 20 local sources.")
     ] = False,
+    rates: Annotated[
+        str, typer.Option(help="Sustained events/s of the rate sweep, comma-separated ('' skips the sweep).")
+    ] = "1000,2000,5000",
+    sweep_workers: Annotated[int, typer.Option(help="Worker processes of the rate sweep.")] = 2,
+    sweep_seconds: Annotated[float, typer.Option(help="Seconds each rate of the sweep is held.")] = 10.0,
 ) -> None:
-    """Benchmarks: end-to-end throughput and latency, the enrichment functions alone, repmon connect."""
+    """Benchmarks: end-to-end throughput and latency (1 and 2 workers, a sustained rate sweep), the
+    enrichment functions alone, repmon connect."""
     from infra.embedded import unwind_on_signals
     from tools.bench import bench_alert_latency, run_bench
     from tools.bench_connect import bench_connect
@@ -380,7 +386,16 @@ def bench(
 
         typer.echo(json.dumps({"web": bench_web(settings, rate=rate, console=err)}, indent=None if json_out else 2))
         return
-    result = run_bench(settings, events=events, console=err, config=config)
+    sweep = [int(r) for r in rates.split(",") if r.strip()]
+    result = run_bench(
+        settings,
+        events=events,
+        console=err,
+        config=config,
+        rates=sweep,
+        sweep_workers=sweep_workers,
+        sweep_seconds=sweep_seconds,
+    )
     err.print("bench: repmon connect, 20 sources against local platform servers ...")
     result["connect"] = bench_connect()
     if alerts:
