@@ -367,8 +367,14 @@ def bench(
             help="Only detection at scale: entity counts (e.g. 10,1000,10000), each entity with a day of state.",
         ),
     ] = None,
+    rates: Annotated[
+        str, typer.Option(help="Sustained events/s of the rate sweep, comma-separated ('' skips the sweep).")
+    ] = "1000,2000,5000",
+    sweep_workers: Annotated[int, typer.Option(help="Worker processes of the rate sweep.")] = 2,
+    sweep_seconds: Annotated[float, typer.Option(help="Seconds each rate of the sweep is held.")] = 10.0,
 ) -> None:
-    """Benchmarks: end-to-end throughput and latency, the enrichment functions alone, repmon connect."""
+    """Benchmarks: end-to-end throughput and latency (1 and 2 workers, a sustained rate sweep), the
+    enrichment functions alone, repmon connect."""
     from infra.embedded import unwind_on_signals
     from tools.bench import bench_alert_latency, run_bench
     from tools.bench_connect import bench_connect
@@ -381,7 +387,6 @@ def bench(
         from tools.bench_detect import bench_detection_scale
 
         settings = _settings(config)
-
         try:
             sizes = tuple(int(x) for x in entities.split(",") if x.strip())
         except ValueError:
@@ -404,7 +409,20 @@ def bench(
 
         typer.echo(json.dumps({"web": bench_web(settings, rate=rate, console=err)}, indent=None if json_out else 2))
         return
-    result = run_bench(settings, events=events, console=err, config=config)
+    try:
+        sweep = [int(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        err.print(f"--rates takes comma-separated events/s such as 1000,2000,5000, not {rates!r}")
+        raise typer.Exit(2) from None
+    result = run_bench(
+        settings,
+        events=events,
+        console=err,
+        config=config,
+        rates=sweep,
+        sweep_workers=sweep_workers,
+        sweep_seconds=sweep_seconds,
+    )
     err.print("bench: repmon connect, 20 sources against local platform servers ...")
     result["connect"] = bench_connect()
     if alerts:

@@ -21,6 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 import orjson
@@ -177,8 +178,19 @@ class RunStats:
         when = item.get("occurred_at") if isinstance(item, dict) else getattr(item, "occurred_at", None)
         if when is not None:
             when = when.isoformat() if hasattr(when, "isoformat") else str(when)
-            self.first_event = self.first_event or when
-            self.last_event = when
+            # the earliest and the latest event time, whatever the file's order
+            if self.first_event is None or _before(when, self.first_event):
+                self.first_event = when
+            if self.last_event is None or _before(self.last_event, when):
+                self.last_event = when
+
+
+def _before(a: str, b: str) -> bool:
+    """``a`` is an earlier event time than ``b`` (ISO 8601, any offset; text order otherwise)."""
+    try:
+        return datetime.fromisoformat(a) < datetime.fromisoformat(b)
+    except (TypeError, ValueError):
+        return a < b
 
 
 class Connector(ABC):

@@ -242,7 +242,9 @@ class Producer:
             "bootstrap.servers": bootstrap,
             "acks": "all",
             "linger.ms": 5,
-            "retries": 5,
+            # retries are bounded by the delivery timeout (message.timeout.ms), not by a count: a
+            # topic the broker has just auto-created answers UNKNOWN_TOPIC_OR_PART to produce
+            # requests until its leader is elected, which five quick retries can outlast
             # one request in flight per broker keeps per-key order across retries without
             # idempotence (which needs InitProducerId, not every Kafka-compatible broker has it)
             "max.in.flight.requests.per.connection": 1,
@@ -266,6 +268,22 @@ class Producer:
         except confluent_kafka.KafkaException as exc:
             return f"no metadata within {self.max_block:g} s: {exc.args[0].str() if exc.args else exc}"
         topic = md.topics.get(self.topic)
+        deadline = time.monotonic() + self.max_block
+        # a topic auto-created by this request has no leader for a moment: wait for one (within
+        # max_block), so the first window is not spent on retries
+        while (
+            topic is not None
+            and topic.partitions
+            and any(p.leader < 0 for p in topic.partitions.values())
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+            try:
+                topic = self._p.list_topics(self.topic, timeout=max(deadline - time.monotonic(), 0.1)).topics.get(
+                    self.topic
+                )
+            except confluent_kafka.KafkaException:
+                break
         if topic is None or not topic.partitions:
             err = topic.error.str() if topic is not None and topic.error is not None else "no partitions"
             return f"topic {self.topic}: {err}"

@@ -78,7 +78,7 @@ from typing import Any, Literal
 from scipy import special as _sp
 
 from infra.settings import DetectSettings
-from models.signals import RATING_N, RATING_SUM, SIGNALS, TRENDING, SignalDef, aspects_in, signal_key
+from models.signals import RATING_N, RATING_SQ, RATING_SUM, SIGNALS, TRENDING, SignalDef, aspects_in, signal_key
 
 __all__ = [
     "CountState",
@@ -86,6 +86,7 @@ __all__ = [
     "EwStat",
     "SignalState",
     "Verdict",
+    "WindowState",
     "count_tail",
     "severity_for",
 ]
@@ -526,7 +527,77 @@ def _tilted_mean(p: list[float], theta: float) -> float:
     return sum((i + 1) * wi for i, wi in enumerate(w)) / sum(w)
 
 
-State = CountState | SignalState | SeqState
+WIN_DAYS = 7  # days: the recent window of the rating-drop window test
+WIN_TRAIL_DAYS = 56  # days before it: the reference (8 weeks)
+WIN_MIN = 5  # reviews in the recent window at least
+WIN_TRAIL_MIN = 20  # reviews in the reference at least
+WIN_Z = 1.5  # the drop, in standard errors of the difference of the two means, at least
+WIN_DETECTOR = "window-drop-v1"
+
+
+@dataclass
+class WindowState:
+    """Daily review counts, star sums and sums of squares of the last ``WIN_DAYS + WIN_TRAIL_DAYS``
+    days of an entity (only days with reviews: a product with a review a week keeps a handful),
+    for the rating-drop window test: the mean of the last ``WIN_DAYS`` days against the mean of the
+    ``WIN_TRAIL_DAYS`` before them, as a team reads its own rating ("this week 3.2 stars, 4.3 over
+    the previous two months"). Days count from the entity's first bucket, not the calendar, so the
+    test is the same in the worker and in a backtest that skips empty buckets."""
+
+    days: list[list[float]] = field(default_factory=list)  # [day, n, sum, sum of squares], oldest first
+    active: bool = False  # the window is in a drop already paged: one verdict per episode
+
+    def add(self, day: int, n: float, total: float, sq: float) -> None:
+        if self.days and self.days[-1][0] == day:
+            last = self.days[-1]
+            last[1], last[2], last[3] = last[1] + n, last[2] + total, last[3] + sq
+        else:
+            self.days.append([float(day), n, total, sq])
+        horizon = day - (WIN_DAYS + WIN_TRAIL_DAYS)
+        while self.days and self.days[0][0] <= horizon:
+            self.days.pop(0)
+
+    def windows(self, day: int, n: float = 0.0, total: float = 0.0, sq: float = 0.0) -> tuple[float, ...]:
+        """``(n, sum, sq)`` of the recent window and of the reference, with a bucket not yet added."""
+        wn, ws, wq, tn, ts, tq = n, total, sq, 0.0, 0.0, 0.0
+        for d, dn, dsum, dsq in self.days:
+            if d > day - WIN_DAYS:
+                wn, ws, wq = wn + dn, ws + dsum, wq + dsq
+            elif d > day - WIN_DAYS - WIN_TRAIL_DAYS:
+                tn, ts, tq = tn + dn, ts + dsum, tq + dsq
+        return wn, ws, wq, tn, ts, tq
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"days": self.days, "active": self.active, "kind": "window"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WindowState:
+        return cls([list(map(float, x)) for x in d.get("days", [])], bool(d.get("active", False)))
+
+
+def window_drop(wn: float, ws: float, wq: float, tn: float, ts: float, tq: float) -> tuple[float, float, float, bool]:
+    """``(window mean, reference mean, z, drop)`` of the window test: a drop is ``RATING_DROP``
+    stars or more below the reference on ``WIN_MIN`` and ``WIN_TRAIL_MIN`` reviews, and ``WIN_Z``
+    standard errors (pooled spread, at least ``SEQ_MIN_SD``): a week of five mixed reviews on a
+    polarised product is a drop only when it is clearly worse than what its spread makes usual.
+
+    >>> window_drop(5, 5 * 2.6, 5 * 8.0, 40, 40 * 4.3, 40 * 19.5)[3]
+    True
+    >>> window_drop(5, 5 * 3.5, 5 * 13.5, 40, 40 * 4.3, 40 * 19.5)[3]  # 0.8 star down
+    False
+    >>> window_drop(5, 5 * 3.2, 5 * 14.24, 40, 40 * 4.3, 40 * 21.5)[3]  # polarised: 1.1 down, 1.3 s.e.
+    False
+    """
+    if wn <= 0 or tn <= 0:
+        return 0.0, 0.0, 0.0, False
+    mw, mt = ws / wn, ts / tn
+    var = max(((wq - wn * mw * mw) + (tq - tn * mt * mt)) / max(wn + tn - 2.0, 1.0), SEQ_MIN_SD**2)
+    z = (mt - mw) / math.sqrt(var * (1.0 / wn + 1.0 / tn))
+    drop = wn >= WIN_MIN and tn >= WIN_TRAIL_MIN and mt - mw >= RATING_DROP and z >= WIN_Z
+    return mw, mt, z, drop
+
+
+State = CountState | SignalState | SeqState | WindowState
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,7 +739,27 @@ class EntityDetector:
                 out.append(self._read_mean(sig, st, how))
         if frac >= 1.0:
             out.extend(self._read_seq(SIGNALS[name], st) for name in SEQ_SIGNALS)
+            out.append(self._read_window(st))
         return [r for r in out if r is not None]
+
+    @property
+    def day(self) -> int:
+        """The day of the current bucket, counted from the entity's first bucket."""
+        return self.buckets * self.bucket_seconds // 86400
+
+    def _read_window(self, st: dict[str, float]) -> _Judged | None:
+        """The rating-drop window test on a bucket with reviews (:class:`WindowState`)."""
+        n = st.get(RATING_N, 0.0)
+        state = self.signals.get("win:rating")
+        if n <= 0 or not isinstance(state, WindowState):
+            return None
+        wn, ws, wq, tn, ts, tq = state.windows(self.day, n, st.get(RATING_SUM, 0.0), st.get(RATING_SQ, 0.0))
+        mw, mt, z, drop = window_drop(wn, ws, wq, tn, ts, tq)
+        fires = drop and not state.active
+        # reported on the page's scale: a drop that passes is at least the paging threshold
+        z_page = max(z, self.cfg.z_threshold) if fires else z
+        scale = (mt - mw) / z if z > 0 else 0.0
+        return _Judged(SIGNALS["rating"], None, mw, mt, scale, z_page, wn, fires, WIN_DETECTOR)
 
     def _seq_inputs(self, sig: SignalDef, st: dict[str, float]) -> tuple[float, float, float]:
         """(events, sum, sum of squares) of a sequential signal in a bucket."""
@@ -835,8 +926,27 @@ class EntityDetector:
                 self._learn_share(sig, st, how, sig.name in hot, None, normal)
         for name in SEQ_SIGNALS:
             self._learn_seq(SIGNALS[name], st, normal)
+        self._learn_window(st, normal)
         if not normal:  # a bucket learned again was counted when it closed
             self.buckets += 1
+
+    def _learn_window(self, st: dict[str, float], normal: bool) -> None:
+        n = st.get(RATING_N, 0.0)
+        if n <= 0:
+            return
+        state = self.signals.get("win:rating")
+        if not isinstance(state, WindowState):
+            state = self.signals["win:rating"] = WindowState()
+        if normal:  # a false positive: this drop is as usual, no page again until it ends
+            state.active = True
+            return
+        total, sq = st.get(RATING_SUM, 0.0), st.get(RATING_SQ, 0.0)
+        state.add(self.day, n, total, sq)
+        # the episode lasts until the window is back within half the drop of its reference (the
+        # rating recovered, or the reference has become the new level): a window that hovers
+        # around the threshold pages once
+        mw, mt, _, drop = window_drop(*state.windows(self.day))
+        state.active = drop or (state.active and mt - mw >= RATING_DROP / 2.0)
 
     def absorb(self, st: dict[str, float], hour_of_week: int | None) -> list[str]:
         """A responder marked this (already learned) bucket a false positive: learn it as normal.
@@ -854,6 +964,10 @@ class EntityDetector:
         widened: list[str] = []
         for r in self._readings(st, how):
             key = signal_key(r.sig.name, r.aspect)
+            if r.detector == WIN_DETECTOR:
+                if r.fires:  # learned as usual below: no page again while this window lasts
+                    widened.append("win:rating")
+                continue
             state = self.signals.get(f"seq:{r.sig.name}" if r.detector == SEQ_DETECTOR else key)
             if isinstance(state, SeqState):
                 if r.z >= target or r.fires:
@@ -1085,6 +1199,8 @@ class EntityDetector:
                 if kind == "count"
                 else SeqState.from_dict(v)
                 if kind == "seq"
+                else WindowState.from_dict(v)
+                if kind == "window"
                 else SignalState.from_dict(v)
             )
         return cls(cfg, signals, int(data["buckets"]), bucket_seconds)

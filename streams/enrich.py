@@ -5,40 +5,38 @@ detected one): a language the model has not learned yet gets a low confidence, n
 every mention counts in volume and sentiment. A text naming several entities also gets each
 entity's own sentiment (:mod:`models.targets`).
 
-Synchronous and single-threaded by contract: the worker runs :meth:`EnrichStage.enrich_batch`
+Synchronous and single-threaded by contract: the worker runs :meth:`EnrichStage.enrich_docs`
 in a one-thread executor, so the spaCy pipeline and the online model are only ever touched by
 that thread, and the event loop never waits on NLP. The benchmark calls the same code.
+
+The worker's enriched records are plain dicts in the wire shape of
+:class:`~contract.records.EnrichedEvent` (what ``model_dump(mode="json")`` gives), serialised with
+orjson: a pydantic model per event and per nested match, sentiment and aspect cost more than the
+rest of the publishing path. The raw input is still validated at the edge (:func:`parse_raw`), and
+``tests/contract`` checks that these dicts validate against the record and its JSON Schema.
+:meth:`EnrichStage.enrich_batch` validates them into models for the offline tools.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from contract.records import (
-    AspectHit,
-    EnrichedEvent,
-    EntityMatch,
-    Feedback,
-    Mention,
-    NerSpan,
-    Purchase,
-    Review,
-    Sentiment,
-)
+from contract.records import SCHEMA_VERSION, EnrichedEvent, Feedback, Mention, Purchase, Review, utcnow
 from infra.settings import Settings
 from models.nlp import Enricher, TextAnalysis, normalize
 from models.privacy import pseudonymize, redact_url
 from models.sentiment import SentimentModel, SentimentResult, rating_to_label
 from models.targets import target_sentiments
 
-__all__ = ["EnrichStage", "Example", "RawRecord"]
+__all__ = ["EnrichStage", "Example", "RawRecord", "iso"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +69,27 @@ def _impact(reach: int) -> float:
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
-    return max(lo, min(hi, x))
+    return float(max(lo, min(hi, x)))
+
+
+def iso(dt: datetime) -> str:
+    """A UTC datetime as pydantic writes it in JSON mode, so a dict-built record reads the same.
+
+    >>> from datetime import UTC
+    >>> iso(datetime(2026, 11, 2, 9, 0, tzinfo=UTC)), iso(datetime(2026, 11, 2, 9, 0, 0, 5, tzinfo=UTC))
+    ('2026-11-02T09:00:00Z', '2026-11-02T09:00:00.000005Z')
+    """
+    s = dt.isoformat()
+    return s[:-6] + "Z" if s.endswith("+00:00") else s
+
+
+def _sentiment(score: float, label: str, confidence: float, version: str) -> dict[str, Any]:
+    return {
+        "score": _clip(score, -1.0, 1.0),
+        "label": label,
+        "confidence": _clip(confidence, 0.0, 1.0),
+        "model_version": version,
+    }
 
 
 class EnrichStage:
@@ -129,7 +147,7 @@ class EnrichStage:
         for ex in examples:
             into.learn_one(ex.text, ex.label, ex.lang or self.enricher.language(normalize(ex.text)[0]))
 
-    def examples(self, recs: Sequence[RawRecord], events: Sequence[EnrichedEvent]) -> list[Example]:
+    def examples(self, recs: Sequence[RawRecord], events: Sequence[Mapping[str, Any]]) -> list[Example]:
         """The training examples of an enriched batch: each review with text, labelled by its rating,
         in the language it was scored in (test-then-train: the event was scored before it teaches).
 
@@ -138,10 +156,10 @@ class EnrichStage:
         """
         out = []
         for rec, ev in zip(recs, events, strict=True):
-            if isinstance(rec, Review) and rec.text and ev.text_redacted:
+            if isinstance(rec, Review) and rec.text and ev["text_redacted"]:
                 label = rating_to_label(rec.rating, self.settings.sentiment.rating_labels)
                 if label:
-                    out.append(Example(ev.text_redacted, label, ev.lang, rec.event_id))
+                    out.append(Example(ev["text_redacted"], label, ev["lang"], rec.event_id))
         return out
 
     # -- enrichment -------------------------------------------------------------------------
@@ -175,21 +193,28 @@ class EnrichStage:
         return an.lang, an.lang_p
 
     def enrich_batch(self, recs: Sequence[RawRecord]) -> list[EnrichedEvent]:
-        """Enrich a batch; reviews then teach their language's model their rating (test-then-train)."""
+        """:meth:`enrich_docs` validated into records (offline tools and tests)."""
+        return [EnrichedEvent.model_validate(d) for d in self.enrich_docs(recs)]
+
+    def enrich_docs(self, recs: Sequence[RawRecord]) -> list[dict[str, Any]]:
+        """Enrich a batch into enriched records in their JSON shape; reviews then teach their
+        language's model their rating (test-then-train)."""
         assert self.enricher is not None and self.sentiment is not None, "load_models() first"
         texts = [self.text_of(r) for r in recs]
         analyses = self.enricher.process(texts)
         langs = [self.language_of(r, a) for r, a in zip(recs, analyses, strict=True)]
         version = self.sentiment.version
-        out: list[EnrichedEvent] = []
+        out: list[dict[str, Any]] = []
         for rec, text, an, lang in zip(recs, texts, analyses, langs, strict=True):
             pred = self.sentiment.predict(text, lang[0]) if text else None
-            out.append(self._to_enriched(rec, text, an, pred, version, lang))
+            out.append(self._to_doc(rec, text, an, pred, version, lang))
         if self.learn_inline:
             self.learn(self.examples(recs, out))
         return out
 
-    def _targets(self, text: str, an: TextAnalysis, pred: SentimentResult | None, lang: str, version: str) -> dict:
+    def _targets(
+        self, text: str, an: TextAnalysis, pred: SentimentResult | None, lang: str, version: str
+    ) -> dict[str, dict[str, Any]]:
         """Each entity's own sentiment when the text names two or more brands (products go with theirs)."""
         sentiment = self.sentiment
         assert sentiment is not None
@@ -206,15 +231,10 @@ class EnrichStage:
         for h in an.entities:
             t = per.get(h.key.split("/", 1)[0])
             if t is not None:
-                out[h.key] = Sentiment(
-                    score=_clip(t.score, -1.0, 1.0),
-                    label=t.label,
-                    confidence=_clip(t.confidence, 0.0, 1.0),
-                    model_version=f"{version}+{t.rule}",
-                )
+                out[h.key] = _sentiment(t.score, t.label, t.confidence, f"{version}+{t.rule}")
         return out
 
-    def _to_enriched(
+    def _to_doc(
         self,
         rec: RawRecord,
         text: str,
@@ -222,62 +242,58 @@ class EnrichStage:
         pred: Any,
         version: str,
         lang: tuple[str, float] = ("en", 1.0),
-    ) -> EnrichedEvent:
+    ) -> dict[str, Any]:
+        """The enriched record of ``rec``, field for field as :class:`EnrichedEvent` dumps it."""
         assert self.sentiment is not None
         own = self._targets(text, an, pred, lang[0], version) if text else {}
-        matches = [
-            EntityMatch(key=h.key, kind=h.kind, text=h.text, start=h.start, end=h.end, sentiment=own.get(h.key))
+        matches: list[dict[str, Any]] = [
+            {"key": h.key, "kind": h.kind, "text": h.text, "start": h.start, "end": h.end, "sentiment": own.get(h.key)}
             for h in an.entities
         ]
-        matched = {m.key for m in matches}
+        matched = {m["key"] for m in matches}
         hints = self.hint_entities(rec)
         for k in hints:
             if k not in matched:
                 ent = self.settings.entity(k)
-                matches.append(EntityMatch(key=k, kind=ent.kind if ent else "brand", text="(source)", start=0, end=0))
-        keys = [*hints, *(m.key for m in matches if m.key not in hints)]
-        sentiment = (
-            Sentiment(
-                score=_clip(pred.score, -1.0, 1.0),
-                label=pred.label,
-                confidence=_clip(pred.confidence, 0.0, 1.0),
-                model_version=version,
-            )
-            if pred is not None
-            else None
-        )
+                kind = ent.kind if ent else "brand"
+                matches.append({"key": k, "kind": kind, "text": "(source)", "start": 0, "end": 0, "sentiment": None})
+        keys = [*hints, *(m["key"] for m in matches if m["key"] not in hints)]
+        sentiment = _sentiment(pred.score, pred.label, pred.confidence, version) if pred is not None else None
+        aspect = self.sentiment.aspect_sentiment
         aspects = [
-            AspectHit(
-                aspect=a.aspect,
-                term=a.term,
-                start=a.start,
-                end=a.end,
-                sentiment=_clip(self.sentiment.aspect_sentiment(a.clause, lang[0]), -1.0, 1.0),
-            )
+            {
+                "aspect": a.aspect,
+                "term": a.term,
+                "start": a.start,
+                "end": a.end,
+                "sentiment": _clip(aspect(a.clause, lang[0]), -1.0, 1.0),
+            }
             for a in an.aspects
         ]
         author = getattr(rec, "author", None) or getattr(rec, "customer_key", None)
-        return EnrichedEvent(
-            event_id=rec.event_id,
-            kind=rec.kind,
-            source=rec.source,
-            occurred_at=rec.occurred_at,
-            ingested_at=rec.ingested_at,
-            entity=keys[0] if keys else None,
-            entities=matches,
-            ner=[NerSpan(label=n.label, text=n.text, start=n.start, end=n.end) for n in an.ner],
-            aspects=aspects,
-            sentiment=sentiment,
-            lang=lang[0] if text else None,
-            lang_confidence=_clip(lang[1], 0.0, 1.0) if text else None,
-            impact=_impact(rec.reach) if isinstance(rec, Mention) else 1.0,
-            text_redacted=an.text_redacted if text else None,
-            author_key=pseudonymize(author, self._secret) if author else None,
-            url=redact_url(rec.url),  # queries carry sessions, tokens, e-mail addresses
-            rating=rec.rating if isinstance(rec, Review) else None,
-            purchase_status=rec.status if isinstance(rec, Purchase) else None,
-            amount=rec.amount if isinstance(rec, Purchase) else None,
-            currency=rec.currency if isinstance(rec, Purchase) else None,
-            metric=rec.metric if isinstance(rec, Feedback) else None,
-            score=rec.score if isinstance(rec, Feedback) else None,
-        )
+        return {
+            "version": SCHEMA_VERSION,
+            "event_id": rec.event_id,
+            "kind": rec.kind,
+            "source": rec.source,
+            "occurred_at": iso(rec.occurred_at),
+            "ingested_at": iso(rec.ingested_at),
+            "enriched_at": iso(utcnow()),
+            "entity": keys[0] if keys else None,
+            "entities": matches,
+            "ner": [{"label": n.label, "text": n.text, "start": n.start, "end": n.end} for n in an.ner],
+            "aspects": aspects,
+            "sentiment": sentiment,
+            "lang": lang[0] if text else None,
+            "lang_confidence": _clip(lang[1], 0.0, 1.0) if text else None,
+            "impact": _impact(rec.reach) if isinstance(rec, Mention) else 1.0,
+            "text_redacted": an.text_redacted if text else None,
+            "author_key": pseudonymize(author, self._secret) if author else None,
+            "url": redact_url(rec.url),  # queries carry sessions, tokens, e-mail addresses
+            "rating": rec.rating if isinstance(rec, Review) else None,
+            "purchase_status": rec.status if isinstance(rec, Purchase) else None,
+            "amount": rec.amount if isinstance(rec, Purchase) else None,
+            "currency": rec.currency if isinstance(rec, Purchase) else None,
+            "metric": rec.metric if isinstance(rec, Feedback) else None,
+            "score": rec.score if isinstance(rec, Feedback) else None,
+        }

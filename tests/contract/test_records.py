@@ -100,3 +100,40 @@ def test_schema_command_writes_valid_schemas(tmp_path: Path) -> None:
     assert "incident_id" in incident["properties"] and "incident_id" in incident["required"]
     raw = json_schemas()["raw_event"]
     assert "discriminator" in json.dumps(raw) or "oneOf" in json.dumps(raw)
+
+
+def test_enriched_records_built_as_dicts_are_the_contract() -> None:
+    """The worker publishes the dicts it builds (no pydantic model per event): each must validate
+    against the published JSON Schema and read back as the record, field for field."""
+    from jsonschema import Draft202012Validator
+
+    from connectors.demo import generate
+    from infra.settings import load_settings
+    from streams.enrich import EnrichStage
+
+    settings = load_settings(None)
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    rows = [r for r in generate(settings.entities, start=start, minutes=60) if isinstance(r, dict)]
+    rows += [
+        {"kind": "mention", "event_id": "m:1", "source": "x", "occurred_at": NOW, "reach": 999,
+         "text": "Skyline is way better than Northwind, mail me at jane@example.com",
+         "url": "https://t.example/s?session=abc", "author": "@jane", "lang": "en"},
+        {"kind": "review", "event_id": "r:1", "source": "s", "occurred_at": NOW, "rating": 1, "brand": "Northwind"},
+        {"kind": "feedback", "event_id": "f:1", "source": "s", "occurred_at": NOW, "metric": "nps", "score": 3,
+         "comment": "la entrega llegó tarde", "customer_key": "c1"},
+    ]  # fmt: skip
+    recs = [parse_raw(r) for r in rows]
+    stage = EnrichStage(settings)
+    stage.load_models()
+    docs = stage.enrich_docs(recs)
+    assert {d["kind"] for d in docs} == {"mention", "review", "purchase", "feedback"}
+    assert any(m["sentiment"] for d in docs for m in d["entities"]) and any(d["aspects"] for d in docs)
+    schema = Draft202012Validator(json_schemas()["enriched_event"])
+    for doc in docs:
+        errors = [e.message for e in schema.iter_errors(doc)]
+        assert not errors, (doc["event_id"], errors)
+        wire = orjson.dumps(doc)
+        ev = EnrichedEvent.model_validate_json(wire)
+        assert ev.model_dump(mode="json") == doc  # the same fields, types and formats pydantic writes
+    bad = dict(docs[0], sentiment={"score": 2.0, "label": "bad", "confidence": 0.5, "model_version": "m"})
+    assert list(schema.iter_errors(bad))  # the schema check can fail

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import DetectSettings
-from models.detect import EntityDetector, SeqState
+from models.detect import EntityDetector, SeqState, Verdict, WindowState
 from tools.backtest import score_labels
 from tools.label_reviews import ReviewPoint, label_points
 
@@ -309,3 +309,47 @@ def test_chance_drops_count_what_the_rule_finds_without_any_real_drop() -> None:
     assert chance_drops(steady, 5) == [0] * 5  # six 1-stars spread over 20 weeks: no week drops
     split = [ReviewPoint("q", T0 + timedelta(days=d * 0.9), rng.choice([1.0, 5.0, 5.0])) for d in range(400)]
     assert sum(chance_drops(split, 5)) > 0
+
+
+def _replay_verdicts(det: EntityDetector, days: list[list[list[int]]]) -> list[tuple[int, Verdict]]:
+    out, last = [], -1
+    for d, buckets in enumerate(days):
+        for j, ratings in enumerate(buckets):
+            b = d * 1440 + 600 + 97 * j
+            det.idle(b - last - 1)
+            last = b
+            out += [(d, v) for v in det.update(_bucket(ratings), hour_of_week=(b // 60) % 168)]
+    return out
+
+
+def test_the_window_test_catches_a_bad_week_on_a_review_every_other_day() -> None:
+    """Too few reviews for the per-review test to be sure: the week against its two months is."""
+    rng = random.Random(11)
+    det = EntityDetector(DEFAULTS)
+    days = [[[rng.choice([5, 5, 5, 4, 4, 4, 3])]] if d % 2 == 0 else [] for d in range(240)]  # ~4.3 stars
+    days += [[[rng.choice([3, 3, 2, 4])], [rng.choice([3, 2, 4])]] if d % 2 == 0 else [] for d in range(8)]  # ~3
+    hits = [(d, v) for d, v in _replay_verdicts(det, days) if v.signal == "rating" and v.severity != "info"]
+    assert [d for d, _ in hits if d < 240] == []
+    late = [(d, v) for d, v in hits if d >= 240]
+    assert late and late[0][0] <= 247, hits[-3:]
+    assert any(v.detector == "window-drop-v1" for _, v in late)
+    assert late[0][1].baseline > late[0][1].value + 1.0  # explains itself: the week's stars vs the reference
+
+
+def test_a_window_that_hovers_at_the_threshold_pages_once() -> None:
+    rng = random.Random(12)
+    det = EntityDetector(DEFAULTS)
+    days = [[[rng.choice([5, 5, 4, 4, 4])]] for _ in range(120)]  # ~4.4 stars, a review a day
+    days += [[[rng.choice([3, 3, 4, 2])]] for _ in range(40)]  # then ~3 for weeks: in and out of a drop
+    hits = [d for d, v in _replay_verdicts(det, days) if v.detector == "window-drop-v1" and v.severity != "info"]
+    assert len(hits) == 1, hits
+
+
+def test_window_state_survives_a_round_trip_and_forgets_old_days() -> None:
+    st = WindowState()
+    for day in range(100):
+        st.add(day, 1.0, 4.0, 16.0)
+    st.add(99, 1.0, 2.0, 4.0)  # a second review on the same day adds to it
+    assert st.days[0][0] > 99 - 63 and st.days[-1] == [99.0, 2.0, 6.0, 20.0]
+    back = WindowState.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert back == st

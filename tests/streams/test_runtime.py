@@ -6,6 +6,7 @@ No broker and no Redis: the components are built with ``memory=True`` and the ou
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -39,6 +40,10 @@ class ListOutbox:
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.sent.append((topic, key, value))
+
+    async def send_many(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> list[BaseException | None]:
+        self.sent.extend(records)
+        return [None] * len(records)
 
     def values(self, topic: str) -> list[bytes]:
         return [v for t, _, v in self.sent if t == topic]

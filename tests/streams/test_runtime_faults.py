@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -17,7 +18,7 @@ from contract.records import DeadLetter, EnrichedEvent
 from infra.settings import load_settings
 from streams.compose import Components, build
 from streams.runtime import DEAD_PAYLOAD_CHARS, Message, Runtime
-from streams.windows import MemoryWindows
+from streams.windows import MemoryWindows, as_doc
 
 from .test_runtime import ListOutbox, fresh
 
@@ -150,14 +151,14 @@ class FlakyWindows(MemoryWindows):
         super().__init__(c.settings)
         self.outage, self.poison, self.calls = outage, poison, 0
 
-    async def add_batch(self, items):  # type: ignore[no-untyped-def]
+    async def add_batch(self, items, **kwargs):  # type: ignore[no-untyped-def]
         self.calls += 1
         if self.outage > 0:
             self.outage -= 1
             raise ConnectionError("Connection refused")
-        if self.poison and any(ev.event_id == self.poison for ev, _ in items):
+        if self.poison and any(as_doc(ev)["event_id"] == self.poison for ev, _ in items):
             raise ResponseError("ERR Error running script: value is not a valid float")
-        return await super().add_batch(items)
+        return await super().add_batch(items, **kwargs)
 
 
 async def test_a_redis_outage_holds_the_batch_and_counts_it_once_after(components: Components) -> None:
@@ -216,3 +217,21 @@ async def test_a_dependency_probe_reports_an_outage_and_the_recovery(components:
     assert await rt.probe("kafka", refused) is False and up._value.get() == 0 and errors._value.get() == 1
     assert await rt.probe("kafka", hangs, timeout=0.05) is False and errors._value.get() == 2
     assert await rt.probe("kafka", answers) is True and up._value.get() == 1 and errors._value.get() == 2
+
+
+async def test_an_event_whose_horizon_passes_before_it_is_counted_is_dead_lettered(components: Components) -> None:
+    """Validated inside the live horizon, but counted only after it (a long outage, a backlog):
+    the windows refuse it, as its dedupe claim may be gone, and it goes to the dead letters."""
+    live = components.settings.model_copy(
+        update={"windows": components.settings.windows.model_copy(update={"backfill_since": None})}
+    )
+    c = dataclasses.replace(fresh(components), settings=live)
+    horizon = live.windows.max_age_seconds or live.windows.bucket_retention_seconds
+    windows = MemoryWindows(live, clock=lambda: time.time() + horizon - 600)  # 10 min left at counting
+    rt = Runtime(dataclasses.replace(c, windows=windows), out := ListOutbox())
+    now = datetime.now(UTC)
+    await rt.on_raw([Message(mention(1, now - timedelta(minutes=15)), offset=1), Message(mention(2, now), offset=2)])
+    [d] = dead(out)
+    assert d.stage == "horizon" and d.offset == 1 and "before the event could be counted" in d.reason
+    assert [EnrichedEvent.model_validate_json(v).event_id for v in out.values("enriched")] == ["f:2"]
+    assert (await windows.stats())["counted"] == 1 and rt.done[0] == 3

@@ -140,3 +140,23 @@ async def test_each_entity_counts_its_own_sentiment_in_a_multi_entity_text(store
     assert [m["id"] for m in await store.top_mentions("northwind", [t0])] == ["t:cmp"]
     assert await store.top_mentions("skyline", [t0]) == [] and await store.top_terms("skyline", [t0]) == []
     assert "pésimo" in dict(await store.top_terms("northwind", [t0]))  # words of any script
+
+
+async def test_live_claims_last_until_the_event_leaves_the_horizon(store: Windows) -> None:
+    """Dedupe memory is bounded by the horizon: an (event, entity) claim expires when its event
+    time is ``claim_horizon`` old, and an event already that old is refused, never counted."""
+    horizon = 3600.0
+    now = datetime.now(UTC)
+    fresh = ev(1, "northwind", 0).model_copy(update={"occurred_at": now - timedelta(minutes=10)})
+    stale = ev(2, "northwind", 0).model_copy(update={"occurred_at": now - timedelta(seconds=horizon + 5)})
+    res = await store.add_batch([(fresh, 0), (stale, 1)], claim_horizon=horizon)
+    assert (res.counted, res.duplicates, res.expired) == (1, 0, ["t:2"])
+    again = await store.add_batch([(fresh, 0)], claim_horizon=horizon)
+    assert (again.counted, again.duplicates) == (0, 1)
+    assert await store.watermark() == fresh.occurred_at.timestamp()  # the refused event moved nothing
+    if isinstance(store, RedisWindows):
+        ttl = await store.r.ttl(f"{store.p}:seen:northwind:t:1")
+        assert horizon - 600 - 5 <= ttl <= horizon - 600 + 1  # the event time's horizon, not 7 days
+        untimed = await store.add_batch([(ev(3, "northwind", 0), 0)])  # tools and backfill: dedupe_ttl_seconds
+        assert untimed.counted == 1
+        assert await store.r.ttl(f"{store.p}:seen:northwind:t:3") > store.settings.windows.dedupe_ttl_seconds - 60
