@@ -444,6 +444,7 @@ def backtest(
     holdout: Annotated[
         list[str], typer.Option("--holdout", help="Entities whose key contains this: the held-out group.")
     ] = [],  # noqa: B006
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Replay recorded events through the same pipeline logic in event time; report the alerts."""
     from rich.table import Table
@@ -453,7 +454,7 @@ def backtest(
     settings = _settings(config)
     _logging("warning")
     label_data = json.loads(labels.read_text()) if labels else None
-    report = run_backtest(settings, files, mapping, limit=limit, labels=label_data, holdout=holdout)
+    report = run_backtest(settings, files, mapping, limit=limit, labels=label_data, holdout=holdout, progress=progress)
     if json_out:
         typer.echo(json.dumps(report, default=str))
         return

@@ -99,6 +99,9 @@ FIRED_WEIGHT = 0.25  # a bucket that fired teaches the baseline this much, clipp
 PROTECT_Z = 3.0  # ... and so does one this far off its baseline in the bad direction
 MIX_Z = 2.0  # a volume rise pages only if its negative share is this far above baseline (or worse)
 DISPERSION_HALFLIVES = 4.0  # the dispersion remembers this many level half-lives
+COUNT_ACTIVE_MIN = 10  # buckets with events of a count signal before it may fire: a baseline
+# learned from one busy bucket and a day of empty minutes (a product's launch day, reviews dated
+# by the day) knows nothing of the count's spread; the per-review tests judge such streams
 SPARSE_EVENTS = 1.0  # a bucket expecting fewer events moves the level (and calibration) less
 TAIL_K = 6.0  # the count spread includes bursts up to this many robust sigmas (module doc)
 Z_CAP = 38.0  # z of a tail probability below the float range
@@ -243,6 +246,7 @@ class CountState:
     cusum: float = 0.0
     excess: float = 0.0  # events above expectation since the CUSUM left 0
     n: int = 0  # buckets learned since the signal's first event
+    active: int = 0  # of those, buckets with events of the signal (-1: a state saved before it was kept)
     streak: int = 0
     last_fire: int | None = None  # bucket index of the last verdict
     recent: list[list[float]] = field(default_factory=list)  # [x, mu] of the last hour's buckets
@@ -302,6 +306,7 @@ class CountState:
     def from_dict(cls, d: dict[str, Any]) -> CountState:
         d = {k: v for k, v in d.items() if k != "kind"}
         d["level"] = EwStat(**d["level"])
+        d.setdefault("active", -1)  # already warm: its warm-up is not done again
         return cls(**d)
 
 
@@ -655,6 +660,8 @@ class EntityDetector:
     ) -> _Judged | None:
         state = self.signals.get(sig.name)
         if not isinstance(state, CountState) or state.n < self.cfg.warmup_buckets:
+            return None
+        if 0 <= state.active < COUNT_ACTIVE_MIN:
             return None
         x = sig.num_of(st)
         mu_full = state.expect(how, self.per_hour)
@@ -1060,6 +1067,8 @@ class EntityDetector:
         state = self._count_state(sig.name)
         ph, alpha = self.per_hour, self.alpha
         y = math.log(x + 1.0)
+        if x > 0 and state.active >= 0:
+            state.active += 1
         if state.level.n == 0:
             state.level.update(y, alpha)
             state.n += 1

@@ -46,7 +46,7 @@ from streams.windows import MemoryWindows
 __all__ = ["backtest", "score_labels"]
 
 
-async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dict[str, Any]:
+async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int, progress: bool = False) -> dict[str, Any]:
     c = build(settings, memory=True)
     signals: list[Signal] = []
     incidents: list[tuple[Incident, float]] = []
@@ -64,6 +64,7 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dic
     ticks = 0
     engine.emit_signal, engine.emit_incident = on_signal, on_incident
     t0 = time.monotonic()
+    bar = _Bar(len(recs)) if progress else None
     try:
         for i in range(0, len(recs), batch):
             chunk = recs[i : i + batch]
@@ -75,6 +76,8 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dic
             # only load and save every entity's state again to find nothing left
             judged.append(await engine.tick(max_buckets=sys.maxsize))
             ticks += 1
+            if bar is not None:
+                bar.update(i + len(chunk), wm_holder["wm"], len(incidents))
         report = _report(settings, recs, signals, incidents, time.monotonic() - t0)
         report["buckets_judged"] = sum(judged)
         report["ticks"] = ticks  # engine ticks: each loads and saves every entity's state
@@ -88,8 +91,38 @@ async def _run(settings: Settings, recs: Sequence[RawRecord], batch: int) -> dic
         report["buckets_skipped"] = engine.skipped
         report["active_days"] = {e: round((max(b) - min(b) + B) / 86400.0, 2) for e, b in spans.items()}
     finally:
+        if bar is not None:
+            bar.stop()
         await c.close()
     return report
+
+
+class _Bar:
+    """Progress of a long backtest on stderr (stdout may carry the JSON report): events judged,
+    the event time reached, incident messages so far."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.prog = Progress(
+            TextColumn("backtest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[at]}"),
+            TextColumn("{task.fields[messages]} messages"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        self.task = self.prog.add_task("backtest", total=total, at="", messages=0)
+        self.prog.start()
+
+    def update(self, done: int, wm: float, messages: int) -> None:
+        at = datetime.fromtimestamp(wm, UTC).strftime("%Y-%m-%d %H:%M") if wm else ""
+        self.prog.update(self.task, completed=done, at=at, messages=messages)
+
+    def stop(self) -> None:
+        self.prog.stop()
 
 
 def _report(
@@ -233,6 +266,7 @@ def backtest(
     batch: int = 64,
     labels: dict[str, Any] | None = None,
     holdout: Sequence[str] = (),
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Replay ``files`` through enrichment, windows and detection; return the alert report, with
     the label scores (module doc) when ``labels`` are given."""
@@ -246,7 +280,7 @@ def backtest(
         except ValueError:
             invalid += 1
     recs.sort(key=lambda r: r.occurred_at)
-    report = asyncio.run(_run(settings, recs, batch))
+    report = asyncio.run(_run(settings, recs, batch, progress))
     report["entities"] = [e.key for e in settings.entities]
     if labels is not None:
         report["labels"] = score_labels(report, labels, holdout)

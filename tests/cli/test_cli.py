@@ -73,3 +73,24 @@ def test_a_bad_log_format_is_one_line() -> None:
     out = repmon("worker", "--log-format", "xml", env={"REPMON_AUTHOR_KEY_SECRET": "s"})
     assert out.returncode == 2 and "--log-format 'xml' is not text or json" in out.stderr, out
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_backtest_json_goes_to_stdout_and_its_progress_to_stderr(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    from pathlib import Path
+
+    rows = [
+        {"reviewText": "broke" if i % 4 == 0 else "fine", "overall": 5 - (i % 4 == 0) * 3, "asin": "P1"}
+        | {"unixReviewTime": 1_600_000_000 + i * 86400, "reviewerID": f"r{i}"}
+        for i in range(90)
+    ]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    product = '[[entities]]\nname = "p1"\nkind = "product"\nbrand = "acme"\n'
+    (tmp_path / "c.toml").write_text('[[entities]]\nname = "acme"\n' + product)
+    mapping = Path(__file__).resolve().parents[2] / "infra" / "config" / "replay" / "amazon_reviews_5core.toml"
+    out = repmon("backtest", str(data), "--mapping", str(mapping), "--config", str(tmp_path / "c.toml"), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["events"] == 90 and report["span"][0] < report["span"][1]
+    assert "backtest" in out.stderr and "90/90" in out.stderr, out.stderr

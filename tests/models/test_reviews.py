@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import DetectSettings
-from models.detect import EntityDetector, SeqState, Verdict, WindowState
+from models.detect import CountState, EntityDetector, SeqState, Verdict, WindowState
 from tools.backtest import score_labels
 from tools.label_reviews import ReviewPoint, label_points
 
@@ -353,3 +353,41 @@ def test_window_state_survives_a_round_trip_and_forgets_old_days() -> None:
     assert st.days[0][0] > 99 - 63 and st.days[-1] == [99.0, 2.0, 6.0, 20.0]
     back = WindowState.from_dict(json.loads(json.dumps(st.to_dict())))
     assert back == st
+
+
+def _texts(stars: list[int], negative: int) -> dict[str, float]:
+    b = _bucket(stars)
+    b["neg"], b["pos"] = negative, len(stars) - negative
+    return b
+
+
+def test_a_new_products_second_day_is_no_count_crisis_against_a_day_of_empty_minutes() -> None:
+    """Reviews dated by the day: a launch day, then a busier second day with a few low stars and
+    a dozen texts the model reads as negative. A baseline of one busy minute and 1,439 empty ones
+    says nothing of how many negatives a day brings: the count tests wait for ten buckets with
+    events of their own, the per-review tests judge the stars."""
+    det = EntityDetector(DEFAULTS)
+    assert det.update(_texts([5] * 58 + [4] * 12 + [3] * 5 + [2] * 2, 3)) == []
+    det.idle(1439)
+    day2 = det.update(_texts([2] * 4 + [1] * 5 + [4] * 13 + [5] * 42 + [3] * 3, 12))
+    assert [v for v in day2 if v.severity != "info"] == [], day2
+    assert [v for v in day2 if v.signal in ("negative_volume", "volume", "trending")] == []
+
+
+def test_count_tests_fire_once_they_have_seen_ten_buckets_with_events() -> None:
+    det = EntityDetector(DEFAULTS)
+    for _ in range(40):  # forty minutes of a steady stream: one negative in twenty mentions
+        assert [v for v in det.update({"events": 20, "n": 20, "neg": 1, "pos": 10}) if v.severity != "info"] == []
+    spike = det.update({"events": 60, "n": 60, "neg": 45, "pos": 5})
+    assert "negative_volume" in {v.signal for v in spike if v.severity != "info"}, spike
+    saved = det.signals["negative_volume"].to_dict()
+    del saved["active"]  # a state saved before active buckets were kept: already warm
+    assert CountState.from_dict(saved).active == -1
+
+
+def test_a_count_spike_in_the_first_buckets_with_events_waits() -> None:
+    det = EntityDetector(DEFAULTS)
+    det.update({"events": 20, "n": 20, "neg": 1, "pos": 10})
+    det.idle(40)  # forty empty minutes: past the warm-up in buckets, not in buckets with events
+    spike = det.update({"events": 60, "n": 60, "neg": 45, "pos": 5})
+    assert {v.signal for v in spike} & {"negative_volume", "volume", "trending"} == set(), spike
