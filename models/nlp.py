@@ -373,6 +373,7 @@ ASPECTS_INTL: dict[str, list[str]] = {
 }
 
 LANGS = ["en", "es", "pt", "fr", "de", "it", "nl", "sv", "pl", "tr", "id", "ja", "zh", "ar", "ru"]
+LANG_CACHE = 50_000  # texts whose language is remembered (a few MB)
 NER_LABELS = {"PERSON", "ORG", "PRODUCT", "GPE", "NORP", "LOC", "FAC", "EVENT"}
 
 _CLAUSE = re.compile(
@@ -649,6 +650,9 @@ class Enricher:
 
         self._lang = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         self._lang.set_languages(LANGS)
+        # the same words come back in retweets, copied complaints and templated reviews; the
+        # classifier is a pure function of them (bounded: cleared when full)
+        self._lang_seen: dict[str, tuple[str, float]] = {}
 
     def language(self, text: str) -> str:
         """ISO 639-1 code; the default language unless another one is detected."""
@@ -666,10 +670,19 @@ class Enricher:
         words = [w for w in text.split() if not w.startswith(("@", "#", "http"))]
         if len(words) < 2 and all(ord(c) < 0x250 for c in " ".join(words)):
             return default, 0.5
-        lang, prob = self._lang.classify(" ".join(words) if words else text)
+        key = " ".join(words) if words else text
+        hit = self._lang_seen.get(key)
+        if hit is not None:
+            return hit
+        lang, prob = self._lang.classify(key)
         if lang != default and prob < 0.5 and len(words) >= 2:
-            return default, round(1.0 - float(prob), 4)
-        return str(lang), round(float(prob), 4)
+            out = default, round(1.0 - float(prob), 4)
+        else:
+            out = str(lang), round(float(prob), 4)
+        if len(self._lang_seen) >= LANG_CACHE:
+            self._lang_seen.clear()
+        self._lang_seen[key] = out
+        return out
 
     @staticmethod
     def _rule_allows(rule: AliasRule, lowered: str, start: int, end: int) -> bool:

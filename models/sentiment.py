@@ -196,6 +196,38 @@ class SeedLexicon:
         return total / math.sqrt(total * total + 15.0)
 
 
+def nb_proba(nb: naive_bayes.MultinomialNB, words: Mapping[str, float]) -> dict[str, float]:
+    """``nb.predict_proba_one(words)``, computed as River does (Laplace-smoothed multinomial
+    likelihoods, class priors from the counts) at a third of the cost: the smoothing denominator's
+    log once per class instead of once per word, and the normalisation with ``math`` instead of
+    SciPy's array ``logsumexp``, which cost more than the likelihoods on three classes (half of
+    the fast profile's CPU went to this call).
+
+    >>> nb = naive_bayes.MultinomialNB(alpha=1.0)
+    >>> for text, y in [("good", "positive"), ("bad bad", "negative"), ("ok", "neutral")]:
+    ...     nb.learn_one(dict.fromkeys(text.split(), 1.0), y)
+    >>> a, b = nb_proba(nb, {"bad": 1.0, "new": 2.0}), nb.predict_proba_one({"bad": 1.0, "new": 2.0})
+    >>> all(abs(a[k] - b[k]) < 1e-12 for k in b)
+    True
+    """
+    counts, totals, fc, alpha = nb.class_counts, nb.class_totals, nb.feature_counts, nb.alpha
+    if not counts:
+        return {}
+    n = sum(counts.values())
+    smooth = alpha * len(fc)
+    mass = sum(words.values())
+    jll: dict[str, float] = {}
+    for c, k in counts.items():
+        s = math.log(k / n) - mass * math.log(totals[c] + smooth)
+        for f, freq in words.items():
+            seen = fc.get(f)
+            s += freq * math.log((seen.get(c, 0.0) if seen is not None else 0.0) + alpha)
+        jll[c] = s
+    top = max(jll.values())
+    lse = top + math.log(sum(math.exp(v - top) for v in jll.values()))
+    return {c: math.exp(v - lse) for c, v in jll.items()}
+
+
 class _Lang:
     """One language's online models and how many labels it has learned.
 
@@ -216,7 +248,7 @@ class _Lang:
         words = {k: v for k, v in feats.items() if not k.startswith("__")}
         if not words or not self.nb.class_counts:
             return p
-        q = self.nb.predict_proba_one(words)
+        q = nb_proba(self.nb, words)
         return {k: NB_SHARE * q.get(k, 0.0) + (1 - NB_SHARE) * p.get(k, 0.0) for k in LABELS}
 
     def learn(self, feats: dict[str, float], label: str) -> None:

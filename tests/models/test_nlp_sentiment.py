@@ -175,3 +175,27 @@ def test_rare_classes_are_weighted_up_by_their_share_of_the_labels() -> None:
     even = SentimentModel()
     even.learn_many([("good trip", "positive"), ("bad trip", "negative")] * 5)
     assert even._balance("en") == {"negative": 1.0, "neutral": 1.0, "positive": 1.0}
+
+
+def test_naive_bayes_probabilities_are_rivers_own() -> None:
+    """The hand-rolled posterior (models.sentiment.nb_proba) against River's predict_proba_one on
+    a model that learned real-looking reviews, words it has not seen included."""
+    import random
+
+    from river import naive_bayes
+
+    from models.sentiment import nb_proba
+
+    rng = random.Random(5)
+    vocab = [f"w{i}" for i in range(300)]
+    nb = naive_bayes.MultinomialNB(alpha=1.0)
+    for _ in range(500):
+        words: dict[str, float] = {}
+        for w in rng.sample(vocab[:200], rng.randint(1, 12)):
+            words[w] = float(rng.randint(1, 3))
+        nb.learn_one(words, rng.choice(["negative", "neutral", "positive"]))
+    for _ in range(200):
+        x = {w: float(rng.randint(1, 4)) for w in rng.sample(vocab, rng.randint(1, 30))}
+        ours, theirs = nb_proba(nb, x), nb.predict_proba_one(x)
+        assert ours.keys() == theirs.keys()
+        assert all(abs(ours[k] - theirs[k]) < 1e-9 for k in theirs), (ours, theirs)
