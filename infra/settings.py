@@ -248,6 +248,30 @@ class DetectSettings(_Section):
         gt=0,
         description="Decision threshold of the sustained-rise CUSUM on counts (sum of robust z - k).",
     )
+    count_active_buckets: int = Field(
+        default=10,
+        ge=0,
+        description="Buckets with events of its own a count signal needs before it may fire: a baseline "
+        "learned from one busy launch day and a day of empty minutes knows nothing of the count's spread.",
+    )
+    rating_window_days: int = Field(
+        default=7, ge=1, description="Rating-drop window test: the recent window, in days of the entity's stream."
+    )
+    rating_reference_days: int = Field(
+        default=56, ge=1, description="Rating-drop window test: the reference before the window, in days."
+    )
+    rating_window_min_reviews: int = Field(
+        default=5, ge=1, description="Rating-drop window test: reviews in the recent window at least."
+    )
+    rating_reference_min_reviews: int = Field(
+        default=20, ge=1, description="Rating-drop window test: reviews in the reference at least."
+    )
+    rating_window_z: float = Field(
+        default=1.5,
+        gt=0,
+        description="Rating-drop window test: the drop in standard errors of the difference of the two "
+        "means (pooled spread) at least, besides a star or more of difference.",
+    )
 
 
 class NlpSettings(_Section):

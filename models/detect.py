@@ -99,9 +99,6 @@ FIRED_WEIGHT = 0.25  # a bucket that fired teaches the baseline this much, clipp
 PROTECT_Z = 3.0  # ... and so does one this far off its baseline in the bad direction
 MIX_Z = 2.0  # a volume rise pages only if its negative share is this far above baseline (or worse)
 DISPERSION_HALFLIVES = 4.0  # the dispersion remembers this many level half-lives
-COUNT_ACTIVE_MIN = 10  # buckets with events of a count signal before it may fire: a baseline
-# learned from one busy bucket and a day of empty minutes (a product's launch day, reviews dated
-# by the day) knows nothing of the count's spread; the per-review tests judge such streams
 SPARSE_EVENTS = 1.0  # a bucket expecting fewer events moves the level (and calibration) less
 TAIL_K = 6.0  # the count spread includes bursts up to this many robust sigmas (module doc)
 Z_CAP = 38.0  # z of a tail probability below the float range
@@ -532,43 +529,42 @@ def _tilted_mean(p: list[float], theta: float) -> float:
     return sum((i + 1) * wi for i, wi in enumerate(w)) / sum(w)
 
 
-WIN_DAYS = 7  # days: the recent window of the rating-drop window test
-WIN_TRAIL_DAYS = 56  # days before it: the reference (8 weeks)
-WIN_MIN = 5  # reviews in the recent window at least
-WIN_TRAIL_MIN = 20  # reviews in the reference at least
-WIN_Z = 1.5  # the drop, in standard errors of the difference of the two means, at least
 WIN_DETECTOR = "window-drop-v1"
 
 
 @dataclass
 class WindowState:
-    """Daily review counts, star sums and sums of squares of the last ``WIN_DAYS + WIN_TRAIL_DAYS``
-    days of an entity (only days with reviews: a product with a review a week keeps a handful),
-    for the rating-drop window test: the mean of the last ``WIN_DAYS`` days against the mean of the
-    ``WIN_TRAIL_DAYS`` before them, as a team reads its own rating ("this week 3.2 stars, 4.3 over
-    the previous two months"). Days count from the entity's first bucket, not the calendar, so the
+    """Daily review counts, star sums and sums of squares of the last ``rating_window_days +
+    rating_reference_days`` days of an entity (only days with reviews: a product with a review a
+    week keeps a handful), for the rating-drop window test: the mean of the last
+    ``rating_window_days`` (settings) against the mean of the ``rating_reference_days`` before
+    them, as a team reads its own rating ("this week 3.2 stars, 4.3 over the previous two
+    months"). Days count from the entity's first bucket, not the calendar, so the
     test is the same in the worker and in a backtest that skips empty buckets."""
 
     days: list[list[float]] = field(default_factory=list)  # [day, n, sum, sum of squares], oldest first
     active: bool = False  # the window is in a drop already paged: one verdict per episode
 
-    def add(self, day: int, n: float, total: float, sq: float) -> None:
+    def add(self, cfg: DetectSettings, day: int, n: float, total: float, sq: float) -> None:
         if self.days and self.days[-1][0] == day:
             last = self.days[-1]
             last[1], last[2], last[3] = last[1] + n, last[2] + total, last[3] + sq
         else:
             self.days.append([float(day), n, total, sq])
-        horizon = day - (WIN_DAYS + WIN_TRAIL_DAYS)
+        horizon = day - (cfg.rating_window_days + cfg.rating_reference_days)
         while self.days and self.days[0][0] <= horizon:
             self.days.pop(0)
 
-    def windows(self, day: int, n: float = 0.0, total: float = 0.0, sq: float = 0.0) -> tuple[float, ...]:
+    def windows(
+        self, cfg: DetectSettings, day: int, n: float = 0.0, total: float = 0.0, sq: float = 0.0
+    ) -> tuple[float, ...]:
         """``(n, sum, sq)`` of the recent window and of the reference, with a bucket not yet added."""
         wn, ws, wq, tn, ts, tq = n, total, sq, 0.0, 0.0, 0.0
+        recent, reference = cfg.rating_window_days, cfg.rating_reference_days
         for d, dn, dsum, dsq in self.days:
-            if d > day - WIN_DAYS:
+            if d > day - recent:
                 wn, ws, wq = wn + dn, ws + dsum, wq + dsq
-            elif d > day - WIN_DAYS - WIN_TRAIL_DAYS:
+            elif d > day - recent - reference:
                 tn, ts, tq = tn + dn, ts + dsum, tq + dsq
         return wn, ws, wq, tn, ts, tq
 
@@ -580,17 +576,21 @@ class WindowState:
         return cls([list(map(float, x)) for x in d.get("days", [])], bool(d.get("active", False)))
 
 
-def window_drop(wn: float, ws: float, wq: float, tn: float, ts: float, tq: float) -> tuple[float, float, float, bool]:
+def window_drop(
+    cfg: DetectSettings, wn: float, ws: float, wq: float, tn: float, ts: float, tq: float
+) -> tuple[float, float, float, bool]:
     """``(window mean, reference mean, z, drop)`` of the window test: a drop is ``RATING_DROP``
-    stars or more below the reference on ``WIN_MIN`` and ``WIN_TRAIL_MIN`` reviews, and ``WIN_Z``
-    standard errors (pooled spread, at least ``SEQ_MIN_SD``): a week of five mixed reviews on a
-    polarised product is a drop only when it is clearly worse than what its spread makes usual.
+    stars or more below the reference on ``rating_window_min_reviews`` and
+    ``rating_reference_min_reviews`` reviews, and ``rating_window_z`` standard errors (pooled
+    spread, at least ``SEQ_MIN_SD``): a week of five mixed reviews on a polarised product is a
+    drop only when it is clearly worse than what its spread makes usual.
 
-    >>> window_drop(5, 5 * 2.6, 5 * 8.0, 40, 40 * 4.3, 40 * 19.5)[3]
+    >>> cfg = DetectSettings()
+    >>> window_drop(cfg, 5, 5 * 2.6, 5 * 8.0, 40, 40 * 4.3, 40 * 19.5)[3]
     True
-    >>> window_drop(5, 5 * 3.5, 5 * 13.5, 40, 40 * 4.3, 40 * 19.5)[3]  # 0.8 star down
+    >>> window_drop(cfg, 5, 5 * 3.5, 5 * 13.5, 40, 40 * 4.3, 40 * 19.5)[3]  # 0.8 star down
     False
-    >>> window_drop(5, 5 * 3.2, 5 * 14.24, 40, 40 * 4.3, 40 * 21.5)[3]  # polarised: 1.1 down, 1.3 s.e.
+    >>> window_drop(cfg, 5, 5 * 3.2, 5 * 14.24, 40, 40 * 4.3, 40 * 21.5)[3]  # polarised: 1.1 down, 1.3 s.e.
     False
     """
     if wn <= 0 or tn <= 0:
@@ -598,7 +598,12 @@ def window_drop(wn: float, ws: float, wq: float, tn: float, ts: float, tq: float
     mw, mt = ws / wn, ts / tn
     var = max(((wq - wn * mw * mw) + (tq - tn * mt * mt)) / max(wn + tn - 2.0, 1.0), SEQ_MIN_SD**2)
     z = (mt - mw) / math.sqrt(var * (1.0 / wn + 1.0 / tn))
-    drop = wn >= WIN_MIN and tn >= WIN_TRAIL_MIN and mt - mw >= RATING_DROP and z >= WIN_Z
+    drop = (
+        wn >= cfg.rating_window_min_reviews
+        and tn >= cfg.rating_reference_min_reviews
+        and mt - mw >= RATING_DROP
+        and z >= cfg.rating_window_z
+    )
     return mw, mt, z, drop
 
 
@@ -661,7 +666,7 @@ class EntityDetector:
         state = self.signals.get(sig.name)
         if not isinstance(state, CountState) or state.n < self.cfg.warmup_buckets:
             return None
-        if 0 <= state.active < COUNT_ACTIVE_MIN:
+        if 0 <= state.active < self.cfg.count_active_buckets:
             return None
         x = sig.num_of(st)
         mu_full = state.expect(how, self.per_hour)
@@ -760,8 +765,8 @@ class EntityDetector:
         state = self.signals.get("win:rating")
         if n <= 0 or not isinstance(state, WindowState):
             return None
-        wn, ws, wq, tn, ts, tq = state.windows(self.day, n, st.get(RATING_SUM, 0.0), st.get(RATING_SQ, 0.0))
-        mw, mt, z, drop = window_drop(wn, ws, wq, tn, ts, tq)
+        wn, ws, wq, tn, ts, tq = state.windows(self.cfg, self.day, n, st.get(RATING_SUM, 0.0), st.get(RATING_SQ, 0.0))
+        mw, mt, z, drop = window_drop(self.cfg, wn, ws, wq, tn, ts, tq)
         fires = drop and not state.active
         # reported on the page's scale: a drop that passes is at least the paging threshold
         z_page = max(z, self.cfg.z_threshold) if fires else z
@@ -948,11 +953,11 @@ class EntityDetector:
             state.active = True
             return
         total, sq = st.get(RATING_SUM, 0.0), st.get(RATING_SQ, 0.0)
-        state.add(self.day, n, total, sq)
+        state.add(self.cfg, self.day, n, total, sq)
         # the episode lasts until the window is back within half the drop of its reference (the
         # rating recovered, or the reference has become the new level): a window that hovers
         # around the threshold pages once
-        mw, mt, _, drop = window_drop(*state.windows(self.day))
+        mw, mt, _, drop = window_drop(self.cfg, *state.windows(self.cfg, self.day))
         state.active = drop or (state.active and mt - mw >= RATING_DROP / 2.0)
 
     def absorb(self, st: dict[str, float], hour_of_week: int | None) -> list[str]:

@@ -198,7 +198,7 @@ class SeedLexicon:
 
 def nb_proba(nb: naive_bayes.MultinomialNB, words: Mapping[str, float]) -> dict[str, float]:
     """``nb.predict_proba_one(words)``, computed as River does (Laplace-smoothed multinomial
-    likelihoods, class priors from the counts) at a third of the cost: the smoothing denominator's
+    likelihoods, class priors from the counts) at about a sixth of the cost: the smoothing denominator's
     log once per class instead of once per word, and the normalisation with ``math`` instead of
     SciPy's array ``logsumexp``, which cost more than the likelihoods on three classes (half of
     the fast profile's CPU went to this call).

@@ -336,6 +336,23 @@ def test_the_window_test_catches_a_bad_week_on_a_review_every_other_day() -> Non
     assert late[0][1].baseline > late[0][1].value + 1.0  # explains itself: the week's stars vs the reference
 
 
+def test_the_window_test_follows_its_settings() -> None:
+    """The same bad week: missed by a team that asks for eight standard errors, caught earlier by a
+    team that reads its rating over three days."""
+    rng = random.Random(11)
+    days = [[[rng.choice([5, 5, 5, 4, 4, 4, 3])]] if d % 2 == 0 else [] for d in range(240)]
+    days += [[[rng.choice([3, 3, 2, 4])], [rng.choice([3, 2, 4])]] if d % 2 == 0 else [] for d in range(8)]
+
+    def first_window_page(cfg: DetectSettings) -> int | None:
+        hits = [d for d, v in _replay_verdicts(EntityDetector(cfg), days) if v.detector == "window-drop-v1"]
+        return hits[0] if hits and hits[0] >= 240 else None
+
+    assert first_window_page(DetectSettings(rating_window_z=8.0)) is None
+    week = first_window_page(DEFAULTS)
+    short = first_window_page(DetectSettings(rating_window_days=3, rating_window_min_reviews=3))
+    assert week is not None and short is not None and short <= week
+
+
 def test_a_window_that_hovers_at_the_threshold_pages_once() -> None:
     rng = random.Random(12)
     det = EntityDetector(DEFAULTS)
@@ -348,8 +365,8 @@ def test_a_window_that_hovers_at_the_threshold_pages_once() -> None:
 def test_window_state_survives_a_round_trip_and_forgets_old_days() -> None:
     st = WindowState()
     for day in range(100):
-        st.add(day, 1.0, 4.0, 16.0)
-    st.add(99, 1.0, 2.0, 4.0)  # a second review on the same day adds to it
+        st.add(DEFAULTS, day, 1.0, 4.0, 16.0)
+    st.add(DEFAULTS, 99, 1.0, 2.0, 4.0)  # a second review on the same day adds to it
     assert st.days[0][0] > 99 - 63 and st.days[-1] == [99.0, 2.0, 6.0, 20.0]
     back = WindowState.from_dict(json.loads(json.dumps(st.to_dict())))
     assert back == st
