@@ -372,6 +372,15 @@ def bench(
     ] = "1000,2000,5000",
     sweep_workers: Annotated[int, typer.Option(help="Worker processes of the rate sweep.")] = 2,
     sweep_seconds: Annotated[float, typer.Option(help="Seconds each rate of the sweep is held.")] = 10.0,
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also time enrichment on the texts of this file (CSV with a 'text' column, JSONL, or a text "
+            "per line), e.g. ../shared/data/twitter_us_airline_sentiment/Tweets.csv.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Benchmarks: end-to-end throughput and latency (1 and 2 workers, a sustained rate sweep), the
     enrichment functions alone, repmon connect."""
@@ -414,6 +423,15 @@ def bench(
     except ValueError:
         err.print(f"--rates takes comma-separated events/s such as 1000,2000,5000, not {rates!r}")
         raise typer.Exit(2) from None
+    recorded = None
+    if texts is not None:
+        from tools.bench import read_texts
+
+        try:
+            recorded = (texts, read_texts(texts))
+        except ValueError as e:
+            err.print(f"--texts: {e}; give a CSV with a 'text' column, JSON lines with 'text', or a text per line")
+            raise typer.Exit(2) from None
     result = run_bench(
         settings,
         events=events,
@@ -422,6 +440,7 @@ def bench(
         rates=sweep,
         sweep_workers=sweep_workers,
         sweep_seconds=sweep_seconds,
+        texts=recorded,
     )
     err.print("bench: repmon connect, 20 sources against local platform servers ...")
     result["connect"] = bench_connect()

@@ -3,7 +3,10 @@
 In one run:
 
 - ``enrichment``: the enrichment functions alone (spaCy + language + PII + sentiment, the same
-  :class:`~streams.enrich.EnrichStage` the worker runs), on one core, in events/s;
+  :class:`~streams.enrich.EnrichStage` the worker runs), on one core, in events/s, on generated
+  events whose texts never repeat (no cache of the pipeline is timed warm);
+- ``enrichment_real_texts``: the same with the texts of a recorded file (``--texts``, e.g. the
+  airline tweets), each naming a tracked entity where it named its own account;
 - ``end_to_end``: a generated stream produced into the raw topic of a real broker (the embedded
   default unless ``REPMON_KAFKA__BOOTSTRAP``/``REPMON_REDIS__URL`` point elsewhere), through a
   worker process, consumed back from the enriched topic: throughput in events/s and
@@ -20,9 +23,12 @@ Targets are checked here, not in timed tests.
 from __future__ import annotations
 
 import contextlib
+import csv
 import math
 import os
 import platform
+import random
+import re
 import statistics
 import tempfile
 import threading
@@ -66,18 +72,119 @@ def _percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
-def _sample(settings: Settings, events: int) -> list[dict[str, Any]]:
+# Details people add to a post: with one or two of them and their numbers, no text of the bench
+# repeats. The demo's few dozen templates alone would: a cache keyed by the text (language ID) or
+# by its tokens would then time a warm cache, not the enrichment of a live stream.
+_DETAILS = [
+    "flight {n} from {city}",
+    "order #{o}",
+    "waited {m} minutes",
+    "day {d} of this",
+    "booked on {day}",
+    "cc @{who}{n}",
+    "#{tag}",
+    "seat {row}{seat}",
+    "at {city} airport",
+    "ticket {o} still open",
+    "{m} min on hold",
+    "since {day} morning",
+    "gate {seat}{row}",
+    "3rd time this {period}",
+    "case ref {o}",
+]
+_CITIES = ["Denver", "Austin", "Boston", "Chicago", "Seattle", "Miami", "Dallas", "Newark", "Phoenix", "Atlanta"]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_TAGS = ["travel", "fail", "customerservice", "help", "weekend", "delay", "thanks", "refund", "app", "support"]
+
+
+def _detail(rng: random.Random) -> str:
+    return rng.choice(_DETAILS).format(
+        n=rng.randint(10, 9999),
+        city=rng.choice(_CITIES),
+        o=rng.randint(10**5, 10**7),
+        m=rng.randint(5, 240),
+        d=rng.randint(2, 30),
+        day=rng.choice(_DAYS),
+        who=rng.choice(["ana", "li", "sam", "kim", "joe", "eva"]),
+        tag=rng.choice(_TAGS),
+        row=rng.randint(1, 40),
+        seat=rng.choice("ABCDEF"),
+        period=rng.choice(["week", "month", "year"]),
+    )
+
+
+def _sample(settings: Settings, events: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``events`` generated events, every text distinct (module doc)."""
+    rng = random.Random(seed)
     minutes = max(10, events // 40)
-    rows = [e for e in generate(settings.entities, start=BENCH_START, minutes=minutes)]
-    out = [r for r in rows if isinstance(r, dict) and "_malformed" not in r]
-    while len(out) < events:  # extend deterministically with fresh ids
-        extra: list[dict[str, Any]] = []
-        for r in out[: events - len(out)]:
-            c = dict(r)
-            c["event_id"] = f"{c['event_id']}:x{len(out) + len(extra)}"
-            extra.append(c)
-        out.extend(extra)
-    return out[:events]
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    rounds = 0
+    while len(out) < events:
+        gen = generate(settings.entities, start=BENCH_START, minutes=minutes, seed=seed + rounds)
+        for r in gen:
+            if not isinstance(r, dict) or "_malformed" in r:
+                continue
+            r = dict(r, event_id=f"{r['event_id']}:r{rounds}") if rounds else dict(r)
+            if r.get("text"):
+                base, text = str(r["text"]), str(r["text"])
+                while text in seen:
+                    text = f"{base} {_detail(rng)}" + (f", {_detail(rng)}" if rng.random() < 0.4 else "")
+                seen.add(text)
+                r["text"] = text
+            out.append(r)
+            if len(out) == events:
+                break
+        rounds += 1
+    return out
+
+
+def read_texts(path: Path) -> list[str]:
+    """The texts of a recorded file: a CSV/TSV with a ``text`` column, JSONL with ``text``, or
+    one text per line. A file without any raises ``ValueError`` naming it."""
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        if path.suffix.lower() in {".csv", ".tsv"}:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            if not reader.fieldnames or "text" not in reader.fieldnames:
+                raise ValueError(f"{path}: no 'text' column (columns: {reader.fieldnames})")
+            texts = [row["text"] for row in reader if row.get("text")]
+        elif path.suffix.lower() in {".jsonl", ".ndjson"}:
+            try:
+                docs = [orjson.loads(line) for line in f if line.strip()]
+            except orjson.JSONDecodeError as e:
+                raise ValueError(f"{path}: not JSON lines ({e})") from None
+            texts = [str(d["text"]) for d in docs if isinstance(d, dict) and d.get("text")]
+        else:
+            texts = [line.strip() for line in f if line.strip()]
+    if not texts:
+        raise ValueError(f"{path}: no texts")
+    return texts
+
+
+def _real_texts(
+    rows: list[dict[str, Any]], texts: list[str], settings: Settings, seed: int = 7
+) -> list[dict[str, Any]]:
+    """``rows`` with recorded texts (:func:`read_texts`), each naming a tracked entity where it
+    named its own account: real wording, lengths, emoji and languages at the cost they have."""
+    texts = list(texts)
+    rng = random.Random(seed)
+    rng.shuffle(texts)
+    ents = list(settings.entities)
+    out = []
+    for i, r in enumerate(r for r in rows if r.get("text")):
+        text = texts[i % len(texts)]
+        if ents:
+            text = _HANDLE.sub(lambda _m: _entity_ref(rng, rng.choice(ents)), text, count=1)
+        out.append(dict(r, text=text))
+    return out
+
+
+_HANDLE = re.compile(r"@\w+")
+
+
+def _entity_ref(rng: random.Random, e: Any) -> str:
+    refs = [e.name, *e.aliases, *e.handles]
+    return str(rng.choice(refs))
 
 
 def bench_enrichment(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -133,12 +240,21 @@ def run_bench(
     rates: Sequence[int] = (1000, 2000, 5000),
     sweep_workers: int = 2,
     sweep_seconds: float = 10.0,
+    texts: tuple[Path, list[str]] | None = None,
 ) -> dict[str, Any]:
     console = console or Console(stderr=True)
     rows = _sample(settings, events)
-    console.print(f"bench: enrichment alone on {len(rows)} events (fast profile) ...")
+    console.print(f"bench: enrichment alone on {len(rows)} events, distinct texts (fast profile) ...")
     fast = settings.model_copy(update={"nlp": settings.nlp.model_copy(update={"profile": "fast"})})
     enrich = bench_enrichment(fast, rows)
+    enrich["distinct_texts"] = len({r.get("text") for r in rows if r.get("text")})
+    enrich_real = None
+    if texts is not None:
+        console.print(f"bench: enrichment alone with the texts of {texts[0]} (fast profile) ...")
+        real = _real_texts(rows, texts[1], settings)
+        enrich_real = bench_enrichment(fast, real)
+        enrich_real["texts_from"] = str(texts[0])
+        enrich_real["distinct_texts"] = len({r["text"] for r in real})
     console.print("bench: accurate profile vs raw nlp.pipe on 1000 events ...")
     accurate = bench_accurate(settings, rows[:1000])
     console.print(f"bench: end to end through a broker and a worker on {len(rows)} events ...")
@@ -161,6 +277,7 @@ def run_bench(
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "enrichment": enrich,
+        "enrichment_real_texts": enrich_real,
         "enrichment_accurate": accurate,
         "end_to_end": e2e,
         "end_to_end_workers": {"1": _brief(e2e), "2": _brief(e2e_2)},
