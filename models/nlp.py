@@ -374,6 +374,7 @@ ASPECTS_INTL: dict[str, list[str]] = {
 
 LANGS = ["en", "es", "pt", "fr", "de", "it", "nl", "sv", "pl", "tr", "id", "ja", "zh", "ar", "ru"]
 LANG_CACHE = 50_000  # texts whose language is remembered (a few MB)
+VOCAB_GROWTH = 200_000  # new strings in the spaCy vocabulary before the pipeline is built again (~30 MB)
 NER_LABELS = {"PERSON", "ORG", "PRODUCT", "GPE", "NORP", "LOC", "FAC", "EVENT"}
 
 _CLAUSE = re.compile(
@@ -584,15 +585,14 @@ class Enricher:
         self.profile = profile
         self.batch_size = batch_size
         self.default_language = default_language
+        self._exclude: list[str] = []
         if profile == "accurate":
             self.model_name = _resolve_model(model)
             keep = {"tok2vec", "ner"}
-            full = spacy.load(self.model_name)
-            self.nlp: Language = spacy.load(self.model_name, exclude=[p for p in full.pipe_names if p not in keep])
+            self._exclude = [p for p in spacy.load(self.model_name).pipe_names if p not in keep]
         else:
             self.model_name = "blank:en"
-            self.nlp = spacy.blank("en")
-        _split_at_handles(self.nlp)
+        self._extra_aspects = {k: list(v) for k, v in (extra_aspects or {}).items()}
         self.entities = list(entities)
         self._kinds = {e.key: e.kind for e in entities}
         self._brand_of = {e.key: e.key.split("/", 1)[0] for e in entities if e.kind == "product"}
@@ -601,11 +601,36 @@ class Enricher:
         }
         # tracked names are not people's names ("Thanks Northwind"), for the fast profile's redaction
         self._entity_words = frozenset(n.lower() for e in entities for n in [e.name, *e.aliases])
-        # one match id per (entity, name): the name's rules (case, context, exclusions) apply to its hits
+        self.rebuilds = 0  # times the pipeline was built again (see _build_pipeline)
+        self._build_pipeline()
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        self._lang = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        self._lang.set_languages(LANGS)
+        # the same words come back in retweets, copied complaints and templated reviews; the
+        # classifier is a pure function of them (bounded: cleared when full)
+        self._lang_seen: dict[str, tuple[str, float]] = {}
+
+    def _build_pipeline(self) -> None:
+        """The spaCy pipeline and the matchers built on its vocabulary.
+
+        spaCy keeps every string and lexeme it has seen, for the life of the pipeline: on a stream
+        of distinct texts (URLs, handles, numbers, typos) that is ~1.3 new strings per tweet, for
+        ever, in a worker that runs for months. The pipeline is built again, from the same model
+        and the same entities, once the vocabulary has grown by ``VOCAB_GROWTH`` strings; the
+        lexemes of a word are a pure function of its text, so the results are the same
+        (``memory_zone`` bounds it too, at a third more CPU per text).
+        """
+        if self.profile == "accurate":
+            self.nlp: Language = spacy.load(self.model_name, exclude=self._exclude)
+        else:
+            self.nlp = spacy.blank("en")
+        _split_at_handles(self.nlp)
         self._ent_exact = PhraseMatcher(self.nlp.vocab, attr="ORTH")
         self._ent_lower = PhraseMatcher(self.nlp.vocab, attr="LOWER")
+        # one match id per (entity, name): the name's rules (case, context, exclusions) apply to its hits
         self._rules: dict[str, tuple[str, AliasRule | None]] = {}
-        for e in entities:
+        for e in self.entities:
             names = [e.name, *e.aliases, *([f"{e.brand} {e.name}"] if e.kind == "product" and e.brand else [])]
             for name in dict.fromkeys(names):
                 rule = e.rules.get(name)
@@ -641,18 +666,12 @@ class Enricher:
         aspects: dict[str, list[str]] = {k: list(v) for k, v in DEFAULT_ASPECTS.items()}
         for k, v in ASPECTS_INTL.items():
             aspects.setdefault(k, []).extend(v)
-        for k, extra in (extra_aspects or {}).items():
+        for k, extra in self._extra_aspects.items():
             aspects.setdefault(k, []).extend(extra)
         self._aspects = PhraseMatcher(self.nlp.vocab, attr="LOWER")
         for k, terms in aspects.items():
             self._aspects.add(k, [self.nlp.make_doc(normalize(t)[0].lower()) for t in sorted(set(terms))])
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-        self._lang = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        self._lang.set_languages(LANGS)
-        # the same words come back in retweets, copied complaints and templated reviews; the
-        # classifier is a pure function of them (bounded: cleared when full)
-        self._lang_seen: dict[str, tuple[str, float]] = {}
+        self._vocab_limit = len(self.nlp.vocab.strings) + VOCAB_GROWTH
 
     def language(self, text: str) -> str:
         """ISO 639-1 code; the default language unless another one is detected."""
@@ -736,6 +755,9 @@ class Enricher:
         return out
 
     def process(self, texts: Iterable[str]) -> list[TextAnalysis]:
+        if len(self.nlp.vocab.strings) > self._vocab_limit:
+            self._build_pipeline()  # between batches: no Doc of the old vocabulary is alive
+            self.rebuilds += 1
         originals = list(texts)
         normed = [normalize(t) for t in originals]
         out: list[TextAnalysis] = []

@@ -199,3 +199,34 @@ def test_naive_bayes_probabilities_are_rivers_own() -> None:
         ours, theirs = nb_proba(nb, x), nb.predict_proba_one(x)
         assert ours.keys() == theirs.keys()
         assert all(abs(ours[k] - theirs[k]) < 1e-9 for k in theirs), (ours, theirs)
+
+
+@pytest.mark.parametrize("profile", ["fast", "accurate"])
+def test_the_vocabulary_stays_bounded_on_distinct_texts_with_the_same_results(
+    monkeypatch: pytest.MonkeyPatch, profile: str
+) -> None:
+    """Every new token string stays in spaCy's vocabulary for the pipeline's life: a worker
+    reading distinct texts for months would grow without end. The pipeline is built again once
+    the vocabulary has grown by VOCAB_GROWTH strings, and reads every text as before."""
+    import models.nlp as nlp_mod
+
+    texts = [
+        f"@northwind order #{i * 7919} lost at gate B{i % 40}, call +1 415 555 {1000 + i} or see "
+        f"https://t.example/{i:x}?u={i * 31} Thanks Maria, the {['app', 'staff', 'price'][i % 3]} was awful"
+        for i in range(600)
+    ]
+    batches = [texts[i : i + 50] for i in range(0, len(texts), 50)]
+    steady = Enricher(SETTINGS.entities, profile=profile)  # type: ignore[arg-type]
+    expected = [steady.process(b) for b in batches]
+    grown = len(steady.nlp.vocab.strings)
+
+    monkeypatch.setattr(nlp_mod, "VOCAB_GROWTH", 300)
+    bounded = Enricher(SETTINGS.entities, profile=profile)  # type: ignore[arg-type]
+    start = len(bounded.nlp.vocab.strings)
+    assert grown > start + 1000  # the texts do bring new strings
+    peak = 0
+    for batch, want in zip(batches, expected, strict=True):
+        assert bounded.process(batch) == want
+        peak = max(peak, len(bounded.nlp.vocab.strings))
+    assert bounded.rebuilds >= 3
+    assert peak < start + 300 + 400  # at most one batch's strings over the limit
