@@ -301,3 +301,132 @@ async def _until(cond: Any, timeout: float = 20.0) -> None:
     async with asyncio.timeout(timeout):
         while not cond():
             await asyncio.sleep(0.05)
+
+
+async def test_comment_and_resolve_are_recorded_published_and_change_the_list(war_room: WarRoom) -> None:
+    inc = make_incident("skyline", iid="inc-cr")
+    war_room.publish("incidents", inc, inc.entity)
+    with war_room.client() as w:
+        wait_for(lambda: w.get("/api/v1/incidents/inc-cr").status_code == 200, what="the thread")
+        assert w.post("/api/v1/incidents/inc-cr/actions", json={"action": "comment"}).status_code == 422
+        r = w.post("/api/v1/incidents/inc-cr/actions", json={"action": "comment", "why": "vendor says 20 min"})
+        assert r.status_code == 200, r.text
+        r = w.post("/api/v1/incidents/inc-cr/actions", json={"action": "resolve", "why": "fixed upstream"})
+        assert r.status_code == 200, r.text
+        row = wait_for(
+            lambda: [x for x in w.get("/api/v1/incidents").json() if x["incident_id"] == "inc-cr"],
+            what="the incident in the list",
+        )[0]
+        assert row["state"] == "resolved"
+        thread = w.get("/api/v1/incidents/inc-cr").json()
+        assert [(a["action"], a["who"], a["why"]) for a in thread["actions"]] == [
+            ("comment", "alice", "vendor says 20 min"),
+            ("resolve", "alice", "fixed upstream"),
+        ]
+    r = aredis.Redis.from_url(war_room.redis_url)
+    try:
+        state = await r.hgetall(f"{war_room.prefix}:ctl:inc:inc-cr")
+        assert state[b"state"] == b"resolved" and state[b"resolved_by"] == b"alice" and float(state[b"resolved_at"]) > 0
+    finally:
+        await r.aclose()
+    published = wait_for(
+        lambda: (
+            [
+                (x["action"], x["why"])
+                for x in war_room.topic_records("incidents")
+                if x.get("kind") == "action" and x.get("incident_id") == "inc-cr"
+            ]
+            or None
+        ),
+        what="the actions on the incidents topic",
+    )
+    assert published == [("comment", "vendor says 20 min"), ("resolve", "fixed upstream")]
+
+
+async def test_a_silence_ends_at_its_expiry_or_when_deleted(war_room: WarRoom) -> None:
+    controls = Controls(aredis.Redis.from_url(war_room.redis_url), war_room.prefix)
+    northwind, skyline = make_incident("northwind", iid="inc-s1"), make_incident("skyline", iid="inc-s2")
+    try:
+        with war_room.client() as w:
+            doc = w.get("/api/openapi.json").json()
+            short = w.post("/api/v1/silences", json={"entity": "northwind", "duration_seconds": 1.5})
+            long = w.post("/api/v1/silences", json={"entity": "skyline", "duration_seconds": 600})
+            assert short.status_code == long.status_code == 201
+            assert await controls.suppressed("hook", northwind) and await controls.suppressed("hook", skyline)
+            # the short one runs out by itself: the dispatcher's question answers None again
+            await _until_async(lambda: controls.suppressed("hook", northwind), expect=None, timeout=10)
+            assert await controls.suppressed("hook", skyline)  # the long one still holds
+            gone = w.delete(f"/api/v1/silences/{long.json()['id']}")
+            assert gone.status_code == 200, gone.text
+            conforms(response_schema(doc, "/api/v1/silences/{silence_id}", "delete"), gone.json(), doc)
+            assert await controls.suppressed("hook", skyline) is None
+            assert w.get("/api/v1/silences").json() == []
+            ended = w.get("/api/v1/silences", params={"expired": True}).json()
+            assert sorted(x["entity"] for x in ended) == ["northwind", "skyline"]
+            again = w.delete(f"/api/v1/silences/{long.json()['id']}x")
+            assert again.status_code == 404 and again.json()["reason"]
+    finally:
+        await controls.r.aclose()
+
+
+async def test_a_corrected_sentiment_reaches_the_labels_topic_and_is_recorded(war_room: WarRoom) -> None:
+    ev = make_event(7, "northwind", "positive", ONSET)
+    war_room.publish("enriched", ev, "northwind")
+    with war_room.client() as w:
+        doc = w.get("/api/openapi.json").json()
+        wait_for(lambda: w.get("/api/v1/mentions").json(), what="the mention")
+        r = w.post(
+            f"/api/v1/mentions/{ev.event_id}/sentiment",
+            json={"label": "negative", "why": "sarcasm: 'great'"},
+        )
+        assert r.status_code == 200, r.text
+        conforms(response_schema(doc, "/api/v1/mentions/{event_id}/sentiment", "post"), r.json(), doc)
+        assert w.post("/api/v1/mentions/none:1/sentiment", json={"label": "negative"}).status_code == 404
+        assert w.post(f"/api/v1/mentions/{ev.event_id}/sentiment", json={"label": "angry"}).status_code == 422
+    (label,) = wait_for(lambda: war_room.topic_records("labels") or None, what="the label on the labels topic")
+    assert label["label"] == "negative" and label["was"] == "positive" and label["by"] == "alice"
+    assert label["text"] == ev.text_redacted and label["event_id"] == ev.event_id
+    actions = wait_for(
+        lambda: [x for x in war_room.topic_records("incidents") if x.get("action") == "relabel"] or None,
+        what="the relabel action",
+    )
+    assert actions[0]["who"] == "alice" and "sarcasm" in actions[0]["why"]
+
+
+def test_signals_list_newest_first_and_fit_the_openapi_document(war_room: WarRoom) -> None:
+    for seq, entity in [(1, "northwind"), (2, "northwind"), (1, "skyline")]:
+        sig = make_incident(entity, seq=seq).signals[0]
+        war_room.publish("signals", sig.model_copy(update={"signal_id": f"sig-{entity}-{seq}"}), entity)
+    with war_room.client(READ_TOKEN) as c:
+        doc = c.get("/api/openapi.json").json()
+        every = wait_for(lambda: len(got := c.get("/api/v1/signals").json()) == 3 and got, what="the signals")
+        conforms(response_schema(doc, "/api/v1/signals"), every, doc)
+        starts = [s["bucket_start"] for s in every]
+        assert starts == sorted(starts, reverse=True)
+        mine = c.get("/api/v1/signals", params={"entity": "northwind"}).json()
+        assert [s["signal_id"] for s in mine] == ["sig-northwind-2", "sig-northwind-1"]
+        assert c.get("/api/v1/signals", params={"signal": "rating"}).json() == []
+
+
+def test_more_requests_than_the_rate_get_429_with_a_reason_then_pass_again(war_room: WarRoom) -> None:
+    rate = war_room.settings.web.requests_per_second
+    with war_room.client(READ_TOKEN) as c:
+        codes: list[httpx.Response] = []
+        while not codes or codes[-1].status_code != 429:  # faster than the rate, whatever this host's pace
+            codes.append(c.get("/healthz"))
+            assert len(codes) < 50 * rate, "never limited"
+        limited = codes[-1:]
+        assert all(r.status_code == 200 for r in codes[:-1])
+        assert len(codes) - 1 >= 2 * rate  # the burst passes
+        body = limited[0].json()
+        assert body["error"] == "rate_limited" and "requests/s" in body["reason"]
+        assert limited[0].headers.get("retry-after") == "1"
+        wait_for(lambda: c.get("/healthz").status_code == 200, timeout=5, what="the rate to pass again")
+    with war_room.client() as other:  # another client has its own allowance
+        assert other.get("/healthz").status_code == 200
+
+
+async def _until_async(probe: Any, *, expect: Any, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while await probe() != expect:
+            await asyncio.sleep(0.1)
