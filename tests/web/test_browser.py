@@ -20,6 +20,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.select import Select
 
 from alerts.dispatch import Dispatcher
 from infra.settings import AlertSettings
@@ -133,6 +134,7 @@ def test_crisis_appears_live_ack_reaches_redis_and_kafka_silence_holds_the_route
 
     # acknowledge from the page: Redis has it, the incidents topic has it, the page shows it live
     browser.execute_script("window.__notReloaded = 43;")
+    browser.find_element(By.ID, "action-why").send_keys("app team paged")
     browser.find_element(By.ID, "ack").click()
     rc = redis.Redis.from_url(war_room.redis_url)
     try:
@@ -144,7 +146,9 @@ def test_crisis_appears_live_ack_reaches_redis_and_kafka_silence_holds_the_route
             lambda: [x for x in war_room.topic_records("incidents") if x.get("kind") == "action"] or None,
             what="the acknowledgement on the incidents topic",
         )
-        assert [(a["action"], a["who"], a["incident_id"]) for a in acts] == [("acknowledge", "alice", inc.incident_id)]
+        assert [(a["action"], a["who"], a["incident_id"], a["why"]) for a in acts] == [
+            ("acknowledge", "alice", inc.incident_id, "app team paged")
+        ]
         wait_for(lambda: browser.find_element(By.ID, "incident-state").text == "acknowledged", what="the new state")
         assert browser.execute_script("return window.__notReloaded;") == 43
         assert "acknowledge by alice" in browser.find_element(By.ID, "timeline").text
@@ -177,6 +181,17 @@ def test_crisis_appears_live_ack_reaches_redis_and_kafka_silence_holds_the_route
     items = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#stream li"), what="streamed mentions")
     assert all("negative" in li.text for li in items)  # the filter holds
     browser.save_screenshot(str(DOCS / "web-mentions.png"))
+
+    # a responder corrects a mention's sentiment from the stream: the label reaches the labels topic
+    fix = items[0].find_element(By.CSS_SELECTOR, "select.relabel")
+    event_id = fix.get_attribute("data-event-id")
+    Select(fix).select_by_value("positive")
+    (label,) = wait_for(
+        lambda: [x for x in war_room.topic_records("labels") if x.get("event_id") == event_id] or None,
+        what="the corrected label on the labels topic",
+    )
+    assert label["label"] == "positive" and label["was"] == "negative" and label["by"] == "alice"
+    wait_for(lambda: not fix.is_enabled(), what="the correction acknowledged on the page")
 
 
 async def _page_two(war_room: WarRoom, receiver: HttpReceiver) -> None:

@@ -73,7 +73,10 @@
     var b = ev.target.closest("button[data-action]");
     if (!b) return;
     ev.preventDefault();
-    post("/api/v1/incidents/" + encodeURIComponent(b.dataset.incidentId) + "/actions", { action: b.dataset.action, why: "" });
+    // the reason typed beside the buttons goes with the action (optional), then the box is cleared
+    var why = document.getElementById("action-why");
+    post("/api/v1/incidents/" + encodeURIComponent(b.dataset.incidentId) + "/actions", { action: b.dataset.action, why: why ? why.value : "" })
+      .then(function (ok) { if (ok && why) why.value = ""; });
   });
 
   document.addEventListener("submit", function (ev) {
@@ -91,6 +94,13 @@
       else { s.entity = what.slice(1).join(":"); }
       post("/api/v1/silences", s);
     }
+  });
+
+  document.addEventListener("change", function (ev) {
+    var sel = ev.target.closest("select.relabel");
+    if (!sel || !sel.value) return;
+    post("/api/v1/mentions/" + encodeURIComponent(sel.dataset.eventId) + "/sentiment", { label: sel.value, why: "" })
+      .then(function (ok) { if (ok) { sel.disabled = true; sel.title = "corrected to " + sel.value; } });
   });
 
   // the mention stream: one frame a second from the server, at most a few hundred rows in the page
@@ -116,6 +126,18 @@
         if (link) { text.href = m.url; text.rel = "noopener noreferrer"; }
         text.textContent = m.text;
         li.appendChild(head); li.appendChild(text);
+        if (m.text) {
+          // a responder's correction goes to the labels topic (the sentiment model learns it)
+          var fix = document.createElement("select");
+          fix.className = "relabel";
+          fix.dataset.eventId = m.event_id;
+          ["correct sentiment", "negative", "neutral", "positive"].forEach(function (v, i) {
+            var o = document.createElement("option");
+            o.value = i ? v : ""; o.textContent = v; o.disabled = v === m.sentiment;
+            fix.appendChild(o);
+          });
+          li.appendChild(fix);
+        }
         stream.insertBefore(li, stream.firstChild);
       });
       while (stream.children.length > 300) stream.removeChild(stream.lastChild);
