@@ -16,7 +16,7 @@ import math
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -792,7 +792,6 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
         known_entity(entity)
         end = bucket_of(war.model.now(), 3600) + 3600
         start = end - 86400
-        base_stats = await war.windows.window_stats(entity, start - 7 * 86400, start)
         charts = []
         for name, title in (
             ("volume", "volume per hour"),
@@ -800,16 +799,14 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
             ("rating", "mean rating"),
         ):
             pts = await war.series(entity, name, None, start, end, 3600)
-            base = SIGNALS[name].value(base_stats)
-            if base is not None and SIGNALS[name].kind == "count":
-                base /= 7 * 24
-            band = [(base, base)] * len(pts) if base is not None else None
+            history = await war.series(entity, name, None, start - 7 * 86400, start, 3600)
+            band = hour_of_day_band([t for t, _ in pts], history)
             charts.append(
                 line_chart(
                     [t for t, _ in pts],
                     [v for _, v in pts],
-                    band=band,
-                    title=f"{title} (band: the 7 days before)",
+                    band=band if any(b is not None for b in band) else None,
+                    title=f"{title} (band: 10th-90th percentile of the same hour, 7 days before)",
                     width=420,
                 )
             )
@@ -888,6 +885,34 @@ def _local_path(path: str) -> bool:
     (True, False, False, False)
     """
     return path.startswith("/") and not path.startswith(("//", "/\\"))
+
+
+def hour_of_day_band(
+    ts: Sequence[int], history: Sequence[tuple[int, float | None]], lo: float = 0.1, hi: float = 0.9
+) -> list[tuple[float, float] | None]:
+    """For each hour in ``ts``, the ``lo``..``hi`` quantiles of the same hour of the day in
+    ``history``: what that hour usually looks like (a morning is busier than the night), not one
+    flat mean. An hour seen fewer than two times has no band.
+
+    >>> hist = [(d * 86400 + 9 * 3600, float(v)) for d, v in enumerate([10, 20, 30, 40, 50])]
+    >>> hour_of_day_band([5 * 86400 + 9 * 3600, 5 * 86400 + 10 * 3600], hist)
+    [(14.0, 46.0), None]
+    """
+    by_hour: dict[int, list[float]] = {}
+    for t, v in history:
+        if v is not None:
+            by_hour.setdefault(t // 3600 % 24, []).append(v)
+
+    def q(vals: list[float], p: float) -> float:
+        x = p * (len(vals) - 1)
+        i = int(x)
+        return vals[i] + (vals[min(i + 1, len(vals) - 1)] - vals[i]) * (x - i)
+
+    out: list[tuple[float, float] | None] = []
+    for t in ts:
+        vals = sorted(by_hour.get(t // 3600 % 24, []))
+        out.append((round(q(vals, lo), 6), round(q(vals, hi), 6)) if len(vals) >= 2 else None)
+    return out
 
 
 def _chart_signals(sigs: list[Signal]) -> list[tuple[str, str | None]]:

@@ -430,3 +430,29 @@ async def _until_async(probe: Any, *, expect: Any, timeout: float) -> None:
     async with asyncio.timeout(timeout):
         while await probe() != expect:
             await asyncio.sleep(0.1)
+
+
+async def test_the_entity_page_band_is_what_the_same_hour_looked_like_the_week_before(war_room: WarRoom) -> None:
+    """09:00 brought 2, 4, ... 14 mentions on the seven days before: the band at 09:00 has height."""
+    day0 = ONSET.replace(hour=0, minute=0) - timedelta(days=7)
+    events = [
+        make_event(d * 100 + i, "northwind", "positive", day0 + timedelta(days=d, hours=9, minutes=i))
+        for d in range(7)
+        for i in range(2 * (d + 1))
+    ]
+    now = make_event(9999, "northwind", "positive", day0 + timedelta(days=7, hours=12))
+    r = aredis.Redis.from_url(war_room.redis_url)
+    try:
+        await RedisWindows(r, war_room.settings).add_batch([(ev, 0) for ev in [*events, now]])
+    finally:
+        await r.aclose()
+    war_room.publish("enriched", now, "northwind")
+    with war_room.client(READ_TOKEN) as c:
+        wait_for(lambda: c.get("/api/v1/mentions").json(), what="the newest mention (the page's clock)")
+        html = c.get("/entities/northwind", params={"part": 1}).text
+    first = html.split('<polygon class="band" points="', 1)[1].split('"', 1)[0]
+    ys = [float(p.split(",")[1]) for p in first.split()]
+    upper, lower = ys[: len(ys) // 2], ys[len(ys) // 2 :][::-1]
+    heights = [b - a for a, b in zip(upper, lower, strict=True)]
+    assert max(heights) > 1.0  # the 09:00 hour: 10th to 90th percentile of 2..14
+    assert min(heights) == pytest.approx(0.0, abs=1e-6)  # the other hours were always empty
