@@ -414,6 +414,54 @@ async def test_a_restart_resumes_from_the_cursor_with_no_gap_and_no_duplicate(
     assert len(got) == len(set(got))
 
 
+# the content path of each kind, where the platform answers 429 and then 5xx first
+FAULT_PATHS = {
+    "rss": "/feed",
+    "hackernews": "/api/v1/search_by_date",
+    "hackernews-firehose": "/v0/maxitem.json",
+    "reddit": "/r/travel/new",
+    "mastodon": "/api/v1/timelines/tag/northwind",
+    "appstore": "/gb/rss/customerreviews/page=1/id=284882215/sortby=mostrecent/json",
+    "googleplay": "/androidpublisher/v3/applications/com.northwind.go/reviews",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_every_pull_kind_honours_retry_after_backs_off_on_5xx_and_loses_nothing(
+    case: str, aredis: Any, unique: str
+) -> None:
+    """The same content twice, from two fresh cursors: once served plainly, once behind a 429 with
+    ``Retry-After: 3`` and then a 503 on the content path. The second run waits what the platform
+    said, then backs off, then delivers exactly what the first run did."""
+    build, make, _, items, _ = CASES[case]
+    assert set(FAULT_PATHS) == set(CASES)
+    runs: list[list[str]] = []
+    for faulty in (False, True):
+        feed = Feed(build, make)
+        feed.items = copy.deepcopy(items)
+        async with Platform() as p:
+            build(p, feed)
+            if faulty:
+                p.fail(FAULT_PATHS[case], 429, {"Retry-After": "3"})
+                p.fail(FAULT_PATHS[case], 503)
+            src = make(p.url)
+            waits = Waits()
+            src.sleep = waits
+            sink = ListSink()
+            _, states = await one_round([src], sink, aredis, f"{unique}{int(faulty)}")
+            assert states[src.spec.name] == "done", states
+            if faulty:
+                hits = p.hits(FAULT_PATHS[case])
+                assert len(hits) >= 3  # the 429, the 503, then the content
+                assert waits.seconds[0] == 3.0, waits.seconds  # what Retry-After said
+                assert len(waits.seconds) >= 2 and 0 < waits.seconds[1] <= 5.0  # the 5xx backoff
+            else:
+                assert waits.seconds == []
+        runs.append(sorted(i for i in ids_of([v for _, v in sink.items]) if i != "<malformed>"))
+    assert runs[0] and runs[1] == runs[0]
+    assert len(set(runs[1])) == len(runs[1])
+
+
 # -- per-kind behaviour ---------------------------------------------------------------------------
 async def test_hn_search_maps_hits_pages_and_dead_letters_a_hit_without_id(aredis: Any, unique: str) -> None:
     feed = Feed(_algolia, _src(HackerNewsSource))
