@@ -1,5 +1,6 @@
 """``repmon connect``: the kinds list, one-line config errors, and a real run against a local feed
-into real Kafka with the cursor in real Redis (a second run sends nothing again)."""
+into real Kafka with the cursor in real Redis (a second run sends nothing again), and next to a
+worker, the items enriched."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from cli.main import app
+from infra.kafka import TopicTail
 from tests.connectors.srckit import Platform, fixture, ids_of, read_topic
+from tools.stack import WorkerProcess, wait_until, worker_env
 
 runner = CliRunner()
 
@@ -139,3 +142,52 @@ def test_the_readme_example_config_builds_every_source() -> None:
     assert {s.kind for s in sources} == {
         r["kind"] for r in json.loads(runner.invoke(app, ["connect", "--list", "--json"]).stdout)
     }
+
+
+@pytest.mark.integration
+async def test_connect_next_to_a_worker_delivers_the_feed_enriched(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique: str
+) -> None:
+    """What an operator runs: `repmon connect` and `repmon worker` on one Kafka and one Redis; the
+    feed's items come out on the enriched topic, matched to the tracked brand, the undated entry
+    dead-lettered by the connector."""
+    prefix = f"cw{unique}"
+    env = worker_env(kafka_bootstrap, redis_url, prefix, tmp_path, partitions=1)
+    async with Platform() as p:
+
+        async def feed(request: web.Request) -> web.Response:
+            return web.Response(text=fixture("google_news_rss.xml"), content_type="application/rss+xml")
+
+        p.route("GET", "/news", feed)
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'{BASE}[[sources]]\nname = "news"\nkind = "rss"\nfeeds = ["{p.url}/news"]\n')
+        with WorkerProcess(env, tmp_path / "worker.log", config=cfg) as worker:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "cli.main",
+                "connect",
+                "--once",
+                "--json",
+                "-c",
+                str(cfg),
+                env={**os.environ, **env},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, errb = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 0, errb.decode()[-2000:]
+            assert json.loads(out.decode().strip().splitlines()[-1])["sent"] == 3
+            enriched = f"{prefix}.enriched"
+            tail = TopicTail(kafka_bootstrap, [enriched], keep=[enriched])
+            try:
+                ok = await asyncio.to_thread(wait_until, lambda: not worker.alive() or tail.count(enriched) >= 2, 120)
+                assert worker.alive() and ok, worker.tail()
+                docs = [json.loads(v) for v in tail.values(enriched)]
+            finally:
+                tail.stop()
+    assert sorted(d["event_id"] for d in docs) == [
+        "rss:CBMiK2h0dHBzOi8vbmV3cy5leGFtcGxlLmNvbS9ub3J0aHdpbmQtb3V0YWdl",
+        "rss:CBMiKmh0dHBzOi8vZGFpbHkuZXhhbXBsZS5vcmcvbm9ydGh3aW5kLXJlYm9vaw",
+    ]
+    assert all(d["entity"] == "northwind" and d["sentiment"] and d["lang"] for d in docs)
