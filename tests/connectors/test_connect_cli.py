@@ -75,6 +75,28 @@ def test_bad_source_config_fails_in_one_line_naming_the_key(tmp_path: Path, sour
     assert message in out and "Traceback" not in out and "hunter2" not in out
 
 
+async def connect_once(cfg: Path, env: dict[str, str]) -> dict[str, Any]:
+    """``repmon connect --once --json`` as a process; its JSON summary."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        "connect",
+        "--once",
+        "--json",
+        "-c",
+        str(cfg),
+        "--loglevel",
+        "warning",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, errb = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, errb.decode()[-2000:]
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
 @pytest.mark.integration
 async def test_connect_once_delivers_a_feed_and_a_second_run_resumes_without_resending(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique: str
@@ -97,24 +119,7 @@ async def test_connect_once_delivers_a_feed_and_a_second_run_resumes_without_res
         }
         outs: list[dict[str, Any]] = []
         for _ in range(2):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "cli.main",
-                "connect",
-                "--once",
-                "--json",
-                "-c",
-                str(cfg),
-                "--loglevel",
-                "warning",
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, errb = await asyncio.wait_for(proc.communicate(), 120)
-            assert proc.returncode == 0, errb.decode()[-2000:]
-            outs.append(json.loads(out.decode().strip().splitlines()[-1]))
+            outs.append(await connect_once(cfg, env))
     assert outs[0]["sources"] == {"news": "done"} and outs[0]["sent"] == 3
     assert outs[1]["sent"] == 0 and outs[1]["per_source"]["news"]["duplicates"] == 3
     ids = ids_of(read_topic(kafka_bootstrap, f"{unique}.raw"))
@@ -162,22 +167,7 @@ async def test_connect_next_to_a_worker_delivers_the_feed_enriched(
         cfg = tmp_path / "c.toml"
         cfg.write_text(f'{BASE}[[sources]]\nname = "news"\nkind = "rss"\nfeeds = ["{p.url}/news"]\n')
         with WorkerProcess(env, tmp_path / "worker.log", config=cfg) as worker:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "cli.main",
-                "connect",
-                "--once",
-                "--json",
-                "-c",
-                str(cfg),
-                env={**os.environ, **env},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, errb = await asyncio.wait_for(proc.communicate(), 120)
-            assert proc.returncode == 0, errb.decode()[-2000:]
-            assert json.loads(out.decode().strip().splitlines()[-1])["sent"] == 3
+            assert (await connect_once(cfg, {**os.environ, **env}))["sent"] == 3
             enriched = f"{prefix}.enriched"
             tail = TopicTail(kafka_bootstrap, [enriched], keep=[enriched])
             try:
