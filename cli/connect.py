@@ -75,7 +75,7 @@ def build_sources(
 
 def connect(
     names: Annotated[
-        list[str] | None, typer.Argument(help="Run only these [[sources]] (default: all enabled).")
+        list[str] | None, typer.Argument(help="Run only these [\\[sources]] (default: all enabled).")
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Config TOML.")] = None,
     list_kinds: Annotated[bool, typer.Option("--list", help="Show every source kind and exit.")] = False,
@@ -83,7 +83,7 @@ def connect(
     json_out: Annotated[bool, typer.Option("--json", help="--list / the final states as JSON.")] = False,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
-    """Run the platforms in [[sources]] (pull, stream and push kinds) into the raw topic."""
+    """Run the platforms in [\\[sources]] (pull, stream and push kinds) into the raw topic."""
     from cli.main import _kafka_or_exit, _logging, _redis_or_exit, _settings, err
 
     if list_kinds:
@@ -104,7 +104,7 @@ def connect(
         return
     settings = _settings(config)
     if not settings.sources:
-        err.print("[red]no [[sources]] in the config[/red]: add one per platform (README, section Sources)")
+        err.print("[red]no [\\[sources]] in the config[/red]: add one per platform (README, section Sources)")
         raise typer.Exit(2)
     sources, problems = build_sources(list(settings.sources), names or None, os.environ)
     if problems:
@@ -112,7 +112,7 @@ def connect(
             err.print(f"[red]{escape(p)}[/red]")
         raise typer.Exit(2)
     if not sources:
-        err.print("[red]every [[sources]] entry has enabled = false[/red]: enable one or name it")
+        err.print("[red]every [\\[sources]] entry has enabled = false[/red]: enable one or name it")
         raise typer.Exit(2)
     _logging(loglevel)
     _redis_or_exit(settings)

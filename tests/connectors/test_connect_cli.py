@@ -25,6 +25,16 @@ runner = CliRunner()
 BASE = '[[entities]]\nname = "Northwind"\n'
 
 
+def test_help_and_errors_name_the_sources_table_as_written(tmp_path: Path) -> None:
+    """Rich reads ``[...]`` as markup: the table's name must survive it."""
+    res = runner.invoke(app, ["connect", "--help"], terminal_width=200)
+    assert "Run only these [[sources]]" in " ".join(res.output.split())
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(BASE)
+    res = runner.invoke(app, ["connect", "-c", str(cfg)])
+    assert res.exit_code == 2 and "no [[sources]] in the config" in " ".join(res.output.split())
+
+
 def test_list_shows_every_kind_with_its_mode_and_credentials() -> None:
     res = runner.invoke(app, ["connect", "--list", "--json"])
     assert res.exit_code == 0, res.output
