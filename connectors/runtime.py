@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,9 +149,10 @@ class SinkWriter:
 class LoopMonitor:
     """The longest time the event loop did not get to run a 10 ms timer (blocking work on it)."""
 
-    def __init__(self, interval: float = 0.01) -> None:
+    def __init__(self, interval: float = 0.01, on_max: Callable[[float], None] | None = None) -> None:
         self.interval = interval
         self.max_block = 0.0
+        self.on_max = on_max  # told of every new longest block, so /metrics shows it while running
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -159,7 +160,11 @@ class LoopMonitor:
         while True:
             t0 = loop.time()
             await asyncio.sleep(self.interval)
-            self.max_block = max(self.max_block, loop.time() - t0 - self.interval)
+            block = loop.time() - t0 - self.interval
+            if block > self.max_block:
+                self.max_block = block
+                if self.on_max is not None:
+                    self.on_max(block)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="loop-monitor")
@@ -194,7 +199,7 @@ class Runtime:
         self.max_retry_seconds = max_retry_seconds
         self.first_retry_seconds = first_retry_seconds
         self.status: dict[str, str] = {s.spec.name: "starting" for s in self.sources}
-        self.monitor = LoopMonitor()
+        self.monitor = LoopMonitor(on_max=self.metrics.loop_block.set)
         self.stop_event = asyncio.Event()
 
     def _m(self, src: Source) -> tuple[str, str]:

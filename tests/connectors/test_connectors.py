@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ from connectors import registry
 from connectors.base import Connector, DeliveryError, Item, ListSink, Malformed, Sink
 from connectors.mapping import Mapping, TimeSpec, to_item, to_record
 from connectors.replay import Replayer
+from connectors.runtime import Runtime
 
 GOOD = {
     "kind": "review",
@@ -176,3 +179,21 @@ def test_run_checks_acknowledgements_periodically_for_long_streams(monkeypatch: 
     sink = Counting()
     Fixed([GOOD] * 10).run(sink)
     assert sink.flushes == [4, 8, 10]
+
+
+async def test_the_longest_loop_block_is_in_the_metrics_while_the_runtime_runs() -> None:
+    """A scrape during a run shows the block, not 0 until the run ends."""
+    rt = Runtime([], ListSink(), store=None)  # type: ignore[arg-type]
+    rt.monitor.start()
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.2)  # blocking work on the loop, on purpose
+        await asyncio.sleep(0.05)
+        line = next(
+            x
+            for x in rt.metrics.exposition().decode().splitlines()
+            if x.startswith("repmon_connect_loop_block_seconds ")
+        )
+        assert float(line.split()[1]) >= 0.15
+    finally:
+        await rt.monitor.stop()
