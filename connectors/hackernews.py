@@ -4,9 +4,10 @@ Two APIs, both public (no credential):
 
 - ``query`` set: Algolia's HN search, newest first
   (``/api/v1/search_by_date?query=...&tags=(story,comment)&numericFilters=created_at_i>=<cursor>``),
-  every page up to ``nbPages``; the cursor (newest ``created_at_i`` delivered) moves only once the
-  last page is delivered, so a restart in the middle re-reads those pages and dedupe drops what
-  was already sent;
+  every page up to ``nbPages`` (at most ``max_pages``); the cursor (newest ``created_at_i``
+  delivered) moves only once the last page is delivered, so a restart in the middle re-reads those
+  pages and dedupe drops what was already sent; a burst beyond ``max_pages`` leaves a window that
+  the next polls read (``gaps`` in the cursor), so nothing is skipped;
 - ``options.firehose = true``: the official Firebase API, every new item in id order
   (``/v0/maxitem.json``, then ``/v0/item/<id>.json``), kept when its title or text contains one of
   ``keywords``; the cursor is the last item id read.
@@ -32,6 +33,8 @@ from connectors.registry import register
 from connectors.source import Batch, Entry, Source, SourceError, SourceState, epoch, strip_html
 
 __all__ = ["HackerNewsSource"]
+
+MAX_GAPS = 20  # unread windows kept in the cursor; a source further behind than that drops the oldest
 
 
 class HnOptions(BaseModel):
@@ -83,12 +86,42 @@ class HackerNewsSource(Source):
         return self.record(h, rec, str(h["objectID"]))
 
     async def _search(self, state: SourceState) -> AsyncIterator[Batch]:
-        assert self.client is not None
-        http = self.http()
+        """New hits since the cursor, then the windows an earlier capped pass left unread.
+
+        A pass reads at most ``max_pages`` pages, newest first. When a burst holds more than that,
+        the hits between the cursor and the oldest hit read are still unread: that window is kept
+        in the cursor (``gaps``) and read on the next polls, oldest windows last, until closed.
+        """
         since = int(state.cursor.get("created_at_i", 0))
-        newest = since
-        page = 0
-        pages = 1
+        gaps = [[int(a), int(b)] for a, b in state.cursor.get("gaps", [])][:MAX_GAPS]
+        cursor: dict[str, Any] = {"created_at_i": since, **({"gaps": gaps} if gaps else {})}
+        newest, oldest = since, None
+        async for entries, times, last, capped in self._pages(since, None):
+            newest = max([newest, *times])
+            oldest = min([*times, *([oldest] if oldest is not None else [])]) if times else oldest
+            if last:
+                cursor["created_at_i"] = newest
+                if capped and since and oldest is not None:  # a first run reads back no further
+                    gaps = [[since, oldest], *gaps][:MAX_GAPS]
+                    cursor["gaps"] = gaps
+            yield Batch(entries, dict(cursor) if last else None)
+        for gap in list(gaps):
+            low = None
+            async for entries, times, last, capped in self._pages(gap[0], gap[1]):
+                low = min([*times, *([low] if low is not None else [])]) if times else low
+                if last:
+                    gaps = [g for g in gaps if g is not gap]
+                    if capped and low is not None and low > gap[0]:
+                        gaps.append([gap[0], low])
+                    cursor.pop("gaps", None)
+                    cursor.update({"gaps": gaps} if gaps else {})
+                yield Batch(entries, dict(cursor) if last else None)
+
+    async def _pages(self, since: int, until: int | None) -> AsyncIterator[tuple[list[Entry], list[int], bool, bool]]:
+        """Pages of hits with ``since <= created_at_i (<= until)``, newest first: entries, their
+        times, whether it is the pass's last page, and whether the pass stopped at ``max_pages``."""
+        http = self.http()
+        page, pages = 0, 1
         while page < min(pages, self.options.max_pages):
             params: dict[str, Any] = {
                 "query": self.spec.query,
@@ -96,18 +129,19 @@ class HackerNewsSource(Source):
                 "hitsPerPage": self.options.hits_per_page,
                 "page": page,
             }
-            if since:
-                params["numericFilters"] = f"created_at_i>={since}"
+            filters = [f"created_at_i>={since}"] if since else []
+            if until is not None:
+                filters.append(f"created_at_i<={until}")
+            if filters:
+                params["numericFilters"] = ",".join(filters)  # a comma is AND in Algolia's filters
             data = await http.get_json(f"{self.base_url}/api/v1/search_by_date", params=params)
             hits = data.get("hits", []) if isinstance(data, dict) else []
             pages = int(data.get("nbPages", 1)) if isinstance(data, dict) else 1
             entries = [self._hit(h) for h in hits]
-            for h in hits:
-                if isinstance(h, dict) and isinstance(h.get("created_at_i"), int):
-                    newest = max(newest, h["created_at_i"])
+            times = [h["created_at_i"] for h in hits if isinstance(h, dict) and isinstance(h.get("created_at_i"), int)]
             page += 1
             last = page >= min(pages, self.options.max_pages)
-            yield Batch(entries, {"created_at_i": newest} if last else None)
+            yield entries, times, last, last and pages > self.options.max_pages
 
     def _item(self, it: Any, words: list[str]) -> Entry | None:
         if not isinstance(it, dict) or "id" not in it or "time" not in it:

@@ -149,10 +149,15 @@ def _rss(p: Platform, f: Feed) -> None:
 def _algolia(p: Platform, f: Feed) -> None:
     async def h(request: web.Request) -> web.Response:
         q = request.query
-        since = int(q.get("numericFilters", "created_at_i>=0").split(">=")[1])
+        since, until = 0, 1 << 62
+        for cond in filter(None, q.get("numericFilters", "").split(",")):  # a comma is AND, as in Algolia
+            if ">=" in cond:
+                since = int(cond.split(">=")[1])
+            elif "<=" in cond:
+                until = int(cond.split("<=")[1])
         per, page = int(q["hitsPerPage"]), int(q["page"])
         hits = sorted(
-            (h for h in f.items if h.get("created_at_i", 0) >= since), key=lambda h: -h.get("created_at_i", 0)
+            (h for h in f.items if since <= h.get("created_at_i", 0) <= until), key=lambda h: -h.get("created_at_i", 0)
         )
         pages = max(1, -(-len(hits) // per))
         return web.json_response({"hits": hits[page * per : (page + 1) * per], "nbPages": pages, "page": page})
@@ -460,6 +465,24 @@ async def test_every_pull_kind_honours_retry_after_backs_off_on_5xx_and_loses_no
         runs.append(sorted(i for i in ids_of([v for _, v in sink.items]) if i != "<malformed>"))
     assert runs[0] and runs[1] == runs[0]
     assert len(set(runs[1])) == len(runs[1])
+
+
+async def test_a_hn_burst_beyond_max_pages_arrives_whole_over_the_next_polls(aredis: Any, unique: str) -> None:
+    """Two pages of two hits per poll, and 13 new hits between two polls: the capped pass leaves
+    a window in the cursor, the next polls read it, and every hit arrives once."""
+    feed = Feed(_algolia, _src(HackerNewsSource, query="northwind", options={"hits_per_page": 2, "max_pages": 2}))
+    async with Platform() as p:
+        _algolia(p, feed)
+        got: list[str] = []
+        for items, rounds in ((_hn_items(0), 1), (_hn_items(13), 4)):
+            feed.items = copy.deepcopy(items)
+            sink = ListSink()
+            _, states = await one_round([feed.make(p.url)], sink, aredis, unique, rounds=rounds)
+            assert all(v == "done" for v in states.values()), states
+            got += [i for i in ids_of([v for _, v in sink.items]) if i != "<malformed>"]
+    want = [f"hackernews:{i}" for i in ("42000001", "42000002", "42000003")]
+    want += [f"hackernews:{42100000 + i}" for i in range(13)]
+    assert sorted(got) == sorted(want) and len(got) == len(set(got))
 
 
 # -- per-kind behaviour ---------------------------------------------------------------------------
