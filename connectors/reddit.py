@@ -9,7 +9,8 @@ renews it before it expires. What it follows:
   with ``options.comments = true`` their newest comments (``/r/<name>/comments``).
 
 Each listing is read page by page (``after=``) until a page reaches what the cursor says was
-delivered (``created_utc`` per listing), at most ``options.max_pages``. Reddit's rate headers
+delivered (``created_utc`` per listing), at most ``options.max_pages``; a burst beyond that is
+continued on the next polls from where paging stopped, so nothing is skipped. Reddit's rate headers
 (``X-Ratelimit-Remaining``/``-Reset``) are honoured by :mod:`connectors.http`.
 
 Credentials: ``client_id``, ``client_secret`` (env var names); Reddit requires a descriptive
@@ -29,6 +30,8 @@ from connectors.registry import register
 from connectors.source import USER_AGENT, Batch, Entry, Source, SourceError, SourceState, epoch
 
 __all__ = ["RedditSource"]
+
+MAX_RESUMES = 20  # unread runs kept per listing; a source further behind than that drops the oldest
 
 
 class RedditOptions(BaseModel):
@@ -109,32 +112,62 @@ class RedditSource(Source):
         return self.record(child, rec, str(d["name"]))
 
     async def fetch(self, state: SourceState) -> AsyncIterator[Batch]:
+        """Each listing from its newest post down to the cursor, then the runs an earlier capped
+        pass left unread (``<listing>:resume``: where paging stopped, and the cursor it had to
+        reach), continued from Reddit's ``after`` token until they meet their cursor."""
         assert self.client is not None
-        http = self.http("the OAuth app's client id and secret")
         cursor = dict(state.cursor)
         for key, path, params in self._listings():
             since = float(cursor.get(key, 0))
+            resumes = [dict(r) for r in cursor.get(f"{key}:resume", [])][:MAX_RESUMES]
             newest = since
-            after: str | None = None
-            for page in range(self.options.max_pages):
-                q = {**params, "limit": self.options.limit, "raw_json": 1}
-                if after:
-                    q["after"] = after
-                data = await http.get_json(f"{self.base_url}{path}", params=q, headers=await self._auth(http))
-                listing = data.get("data", {}) if isinstance(data, dict) else {}
-                children = listing.get("children") or []
-                entries = [self._child(c) for c in children]
-                times = [
-                    float(c["data"]["created_utc"])
-                    for c in children
-                    if isinstance(c, dict) and isinstance(c.get("data"), dict) and c["data"].get("created_utc")
-                ]
+            async for entries, times, last, after in self._pages(path, params, since, None):
                 newest = max([newest, *times])
-                after = listing.get("after")
-                reached = bool(times) and min(times) <= since
-                last = not after or reached or page + 1 >= self.options.max_pages
                 if last:
                     cursor[key] = newest
+                    if after and since:  # capped before reaching the cursor (a first run reads no further)
+                        resumes = [{"after": after, "since": since}, *resumes][:MAX_RESUMES]
+                    self._set_resumes(cursor, key, resumes)
                 yield Batch(entries, dict(cursor) if last else None)
-                if last:
-                    break
+            for r in list(resumes):
+                async for entries, _, last, after in self._pages(path, params, float(r["since"]), str(r["after"])):
+                    if last:
+                        resumes = [x for x in resumes if x is not r]
+                        if after:
+                            resumes.append({"after": after, "since": r["since"]})
+                        self._set_resumes(cursor, key, resumes)
+                    yield Batch(entries, dict(cursor) if last else None)
+
+    @staticmethod
+    def _set_resumes(cursor: dict[str, Any], key: str, resumes: list[dict[str, Any]]) -> None:
+        cursor.pop(f"{key}:resume", None)
+        if resumes:
+            cursor[f"{key}:resume"] = resumes
+
+    async def _pages(
+        self, path: str, params: dict[str, Any], since: float, after: str | None
+    ) -> AsyncIterator[tuple[list[Entry], list[float], bool, str | None]]:
+        """Pages of a listing from ``after`` (None: the newest) until one reaches ``since``, at most
+        ``max_pages``: entries, their times, whether it is the last page, and, when the pass
+        stopped at ``max_pages`` with more to read, the token to continue from."""
+        http = self.http("the OAuth app's client id and secret")
+        for page in range(self.options.max_pages):
+            q = {**params, "limit": self.options.limit, "raw_json": 1}
+            if after:
+                q["after"] = after
+            data = await http.get_json(f"{self.base_url}{path}", params=q, headers=await self._auth(http))
+            listing = data.get("data", {}) if isinstance(data, dict) else {}
+            children = listing.get("children") or []
+            entries = [self._child(c) for c in children]
+            times = [
+                float(c["data"]["created_utc"])
+                for c in children
+                if isinstance(c, dict) and isinstance(c.get("data"), dict) and c["data"].get("created_utc")
+            ]
+            after = listing.get("after")
+            reached = bool(times) and min(times) <= since
+            capped = page + 1 >= self.options.max_pages
+            last = not after or reached or capped
+            yield entries, times, last, (after if last and capped and not reached else None)
+            if last:
+                return

@@ -485,6 +485,31 @@ async def test_a_hn_burst_beyond_max_pages_arrives_whole_over_the_next_polls(are
     assert sorted(got) == sorted(want) and len(got) == len(set(got))
 
 
+async def test_a_reddit_burst_beyond_max_pages_arrives_whole_over_the_next_polls(aredis: Any, unique: str) -> None:
+    """The same with Reddit's listings: the next polls continue from the ``after`` token where the
+    capped pass stopped, down to the cursor it had to reach."""
+    make = CASES["reddit"][1]
+
+    def capped(url: str) -> Source:
+        src = make(url)
+        src.options = src.options.model_copy(update={"max_pages": 2})
+        src.spec = src.spec.model_copy(update={"poll_seconds": 0.01})
+        return src
+
+    feed = Feed(_reddit, capped)
+    async with Platform() as p:
+        _reddit(p, feed)
+        got: list[str] = []
+        for items, rounds in ((_reddit_items(0), 1), (_reddit_items(13), 4)):
+            feed.items = copy.deepcopy(items)
+            sink = ListSink()
+            _, states = await one_round([capped(p.url)], sink, aredis, unique, rounds=rounds)
+            assert all(v == "done" for v in states.values()), states
+            got += [i for i in ids_of([v for _, v in sink.items]) if i != "<malformed>"]
+    want = ["reddit:t3_1h9x0z", "reddit:t3_1h9x2b", "reddit:t3_1h9x3c", *[f"reddit:t3_new{i}" for i in range(13)]]
+    assert sorted(got) == sorted(want) and len(got) == len(set(got))
+
+
 # -- per-kind behaviour ---------------------------------------------------------------------------
 async def test_hn_search_maps_hits_pages_and_dead_letters_a_hit_without_id(aredis: Any, unique: str) -> None:
     feed = Feed(_algolia, _src(HackerNewsSource))
