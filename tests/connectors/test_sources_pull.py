@@ -510,6 +510,44 @@ async def test_a_reddit_burst_beyond_max_pages_arrives_whole_over_the_next_polls
     assert sorted(got) == sorted(want) and len(got) == len(set(got))
 
 
+def _with_bad(case: str, items: list[Any]) -> list[Any]:
+    """The case's content plus an item the platform could send that its mapping cannot read."""
+    out = copy.deepcopy(items)
+    if case == "hackernews-firehose":
+        out.append({"id": max(i["id"] for i in out) + 1, "type": "story", "title": "northwind"})  # no time
+    elif case == "reddit":
+        out.append({"kind": "t3", "data": {"created_utc": 1796279999.0, "title": "northwind"}})  # no name
+    return out
+
+
+# kind: what its dead letter says (App Store and Google Play fixtures hold their own bad entries)
+BAD_REASONS = {
+    "hackernews-firehose": ["Firebase item without id or time"],
+    "reddit": ["Reddit listing child without data.name or data.created_utc"],
+    "appstore": ["App Store entry"],
+    "googleplay": ["Play review"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REASONS))
+async def test_a_malformed_item_is_dead_lettered_with_its_reason_and_the_rest_arrives(
+    case: str, aredis: Any, unique: str
+) -> None:
+    build, make, _, items, expected = CASES[case]
+    feed = Feed(build, make)
+    feed.items = _with_bad(case, items)
+    async with Platform() as p:
+        build(p, feed)
+        sink = ListSink()
+        _, states = await one_round([make(p.url)], sink, aredis, unique)
+        assert all(v == "done" for v in states.values()), states
+    got = sent(sink)
+    reasons = [g["_error"] for g in got if "_error" in g]
+    assert reasons and all(any(want in r for want in BAD_REASONS[case]) for r in reasons), reasons
+    # the rest is delivered: the second run's content holds every expected id of the case
+    assert sorted(g["event_id"] for g in got if "_error" not in g) == sorted(expected)
+
+
 # -- per-kind behaviour ---------------------------------------------------------------------------
 async def test_hn_search_maps_hits_pages_and_dead_letters_a_hit_without_id(aredis: Any, unique: str) -> None:
     feed = Feed(_algolia, _src(HackerNewsSource))
