@@ -6,16 +6,27 @@ a review is ``{reviewId, authorName, comments: [{userComment: {text, starRating,
 {seconds}, reviewerLanguage, appVersionName}}]}``. An edited review is a new event (the native id
 carries its ``lastModified``). Pages are read until one reaches the newest review delivered.
 
-Credentials (an OAuth client with the ``androidpublisher`` scope, refreshed here over HTTP):
-``client_id``, ``client_secret``, ``refresh_token``. ``accounts`` are package names.
+Credentials, either of two logins (``accounts`` are package names):
+
+- a **service account** (what Google recommends for server-to-server access; grant it access to
+  the app in the Play Console): ``service_account`` names an environment variable holding the
+  account's JSON key itself (not a path: a key file stays out of the process's working tree and
+  the config). The source signs a JWT with the key (RS256; ``iss`` the account's e-mail, ``scope``
+  androidpublisher, ``aud`` the token URI, an hour long) and trades it for an access token (the
+  OAuth 2.0 JWT bearer grant, RFC 7523);
+- an **OAuth client** with a refresh token: ``client_id``, ``client_secret``, ``refresh_token``.
+
+The access token is kept until a minute before it expires.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jwt
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.registry import register
@@ -23,10 +34,20 @@ from connectors.source import Batch, Entry, Source, SourceError, SourceState, ep
 
 __all__ = ["GooglePlaySource"]
 
+SCOPE = "https://www.googleapis.com/auth/androidpublisher"
+OAUTH_CLIENT = ("client_id", "client_secret", "refresh_token")
+
+
+DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 - an endpoint, not a secret
+
 
 class GooglePlayOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - an endpoint, not a secret
+    token_url: str = Field(
+        default=DEFAULT_TOKEN_URL,
+        description="Where tokens come from; a service account's key names its own (token_uri), "
+        "used unless this is set.",
+    )
     max_pages: int = Field(default=20, ge=1)
     product: str | None = Field(default=None, description="Product hint put on the reviews (the app's name).")
 
@@ -35,35 +56,82 @@ class GooglePlayOptions(BaseModel):
 class GooglePlaySource(Source):
     kind = "googleplay"
     name = "googleplay.v1"
-    summary = "Google Play reviews (Play Developer API; OAuth client_id, client_secret, refresh_token)"
+    summary = (
+        "Google Play reviews (Play Developer API; a service_account JSON key, "
+        "or client_id, client_secret, refresh_token)"
+    )
     Options = GooglePlayOptions
-    credentials = ("client_id", "client_secret", "refresh_token")
+    optional_credentials = ("service_account", *OAUTH_CLIENT)
     needs = ("accounts",)
     default_base_url = "https://androidpublisher.googleapis.com"
     options: GooglePlayOptions
 
     _token: str | None = None
     _expires = 0.0
+    _key: dict[str, str] | None = None
 
     async def open(self, state: SourceState) -> None:
-        for role in self.credentials:
+        if "service_account" in self.spec.credentials:
+            self._key = self._service_key()
+            return
+        if not any(role in self.spec.credentials for role in OAUTH_CLIENT):
+            raise SourceError(
+                'no login: set credentials = { service_account = "ENV_VAR" } (a service account\'s JSON key) '
+                "or client_id, client_secret and refresh_token (an OAuth client)"
+            )
+        for role in OAUTH_CLIENT:
             self.secret(role)
+
+    def _service_key(self) -> dict[str, str]:
+        """The service account's JSON key, checked once at open: a bad key is one line, not a traceback."""
+        var = self.spec.credentials["service_account"]
+        raw = self.secret("service_account") or ""
+        fix = f"put the service account's JSON key (from the Cloud console) itself in ${var}"
+        try:
+            key = json.loads(raw)
+        except ValueError:
+            raise SourceError(f"${var} is not JSON; {fix}") from None
+        missing = [k for k in ("client_email", "private_key") if not isinstance(key, dict) or not key.get(k)]
+        if missing:
+            raise SourceError(f"${var} has no {' or '.join(missing)}; {fix}")
+        try:
+            jwt.encode({"probe": 1}, key["private_key"], algorithm="RS256")
+        except (ValueError, TypeError, jwt.PyJWTError) as exc:
+            raise SourceError(f"${var}: private_key is not an RSA key ({type(exc).__name__}); {fix}") from None
+        return {k: str(v) for k, v in key.items() if isinstance(v, str)}
+
+    @property
+    def _login(self) -> str:
+        return "the service account key" if self._key is not None else "the OAuth client and refresh token"
+
+    def _grant(self) -> tuple[str, dict[str, str]]:
+        """The token URL and form of this source's login."""
+        if self._key is not None:
+            now = int(time.time())
+            aud = self._key.get("token_uri") or self.options.token_url
+            assertion = jwt.encode(
+                {"iss": self._key["client_email"], "scope": SCOPE, "aud": aud, "iat": now, "exp": now + 3600},
+                self._key["private_key"],
+                algorithm="RS256",
+                headers={"kid": self._key["private_key_id"]} if self._key.get("private_key_id") else None,
+            )
+            url = self.options.token_url if self.options.token_url != DEFAULT_TOKEN_URL else aud
+            return url, {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
+        return self.options.token_url, {
+            "grant_type": "refresh_token",
+            "client_id": self.secret("client_id") or "",
+            "client_secret": self.secret("client_secret") or "",
+            "refresh_token": self.secret("refresh_token") or "",
+        }
 
     async def _auth(self) -> dict[str, str]:
         if self._token is None or time.monotonic() > self._expires - 60:
-            resp = await self.http("the OAuth client and refresh token").request(
-                "POST",
-                self.options.token_url,
-                data={
-                    "grant_type": "refresh_token",
-                    "client_id": self.secret("client_id"),
-                    "client_secret": self.secret("client_secret"),
-                    "refresh_token": self.secret("refresh_token"),
-                },
-            )
+            login = self._login
+            url, form = self._grant()
+            resp = await self.http(login).request("POST", url, data=form)
             body = resp.json() if resp is not None else {}
             if not isinstance(body, dict) or "access_token" not in body:
-                raise SourceError(f"Google gave no access token ({str(body)[:100]}); check the refresh token")
+                raise SourceError(f"Google gave no access token ({str(body)[:100]}); check {login}")
             self._token = str(body["access_token"])
             self._expires = time.monotonic() + float(body.get("expires_in", 3600))
         return {"Authorization": f"Bearer {self._token}"}
@@ -91,7 +159,7 @@ class GooglePlaySource(Source):
         return self.record(r, rec, f"{package}:{r['reviewId']}:{seconds}")
 
     async def fetch(self, state: SourceState) -> AsyncIterator[Batch]:
-        http = self.http("the OAuth client and refresh token")
+        http = self.http(self._login)
         cursor = dict(state.cursor)
         for package in self.spec.accounts:
             since = float(cursor.get(package, 0))

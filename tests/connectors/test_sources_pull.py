@@ -736,3 +736,132 @@ def test_a_source_is_a_connector_one_round_runs_through_the_sync_contract() -> N
         "rss:tag:forum.example.com,2026:post-1",
         "rss:tag:forum.example.com,2026:post-2",
     ]
+
+
+# -- Google Play with a service account ----------------------------------------------------------
+def _rsa_pem() -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = k.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        k.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+class _GoogleToken:
+    """Google's token endpoint for service accounts: an access token only for a JWT signed by
+    the account's key with the documented claims (RFC 7523 bearer grant)."""
+
+    def __init__(self, public_pem: str, expires_in: int = 3600) -> None:
+        self.public_pem, self.expires_in = public_pem, expires_in
+        self.issued: list[str] = []
+        self.refused: list[str] = []
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        import jwt
+
+        form = await request.post()
+        aud = str(request.url.with_query(None))
+        try:
+            assert form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+            claims = jwt.decode(str(form.get("assertion")), self.public_pem, algorithms=["RS256"], audience=aud)
+            assert claims["iss"] == "reviews@northwind-play.iam.gserviceaccount.com"
+            assert claims["scope"] == "https://www.googleapis.com/auth/androidpublisher"
+            assert claims["exp"] - claims["iat"] == 3600
+        except (AssertionError, jwt.PyJWTError, KeyError) as exc:
+            self.refused.append(repr(exc))
+            return web.json_response({"error": "invalid_grant", "error_description": "Invalid JWT"}, status=400)
+        token = f"ya29.sa-{len(self.issued)}"
+        self.issued.append(token)
+        return web.json_response({"access_token": token, "expires_in": self.expires_in, "token_type": "Bearer"})
+
+
+def _play_with_service_account(p: Platform, feed: Feed, token: _GoogleToken) -> None:
+    async def reviews(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") not in {f"Bearer {t}" for t in token.issued}:
+            return web.json_response({"error": {"code": 401}}, status=401)
+        return web.json_response({"reviews": feed.items})
+
+    p.route("POST", "/sa-token", token)
+    p.route("GET", "/androidpublisher/v3/applications/com.northwind.go/reviews", reviews)
+
+
+def _sa_source(url: str, key: str, name: str = "gp-sa") -> GooglePlaySource:
+    return GooglePlaySource(
+        spec(
+            "googleplay",
+            url,
+            name=name,
+            accounts=["com.northwind.go"],
+            poll_seconds=0.01,
+            credentials={"service_account": "GP_SA_KEY"},
+        ),
+        env={"GP_SA_KEY": key},
+    )
+
+
+def _sa_key(private_pem: str, token_uri: str) -> str:
+    return orjson.dumps(
+        {
+            "type": "service_account",
+            "client_email": "reviews@northwind-play.iam.gserviceaccount.com",
+            "private_key_id": "k1",
+            "private_key": private_pem,
+            "token_uri": token_uri,
+        }
+    ).decode()
+
+
+@pytest.mark.parametrize(("expires_in", "renewed"), [(3600, False), (30, True)])
+async def test_google_play_logs_in_with_a_service_account_and_keeps_its_token_until_it_expires(
+    aredis: Any, unique: str, expires_in: int, renewed: bool
+) -> None:
+    private, public = _rsa_pem()
+    token = _GoogleToken(public, expires_in)
+    feed = Feed(_googleplay, lambda url: _sa_source(url, ""))
+    feed.items = [r for r in _googleplay_items(2) if r.get("reviewId")]
+    async with Platform() as p:
+        _play_with_service_account(p, feed, token)
+        src = _sa_source(p.url, _sa_key(private, f"{p.url}/sa-token"))
+        sink = ListSink()
+        _, states = await one_round([src], sink, aredis, unique, rounds=3)
+    assert states["gp-sa"] == "done", (states, token.refused)
+    assert token.refused == []
+    got = {i for i in ids_of([v for _, v in sink.items]) if i != "<malformed>"}
+    assert {"googleplay:com.northwind.go:gp:new-0:1796273000", "googleplay:com.northwind.go:gp:new-1:1796273060"} <= got
+    # an hour-long token serves every poll; one that expires within the minute is renewed
+    assert (len(token.issued) > 1) == renewed, token.issued
+
+
+async def test_google_play_with_the_wrong_or_a_malformed_key_stops_with_one_line(aredis: Any, unique: str) -> None:
+    _, public = _rsa_pem()
+    other, _ = _rsa_pem()
+    token = _GoogleToken(public)
+    feed = Feed(_googleplay, lambda url: _sa_source(url, ""))
+    feed.items = _googleplay_items(1)
+    async with Platform() as p:
+        _play_with_service_account(p, feed, token)
+        uri = f"{p.url}/sa-token"
+        sources = [
+            _sa_source(p.url, _sa_key(other, uri), "gp-wrong"),
+            _sa_source(p.url, "{not json", "gp-notjson"),
+            _sa_source(p.url, orjson.dumps({"client_email": "x@y"}).decode(), "gp-nokey"),
+            _sa_source(p.url, _sa_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", uri), "gp-bad"),
+        ]
+        _, states = await one_round(sources, ListSink(), aredis, unique)
+    assert states["gp-wrong"].startswith("stopped: HTTP 400 from POST") and "invalid_grant" in states["gp-wrong"]
+    assert token.refused and token.issued == []
+    assert states["gp-notjson"] == (
+        "stopped: $GP_SA_KEY is not JSON; "
+        "put the service account's JSON key (from the Cloud console) itself in $GP_SA_KEY"
+    )
+    assert states["gp-nokey"].startswith("stopped: $GP_SA_KEY has no private_key;")
+    assert states["gp-bad"].startswith("stopped: $GP_SA_KEY: private_key is not an RSA key")
+    assert all("\n" not in s for s in states.values())
