@@ -6,7 +6,8 @@ On one instance (``base_url``, e.g. ``https://mastodon.social``):
 - ``query``: keyword search of statuses, ``/api/v2/search?type=statuses`` (instances require a
   user token for it: ``credentials.access_token``);
 - ``options.streaming = true``: after catching up, the round stays on the streaming API
-  (``/api/v1/streaming/hashtag?tag=<tag>``, server-sent events) and yields statuses as they come.
+  (``/api/v1/streaming/hashtag?tag=<tag>``, server-sent events, one stream per hashtag, merged)
+  and yields statuses as they come.
   When the stream drops, the runtime reconnects and the round first catches up from the cursor,
   so nothing posted while disconnected is missed.
 
@@ -20,6 +21,7 @@ Credentials: ``access_token`` (optional for public hashtag timelines).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -168,7 +170,39 @@ class MastodonSource(Source):
                 yield b
         tags = [(k, t) for k, _, _, t in self._timelines() if t]
         if self.options.streaming and tags:
-            # one stream per source: the first hashtag (a source per hashtag streams several)
-            key, tag = tags[0]
-            async for b in self._stream(cursor, key, tag):
+            async for b in self._streams(cursor, tags):
                 yield b
+
+    async def _streams(self, cursor: dict[str, Any], tags: list[tuple[str, str]]) -> AsyncIterator[Batch]:
+        """Every hashtag's stream at once, merged in arrival order. Each stream moves its own copy
+        of the cursor; a batch goes out with the cursor of what was yielded so far (its own tag's id
+        from it), never with an id of a batch still queued. The first stream to end (they end by
+        raising: dropped, refused) ends the round and the others are closed with it; the next round
+        catches every tag up from the cursor."""
+        if len(tags) == 1:
+            async for b in self._stream(cursor, *tags[0]):
+                yield b
+            return
+        queue: asyncio.Queue[tuple[str, Batch] | Exception] = asyncio.Queue(maxsize=256)  # the sink sets the pace
+
+        async def pump(key: str, tag: str) -> None:
+            try:
+                async for b in self._stream(dict(cursor), key, tag):
+                    await queue.put((key, b))
+            except Exception as exc:  # RetryLater, SourceError, a network error: the round's outcome
+                await queue.put(exc)
+
+        tasks = [asyncio.create_task(pump(k, t), name=f"{self.spec.name}:stream:{t}") for k, t in tags]
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                key, b = item
+                if b.cursor is not None and key in b.cursor:
+                    cursor[key] = b.cursor[key]
+                yield Batch(b.entries, dict(cursor) if b.cursor is not None else None)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

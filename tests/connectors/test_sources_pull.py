@@ -7,6 +7,7 @@ item dead-lettered while the rest goes on, and a restart from the cursor through
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import email.utils
 from collections.abc import Callable
@@ -865,3 +866,57 @@ async def test_google_play_with_the_wrong_or_a_malformed_key_stops_with_one_line
     assert states["gp-nokey"].startswith("stopped: $GP_SA_KEY has no private_key;")
     assert states["gp-bad"].startswith("stopped: $GP_SA_KEY: private_key is not an RSA key")
     assert all("\n" not in s for s in states.values())
+
+
+async def test_mastodon_streams_every_hashtag_of_a_source(aredis: Any, unique: str) -> None:
+    """Two hashtags, one source: both streams are open at once and a status posted under either
+    arrives live; when one stream drops, the round ends and the next catches both tags up."""
+    north, sky = _mastodon_items(1, start=70), _mastodon_items(1, start=80)
+    timelines: dict[str, list[dict[str, Any]]] = {"northwind": [], "skyline": []}
+    sink = ListSink()
+    host = "127.0.0.1"
+    async with Platform() as p:
+
+        async def tag(request: web.Request) -> web.Response:
+            name = request.path.rsplit("/", 1)[1]
+            since = int(request.query.get("min_id", 0))
+            return web.json_response([s for s in timelines[name] if int(s["id"]) > since][::-1])
+
+        async def stream(request: web.Request) -> web.StreamResponse:
+            name = request.query["tag"]
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            for st in north if name == "northwind" else sky:
+                await resp.write(b"event: update\ndata: " + orjson.dumps(st) + b"\n\n")
+            if name == "skyline":  # stays open until the client closes it
+                while True:
+                    await resp.write(b":thump\n\n")
+                    await asyncio.sleep(0.05)
+            # the northwind stream drops once the skyline status has reached the sink: both were live
+            want = f"mastodon:{host}:{sky[0]['id']}"
+            async with asyncio.timeout(10):
+                while want not in ids_of([v for _, v in sink.items]):
+                    await asyncio.sleep(0.02)
+            return resp
+
+        p.route("GET", "/api/v1/timelines/tag/{name}", tag)
+        p.route("GET", "/api/v1/streaming/hashtag", stream)
+
+        def mk() -> MastodonSource:
+            return MastodonSource(
+                spec("mastodon", p.url, name="md-tags", accounts=["#northwind", "skyline"], options={"streaming": True})
+            )
+
+        _, states = await one_round([mk()], sink, aredis, unique)
+        assert states["md-tags"].startswith("retrying: the streaming connection closed"), states
+        assert sorted(r.query["tag"] for r in p.hits("/api/v1/streaming/hashtag")) == ["northwind", "skyline"]
+        live = ids_of([v for _, v in sink.items])
+        assert sorted(live) == sorted(f"mastodon:{host}:{s['id']}" for s in (*north, *sky))
+        # posted while the streams were down, one per tag: the next round's catch-up reads both
+        later_n, later_s = _mastodon_items(1, start=71), _mastodon_items(1, start=81)
+        timelines["northwind"], timelines["skyline"] = [*north, *later_n], [*sky, *later_s]
+        north, sky = [], [{**later_s[0]}]  # the skyline stream repeats its newest: delivered once
+        await one_round([mk()], sink, aredis, unique)
+    ids = ids_of([v for _, v in sink.items])
+    assert sorted(ids) == sorted(set(ids))
+    assert {f"mastodon:{host}:{s['id']}" for s in (*later_n, *later_s)} <= set(ids)
