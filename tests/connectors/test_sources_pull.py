@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import email.utils
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -920,3 +921,16 @@ async def test_mastodon_streams_every_hashtag_of_a_source(aredis: Any, unique: s
     ids = ids_of([v for _, v in sink.items])
     assert sorted(ids) == sorted(set(ids))
     assert {f"mastodon:{host}:{s['id']}" for s in (*later_n, *later_s)} <= set(ids)
+
+
+async def test_lag_behind_the_source_is_the_age_of_the_newest_item_delivered(aredis: Any, unique: str) -> None:
+    feed = Feed(_rss, lambda url: RssSource(spec("rss", name="rss-lag", feeds=[f"{url}/feed"])))
+    feed.items = [1, 2, 3]
+    async with Platform() as p:
+        _rss(p, feed)
+        rt, states = await one_round([feed.make(p.url)], ListSink(), aredis, unique)
+    assert states["rss-lag"] == "done"
+    lag = rt.metrics.value("repmon_source_lag_seconds", "rss-lag", "rss")
+    newest = 1796270000 + 60 * 3  # story 3's pubDate
+    assert abs(lag - max(0.0, time.time() - newest)) < 30
+    assert b'repmon_source_lag_seconds{kind="rss",source="rss-lag"}' in rt.metrics.exposition()
