@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import statistics
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -903,15 +904,15 @@ def hour_of_day_band(
         if v is not None:
             by_hour.setdefault(t // 3600 % 24, []).append(v)
 
-    def q(vals: list[float], p: float) -> float:
-        x = p * (len(vals) - 1)
-        i = int(x)
-        return vals[i] + (vals[min(i + 1, len(vals) - 1)] - vals[i]) * (x - i)
-
     out: list[tuple[float, float] | None] = []
     for t in ts:
-        vals = sorted(by_hour.get(t // 3600 % 24, []))
-        out.append((round(q(vals, lo), 6), round(q(vals, hi), 6)) if len(vals) >= 2 else None)
+        vals = by_hour.get(t // 3600 % 24, [])
+        if len(vals) < 2:
+            out.append(None)
+            continue
+        # percentiles interpolated between the values seen (numpy's default, "inclusive" here)
+        cuts = statistics.quantiles(vals, n=100, method="inclusive")
+        out.append((round(cuts[round(lo * 100) - 1], 6), round(cuts[round(hi * 100) - 1], 6)))
     return out
 
 

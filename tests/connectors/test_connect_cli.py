@@ -85,6 +85,18 @@ def test_bad_source_config_fails_in_one_line_naming_the_key(tmp_path: Path, sour
     assert message in out and "Traceback" not in out and "hunter2" not in out
 
 
+def news_feed(p: Platform, tmp_path: Path) -> Path:
+    """The Google News fixture served at ``/news``, and a config with one rss source reading it."""
+
+    async def feed(request: web.Request) -> web.Response:
+        return web.Response(text=fixture("google_news_rss.xml"), content_type="application/rss+xml")
+
+    p.route("GET", "/news", feed)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'{BASE}[[sources]]\nname = "news"\nkind = "rss"\nfeeds = ["{p.url}/news"]\n')
+    return cfg
+
+
 async def connect_once(cfg: Path, env: dict[str, str]) -> dict[str, Any]:
     """``repmon connect --once --json`` as a process; its JSON summary."""
     proc = await asyncio.create_subprocess_exec(
@@ -112,13 +124,7 @@ async def test_connect_once_delivers_a_feed_and_a_second_run_resumes_without_res
     tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique: str
 ) -> None:
     async with Platform() as p:
-
-        async def feed(request: web.Request) -> web.Response:
-            return web.Response(text=fixture("google_news_rss.xml"), content_type="application/rss+xml")
-
-        p.route("GET", "/news", feed)
-        cfg = tmp_path / "c.toml"
-        cfg.write_text(f'{BASE}[[sources]]\nname = "news"\nkind = "rss"\nfeeds = ["{p.url}/news"]\n')
+        cfg = news_feed(p, tmp_path)
         env = {
             **os.environ,
             "REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
@@ -169,23 +175,21 @@ async def test_connect_next_to_a_worker_delivers_the_feed_enriched(
     prefix = f"cw{unique}"
     env = worker_env(kafka_bootstrap, redis_url, prefix, tmp_path, partitions=1)
     async with Platform() as p:
-
-        async def feed(request: web.Request) -> web.Response:
-            return web.Response(text=fixture("google_news_rss.xml"), content_type="application/rss+xml")
-
-        p.route("GET", "/news", feed)
-        cfg = tmp_path / "c.toml"
-        cfg.write_text(f'{BASE}[[sources]]\nname = "news"\nkind = "rss"\nfeeds = ["{p.url}/news"]\n')
+        cfg = news_feed(p, tmp_path)
         with WorkerProcess(env, tmp_path / "worker.log", config=cfg) as worker:
             assert (await connect_once(cfg, {**os.environ, **env}))["sent"] == 3
-            enriched = f"{prefix}.enriched"
-            tail = TopicTail(kafka_bootstrap, [enriched], keep=[enriched])
+            enriched, dead = f"{prefix}.enriched", f"{prefix}.deadletter"
+            tail = TopicTail(kafka_bootstrap, [enriched, dead], keep=[enriched, dead])
             try:
-                ok = await asyncio.to_thread(wait_until, lambda: not worker.alive() or tail.count(enriched) >= 2, 120)
+                ok = await asyncio.to_thread(
+                    wait_until, lambda: not worker.alive() or (tail.count(enriched) >= 2 and tail.count(dead) >= 1), 120
+                )
                 assert worker.alive() and ok, worker.tail()
                 docs = [json.loads(v) for v in tail.values(enriched)]
+                letters = [json.loads(v) for v in tail.values(dead)]
             finally:
                 tail.stop()
+    assert len(letters) == 1 and "no published or updated date" in json.dumps(letters[0])
     assert sorted(d["event_id"] for d in docs) == [
         "rss:CBMiK2h0dHBzOi8vbmV3cy5leGFtcGxlLmNvbS9ub3J0aHdpbmQtb3V0YWdl",
         "rss:CBMiKmh0dHBzOi8vZGFpbHkuZXhhbXBsZS5vcmcvbm9ydGh3aW5kLXJlYm9vaw",
