@@ -196,7 +196,9 @@ class Controls:
         signal: str | None = None,
         route: str | None = None,
         comment: str = "",
-    ) -> Silence:
+    ) -> tuple[Silence, dict[str, Any]]:
+        """Add a silence; returns it and the action recorded for it (this request's own entry: the
+        shared log's newest may already be another request's)."""
         if not (entity or signal or route):
             raise ValueError("a silence needs at least one matcher: entity, signal or route")
         now = self.clock()
@@ -214,19 +216,22 @@ class Controls:
         )
         await self._prune(now)
         await cast(Awaitable[int], self.r.hset(self.k_silences, s["id"], json.dumps(s)))
-        await self.record(None, "silence", who=who, why=comment, details={"silence": dict(s)})
-        return s
+        entry = await self.record(None, "silence", who=who, why=comment, details={"silence": dict(s)})
+        return s, entry
 
-    async def expire_silence(self, silence_id: str, *, who: str, why: str = "") -> Silence | None:
-        """End a silence now (kept, expired, so its history stays readable); None if unknown."""
+    async def expire_silence(
+        self, silence_id: str, *, who: str, why: str = ""
+    ) -> tuple[Silence, dict[str, Any]] | None:
+        """End a silence now (kept, expired, so its history stays readable); returns it and the
+        action recorded, or None if unknown."""
         raw = await cast(Awaitable[Any], self.r.hget(self.k_silences, silence_id))
         if raw is None:
             return None
         s = Silence(json.loads(_s(raw)))
         s["ends_at"] = min(float(s["ends_at"]), self.clock())
         await cast(Awaitable[int], self.r.hset(self.k_silences, silence_id, json.dumps(s)))
-        await self.record(None, "unsilence", who=who, why=why, details={"silence": dict(s)})
-        return s
+        entry = await self.record(None, "unsilence", who=who, why=why, details={"silence": dict(s)})
+        return s, entry
 
     async def _prune(self, now: float) -> None:
         """Drop silences that ended more than a day ago: the hash stays small."""

@@ -10,6 +10,6 @@ sudo=""
 if [ -n "$sudo" ] && ! command -v sudo >/dev/null; then
   echo "chromium.sh: chromium is missing and I am not root: apt-get install chromium chromium-driver" >&2; exit 1
 fi
-$sudo apt-get update -qq >/dev/null
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium chromium-driver >/dev/null
 [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { echo "chromium.sh: chromium did not install" >&2; exit 1; }

@@ -14,8 +14,8 @@ ensure_installed() {
   if [ -n "$sudo" ] && ! command -v sudo >/dev/null; then
     echo "redis.sh: redis-server is missing and I am not root: apt-get install redis-server" >&2; exit 1
   fi
-  $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq redis-server >/dev/null
   command -v redis-server >/dev/null || { echo "redis.sh: redis-server did not install" >&2; exit 1; }
 }
 

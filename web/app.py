@@ -615,7 +615,7 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
         if body.signal and body.signal not in SIGNALS:
             raise ApiError(422, "invalid_request", f"signal must be one of {', '.join(SIGNALS)}")
         try:
-            s = await war.controls.add_silence(
+            s, entry = await war.controls.add_silence(
                 who=who.name,
                 ends_at=time.time() + body.duration_seconds,
                 entity=body.entity,
@@ -625,8 +625,7 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
             )
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from None
-        log = await war.controls.log(None, 1)
-        await war.publish_action(log[-1], body.entity)
+        await war.publish_action(entry, body.entity)
         return dict(s)
 
     @app.delete(
@@ -638,11 +637,11 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
     async def end_silence(request: Request, silence_id: str, who: Writer) -> dict[str, Any]:
         """End a silence now."""
         war = _war(request)
-        s = await war.controls.expire_silence(silence_id, who=who.name)
-        if s is None:
+        ended = await war.controls.expire_silence(silence_id, who=who.name)
+        if ended is None:
             raise ApiError(404, "not_found", f"no silence {silence_id!r}")
-        log = await war.controls.log(None, 1)
-        await war.publish_action(log[-1], s.get("entity"))
+        s, entry = ended
+        await war.publish_action(entry, s.get("entity"))
         return dict(s)
 
     @app.post("/api/v1/mentions/{event_id:path}/sentiment", tags=["actions"], responses={404: {"model": ErrorOut}})

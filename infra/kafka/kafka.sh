@@ -17,10 +17,18 @@ fetch() {
   if [ -f "$JARS/.complete" ]; then return 0; fi
   command -v mvn >/dev/null || { echo "kafka.sh: Maven (mvn) is needed to fetch Kafka's jars" >&2; exit 1; }
   command -v java >/dev/null || { echo "kafka.sh: Java 17+ is needed to run Kafka" >&2; exit 1; }
-  echo "kafka.sh: fetching Apache Kafka $VERSION jars from Maven Central into $JARS" >&2
-  mkdir -p "$JARS"
-  mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies -DoutputDirectory="$JARS" -DincludeScope=runtime
-  touch "$JARS/.complete"
+  # Two runs on one machine (a test run beside CI) must not start a broker on half-copied jars:
+  # one fetches under the lock, the other waits for it and then finds the set complete.
+  mkdir -p "$(dirname "$JARS")"
+  exec 9>"$(dirname "$JARS")/.fetch.lock"
+  flock 9
+  if [ ! -f "$JARS/.complete" ]; then
+    echo "kafka.sh: fetching Apache Kafka $VERSION jars from Maven Central into $JARS" >&2
+    mkdir -p "$JARS"
+    mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies -DoutputDirectory="$JARS" -DincludeScope=runtime
+    touch "$JARS/.complete"
+  fi
+  flock -u 9
 }
 
 answers() {
@@ -32,6 +40,7 @@ PY
 }
 
 start() {
+  [ -x "$PY" ] || { echo "kafka.sh: no Python at $PY to probe the broker with; run make venv (or set PYTHON)" >&2; exit 1; }
   fetch
   if [ -f "$RUN/kafka.pid" ] && kill -0 "$(cat "$RUN/kafka.pid")" 2>/dev/null; then
     echo "kafka.sh: already running on 127.0.0.1:$PORT"; return 0

@@ -17,7 +17,7 @@ from alerts.dispatch import Dispatcher
 from contract.records import dumps
 from infra.settings import AlertSettings
 from streams.windows import RedisWindows
-from tests.web.conftest import ONSET, READ_TOKEN, WarRoom, make_event, make_incident, wait_for
+from tests.web.conftest import ONSET, READ_TOKEN, WRITE_TOKEN, WarRoom, make_event, make_incident, wait_for
 from tools.bench_web import follow_sse
 from tools.receiver import HttpReceiver
 
@@ -367,6 +367,36 @@ async def test_a_silence_ends_at_its_expiry_or_when_deleted(war_room: WarRoom) -
             assert again.status_code == 404 and again.json()["reason"]
     finally:
         await controls.r.aclose()
+
+
+async def test_concurrent_silences_each_publish_their_own_action(war_room: WarRoom) -> None:
+    """Eight silences added at once, then ended at once: every request publishes the action it
+    recorded (the shared action log's newest entry may be another request's)."""
+    entities = ["northwind", "skyline"]
+    headers = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+    async with httpx.AsyncClient(base_url=war_room.url, headers=headers, timeout=10) as w:
+        added = await asyncio.gather(
+            *(
+                w.post("/api/v1/silences", json={"entity": entities[i % 2], "duration_seconds": 600, "comment": str(i)})
+                for i in range(8)
+            )
+        )
+        assert all(r.status_code == 201 for r in added), [r.text for r in added]
+        ids = {r.json()["id"] for r in added}
+        assert len(ids) == 8
+        ended = await asyncio.gather(*(w.delete(f"/api/v1/silences/{i}") for i in ids))
+        assert all(r.status_code == 200 for r in ended), [r.text for r in ended]
+
+    def published() -> list[tuple[str, str]] | None:
+        acts = [
+            (x["action"], x["details"]["silence"]["id"])
+            for x in war_room.topic_records("incidents")
+            if x.get("kind") == "action" and x.get("action") in ("silence", "unsilence")
+        ]
+        return acts if len(acts) >= 16 else None
+
+    acts = wait_for(published, what="16 silence actions on the incidents topic")
+    assert sorted(acts) == sorted([("silence", i) for i in ids] + [("unsilence", i) for i in ids])
 
 
 async def test_a_corrected_sentiment_reaches_the_labels_topic_and_is_recorded(war_room: WarRoom) -> None:
