@@ -3,7 +3,10 @@
 ``repmon connect`` serves every push source of the config on one aiohttp server
 (``connect.listen``) at ``POST /hooks/<source name>``. A delivery is
 
-1. verified over the raw bytes with the platform's own signature scheme, constant time
+1. checked before its body is read (:meth:`PushSource.precheck`: the signature header is there
+   and well formed, a signed timestamp is fresh; ``401`` otherwise), ``413`` when Content-Length
+   says it is over ``max_body``, ``408`` when the body does not arrive within ``read_timeout``;
+   then verified over the raw bytes with the platform's own signature scheme, constant time
    (:func:`hmac.compare_digest`); a bad, stale or missing signature is ``401`` and nothing is read
    further;
 2. parsed into rows (:meth:`PushSource.rows`) and mapped by the kind's mapping (JMESPath columns,
@@ -39,7 +42,7 @@ from aiohttp import web
 from connectors.base import DeliveryError, Malformed
 from connectors.mapping import Mapping, load_mapping, skipped, to_item
 from connectors.source import Batch, Entry, RetryLater, Source, SourceError, SourceState
-from connectors.webhook import HEADER, SignatureError, _objects, _TooLarge, verify
+from connectors.webhook import HEADER, SignatureError, _objects, _TooLarge, check_time, parse_header, verify
 from contract.records import make_event_id
 
 __all__ = ["GenericPush", "PushServer", "PushSource", "hmac_b64"]
@@ -63,6 +66,8 @@ class PushSource(Source):
     default_mapping: ClassVar[dict[str, Any]] = {}
     tolerance: ClassVar[float] = 300.0
     max_items: ClassVar[int] = 1000
+    #: the header that carries the platform's signature (checked before the body is read)
+    signature_header: ClassVar[str | None] = None
 
     def __init__(self, spec: Any, **kw: Any) -> None:
         super().__init__(spec, **kw)
@@ -89,6 +94,18 @@ class PushSource(Source):
     def stopped(self, reason: str) -> None:
         self._stopped = reason
         self._ready.set()
+
+    def precheck(self, headers: MappingT[str, str], now: float) -> None:
+        """What can be refused before the body is read (an unsigned delivery costs no read):
+        :class:`~connectors.webhook.SignatureError` when the signature header is missing or
+        cannot be a signature."""
+        if self.signature_header is None:
+            return
+        got = headers.get(self.signature_header)
+        if not got:
+            raise SignatureError(f"missing {self.signature_header} header")
+        if not got.isascii() or len(got) > 1024:
+            raise SignatureError(f"{self.signature_header} header is not a signature (non-ASCII or too long)")
 
     @abstractmethod
     def verify(self, headers: MappingT[str, str], body: bytes, now: float) -> None:
@@ -135,14 +152,21 @@ class PushSource(Source):
                 out.append(Entry(str(item["event_id"]), item, None))
         return out, skip
 
-    async def receive(self, headers: MappingT[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
-        """One delivery -> (HTTP status, JSON answer)."""
+    async def unavailable(self) -> str | None:
+        """Why this source cannot take a delivery now (not started yet, stopped), or None."""
         try:
             await asyncio.wait_for(self._ready.wait(), timeout=10)
         except TimeoutError:
-            return 503, {"error": f"source {self.spec.name} is not running yet"}
+            return f"source {self.spec.name} is not running yet"
         if self._stopped is not None:
-            return 503, {"error": f"source {self.spec.name} is stopped: {self._stopped}"}
+            return f"source {self.spec.name} is stopped: {self._stopped}"
+        return None
+
+    async def receive(self, headers: MappingT[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        """One delivery -> (HTTP status, JSON answer)."""
+        down = await self.unavailable()
+        if down is not None:
+            return 503, {"error": down}
         try:
             self.verify(headers, body, time.time())
         except SignatureError as exc:
@@ -186,9 +210,18 @@ class PushSource(Source):
 class PushServer:
     """``POST /hooks/<name>`` for every push source; ``GET /healthz``."""
 
-    def __init__(self, sources: list[PushSource], *, max_body: int = 1 << 20, retry_after: int = 30) -> None:
+    def __init__(
+        self,
+        sources: list[PushSource],
+        *,
+        max_body: int = 1 << 20,
+        retry_after: int = 30,
+        read_timeout: float = 30.0,
+    ) -> None:
         self.sources = {s.spec.name: s for s in sources}
         self.retry_after = retry_after
+        self.max_body = max_body
+        self.read_timeout = read_timeout
         self.app = web.Application(client_max_size=max_body)
         self.app.add_routes([web.post("/hooks/{name}", self.handle), web.get("/healthz", self.health)])
         self._runner: web.AppRunner | None = None
@@ -196,14 +229,41 @@ class PushServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({name: s.stats for name, s in self.sources.items()})
 
+    async def _read(self, request: web.Request) -> bytes:
+        """The body, within ``read_timeout`` (a sender trickling bytes holds no connection for
+        long) and at most ``max_body`` bytes (counted while reading: Content-Length may lie)."""
+        buf = bytearray()
+        async with asyncio.timeout(self.read_timeout):
+            async for chunk in request.content.iter_any():
+                buf += chunk
+                if len(buf) > self.max_body:
+                    raise _TooLarge(len(buf))
+        return bytes(buf)
+
     async def handle(self, request: web.Request) -> web.Response:
         src = self.sources.get(request.match_info["name"])
         if src is None:
             return web.json_response({"error": f"no push source named {request.match_info['name']!r}"}, status=404)
+        down = await src.unavailable()
+        if down is not None:
+            return web.json_response({"error": down}, status=503, headers={"Retry-After": str(self.retry_after)})
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return web.json_response({"error": "body too large"}, status=413)
+            src.precheck(request.headers, time.time())
+        except SignatureError as exc:
+            src.stats["rejected"] += 1
+            return web.json_response({"error": str(exc)}, status=401)
+        too_large = {"error": f"body over {self.max_body} bytes"}
+        if request.content_length is not None and request.content_length > self.max_body:
+            src.stats["rejected"] += 1
+            return web.json_response(too_large, status=413)
+        try:
+            body = await self._read(request)
+        except _TooLarge:
+            src.stats["rejected"] += 1
+            return web.json_response(too_large, status=413)
+        except TimeoutError:
+            src.stats["rejected"] += 1
+            return web.json_response({"error": f"body not received within {self.read_timeout:g} s"}, status=408)
         status, out = await src.receive(request.headers, body)
         headers = {"Retry-After": str(out.pop("retry_after", self.retry_after))} if status == 503 else None
         return web.json_response(out, status=status, headers=headers)
@@ -234,6 +294,10 @@ class GenericPush(PushSource):
     kind = "webhook"
     name = "webhook.v1"
     summary = "generic signed push (X-Repmon-Signature t=,v1=; raw-contract records or a mapping)"
+
+    def precheck(self, headers: MappingT[str, str], now: float) -> None:
+        t, _ = parse_header(headers.get(HEADER))
+        check_time(t, now=now, tolerance=self.tolerance)
 
     def verify(self, headers: MappingT[str, str], body: bytes, now: float) -> None:
         verify(body, headers.get(HEADER), self.secrets, now=now, tolerance=self.tolerance)

@@ -38,6 +38,7 @@ HEADER = "X-Shopify-Hmac-Sha256"
 @register
 class ShopifyPush(PushSource):
     kind = "shopify"
+    signature_header = HEADER
     name = "shopify.v1"
     summary = "Shopify webhooks (X-Shopify-Hmac-Sha256): orders, refunds, cancellations -> purchases"
     default_mapping: ClassVar[dict[str, Any]] = {

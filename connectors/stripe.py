@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from connectors.push import PushSource
 from connectors.registry import register
-from connectors.webhook import verify
+from connectors.webhook import check_time, parse_header, verify
 
 __all__ = ["StripePush"]
 
@@ -57,6 +57,10 @@ class StripePush(PushSource):
         "scale": {"amount": 0.01},
         "case": {"currency": "upper"},
     }
+
+    def precheck(self, headers: Mapping[str, str], now: float) -> None:
+        t, _ = parse_header(headers.get("Stripe-Signature"), "Stripe-Signature")
+        check_time(t, now=now, tolerance=self.tolerance)
 
     def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
         verify(

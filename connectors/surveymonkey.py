@@ -123,6 +123,7 @@ def answers_of(
 @register
 class SurveyMonkeyPush(PushSource):
     kind = "surveymonkey"
+    signature_header = HEADER
     name = "surveymonkey.v1"
     summary = "SurveyMonkey webhooks (Sm-Signature, HMAC-SHA1 of api_key&secret), answers from API v3 -> feedback"
     credentials = ("secret", "api_key")

@@ -47,6 +47,9 @@ class TrustpilotPush(PushSource):
         "constants": {"platform": "trustpilot"},
     }
 
+    def precheck(self, headers: Mapping[str, str], now: float) -> None:
+        self.verify(headers, b"", now)  # HTTP Basic authenticates the sender; the body is not signed
+
     def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
         got = headers.get("Authorization", "")
         if not got.startswith("Basic "):

@@ -27,6 +27,7 @@ HEADER = "Typeform-Signature"
 @register
 class TypeformPush(PushSource):
     kind = "typeform"
+    signature_header = HEADER
     name = "typeform.v1"
     summary = "Typeform webhooks (Typeform-Signature: sha256=): NPS answers -> feedback"
     default_mapping: ClassVar[dict[str, Any]] = {

@@ -33,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,10 @@ class AnomalyWatch:
     scored: int = 0
     above: bool = False
     scores: deque[float] = field(default_factory=lambda: deque(maxlen=SCORES_KEPT))
+    # the last bucket learned and what it gave: judging it again (a tick that was not saved)
+    # gives the same answer and learns nothing twice
+    last_at: int | None = None
+    last_hit: AnomalyHit | None = None
 
     def __post_init__(self) -> None:
         self.model = anomaly.HalfSpaceTrees(
@@ -84,11 +89,27 @@ class AnomalyWatch:
         )
         self.quantile = stats.Quantile(self.q)
 
-    def update(self, zs: dict[str, float]) -> AnomalyHit | None:
-        """Score one bucket's standardised inputs, then learn them (unless anomalous)."""
+    def update(self, zs: dict[str, float], at: int | None = None) -> AnomalyHit | None:
+        """Score one bucket's standardised inputs, then learn them (unless anomalous). ``at``
+        (the bucket's start) makes it idempotent: a bucket at or before the last one learned is
+        not learned again, and the last one gives its answer again.
+
+        >>> w = AnomalyWatch()
+        >>> _ = w.update({"volume": 1.0, "negative_share": 0.5}, at=60)
+        >>> w.update({"volume": 1.0, "negative_share": 0.5}, at=60), w.seen
+        (None, 1)
+        """
         present = {k: v for k, v in zs.items() if k in FEATURES}
         if len(present) < 2:
             return None  # one input: the per-signal detector already says all there is to say
+        if at is not None and self.last_at is not None and at <= self.last_at:
+            return self.last_hit if at == self.last_at else None
+        hit = self._update(present)
+        if at is not None:
+            self.last_at, self.last_hit = at, hit
+        return hit
+
+    def _update(self, present: dict[str, float]) -> AnomalyHit | None:
         x = {f: _unit(present.get(f, 0.0)) for f in FEATURES}
         first_window = self.seen < self.window_size
         score = float(self.model.score_one(x))
@@ -145,6 +166,8 @@ class AnomalyWatch:
             "scored": self.scored,
             "above": self.above,
             "scores": list(self.scores),
+            "last_at": self.last_at,
+            "last_hit": dataclasses.asdict(self.last_hit) if self.last_hit is not None else None,
             "counter": m.counter,
             "first_window": m._first_window,
             "masses": [[[n.l_mass, n.r_mass] for n in nodes] for nodes in m._tree_nodes],
@@ -176,4 +199,6 @@ class AnomalyWatch:
             w.quantile.update(float(s))
             w.scores.append(float(s))
         w.seen, w.scored, w.above = int(d["seen"]), int(d["scored"]), bool(d["above"])
+        w.last_at = int(d["last_at"]) if d.get("last_at") is not None else None
+        w.last_hit = AnomalyHit(**d["last_hit"]) if d.get("last_hit") else None
         return w

@@ -41,15 +41,34 @@ class DriftWatch:
     seen: int = 0
     # the inputs ADWIN saw, newest last: its state as plain numbers (replayed on restore)
     history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    # the last bucket fed and whether it fired: feeding it again (a tick that was not saved)
+    # gives the same answer and feeds ADWIN nothing twice
+    last_at: int | None = None
+    last_fired: bool = False
 
     def __post_init__(self) -> None:
         # clock=1: check on every bucket (the default 32 suits per-event streams, not buckets)
         self.detector = drift.ADWIN(delta=self.delta, clock=1)
 
-    def update(self, value: float, support: float) -> bool:
-        """Feed one bucket's rate; True when a change is detected (once per change)."""
+    def update(self, value: float, support: float, at: int | None = None) -> bool:
+        """Feed one bucket's rate; True when a change is detected (once per change). ``at`` (the
+        bucket's start) makes it idempotent: a bucket at or before the last one fed is not fed
+        again, and the last one gives its answer again.
+
+        >>> w = DriftWatch(min_support=1)
+        >>> w.update(0.2, 10, at=60), w.update(0.2, 10, at=60), w.update(0.9, 10, at=0), w.seen
+        (False, False, False, 1)
+        """
         if support < self.min_support:
             return False
+        if at is not None and self.last_at is not None and at <= self.last_at:
+            return self.last_fired if at == self.last_at else False
+        fired = self._update(value)
+        if at is not None:
+            self.last_at, self.last_fired = at, fired
+        return fired
+
+    def _update(self, value: float) -> bool:
         self.seen += 1
         self.history.append(float(value))
         self.detector.update(value)
@@ -85,6 +104,8 @@ class DriftWatch:
             "last_mean": self.last_mean,
             "seen": self.seen,
             "history": list(self.history),
+            "last_at": self.last_at,
+            "last_fired": self.last_fired,
         }
 
     @classmethod
@@ -100,4 +121,6 @@ class DriftWatch:
         w.quiet = int(d.get("quiet", 0))
         w.last_mean = d.get("last_mean")
         w.seen = int(d.get("seen", 0))
+        w.last_at = int(d["last_at"]) if d.get("last_at") is not None else None
+        w.last_fired = bool(d.get("last_fired", False))
         return w

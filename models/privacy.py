@@ -21,7 +21,7 @@ __all__ = ["luhn_ok", "name_spans", "pseudonymize", "redact", "redact_payload", 
 # repeats: on a megabyte of word characters an unanchored ``[\w.-]*name[\w.-]*`` backtracks from
 # every position (quadratic: minutes for 64 KiB), and one such message would stall a worker.
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}")
-URL_QUERY = re.compile(r"\b(https?://[^\s?#]+)\?[^\s#]+")
+URL_QUERY = re.compile(r"\b(https?://[^\s?#\"]+)\?[^\s#\"]+")  # a quote ends a URL (never unescaped in one)
 CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 PHONE = re.compile(
     r"(?<![\w+])(?<!\d[ .-])"  # not inside a longer number
@@ -29,13 +29,26 @@ PHONE = re.compile(
     r"(?![ .-]?\d)(?!\w)"
 )
 HANDLE = re.compile(r"(?<![\w@])@(\w{1,30})")
-# a JSON member or key=value pair whose name says it holds a credential or a session
+# the value of a JSON member or key=value pair: quoted (to its closing quote: a secret or a name
+# may hold spaces) or bare (to the next separator)
+_VALUE = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^"'\s,&{}\[\]]+)"""
+# a member whose name says it holds a credential or a session
 SECRET_FIELD = re.compile(
-    r"""(?ix)
-    ( (?<![\w.-]) ["']?[\w.-]{0,40}?
-      (?:token|secret|passw(?:or)?d|session|api[_-]?key|auth(?:orization)?|cookie|credential)[\w.-]{0,40}["']?
-      \s*[:=]\s*["']? )
-    [^"'\s,&}]+
+    rf"""(?ix)
+    ( (?<![\w.-]) ["']?[\w.-]{{0,40}}?
+      (?:token|secret|passw(?:or)?d|session|api[_-]?key|auth(?!or(?!iz))(?:orization)?|cookie|credential)[\w.-]{{0,40}}["']?
+      \s*[:=]\s* )
+    {_VALUE}
+    """
+)
+# a member whose name says it holds a person: a handle, a display name, a reviewer
+PERSON_FIELD = re.compile(
+    rf"""(?ix)
+    ( (?<![\w.-]) ["']?
+      (?:(?:author|user|reviewer|consumer|customer|buyer|respondent|first|last|full|display|screen|nick|real
+          |given|family|sur)(?:[_-]?(?:name|handle|login))?|name|handle|login)["']?
+      \s*[:=]\s* )
+    ({_VALUE})
     """
 )
 
@@ -163,13 +176,43 @@ def redact_url(url: str | None) -> str | None:
     return redact(url)[0]
 
 
-def redact_payload(text: str) -> str:
-    """What a dead letter keeps of a message: :func:`redact` plus credential-looking fields.
+def redact_payload(text: str, secret: bytes | None = None) -> str:
+    """What a dead letter keeps of a message: what enrichment redacts (:func:`redact`, the person
+    names of :func:`name_spans`), credential-looking members, and person-looking members (an
+    ``author``, a ``reviewer``, a ``display_name``) replaced by their pseudonymous key when
+    ``secret`` is given (the one enrichment keys authors with: an operator can still tie a dead
+    letter to an author's other events), else ``[PERSON]``.
 
-    >>> redact_payload('{"text": "mail me at a@b.io", "session_token": "s3cr3t", "api_key":"k1"}')
+    >>> redact_payload('{"text": "mail me at a@b.io", "session_token": "s3 cr3t", "api_key":"k1"}')
     '{"text": "mail me at [EMAIL]", "session_token": "[REDACTED]", "api_key":"[REDACTED]"}'
+    >>> redact_payload('{"author": "Maria K.", "text": "Hi Maria, it broke", "consumer": {"displayName": "Ann Lee"}}')
+    '{"author": "[PERSON]", "text": "Hi [PERSON], it broke", "consumer": {"displayName": "[PERSON]"}}'
+    >>> redact_payload('{"reviewer": {"name": "Ann Lee"}, "Authorization": "Basic dXNlcjpwdw==", "author_key": "a_1"}')
+    '{"reviewer": {"name": "[PERSON]"}, "Authorization": "[REDACTED]", "author_key": "a_1"}'
+    >>> redact_payload('{"author": "Maria K."}', b"s") == '{"author": "' + pseudonymize("Maria K.", b"s") + '"}'
+    True
     """
-    out = SECRET_FIELD.sub(lambda m: m.group(1) + "[REDACTED]", text)
+
+    def person(m: re.Match[str]) -> str:
+        value = m.group(2)
+        quote = value[0] if value[:1] in "\"'" else ""
+        raw = value[1:-1] if quote else value
+        if not raw.strip() or raw in ("null", "true", "false"):
+            return m.group(0)
+        key = pseudonymize(raw, secret) if secret is not None else "[PERSON]"
+        return f"{m.group(1)}{quote}{key}{quote}" if quote else f"{m.group(1)}{key}"
+
+    def quoted_secret(m: re.Match[str]) -> str:
+        whole = m.group(0)
+        head = m.group(1)
+        value = whole[len(head) :]
+        quote = value[0] if value[:1] in "\"'" else ""
+        return f"{head}{quote}[REDACTED]{quote}"
+
+    out = SECRET_FIELD.sub(quoted_secret, text)
+    out = PERSON_FIELD.sub(person, out)
+    for a, b in reversed(name_spans(out)):
+        out = out[:a] + "[PERSON]" + out[b:]
     return redact(out)[0]
 
 

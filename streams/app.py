@@ -25,7 +25,7 @@ import faust
 from infra.settings import Settings
 from streams.compose import Components, build
 from streams.learning import load_newest_sync
-from streams.runtime import TOPICS, Message, RawPipeline, Record, Runtime
+from streams.runtime import TOPICS, Message, PublishError, RawPipeline, Record, Runtime
 from streams.supervise import fatal_on_error, shutdown_deadline
 
 __all__ = ["TOPICS", "FaustOutbox", "Worker", "build_worker"]
@@ -42,7 +42,11 @@ class FaustOutbox:
         self.names = {name: t.get_topic_name() for name, t in topics.items()}
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        await self.topics[topic].send(key=key, value=value)
+        """One record, returning once the broker acknowledged it (raising if it refused it): what
+        follows a send (detection saving its state, an incident thread moving on) may rely on it."""
+        [err] = await self.send_many([(topic, key, value)])
+        if err is not None:
+            raise PublishError(f"{self.names[topic]}: {type(err).__name__}: {err}") from err
 
     async def send_many(self, records: Sequence[Record]) -> list[BaseException | None]:
         """A batch's records through the app's producer, without a Faust ``Topic.send`` per record

@@ -62,6 +62,7 @@ class Feedback(Protocol):
 
 def _judge_bucket(
     ents: list[str],
+    t: int,
     stats: dict[str, dict[str, float]],
     how: int,
     dets: dict[str, EntityDetector],
@@ -73,7 +74,7 @@ def _judge_bucket(
         zs = dets[e].standardize(stats[e], how)  # before the bucket is learned
         verdicts = dets[e].update(stats[e], how)
         # a watch judges combinations: one input (no mention, no share) leaves it untouched
-        hit = anoms[e].update(zs) if sum(f in zs for f in ANOMALY_FEATURES) >= 2 else None
+        hit = anoms[e].update(zs, at=t) if sum(f in zs for f in ANOMALY_FEATURES) >= 2 else None
         rows.append((e, verdicts, hit))
     return rows
 
@@ -227,9 +228,9 @@ class DetectionEngine:
                 # for the better part of a second on every closed bucket, so a big fleet of
                 # entities is judged on a thread (the GIL still hands the loop its turn)
                 if len(ents) >= OFFLOAD_ENTITIES:
-                    rows = await asyncio.to_thread(_judge_bucket, ents, stats, how, dets, anoms)
+                    rows = await asyncio.to_thread(_judge_bucket, ents, t, stats, how, dets, anoms)
                 else:
-                    rows = _judge_bucket(ents, stats, how, dets, anoms)
+                    rows = _judge_bucket(ents, t, stats, how, dets, anoms)
                 for e, verdicts, hit in rows:
                     if hit is not None:
                         await self._anomaly(e, t, hit, int(stats[e].get("n", 0.0)))
@@ -372,7 +373,7 @@ class DetectionEngine:
             return
         before = watch.estimation
         value = total / support
-        if watch.update(value, support):
+        if watch.update(value, support, at=t):
             sig = Signal(
                 signal_id=f"{entity}:drift:{what}:{t}",
                 entity=entity,

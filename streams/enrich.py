@@ -105,6 +105,7 @@ class EnrichStage:
         else:
             secret = settings.author_key_secret.get_secret_value()
         self._secret = secret.encode()
+        self.author_secret = self._secret  # what authors are keyed with (dead letters key them alike)
         # True offline (backtest, bench, eval, unit tests): a review teaches the model in place right
         # after it is scored. A worker sets it False: its reviews become examples on the labels topic,
         # learned by the fleet's one learner (streams.learning), and it scores with the newest snapshot.

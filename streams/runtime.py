@@ -44,7 +44,17 @@ from streams.enrich import Example, RawRecord
 from streams.learning import parse_example
 from streams.windows import AddResult, Windows
 
-__all__ = ["TOPICS", "Message", "Outbox", "RawBatch", "RawPipeline", "Record", "Runtime", "validation_reason"]
+__all__ = [
+    "TOPICS",
+    "Message",
+    "Outbox",
+    "PublishError",
+    "RawBatch",
+    "RawPipeline",
+    "Record",
+    "Runtime",
+    "validation_reason",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +82,17 @@ class Message:
 Record = tuple[str, bytes | None, bytes]
 
 
+class PublishError(Exception):
+    """The broker did not acknowledge a record (:meth:`Outbox.send`)."""
+
+
 class Outbox(Protocol):
     """Where the runtime's output goes: ``topic`` is a name of :data:`TOPICS` (no prefix)."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Publish one record and return once the broker acknowledged it; :class:`PublishError`
+        when it did not."""
+        ...
 
     async def send_many(self, records: Sequence[Record]) -> list[BaseException | None]:
         """Publish every record and return once the broker has acknowledged (or refused) each:
@@ -162,7 +179,8 @@ class Runtime:
             partition=msg.partition,
             offset=msg.offset,
             key=redact_payload(msg.key.decode("utf-8", "replace"))[:512] if msg.key is not None else None,
-            payload=redact_payload(text[:DEAD_PAYLOAD_CHARS]),
+            # authors become the key enrichment gives them: a dead letter still ties to their events
+            payload=redact_payload(text[:DEAD_PAYLOAD_CHARS], self.c.stage.author_secret),
             payload_bytes=len(msg.value),
             payload_sha256=hashlib.sha256(msg.value).hexdigest(),
             payload_truncated=cut,
@@ -403,6 +421,12 @@ class Runtime:
             self.metrics.dependency_up.labels("redis").set(0)
             self.metrics.dependency_errors.labels("redis").inc()
             logger.warning("detection tick skipped: redis unavailable (%s: %s)", type(exc).__name__, exc)
+            return 0
+        except PublishError as exc:
+            # nothing of the tick was saved: its buckets are judged again, and their signals and
+            # incident messages sent again with the same ids, once the broker takes them
+            self.metrics.dependency_errors.labels("kafka").inc()
+            logger.warning("detection tick not saved: %s; judged again on the next tick", exc)
             return 0
         self.metrics.dependency_up.labels("redis").set(1)
         self.metrics.buckets.inc(judged)

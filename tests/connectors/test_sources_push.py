@@ -176,17 +176,17 @@ MALFORMED = {"trustpilot": 1}
 
 
 @contextlib.asynccontextmanager
-async def serving(sources: list[PushSource], sink: Sink, aredis: Any, prefix: str) -> AsyncIterator[str]:
+async def serving(sources: list[PushSource], sink: Sink, aredis: Any, prefix: str, **server: Any) -> AsyncIterator[str]:
     rt = Runtime(sources, sink, CursorStore(aredis, prefix), first_retry_seconds=0.05, grace_seconds=0.5)
-    server = PushServer(sources)
-    port = await server.start("127.0.0.1", 0)
+    push = PushServer(sources, **server)
+    port = await push.start("127.0.0.1", 0)
     task = asyncio.create_task(rt.run())
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         rt.stop()
         await task
-        await server.stop()
+        await push.stop()
 
 
 def push_source(kind: str, name: str, **kw: Any) -> PushSource:
@@ -242,6 +242,44 @@ async def test_signature_vectors_and_mapping_per_push_scheme(
         rec = by_id[want["event_id"]]
         assert {k: rec.get(k) for k in want} == want
     assert sum("_error" in g for g in got) == MALFORMED.get(kind, 0)
+
+
+async def raw_post(url: str, path: str, headers: dict[str, str], body: bytes, *, wait: float = 10.0) -> int:
+    """POST over a bare socket (a sender that announces more body than it sends, or a header no
+    HTTP client would send) -> the status the server answers within ``wait`` seconds."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(head.encode() + b"\r\n" + body)
+        await writer.drain()
+        async with asyncio.timeout(wait):
+            line = await reader.readline()
+        return int(line.split()[1])
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("kind", sorted(SIGNERS))
+async def test_a_delivery_is_refused_before_its_body_is_read(kind: str, aredis: Any, unique: str) -> None:
+    """Unsigned, oversized by its Content-Length, or with a non-ASCII signature: refused from the
+    headers alone; a signed body that trickles in is cut at the read timeout."""
+    sink = ListSink()
+    extra, body = deliveries(kind)[0]
+    signed = {**extra, **SIGNERS[kind](body, SECRET, int(time.time()))}
+    sig_header = next(k for k in SIGNERS[kind](body, SECRET, 0) if k != "Sm-Apikey")
+    # the body would take 60 s to be given up on: a refusal within 10 s was made without it
+    async with serving([push_source(kind, "p")], sink, aredis, unique, max_body=4096, read_timeout=60) as url:
+        announced = {**extra, "Content-Length": str(len(body))}
+        assert await raw_post(url, "/hooks/p", announced, body[:5]) == 401
+        assert await raw_post(url, "/hooks/p", {**signed, "Content-Length": "4097"}, b"") == 413
+        odd = {**signed, sig_header: signed[sig_header][:-2] + "é", "Content-Length": str(len(body))}
+        assert await raw_post(url, "/hooks/p", odd, body) == 401
+    async with serving([push_source(kind, "p")], sink, aredis, unique, max_body=4096, read_timeout=0.5) as url:
+        announced = {**signed, "Content-Length": str(len(body))}
+        assert await raw_post(url, "/hooks/p", announced, body[: len(body) // 2]) == 408
+        assert await raw_post(url, "/hooks/p", announced, body) in (200, 202)  # the same, in full, passes
+    assert sink.items  # the delivery sent in full reached the sink
 
 
 async def test_trustpilot_dead_letters_an_out_of_range_rating_with_the_reason(aredis: Any, unique: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -20,7 +21,7 @@ from models.detect import Verdict
 from streams.compose import Components, build
 from streams.detection import DetectionEngine
 from streams.metrics import Metrics
-from streams.runtime import Message, Runtime
+from streams.runtime import Message, PublishError, Runtime
 from streams.state import MemoryState
 from streams.windows import MemoryWindows
 
@@ -119,6 +120,61 @@ async def test_a_generated_crisis_opens_one_incident_through_the_detect_timer(co
     early, closed = (rt.c.detection._signal("northwind", 600, v, early=x) for x in (True, False))
     assert early.signal_id != closed.signal_id
     assert rt.metrics.buckets._value.get() > 100
+
+
+class RefusesSome(ListOutbox):
+    """A broker that refuses every third incident message once (and takes it when sent again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+        self.refused: set[tuple[str, int]] = set()
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        if topic == "incidents":
+            inc = Incident.model_validate_json(value)
+            if (inc.incident_id, inc.seq) not in self.refused:
+                self.tries += 1
+                if self.tries % 3 == 0:
+                    self.refused.add((inc.incident_id, inc.seq))
+                    raise PublishError("incidents: KafkaTimeoutError: no acknowledgement")
+        await super().send(topic, key, value)
+
+
+async def test_a_detect_tick_the_broker_refused_is_judged_again_with_the_same_messages(
+    components: Components,
+) -> None:
+    """A signal or incident message the broker did not take leaves the tick unsaved: the next tick
+    judges the same buckets again and sends the same messages (same ids), none lost, none new."""
+    items = generate(components.settings.entities, start=START, minutes=150, crisis_at_minute=110)
+
+    async def run(out: ListOutbox) -> dict[tuple[str, int], dict[str, Any]]:
+        rt = Runtime(fresh(components), out)
+        # the model as it is for both runs: learning inline, the second run would score with
+        # what the first taught it (the reviews go to the labels topic instead, as on a worker)
+        rt.c.stage.learn_inline = False
+        for i in range(0, len(items), 256):
+            await rt.on_raw([as_message(x, i + j) for j, x in enumerate(items[i : i + 256])])
+            while True:  # until a tick judges nothing and nothing was refused in it
+                refused = len(getattr(out, "refused", ()))
+                if await rt.detect_tick() == 0 and len(getattr(out, "refused", ())) == refused:
+                    break
+        sent: dict[tuple[str, int], dict[str, Any]] = {}
+        for v in out.values("incidents"):
+            x = Incident.model_validate_json(v).model_dump(
+                exclude={"emitted_at": True, "signals": {"__all__": {"emitted_at"}}}
+            )
+            # a message sent again is the same message (only its emission time differs)
+            assert sent.setdefault((x["incident_id"], x["seq"]), x) == x
+        return sent
+
+    try:
+        clean = await run(ListOutbox())
+        faulty = RefusesSome()
+        assert await run(faulty) == clean and clean
+    finally:
+        components.stage.learn_inline = True
+    assert faulty.refused
 
 
 async def test_labels_teach_the_model_and_bad_labels_are_dead_lettered(components: Components) -> None:

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError, ResponseError
 
 from contract.records import DeadLetter, EnrichedEvent
 from infra.settings import load_settings
+from models.privacy import pseudonymize
 from streams.compose import Components, build
 from streams.runtime import DEAD_PAYLOAD_CHARS, Message, Runtime
 from streams.windows import MemoryWindows, as_doc
@@ -123,17 +124,24 @@ async def test_dead_letters_redact_what_enrichment_redacts(components: Component
     bad = orjson.dumps(
         {
             "kind": "mention",
-            "text": "call +1 415 555 1234 or mail jane.doe@example.com",
-            "session_token": "tok_9f8e7d",
+            "text": "Hi Maria, call +1 415 555 1234 or mail jane.doe@example.com. Regards, João Silva",
+            "author": "Jane Q. Doe",
+            "reviewer": {"display_name": "Ann Lee"},
+            "session_token": "tok_9f8e7d secret",
             "card": "4111 1111 1111 1111",
             "url": "https://shop.example/o?session=abc&email=j%40x.io",
         }
     )
     await rt.on_raw([Message(bad, key=b"northwind", offset=8)])
     [d] = dead(out)
-    for secret in ("555 1234", "jane.doe", "tok_9f8e7d", "4111 1111", "session=abc"):
+    for secret in ("555 1234", "jane.doe", "tok_9f8e7d", "secret", "4111 1111", "session=abc", "Maria", "João"):
         assert secret not in d.payload, secret
-    assert "[EMAIL]" in d.payload and "[PHONE]" in d.payload
+    for name in ("Jane", "Doe", "Ann Lee"):
+        assert name not in d.payload, name
+    assert "[EMAIL]" in d.payload and "[PHONE]" in d.payload and "Hi [PERSON]" in d.payload
+    # the author is keyed as enrichment keys authors: the dead letter ties to their other events
+    kept = orjson.loads(d.payload)
+    assert kept["author"] == pseudonymize("Jane Q. Doe", components.stage.author_secret)
 
 
 async def test_enriched_urls_lose_their_query(components: Components) -> None:
