@@ -42,7 +42,16 @@ from aiohttp import web
 from connectors.base import DeliveryError, Malformed
 from connectors.mapping import Mapping, load_mapping, skipped, to_item
 from connectors.source import Batch, Entry, RetryLater, Source, SourceError, SourceState
-from connectors.webhook import HEADER, SignatureError, _objects, _TooLarge, check_time, parse_header, verify
+from connectors.webhook import (
+    HEADER,
+    SignatureError,
+    _objects,
+    _TooLarge,
+    check_time,
+    parse_header,
+    read_body,
+    verify,
+)
 from contract.records import make_event_id
 
 __all__ = ["GenericPush", "PushServer", "PushSource", "hmac_b64"]
@@ -229,17 +238,6 @@ class PushServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({name: s.stats for name, s in self.sources.items()})
 
-    async def _read(self, request: web.Request) -> bytes:
-        """The body, within ``read_timeout`` (a sender trickling bytes holds no connection for
-        long) and at most ``max_body`` bytes (counted while reading: Content-Length may lie)."""
-        buf = bytearray()
-        async with asyncio.timeout(self.read_timeout):
-            async for chunk in request.content.iter_any():
-                buf += chunk
-                if len(buf) > self.max_body:
-                    raise _TooLarge(len(buf))
-        return bytes(buf)
-
     async def handle(self, request: web.Request) -> web.Response:
         src = self.sources.get(request.match_info["name"])
         if src is None:
@@ -257,7 +255,7 @@ class PushServer:
             src.stats["rejected"] += 1
             return web.json_response(too_large, status=413)
         try:
-            body = await self._read(request)
+            body = await read_body(request, self.max_body, self.read_timeout)
         except _TooLarge:
             src.stats["rejected"] += 1
             return web.json_response(too_large, status=413)

@@ -151,6 +151,19 @@ def verify(
     raise SignatureError("signature does not match")
 
 
+async def read_body(request: web.Request, max_body: int, timeout: float) -> bytes:
+    """A request's body within ``timeout`` seconds (a sender trickling bytes holds no connection
+    for long; ``TimeoutError``) and at most ``max_body`` bytes, counted while reading as
+    Content-Length may lie (``_TooLarge``)."""
+    buf = bytearray()
+    async with asyncio.timeout(timeout):
+        async for chunk in request.content.iter_any():
+            buf += chunk
+            if len(buf) > max_body:
+                raise _TooLarge(len(buf))
+    return bytes(buf)
+
+
 def _objects(body: bytes, max_items: int) -> list[Any]:
     """A JSON object, a JSON array, or NDJSON -> list of parsed items.
 
@@ -223,13 +236,7 @@ class WebhookApp:
         self.sink.flush(self.ack_timeout)  # raises DeliveryError unless the broker acked every record
 
     async def _read(self, request: web.Request) -> bytes:
-        buf = bytearray()
-        async with asyncio.timeout(self.read_timeout):
-            async for chunk in request.content.iter_any():
-                buf += chunk
-                if len(buf) > self.max_body:
-                    raise _TooLarge(len(buf))
-        return bytes(buf)
+        return await read_body(request, self.max_body, self.read_timeout)
 
     def _reject(self, request: web.Request, status: int, error: str, **extra: Any) -> web.Response:
         self.stats["rejected"] += 1
