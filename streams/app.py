@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from infra.settings import Settings
 from streams.compose import Components, build
 from streams.learning import load_newest_sync
-from streams.runtime import TOPICS, Message, PublishError, RawPipeline, Record, Runtime
+from streams.runtime import TOPICS, Message, PublishError, RawPipeline, Record, RecordRefused, Runtime
 from streams.supervise import fatal_on_error, shutdown_deadline
 
 __all__ = ["TOPICS", "FaustOutbox", "Worker", "build_worker"]
@@ -60,12 +61,29 @@ class FaustOutbox:
             try:
                 pending.append((i, await producer.send(self.names[topic], key, value, None, None, None)))
             except Exception as exc:  # refused before it is queued, e.g. larger than max_request_size
-                out[i] = exc
+                out[i] = _refused(exc)
         acks = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
         for (i, _), ack in zip(pending, acks, strict=True):
             if isinstance(ack, BaseException):
-                out[i] = ack
+                out[i] = _refused(ack)
         return out
+
+
+#: what the broker (or the producer before it) refuses for good: sending it again is futile
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
+
+
+def _refused(exc: BaseException) -> BaseException:
+    """A too-large record as :class:`~streams.runtime.RecordRefused`; any other error as it is
+    (an outage: the runtime sends the record again)."""
+    cause: BaseException | None = exc
+    while cause is not None:  # Faust wraps the producer's error in ProducerSendError
+        if isinstance(cause, _TOO_LARGE):
+            err = RecordRefused(f"{type(cause).__name__}: {cause}")
+            err.__cause__ = exc
+            return err
+        cause = cause.__cause__
+    return exc
 
 
 def _message(ev: Any) -> Message:

@@ -52,6 +52,7 @@ __all__ = [
     "RawBatch",
     "RawPipeline",
     "Record",
+    "RecordRefused",
     "Runtime",
     "validation_reason",
 ]
@@ -84,6 +85,11 @@ Record = tuple[str, bytes | None, bytes]
 
 class PublishError(Exception):
     """The broker did not acknowledge a record (:meth:`Outbox.send`)."""
+
+
+class RecordRefused(Exception):
+    """The broker refused a record for good (larger than it takes): sending it again is futile.
+    Any other error :meth:`Outbox.send_many` returns is taken as an outage and sent again."""
 
 
 class Outbox(Protocol):
@@ -282,25 +288,59 @@ class Runtime:
         if not stage.learn_inline:  # the fleet's learner learns the reviews' ratings (streams.learning)
             for ex in stage.examples([r for _, r, _ in pairs], [d for _, _, d in pairs]):
                 records.append(("labels", (ex.event_id or "").encode(), ex.to_json()))
-        failed = await self.out.send_many(records) if records else []
-        # an enriched record the broker refused (e.g. too large) is counted: say why it is not out
+        # an enriched record the broker refused (too large) is counted: say why it is not out
         retry: list[Record] = []
-        for i, exc in enumerate(failed):
-            if exc is None:
-                continue
+        for i, exc in await self._publish(records):
             if first_enriched <= i < first_enriched + len(pairs):
                 msg = pairs[i - first_enriched][0]
                 retry.append(self.dead_record("publish", validation_reason(exc), type(exc).__name__, msg))
-            else:  # a dead letter or an example not out: the batch is not done, it must be read again
+            else:  # a dead letter or an example refused: the batch is not done, it must be read again
                 raise RuntimeError(f"publishing to {records[i][0]} failed: {type(exc).__name__}: {exc}") from exc
-        for exc in await self.out.send_many(retry) if retry else []:
-            if exc is not None:
-                raise RuntimeError(f"publishing a dead letter failed: {type(exc).__name__}: {exc}") from exc
+        for _, exc in await self._publish(retry) if retry else []:
+            raise RuntimeError(f"publishing a dead letter failed: {type(exc).__name__}: {exc}") from exc
         self.metrics.events.labels("enriched").inc(len(pairs))
         for _, _, doc in pairs:
             self.metrics.languages.labels(doc["lang"] or "none").inc()
         for msg in batch.messages:  # processed (counted, or dead-lettered): it no longer holds a window open
             self.done[msg.partition] = max(self.done.get(msg.partition, 0), msg.offset + 1)
+
+    async def _publish(self, records: list[Record]) -> list[tuple[int, RecordRefused]]:
+        """Publish ``records`` until the broker has acknowledged each or refused it for good
+        (returned, by index). Anything else is an outage: what was not acknowledged is sent again
+        with capped exponential backoff, for as long as it lasts (the batch waits in memory, and
+        the agent reads nothing more meanwhile), and the outage shows in ``repmon_dependency_up``."""
+        if not records:
+            return []
+        pending = list(range(len(records)))
+        refused: list[tuple[int, RecordRefused]] = []
+        delay = RETRY_FIRST_SECONDS
+        up = self.metrics.dependency_up.labels("kafka")
+        while True:
+            failed = await self.out.send_many([records[i] for i in pending])
+            again: list[int] = []
+            last: BaseException | None = None
+            for i, exc in zip(pending, failed, strict=True):
+                if isinstance(exc, RecordRefused):
+                    refused.append((i, exc))
+                elif exc is not None:
+                    again.append(i)
+                    last = exc
+            if not again:
+                up.set(1)
+                return sorted(refused, key=lambda r: r[0])
+            up.set(0)
+            self.metrics.dependency_errors.labels("kafka").inc()
+            logger.warning(
+                "kafka did not acknowledge %d of %d records (%s: %s); sending them again in %.1f s",
+                len(again),
+                len(records),
+                type(last).__name__,
+                last,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            pending = again
 
     async def _count(self, batch: RawBatch) -> list[tuple[Message, RawRecord, dict[str, Any]]]:
         """Count into the windows; returns the enriched messages counted (the others are

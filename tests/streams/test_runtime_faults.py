@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -18,7 +19,7 @@ from contract.records import DeadLetter, EnrichedEvent
 from infra.settings import load_settings
 from models.privacy import pseudonymize
 from streams.compose import Components, build
-from streams.runtime import DEAD_PAYLOAD_CHARS, Message, Runtime
+from streams.runtime import DEAD_PAYLOAD_CHARS, Message, RecordRefused, Runtime
 from streams.windows import MemoryWindows, as_doc
 
 from .test_runtime import ListOutbox, fresh
@@ -193,6 +194,54 @@ async def test_a_record_the_store_refuses_is_dead_lettered_and_the_rest_counted(
         "f:1",
         "f:3",
     ]
+
+
+class BrokerDown(ListOutbox):
+    """A broker that acknowledges nothing for its first ``down`` calls, and refuses an enriched
+    record holding ``too_large`` for good."""
+
+    def __init__(self, down: int, too_large: bytes = b"\x00") -> None:
+        super().__init__()
+        self.down = down
+        self.calls = 0
+        self.too_large = too_large
+
+    async def send_many(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> list[BaseException | None]:
+        self.calls += 1
+        if self.calls <= self.down:
+            return [TimeoutError("KafkaTimeoutError: batch expired") for _ in records]
+        out: list[BaseException | None] = []
+        for r in records:
+            if r[0] == "enriched" and self.too_large in r[2]:
+                out.append(RecordRefused("MessageSizeTooLargeError: over max_request_size"))
+            else:
+                self.sent.append(r)
+                out.append(None)
+        return out
+
+
+async def test_a_broker_outage_holds_the_batch_and_publishes_it_once_back(components: Components) -> None:
+    out = BrokerDown(down=3)
+    rt = Runtime(fresh(components), out)
+    await rt.on_raw([Message(mention(i), key=b"northwind", offset=i) for i in range(4)])
+    # nothing dead-lettered for an outage: every record out once, after the broker came back
+    assert sorted(EnrichedEvent.model_validate_json(v).event_id for v in out.values("enriched")) == [
+        f"f:{i}" for i in range(4)
+    ]
+    assert dead(out) == [] and out.calls == 4
+    assert rt.metrics.dependency_errors.labels("kafka")._value.get() == 3
+    assert rt.metrics.dependency_up.labels("kafka")._value.get() == 1
+    assert rt.done == {0: 4}
+
+
+async def test_a_record_the_broker_refuses_for_good_is_dead_lettered_not_retried(components: Components) -> None:
+    out = BrokerDown(down=0, too_large=b"again 1")
+    rt = Runtime(fresh(components), out)
+    await rt.on_raw([Message(mention(i), key=b"northwind", offset=i) for i in range(3)])
+    assert sorted(EnrichedEvent.model_validate_json(v).event_id for v in out.values("enriched")) == ["f:0", "f:2"]
+    [d] = dead(out)
+    assert d.stage == "publish" and d.offset == 1 and "MessageSizeTooLarge" in d.reason
+    assert out.calls == 2  # the batch, then its dead letter: the refused record is not sent again
 
 
 async def test_a_detect_tick_during_an_outage_is_skipped_not_fatal(components: Components) -> None:
