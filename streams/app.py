@@ -225,6 +225,12 @@ def build_worker(
         if producer is not None:
             await rt.probe("kafka", producer.client.fetch_all_metadata)
 
+    @app.timer(interval=5.0)
+    async def redis_probe() -> None:
+        # the counting call retries an outage without a word; this puts it in /metrics and /healthz
+        if components.redis is not None:
+            await rt.probe("redis", components.redis.ping)
+
     @app.timer(interval=0.5, on_leader=True)
     async def detect_timer() -> None:
         await rt.detect_tick()

@@ -1,4 +1,6 @@
-"""Prometheus metrics of a worker (``repmon worker --metrics-port N`` serves ``/metrics``).
+"""Prometheus metrics of a worker (``repmon worker --metrics-port N`` serves ``/metrics``, and
+``/healthz``: 200 while every dependency answers, 503 naming the ones in an outage, for a load
+balancer or an orchestrator's readiness probe).
 
 What an operator watches: events in and where they went (enriched, dead-lettered, skipped as
 redelivered), enrichment batch time (the part that could starve the loop if it ran on it), how
@@ -15,9 +17,15 @@ True
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 
 __all__ = ["Metrics"]
 
@@ -104,9 +112,46 @@ class Metrics:
             self.watermark.set(wm)
             self.watermark_lag.set(max(0.0, time.time() - wm))
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether every dependency answered last time it was tried (``repmon_dependency_up``),
+        and the document ``/healthz`` serves.
+
+        >>> m = Metrics()
+        >>> m.dependency_up.labels("redis").set(1); m.dependency_up.labels("kafka").set(0)
+        >>> m.health()
+        (False, {'status': 'outage', 'dependencies': {'kafka': 'down', 'redis': 'up'}})
+        """
+        deps: dict[str, str] = {}
+        for metric in self.dependency_up.collect():
+            for sample in metric.samples:
+                deps[sample.labels["dependency"]] = "up" if sample.value >= 1 else "down"
+        ok = all(v == "up" for v in deps.values())
+        return ok, {"status": "ok" if ok else "outage", "dependencies": dict(sorted(deps.items()))}
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` and ``/healthz`` on ``addr:port`` from a daemon thread; returns the
+        port (``0`` picks a free one)."""
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == "/healthz":
+                ok, doc = self.health()
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+                return [json.dumps(doc).encode()]
+            return metrics_app(environ, start_response)
+
+        server = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="repmon-metrics", daemon=True).start()
+        return int(server.server_port)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds the worker's exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: not logged
+        pass

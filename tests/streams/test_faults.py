@@ -11,15 +11,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
@@ -50,6 +53,41 @@ def mention(i: int, when: datetime, brand: str = "Northwind") -> dict[str, Any]:
         "text": f"{brand} flight {i} was fine",
         "occurred_at": when.isoformat(),
     }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def health(port: int) -> tuple[int, dict[str, Any]]:
+    """The worker's /healthz: status and document (0 while nothing answers)."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    except httpx.HTTPError:
+        return 0, {}
+    return r.status_code, r.json()
+
+
+def listening(port: int) -> set[str]:
+    """The addresses a socket listens on at ``port`` (from /proc/net/tcp and tcp6)."""
+    out: set[str] = set()
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            host, _, hexport = local.partition(":")
+            if state != "0A" or int(hexport, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(host)
+            # the kernel writes each 32-bit word in host (little-endian) order
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            out.add(str(ipaddress.ip_address(words)) if v6 else str(ipaddress.IPv4Address(words)))
+    return out
 
 
 def test_poison_input_never_stops_a_worker(kafka_bootstrap: str, redis_url: str, unique: str) -> None:
@@ -138,7 +176,14 @@ def test_a_redis_restart_is_waited_out_and_counts_stay_exact(
     sink = KafkaSink(kafka_bootstrap, topics["raw"])
     r = redis.Redis.from_url(url)
     counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0) if pings(r) else -1  # noqa: E731
-    with WorkerProcess(worker_env(kafka_bootstrap, url, prefix, workdir), workdir / "worker.log") as worker:
+    metrics_port, web_port = free_port(), free_port()
+    env = worker_env(kafka_bootstrap, url, prefix, workdir, REPMON_WORKER__METRICS_PORT=str(metrics_port))
+    command = ["worker", "--loglevel", "info", "--web-port", str(web_port)]
+    with WorkerProcess(env, workdir / "worker.log", command=command) as worker:
+        # the worker's views are on the loopback only unless configured otherwise
+        assert wait_until(lambda: health(metrics_port)[0] == 200 or not worker.alive(), 60), worker.tail()
+        assert wait_until(lambda: listening(web_port) or not worker.alive(), 60), worker.tail()
+        assert listening(web_port) == {"127.0.0.1"} and listening(metrics_port) == {"127.0.0.1"}
         for i in range(300):
             sink.send_any(mention(i, now - timedelta(seconds=300 - i), "Northwind" if i % 2 else "Skyline"))
         sink.flush()
@@ -148,11 +193,14 @@ def test_a_redis_restart_is_waited_out_and_counts_stay_exact(
             sink.send_any(mention(i, now - timedelta(seconds=600 - i), "Northwind" if i % 2 else "Skyline"))
         sink.flush()
         sink.close()
-        # the worker meets the outage (its next batch cannot be counted): it retries, it does not exit
-        assert not wait_until(lambda: not worker.alive(), 3), worker.tail()
+        # the worker meets the outage (its next batch cannot be counted): it retries, it does not
+        # exit, and says so on /healthz
+        assert wait_until(lambda: health(metrics_port)[0] == 503 or not worker.alive(), 30), worker.tail()
+        assert health(metrics_port)[1]["dependencies"]["redis"] == "down" and worker.alive()
         server.start()
         assert wait_until(lambda: counted() >= 600 or not worker.alive(), 90), worker.tail()
         assert worker.alive(), worker.tail()
+        assert wait_until(lambda: health(metrics_port)[0] == 200, 30), health(metrics_port)
         assert counted() == 600  # every event once: none lost in the outage, none counted twice after it
     r.close()
 
