@@ -61,9 +61,11 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replica
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
+        # listed is not yet writable: a producer that asks before every partition has a leader
+        # gets "unknown topic or partition", so wait for the leaders
         deadline = time.monotonic() + 30
         while created and time.monotonic() < deadline:
-            if set(created) <= set(admin.list_topics()):
+            if set(created) <= set(admin.list_topics()) and _led(admin, created):
                 break
             time.sleep(0.2)
         if created:
@@ -71,6 +73,20 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replica
         return created
     finally:
         admin.close()
+
+
+def _led(admin: KafkaAdminClient, names: list[str]) -> bool:
+    """Whether every partition of ``names`` has a leader."""
+    try:
+        described = admin.describe_topics(names)
+    except Exception:  # still being created: asked again on the next round
+        return False
+    return all(
+        not t.get("error_code")
+        and t.get("partitions")
+        and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"])
+        for t in described
+    )
 
 
 class TopicTail(threading.Thread):

@@ -13,6 +13,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 
+from infra.kafka import ensure_topics
+
 from ..conftest import ROOT, free_port
 
 pytestmark = pytest.mark.integration
@@ -85,6 +87,7 @@ def test_an_unreachable_broker_is_named_with_the_fix_and_no_traceback(tmp_path: 
 def test_kafka_sink_flush_raises_for_lost_records_and_counts_acks(kafka_bootstrap: str, unique: str) -> None:
     from connectors.base import DeliveryError, KafkaSink
 
+    ensure_topics(kafka_bootstrap, [f"rp{unique}.ok"], 1)  # created and led: not raced by auto-creation
     ok = KafkaSink(kafka_bootstrap, f"rp{unique}.ok")
     try:
         for i in range(3):
