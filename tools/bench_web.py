@@ -6,7 +6,11 @@
   every message;
 - **mention stream at a rate**: ``rate`` enriched mentions/s for ``seconds`` s published while one
   client follows ``/api/v1/stream/mentions``: what the server matched per second, and the most it
-  sent in one frame (at most ``web.stream_per_second``, whatever the rate).
+  sent in one frame (at most ``web.stream_per_second``, whatever the rate);
+- **the page in a browser at that rate**: the ``/mentions`` page open in headless chromium while
+  the same rate is published: how late a 50 ms timer fires on the page's main thread (what a click
+  or a scroll waits for), its long tasks (> 50 ms, the browser's own measure), how long a script
+  sent to the page takes to come back, the rows the page holds and its JS heap before and after.
 """
 
 from __future__ import annotations
@@ -225,9 +229,102 @@ async def _stream_at_rate(url: str, producer: KafkaProducer, topic: str, rate: i
     }
 
 
+# runs on the page: a 50 ms timer's lateness and the browser's long tasks, from now on
+PROBE_JS = """
+window.__probe = {late: [], long: [], heap0: (performance.memory || {}).usedJSHeapSize || null};
+var last = performance.now();
+setInterval(function () { var now = performance.now(); window.__probe.late.push(now - last - 50); last = now; }, 50);
+try {
+  new PerformanceObserver(function (list) {
+    list.getEntries().forEach(function (e) { window.__probe.long.push(e.duration); });
+  }).observe({entryTypes: ["longtask"]});
+} catch (e) { window.__probe.long = null; }
+"""
+COLLECT_JS = """
+var p = window.__probe;
+return {late: p.late, long: p.long, heap0: p.heap0, heap1: (performance.memory || {}).usedJSHeapSize || null,
+        rows: document.getElementById("stream").children.length,
+        status: document.getElementById("live-status").textContent};
+"""
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def _page_in_browser(url: str, producer: KafkaProducer, topic: str, rate: int, seconds: int) -> dict[str, Any]:
+    """The /mentions page in headless chromium while ``rate`` mentions/s are published."""
+    from tools.browser import headless_chromium, missing
+
+    why = missing()
+    if why is not None:
+        return {"skipped": why}
+    with headless_chromium() as driver:
+        driver.get(f"{url}/mentions")
+        deadline = time.monotonic() + 30
+        while driver.execute_script('return document.getElementById("live-status").textContent') != "live":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the mention stream page at {url}/mentions did not go live within 30 s")
+            time.sleep(0.1)
+        driver.execute_script(PROBE_JS)
+        now = datetime.now(UTC)
+        trips: list[float] = []
+        stop = threading.Event()
+
+        def produce() -> None:
+            n, t0 = 0, time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                target = int((time.monotonic() - t0) * rate)
+                while n < target:
+                    producer.send(topic, dumps(_mention(n, now + timedelta(milliseconds=n))), key=b"northwind")
+                    n += 1
+                time.sleep(0.005)
+            producer.flush(30)
+            stop.set()
+
+        feeder = threading.Thread(target=produce, name="repmon-bench-page", daemon=True)
+        feeder.start()
+        while not stop.wait(0.25):  # a script sent to the page and back: its main thread is free
+            t = time.perf_counter()
+            driver.execute_script("return 1")
+            trips.append((time.perf_counter() - t) * 1000)
+        feeder.join()
+        time.sleep(1.5)  # the server's last frame (one a second) reaches the page
+        got = driver.execute_script(COLLECT_JS)
+    late = [max(0.0, float(x)) for x in got["late"]]
+    long = [float(x) for x in got["long"]] if got["long"] is not None else None
+    heap = (got["heap0"], got["heap1"])
+    return {
+        "rate_mentions_per_s": rate,
+        "seconds": seconds,
+        "timer_late_ms_p50": round(_pct(late, 0.5), 1),
+        "timer_late_ms_p99": round(_pct(late, 0.99), 1),
+        "timer_late_ms_max": round(max(late, default=0.0), 1),
+        "long_tasks": len(long) if long is not None else None,
+        "long_task_ms_max": round(max(long, default=0.0), 1) if long is not None else None,
+        "script_round_trip_ms_p50": round(_pct(trips, 0.5), 1),
+        "script_round_trip_ms_max": round(max(trips, default=0.0), 1),
+        "rows_in_page": int(got["rows"]),
+        "js_heap_mb_before": round(heap[0] / 1e6, 1) if heap[0] else None,
+        "js_heap_mb_after": round(heap[1] / 1e6, 1) if heap[1] else None,
+        "still_live": got["status"] == "live",
+    }
+
+
 def bench_web(
-    settings: Settings, *, clients: int = 100, incidents: int = 20, rate: int = 1000, seconds: int = 5, console: Console
+    settings: Settings,
+    *,
+    clients: int = 100,
+    incidents: int = 20,
+    rate: int = 1000,
+    seconds: int = 5,
+    page_seconds: int = 20,
+    console: Console,
 ) -> dict[str, Any]:
+    """``page_seconds``: long enough for the page to reach its row cap, so a growing page shows."""
     # the bench's clients all come from one address: lift the per-client request rate for them
     web = settings.web.model_copy(update={"requests_per_second": float(clients * 10)})
     settings = settings.model_copy(update={"web": web})
@@ -242,6 +339,13 @@ def bench_web(
                 live = asyncio.run(_live_clients(w.url, producer, topics["incidents"], clients, incidents))
                 console.print(f"bench: the mention stream at {rate} mentions/s for {seconds} s ...")
                 stream = asyncio.run(_stream_at_rate(w.url, producer, topics["enriched"], rate, seconds))
+                console.print(f"bench: the /mentions page in chromium at {rate} mentions/s for {page_seconds} s ...")
+                page = _page_in_browser(w.url, producer, topics["enriched"], rate, page_seconds)
         finally:
             producer.close(10)
-    return {"live_clients": live, "mention_stream": stream, "stream_per_second": settings.web.stream_per_second}
+    return {
+        "live_clients": live,
+        "mention_stream": stream,
+        "page_in_browser": page,
+        "stream_per_second": settings.web.stream_per_second,
+    }

@@ -5,19 +5,13 @@ Redis; the test run writes the README's screenshots to docs/."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio as aredis
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
@@ -27,42 +21,21 @@ from infra.settings import AlertSettings
 from streams.windows import RedisWindows
 from tests.conftest import ROOT
 from tests.web.conftest import ONSET, WRITE_TOKEN, WarRoom, make_event, make_incident, wait_for
+from tools.browser import headless_chromium, missing
 from tools.receiver import HttpReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1400,1000",
-)
 DOCS = ROOT / "docs"
 
 
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium is not installed: run infra/chromium.sh (make test does)")
-    profile = tempfile.mkdtemp(prefix="repmon-chromium-")
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
-    try:
+    why = missing()
+    if why is not None:
+        pytest.fail(why)
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def sign_in(driver: WebDriver, war_room: WarRoom) -> None:
