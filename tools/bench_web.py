@@ -188,6 +188,20 @@ async def _live_clients(url: str, producer: KafkaProducer, topic: str, clients: 
     }
 
 
+def _publish_mentions(producer: KafkaProducer, topic: str, rate: int, seconds: int) -> int:
+    """Publish enriched mentions at ``rate`` a second for ``seconds`` s; returns how many."""
+    now = datetime.now(UTC)
+    n, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        target = int((time.monotonic() - t0) * rate)
+        while n < target:
+            producer.send(topic, dumps(_mention(n, now + timedelta(milliseconds=n))), key=b"northwind")
+            n += 1
+        time.sleep(0.005)
+    producer.flush(30)
+    return n
+
+
 async def _stream_at_rate(url: str, producer: KafkaProducer, topic: str, rate: int, seconds: int) -> dict[str, Any]:
     frames: list[dict[str, Any]] = []
     stop, connected = asyncio.Event(), asyncio.Event()
@@ -198,20 +212,7 @@ async def _stream_at_rate(url: str, producer: KafkaProducer, topic: str, rate: i
             )
         )
         await asyncio.wait_for(connected.wait(), 30)
-        now = datetime.now(UTC)
-
-        def produce() -> int:
-            n, t0 = 0, time.monotonic()
-            while time.monotonic() - t0 < seconds:
-                target = int((time.monotonic() - t0) * rate)
-                while n < target:
-                    producer.send(topic, dumps(_mention(n, now + timedelta(milliseconds=n))), key=b"northwind")
-                    n += 1
-                time.sleep(0.005)
-            producer.flush(30)
-            return n
-
-        sent = await asyncio.to_thread(produce)
+        sent = await asyncio.to_thread(_publish_mentions, producer, topic, rate, seconds)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and sum(f["matched"] for f in frames) < sent:
             await asyncio.sleep(0.2)
@@ -270,19 +271,11 @@ def _page_in_browser(url: str, producer: KafkaProducer, topic: str, rate: int, s
                 raise RuntimeError(f"the mention stream page at {url}/mentions did not go live within 30 s")
             time.sleep(0.1)
         driver.execute_script(PROBE_JS)
-        now = datetime.now(UTC)
         trips: list[float] = []
         stop = threading.Event()
 
         def produce() -> None:
-            n, t0 = 0, time.monotonic()
-            while time.monotonic() - t0 < seconds:
-                target = int((time.monotonic() - t0) * rate)
-                while n < target:
-                    producer.send(topic, dumps(_mention(n, now + timedelta(milliseconds=n))), key=b"northwind")
-                    n += 1
-                time.sleep(0.005)
-            producer.flush(30)
+            _publish_mentions(producer, topic, rate, seconds)
             stop.set()
 
         feeder = threading.Thread(target=produce, name="repmon-bench-page", daemon=True)
