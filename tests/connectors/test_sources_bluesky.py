@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from connectors.base import KafkaSink, ListSink
 from connectors.bluesky import BlueskySource
 from infra.kafka import ensure_topics
-from tests.connectors.srckit import Platform, fixture, ids_of, one_round, read_topic, spec
+from tests.connectors.srckit import Platform, Waits, fixture, ids_of, one_round, read_topic, spec
 
 pytestmark = pytest.mark.integration
 
@@ -97,34 +97,82 @@ async def test_jetstream_keeps_matching_posts_and_a_reconnect_resumes_from_the_c
     assert reasons == ["Jetstream post without did, rkey or record.createdAt", "not JSON"]  # once each
 
 
+SEARCH = "/xrpc/app.bsky.feed.searchPosts"
+POSTS = fixture("bluesky_search.json")["posts"]
+
+
+def search_api(p: Platform) -> None:
+    """The search API on ``p``: the first post on page one, the rest on page two (cursor ``p2``)."""
+
+    async def search(request: web.Request) -> web.Response:
+        assert request.query["q"] == "northwind" and request.query["sort"] == "latest"
+        if request.query.get("cursor") == "p2":
+            return web.json_response({"posts": POSTS[1:]})
+        return web.json_response({"posts": POSTS[:1], "cursor": "p2"})
+
+    p.route("GET", SEARCH, search)
+
+
+def backfilling(p: Platform, port: int, name: str) -> BlueskySource:
+    return BlueskySource(
+        spec(
+            "bluesky",
+            f"ws://127.0.0.1:{port}",
+            name=name,
+            keywords=["northwind"],
+            query="northwind",
+            options={"backfill": True, "search_url": f"{p.url}/xrpc"},
+        )
+    )
+
+
 async def test_backfill_reads_the_search_api_pages_before_streaming(aredis: Any, unique: str) -> None:
-    posts = fixture("bluesky_search.json")["posts"]
     js = Jetstream()
     js.events = [EVENTS[0]]
     async with Platform() as p, serve(js.handler, "127.0.0.1", 0) as server:
-
-        async def search(request: web.Request) -> web.Response:
-            assert request.query["q"] == "northwind" and request.query["sort"] == "latest"
-            if request.query.get("cursor") == "p2":
-                return web.json_response({"posts": posts[1:]})
-            return web.json_response({"posts": posts[:1], "cursor": "p2"})
-
-        p.route("GET", "/xrpc/app.bsky.feed.searchPosts", search)
-        port = server.sockets[0].getsockname()[1]
-        src = BlueskySource(
-            spec(
-                "bluesky",
-                f"ws://127.0.0.1:{port}",
-                name="bsky-bf",
-                keywords=["northwind"],
-                query="northwind",
-                options={"backfill": True, "search_url": f"{p.url}/xrpc"},
-            )
-        )
+        search_api(p)
+        src = backfilling(p, server.sockets[0].getsockname()[1], "bsky-bf")
         sink = ListSink()
         await one_round([src], sink, aredis, unique)
     assert sorted(ids_of([v for _, v in sink.items])) == sorted(
-        [f"bluesky:{posts[0]['uri']}", f"bluesky:{posts[1]['uri']}", f"bluesky:{FIRST}"]
+        [f"bluesky:{POSTS[0]['uri']}", f"bluesky:{POSTS[1]['uri']}", f"bluesky:{FIRST}"]
     )
     cursor = orjson.loads(await aredis.get(f"{unique}:src:bsky-bf:cursor"))
     assert cursor["search_since"] == "2026-12-03T04:00:00.000Z"
+
+
+async def test_backfill_honours_retry_after_backs_off_on_5xx_and_loses_nothing(aredis: Any, unique: str) -> None:
+    """The same search pages and stream twice, from two fresh cursors: once served plainly, once
+    with the search API answering ``429`` + ``Retry-After: 3`` and then ``503`` first. The second
+    run waits what the API said, then backs off, then delivers exactly what the first run did."""
+    runs: list[list[str]] = []
+    cursors: list[Any] = []
+    for faulty in (False, True):
+        js = Jetstream()
+        js.events = [EVENTS[0]]
+        async with Platform() as p, serve(js.handler, "127.0.0.1", 0) as server:
+            search_api(p)
+            if faulty:
+                p.fail(SEARCH, 429, {"Retry-After": "3"})
+                p.fail(SEARCH, 503)
+            src = backfilling(p, server.sockets[0].getsockname()[1], "bsky-faults")
+            waits = Waits()
+            src.sleep = waits
+            sink = ListSink()
+            prefix = f"{unique}{int(faulty)}"
+            _, states = await one_round([src], sink, aredis, prefix)
+            # the back-fill went through; the round ended where Jetstream closed the stream
+            assert states["bsky-faults"] == "retrying: the Jetstream connection closed", states
+            pages = [r.query.get("cursor") for r in p.hits(SEARCH)]
+        if faulty:
+            # the 429 and the 503 were for page one, asked again until it came, then page two
+            assert pages == [None, None, None, "p2"], pages
+            assert waits.seconds[0] == 3.0, waits.seconds  # what Retry-After said
+            assert len(waits.seconds) == 2 and 0 < waits.seconds[1] <= 5.0, waits.seconds  # the 5xx backoff
+        else:
+            assert pages == [None, "p2"] and waits.seconds == [], (pages, waits.seconds)
+        runs.append(sorted(ids_of([v for _, v in sink.items])))
+        cursors.append(orjson.loads(await aredis.get(f"{prefix}:src:bsky-faults:cursor")))
+    assert runs[0] == sorted([f"bluesky:{POSTS[0]['uri']}", f"bluesky:{POSTS[1]['uri']}", f"bluesky:{FIRST}"])
+    assert runs[1] == runs[0]  # every item, each once
+    assert cursors[1] == cursors[0] and cursors[0]["search_since"] == "2026-12-03T04:00:00.000Z"

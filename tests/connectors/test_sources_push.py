@@ -21,7 +21,9 @@ from connectors.base import DeliveryError, KafkaSink, ListSink, Sink
 from connectors.push import PushServer, PushSource
 from connectors.registry import get
 from connectors.runtime import CursorStore, Runtime
+from contract.records import parse_raw
 from infra.kafka import ensure_topics
+from streams.runtime import validation_reason
 from tests.connectors.srckit import fixture, ids_of, read_topic, spec
 
 pytestmark = pytest.mark.integration
@@ -291,6 +293,84 @@ async def test_trustpilot_dead_letters_an_out_of_range_rating_with_the_reason(ar
     assert r.status_code == 202 and r.json() == {"accepted": 2, "invalid": 1, "duplicates": 0, "skipped": 1}
     bad = [orjson.loads(v) for _, v in sink.items if b"_error" in v]
     assert len(bad) == 1 and "rating" in bad[0]["_error"] and bad[0]["eventData"]["stars"] == 9
+
+
+def unmappable(kind: str) -> tuple[dict[str, str], bytes, str, str]:
+    """A signed-to-be delivery of ``kind`` holding one item its mapping cannot make a record of (a
+    required field missing, or of the wrong type): (extra headers, body, what the reason must
+    name, a value of the item its dead letter must keep)."""
+    extra, body = deliveries(kind)[0]
+    d = orjson.loads(body)
+    if kind == "stripe":  # an event time that is not epoch seconds
+        d["created"] = "yesterday"
+        return extra, orjson.dumps(d), "'yesterday'", d["id"]
+    if kind == "shopify":  # an order with no time at all
+        del d["created_at"], d["updated_at"]
+        return extra, orjson.dumps(d), "occurred_at", extra["X-Shopify-Webhook-Id"]
+    if kind == "typeform":  # a response without submitted_at
+        del d["form_response"]["submitted_at"]
+        return extra, orjson.dumps(d), "occurred_at", d["form_response"]["token"]
+    if kind == "surveymonkey":  # a score that is not a number
+        d["answers"]["nps"] = "ten"
+        return extra, orjson.dumps(d), "'ten'", d["event_id"]
+    if kind == "trustpilot":  # one review without createdAt
+        event = d["events"][0]
+        del event["eventData"]["createdAt"]
+        return extra, orjson.dumps({"events": [event]}), "occurred_at", event["eventData"]["id"]
+    assert kind == "webhook"  # a record in the raw contract whose rating is a word
+    rec = d[0]
+    rec["rating"] = "two"
+    return extra, orjson.dumps([rec]), "rating", rec["event_id"]
+
+
+NOT_JSON = b'{"id": "evt_cut", "type": "charge.succ'  # a delivery cut short: signed, but not JSON
+
+
+@pytest.mark.parametrize("kind", sorted(SIGNERS))
+async def test_a_signed_delivery_that_is_not_json_or_not_mappable_is_dead_lettered_and_the_next_accepted(
+    kind: str, aredis: Any, unique: str
+) -> None:
+    """Per push kind: a correctly signed body that is not JSON, then one whose item cannot be
+    mapped, are each answered 202 with ``invalid: 1`` (never a 5xx) and reach the sink to be
+    dead-lettered: the first byte for byte (the worker's dead letter names the JSON error), the
+    second as its row plus ``_error`` with the reason. The source keeps running: the platform's
+    good deliveries that follow are accepted."""
+    sign = SIGNERS[kind]
+    src = push_source(kind, f"{kind}-bad")
+    sink = ListSink()
+    extra, _ = deliveries(kind)[0]
+    bad_extra, bad_body, names, keeps = unmappable(kind)
+    async with serving([src], sink, aredis, unique) as url, httpx.AsyncClient(timeout=30) as c:
+        hook = f"{url}/hooks/{kind}-bad"
+        now = int(time.time())
+        cut = await c.post(hook, content=NOT_JSON, headers={**extra, **sign(NOT_JSON, SECRET, now)})
+        assert cut.status_code == 202, cut.text
+        assert cut.json() == {"accepted": 0, "invalid": 1, "duplicates": 0, "skipped": 0}
+        bad = await c.post(hook, content=bad_body, headers={**bad_extra, **sign(bad_body, SECRET, now)})
+        assert bad.status_code == 202, bad.text
+        assert bad.json() == {"accepted": 0, "invalid": 1, "duplicates": 0, "skipped": 0}
+        outs = []
+        for more, body in deliveries(kind):
+            r = await c.post(hook, content=body, headers={**more, **sign(body, SECRET, now)})
+            assert r.status_code in (200, 202), r.text  # 200: only event types the kind skips
+            outs.append(r.json())
+        health = (await c.get(f"{url}/healthz")).json()[f"{kind}-bad"]
+    assert sum(o["accepted"] for o in outs) == len(EXPECTED[kind])
+    assert health["accepted"] == len(EXPECTED[kind])
+    assert health["invalid"] == 2 + MALFORMED.get(kind, 0) and health["rejected"] == 0
+    values = [v for _, v in sink.items]
+    # the body that is not JSON, as it came: the worker cannot parse it and says so in its dead letter
+    assert values[0] == NOT_JSON
+    with pytest.raises(ValueError) as raised:
+        parse_raw(values[0])
+    assert "Invalid JSON" in validation_reason(raised.value)
+    # the item that cannot be mapped: its row, plus the reason
+    dead = orjson.loads(values[1])
+    assert names in dead["_error"], dead["_error"]
+    assert keeps in values[1].decode()
+    good = ids_of(values[2:])
+    assert sorted(i for i in good if i != "<malformed>") == sorted(e["event_id"] for e in EXPECTED[kind])
+    assert len(values) == 2 + len(EXPECTED[kind]) + MALFORMED.get(kind, 0)
 
 
 class FailsOnce(ListSink):
