@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from connectors.source import Batch, Entry, RetryLater, Source, SourceError, Sou
 __all__ = ["BlueskySource"]
 
 POST = "app.bsky.feed.post"
+MAX_GAPS = 20  # unfinished back-fill windows kept in the cursor; further behind, the oldest are dropped
 
 
 class BlueskyOptions(BaseModel):
@@ -95,30 +97,60 @@ class BlueskySource(Source):
             raise SourceError('options.backfill searches: set query = "..." too')
 
     async def _backfill(self, state: SourceState) -> AsyncIterator[Batch]:
+        """What the search API has since the last back-fill (newest first), then the windows
+        earlier back-fills could not finish within ``max_pages`` (``search_gaps`` in the cursor,
+        each ``[since, until]``): a burst larger than one back-fill arrives whole over the next
+        ones, and nothing between is skipped."""
         http = self.http("the token in credentials.access_token")
         token = self.secret("access_token", required=False)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        since = state.cursor.get("search_since")
-        newest = since
+        cursor = dict(state.cursor)
+        since = cursor.get("search_since")
+        gaps = [[str(a), str(b)] for a, b in cursor.get("search_gaps", [])][:MAX_GAPS]
+        newest, oldest, complete = since, None, False
+        async for entries, created, last in self._pages(http, headers, since, None):
+            newest = max([c for c in (newest, *created) if c], default=None)
+            oldest = min([c for c in (oldest, *created) if c], default=None)
+            complete = last
+            yield Batch(entries, None)
+        if not complete and since and oldest:
+            gaps = [[since, _just_after(oldest)], *gaps][:MAX_GAPS]  # the rest of this window
+        cursor["search_since"] = newest
+        yield Batch([], _with_gaps(cursor, gaps))
+        for gap in list(gaps):
+            low, complete = None, False
+            async for entries, created, last in self._pages(http, headers, gap[0], gap[1]):
+                low = min([c for c in (low, *created) if c], default=None)
+                complete = last
+                yield Batch(entries, None)
+            if complete:
+                gaps = [g for g in gaps if g is not gap]
+            elif low:
+                gap[1] = _just_after(low)
+            yield Batch([], _with_gaps(cursor, gaps))
+
+    async def _pages(
+        self, http: Any, headers: dict[str, str], since: str | None, until: str | None
+    ) -> AsyncIterator[tuple[list[Entry], list[str], bool]]:
+        """Up to ``max_pages`` pages of hits in ``[since, until)``, newest first: each page's
+        entries, the creation times it held, and whether it was the window's last."""
         page_cursor = None
         for _ in range(self.options.max_pages):
             params: dict[str, Any] = {"q": self.spec.query, "sort": "latest", "limit": 100}
             if since:
                 params["since"] = since
+            if until:
+                params["until"] = until
             if page_cursor:
                 params["cursor"] = page_cursor
             data = await http.get_json(
                 f"{self.options.search_url}/app.bsky.feed.searchPosts", params=params, headers=headers
             )
             posts = data.get("posts", []) if isinstance(data, dict) else []
-            entries = [self._search_hit(p) for p in posts]
-            for p in posts:
-                created = (p.get("record") or {}).get("createdAt") if isinstance(p, dict) else None
-                if created and (newest is None or created > newest):
-                    newest = created
+            created = [str(c) for p in posts if isinstance(p, dict) and (c := (p.get("record") or {}).get("createdAt"))]
             page_cursor = data.get("cursor") if isinstance(data, dict) else None
             last = not page_cursor or not posts
-            yield Batch(entries, {**state.cursor, "search_since": newest} if last else None)
+            yield [self._search_hit(p) for p in posts], created, last
             if last:
                 return
 
@@ -195,3 +227,19 @@ class BlueskySource(Source):
                 started = time.monotonic()
             if closed:
                 return
+
+
+def _just_after(ts: str) -> str:
+    """An ISO time one millisecond after ``ts``: the API's ``until`` excludes its own instant, and
+    posts made in the same millisecond as the oldest one read must still be read (again: their ids
+    dedupe)."""
+    try:
+        t = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return ts
+    return (t + timedelta(milliseconds=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _with_gaps(cursor: dict[str, Any], gaps: list[list[str]]) -> dict[str, Any]:
+    out = {k: v for k, v in cursor.items() if k != "search_gaps"}
+    return {**out, "search_gaps": [list(g) for g in gaps]} if gaps else out

@@ -4,6 +4,7 @@ the search API back-fill, into real Kafka with the cursor in real Redis."""
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -176,3 +177,74 @@ async def test_backfill_honours_retry_after_backs_off_on_5xx_and_loses_nothing(a
     assert runs[0] == sorted([f"bluesky:{POSTS[0]['uri']}", f"bluesky:{POSTS[1]['uri']}", f"bluesky:{FIRST}"])
     assert runs[1] == runs[0]  # every item, each once
     assert cursors[1] == cursors[0] and cursors[0]["search_since"] == "2026-12-03T04:00:00.000Z"
+
+
+def synthetic_post(i: int) -> dict[str, Any]:
+    """Post ``i`` of a burst, one a second: its uri and creation time are its own."""
+    at = datetime(2026, 12, 3, 5, 0, tzinfo=UTC) + timedelta(seconds=i)
+    did = "did:plc:eygmaihciaxprqvxpfvl6flk"
+    return {
+        "uri": f"at://{did}/app.bsky.feed.post/burst{i:04d}",
+        "cid": f"c{i}",
+        "author": {"did": did, "handle": "someone.bsky.social"},
+        "record": {"text": f"northwind delay {i}", "createdAt": at.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "langs": ["en"]},
+    }
+
+
+class SearchIndex:
+    """searchPosts as the API documents it: newest first, ``since`` inclusive, ``until`` exclusive,
+    ``limit`` per page and an opaque ``cursor`` (an offset here)."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.asked: list[dict[str, str]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        q = dict(request.query)
+        self.asked.append(q)
+        hits = sorted(self.posts, key=lambda p: p["record"]["createdAt"], reverse=True)
+        hits = [p for p in hits if p["record"]["createdAt"] >= q.get("since", "")]
+        hits = [p for p in hits if "until" not in q or p["record"]["createdAt"] < q["until"]]
+        start, limit = int(q.get("cursor", 0)), int(q["limit"])
+        page = hits[start : start + limit]
+        more = start + limit < len(hits)
+        return web.json_response({"posts": page, **({"cursor": str(start + limit)} if more else {})})
+
+
+async def test_a_burst_larger_than_one_backfill_arrives_whole_over_the_next_ones(aredis: Any, unique: str) -> None:
+    """One page per back-fill (``max_pages = 1``, 100 hits a page) and 250 posts since the last
+    one: the window left unread is kept in the cursor and read by the next back-fills, until every
+    post has arrived, each once."""
+    index = SearchIndex()
+    index.posts = [synthetic_post(i) for i in range(10)]
+    sink = ListSink()
+    js = Jetstream()
+    async with Platform() as p, serve(js.handler, "127.0.0.1", 0) as server:
+        p.route("GET", SEARCH, index.handle)
+        port = server.sockets[0].getsockname()[1]
+
+        def source() -> BlueskySource:
+            return BlueskySource(
+                spec(
+                    "bluesky",
+                    f"ws://127.0.0.1:{port}",
+                    name="bsky-burst",
+                    keywords=["northwind"],
+                    query="northwind",
+                    options={"backfill": True, "search_url": f"{p.url}/xrpc", "max_pages": 1},
+                )
+            )
+
+        await one_round([source()], sink, aredis, unique)  # the first back-fill: the 10 there were
+        index.posts += [synthetic_post(i) for i in range(10, 260)]  # a burst while disconnected
+        cursors = []
+        for _ in range(4):
+            await one_round([source()], sink, aredis, unique)
+            cursors.append(orjson.loads(await aredis.get(f"{unique}:src:bsky-burst:cursor")))
+    got = ids_of([v for _, v in sink.items])
+    want = [f"bluesky:{synthetic_post(i)['uri']}" for i in range(260)]
+    assert sorted(got) == sorted(want)  # every post, each once
+    assert cursors[0]["search_gaps"]  # the first back-fill after the burst could not finish it
+    assert (
+        "search_gaps" not in cursors[-1] and cursors[-1]["search_since"] == synthetic_post(259)["record"]["createdAt"]
+    )
