@@ -322,6 +322,10 @@ def demo(
         float,
         typer.Option(envvar="REPMON_DEMO_WEB_STAY", help="Keep the war room up this many seconds after the replay."),
     ] = 0.0,
+    browser: Annotated[
+        bool,
+        typer.Option(help="Keep the incidents page open in headless chromium; report when each incident appeared."),
+    ] = False,
 ) -> None:
     """Run the whole pipeline on the embedded default with a generated sample that holds a crisis."""
     from infra.embedded import unwind_on_signals
@@ -329,7 +333,9 @@ def demo(
 
     unwind_on_signals()
     settings = _settings(config)
-    summary = run_demo(settings, minutes=minutes, timeout=timeout, console=err, config=config, web_stay=web_stay)
+    summary = run_demo(
+        settings, minutes=minutes, timeout=timeout, console=err, config=config, web_stay=web_stay, browser=browser
+    )
     ok = summary.pop("ok", False)
     if json_out:
         typer.echo(json.dumps(summary))

@@ -10,6 +10,7 @@ everything it started.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import redis
 from rich.console import Console
 from rich.live import Live
@@ -43,7 +45,11 @@ def run_demo(
     console: Console | None = None,
     config: Path | None = None,
     web_stay: float = 0.0,
+    browser: bool = False,
 ) -> dict[str, Any]:
+    """``browser``: the incidents page is open in headless chromium through the replay; the summary
+    says when each incident row appeared there (no reload) against when its first message was
+    emitted, and a screenshot of the page is written."""
     console = console or Console(stderr=True)
     t0 = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="repmon-demo-"))
@@ -65,6 +71,9 @@ def run_demo(
         # the war room, before the replay: the crisis appears there live (loopback, no token: a local demo)
         web = stack.enter_context(WebThread(settings, redis_url=redis_url, bootstrap=broker_bootstrap))
         console.print(f"[bold]war room[/bold]: open {web.url} to watch the crisis live")
+        page = stack.enter_context(OpenPage(web.url)) if browser else None
+        if page is not None:
+            console.print("the incidents page is open in headless chromium")
         console.print(
             f"replaying {len(events)} generated events ({minutes} min of event time, crisis on {crisis_entity}) ..."
         )
@@ -157,6 +166,9 @@ def run_demo(
         summary["ok"] = bool(ok and summary["incidents"] >= 1 and summary["notifications_delivered"] >= 1)
         health = httpx.get(f"{web.url}/healthz", timeout=5).json()
         summary["web_incident_lag_p50_s"] = health["incident_lag_p50_s"]
+        if page is not None:
+            summary["browser"] = page.report(workdir / "demo-incidents.png", first_published(broker_bootstrap, topics))
+            summary["ok"] = bool(summary["ok"] and summary["browser"]["incidents_on_page"] >= 1)
         if not summary["ok"]:
             console.print(f"[red]demo did not complete[/red] (worker exit {code}); worker log tail:\n{worker.tail()}")
         console.print(
@@ -170,3 +182,86 @@ def run_demo(
             with contextlib.suppress(KeyboardInterrupt):
                 time.sleep(web_stay)  # a person looks at the pages; nothing to wait for
     return summary
+
+
+# runs on the incidents page: when each incident row first appears, by the page's own clock
+WATCH_JS = """
+window.__seen = {}; window.__notReloaded = 1;
+function scan() {
+  document.querySelectorAll("tr.incident[data-incident-id]").forEach(function (tr) {
+    var id = tr.dataset.incidentId;
+    if (!(id in window.__seen)) window.__seen[id] = performance.timeOrigin + performance.now();
+  });
+}
+scan();
+new MutationObserver(scan).observe(document.body, {childList: true, subtree: true});
+"""
+
+
+class OpenPage:
+    """The war room's incidents page open in headless chromium (``tools.browser``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._cm: Any = None
+        self.driver: Any = None
+
+    def __enter__(self) -> OpenPage:
+        from tools.browser import headless_chromium
+
+        self._cm = headless_chromium()
+        self.driver = self._cm.__enter__()
+        self.driver.get(f"{self.url}/")
+        if not wait_until(
+            lambda: (
+                self.driver.execute_script('return (document.getElementById("live-status") || {}).textContent')
+                == "live"
+            ),
+            30,
+        ):
+            raise RuntimeError(f"the war room page at {self.url} did not go live within 30 s")
+        self.driver.execute_script(WATCH_JS)
+        return self
+
+    def report(self, screenshot: Path, published: dict[str, float]) -> dict[str, Any]:
+        """``published``: when each incident's first message was published (the broker's timestamp)."""
+        seen: dict[str, float] = self.driver.execute_script("return window.__seen") or {}
+        reloaded = self.driver.execute_script("return window.__notReloaded") != 1
+        lags = [at_ms / 1000 - published[iid] for iid, at_ms in seen.items() if iid in published]
+        self.driver.save_screenshot(str(screenshot))
+        return {
+            "incidents_on_page": len(seen),
+            "reloaded": reloaded,
+            "visible_after_published_s": sorted(round(x, 2) for x in lags),
+            "visible_after_published_p50_s": round(statistics.median(lags), 2) if lags else None,
+            "screenshot": str(screenshot),
+        }
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
+
+def first_published(bootstrap: str, topics: dict[str, str]) -> dict[str, float]:
+    """Each incident's first message on the incidents topic: the broker's timestamp (epoch s)."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(
+        topics["incidents"],
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=2000,
+    )
+    out: dict[str, float] = {}
+    try:
+        for m in c:
+            try:
+                iid = orjson.loads(m.value).get("incident_id")
+            except orjson.JSONDecodeError:
+                continue
+            if iid and m.timestamp > 0:
+                out[iid] = min(out.get(iid, float("inf")), m.timestamp / 1000)
+    finally:
+        c.close()
+    return out
