@@ -212,33 +212,43 @@ def to_record(mapping: Mapping, row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": m.kind, "source": m.source, **m.constants}
     native_id = None
     for field, col in m.columns.items():
-        value = lookup(row, col)
-        if value is None or value == "":
-            continue
-        if field in m.scale:
-            value = round(float(value) * m.scale[field], 6)  # 12999 * 0.01 must be 129.99, not 129.990000001
-        if field in m.case:
-            value = str(value).upper() if m.case[field] == "upper" else str(value).lower()
-        if field in m.values:
-            value = m.values[field].get(str(value), value)
-        if field == "native_id":
-            native_id = str(value)
-        elif field == "occurred_at":
-            out[field] = parse_time(value, m.time).isoformat()
-        elif field == "rating":
-            out[field] = round(float(value))
-        elif field in ("reach", "score"):
-            out[field] = int(float(value))
-        elif field == "verified":
-            out[field] = str(value).lower() in ("true", "1", "yes", "y")
-        elif field == "amount":
-            out[field] = abs(float(value))
-        else:
-            out[field] = value if isinstance(value, bool | int | float) else str(value)
+        try:
+            native_id = _put(m, out, field, lookup(row, col), native_id)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # the reason names the field and where it was read: "could not convert 'ten'" alone
+            # does not say which of a row's values was wrong
+            raise ValueError(f"{field} (from {col!r}): {exc}") from exc
     for field, d in m.derived.items():
         out[field] = d.value(row)
     out["event_id"] = make_event_id(m.source, native_id, row)
     return out
+
+
+def _put(m: Mapping, out: dict[str, Any], field: str, value: Any, native_id: str | None) -> str | None:
+    """Convert one mapped value into ``out``; returns the native id (set when ``field`` is it)."""
+    if value is None or value == "":
+        return native_id
+    if field in m.scale:
+        value = round(float(value) * m.scale[field], 6)  # 12999 * 0.01 must be 129.99, not 129.990000001
+    if field in m.case:
+        value = str(value).upper() if m.case[field] == "upper" else str(value).lower()
+    if field in m.values:
+        value = m.values[field].get(str(value), value)
+    if field == "native_id":
+        native_id = str(value)
+    elif field == "occurred_at":
+        out[field] = parse_time(value, m.time).isoformat()
+    elif field == "rating":
+        out[field] = round(float(value))
+    elif field in ("reach", "score"):
+        out[field] = int(float(value))
+    elif field == "verified":
+        out[field] = str(value).lower() in ("true", "1", "yes", "y")
+    elif field == "amount":
+        out[field] = abs(float(value))
+    else:
+        out[field] = value if isinstance(value, bool | int | float) else str(value)
+    return native_id
 
 
 def to_item(row: Any, mapping: Mapping | None = None) -> dict[str, Any] | Malformed:

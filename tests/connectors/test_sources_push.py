@@ -303,7 +303,12 @@ def unmappable(kind: str) -> tuple[dict[str, str], bytes, str, str]:
     d = orjson.loads(body)
     if kind == "stripe":  # an event time that is not epoch seconds
         d["created"] = "yesterday"
-        return extra, orjson.dumps(d), "'yesterday'", d["id"]
+        return (
+            extra,
+            orjson.dumps(d),
+            "occurred_at (from 'created'): could not convert string to float: 'yesterday'",
+            d["id"],
+        )
     if kind == "shopify":  # an order with no time at all
         del d["created_at"], d["updated_at"]
         return extra, orjson.dumps(d), "occurred_at", extra["X-Shopify-Webhook-Id"]
@@ -312,7 +317,7 @@ def unmappable(kind: str) -> tuple[dict[str, str], bytes, str, str]:
         return extra, orjson.dumps(d), "occurred_at", d["form_response"]["token"]
     if kind == "surveymonkey":  # a score that is not a number
         d["answers"]["nps"] = "ten"
-        return extra, orjson.dumps(d), "'ten'", d["event_id"]
+        return extra, orjson.dumps(d), "score (from 'answers.nps || answers.score')", d["event_id"]
     if kind == "trustpilot":  # one review without createdAt
         event = d["events"][0]
         del event["eventData"]["createdAt"]
