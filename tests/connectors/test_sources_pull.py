@@ -28,6 +28,7 @@ from connectors.rss import RssSource
 from connectors.source import Source
 from infra.kafka import ensure_topics
 from tests.connectors.srckit import Platform, Waits, fixture, ids_of, one_round, read_topic, spec
+from tools.bench_connect import rsa_key_pair
 
 pytestmark = pytest.mark.integration
 
@@ -741,22 +742,6 @@ def test_a_source_is_a_connector_one_round_runs_through_the_sync_contract() -> N
 
 
 # -- Google Play with a service account ----------------------------------------------------------
-def _rsa_pem() -> tuple[str, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = k.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        k.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
 class _GoogleToken:
     """Google's token endpoint for service accounts: an access token only for a JWT signed by
     the account's key with the documented claims (RFC 7523 bearer grant)."""
@@ -825,7 +810,7 @@ def _sa_key(private_pem: str, token_uri: str) -> str:
 async def test_google_play_logs_in_with_a_service_account_and_keeps_its_token_until_it_expires(
     aredis: Any, unique: str, expires_in: int, renewed: bool
 ) -> None:
-    private, public = _rsa_pem()
+    private, public = rsa_key_pair()
     token = _GoogleToken(public, expires_in)
     feed = Feed(_googleplay, lambda url: _sa_source(url, ""))
     feed.items = [r for r in _googleplay_items(2) if r.get("reviewId")]
@@ -843,8 +828,8 @@ async def test_google_play_logs_in_with_a_service_account_and_keeps_its_token_un
 
 
 async def test_google_play_with_the_wrong_or_a_malformed_key_stops_with_one_line(aredis: Any, unique: str) -> None:
-    _, public = _rsa_pem()
-    other, _ = _rsa_pem()
+    _, public = rsa_key_pair()
+    other, _ = rsa_key_pair()
     token = _GoogleToken(public)
     feed = Feed(_googleplay, lambda url: _sa_source(url, ""))
     feed.items = _googleplay_items(1)
