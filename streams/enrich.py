@@ -104,8 +104,8 @@ class EnrichStage:
             secret = f"repmon:{settings.app_id}"
         else:
             secret = settings.author_key_secret.get_secret_value()
-        self._secret = secret.encode()
-        self.author_secret = self._secret  # what authors are keyed with (dead letters key them alike)
+        # what authors are keyed with (dead letters key them alike: streams.runtime)
+        self.author_secret = secret.encode()
         # True offline (backtest, bench, eval, unit tests): a review teaches the model in place right
         # after it is scored. A worker sets it False: its reviews become examples on the labels topic,
         # learned by the fleet's one learner (streams.learning), and it scores with the newest snapshot.
@@ -289,7 +289,7 @@ class EnrichStage:
             "lang_confidence": _clip(lang[1], 0.0, 1.0) if text else None,
             "impact": _impact(rec.reach) if isinstance(rec, Mention) else 1.0,
             "text_redacted": an.text_redacted if text else None,
-            "author_key": pseudonymize(author, self._secret) if author else None,
+            "author_key": pseudonymize(author, self.author_secret) if author else None,
             "url": redact_url(rec.url),  # queries carry sessions, tokens, e-mail addresses
             "rating": rec.rating if isinstance(rec, Review) else None,
             "purchase_status": rec.status if isinstance(rec, Purchase) else None,

@@ -168,8 +168,9 @@ class Runtime:
 
     # -- raw -> enriched --------------------------------------------------------------------
     async def dead_letter(self, stage: str, reason: str, error: str, msg: Message) -> None:
-        """Send ``msg`` to the dead-letter topic with the reason (see :meth:`dead_record`)."""
-        await self.out.send(*self.dead_record(stage, reason, error, msg))
+        """Send ``msg`` to the dead-letter topic with the reason (see :meth:`dead_record`), riding
+        out a broker outage as the raw batches do (:meth:`_publish`)."""
+        await self._publish_all([self.dead_record(stage, reason, error, msg)])
 
     def dead_record(self, stage: str, reason: str, error: str, msg: Message) -> Record:
         """The dead letter of ``msg``, with the reason: redacted as enrichment redacts, cut to
@@ -296,13 +297,18 @@ class Runtime:
                 retry.append(self.dead_record("publish", validation_reason(exc), type(exc).__name__, msg))
             else:  # a dead letter or an example refused: the batch is not done, it must be read again
                 raise RuntimeError(f"publishing to {records[i][0]} failed: {type(exc).__name__}: {exc}") from exc
-        for _, exc in await self._publish(retry) if retry else []:
-            raise RuntimeError(f"publishing a dead letter failed: {type(exc).__name__}: {exc}") from exc
+        await self._publish_all(retry)
         self.metrics.events.labels("enriched").inc(len(pairs))
         for _, _, doc in pairs:
             self.metrics.languages.labels(doc["lang"] or "none").inc()
         for msg in batch.messages:  # processed (counted, or dead-lettered): it no longer holds a window open
             self.done[msg.partition] = max(self.done.get(msg.partition, 0), msg.offset + 1)
+
+    async def _publish_all(self, records: list[Record]) -> None:
+        """:meth:`_publish` for records that must all go out (dead letters, cut far below the
+        broker's limit, are never refused for size): a refusal raises."""
+        for i, exc in await self._publish(records):
+            raise RuntimeError(f"publishing to {records[i][0]} failed: {type(exc).__name__}: {exc}") from exc
 
     async def _publish(self, records: list[Record]) -> list[tuple[int, RecordRefused]]:
         """Publish ``records`` until the broker has acknowledged each or refused it for good
@@ -500,7 +506,7 @@ class Runtime:
                 error=d.error,
                 incident=d.incident,
             )
-            await self.out.send("deadnotifications", d.incident_id.encode(), dumps(rec))
+            await self._publish_all([("deadnotifications", d.incident_id.encode(), dumps(rec))])
 
     async def flush_alerts(self) -> None:
         """Timer: send the updates whose cooldown has passed (an outage waits for the next tick)."""

@@ -244,6 +244,17 @@ async def test_a_record_the_broker_refuses_for_good_is_dead_lettered_not_retried
     assert out.calls == 2  # the batch, then its dead letter: the refused record is not sent again
 
 
+async def test_a_dead_letter_during_a_broker_outage_goes_out_once_the_broker_is_back(
+    components: Components,
+) -> None:
+    out = BrokerDown(down=2)
+    rt = Runtime(fresh(components), out)
+    await rt.on_incident(Message(b"not an incident", key=b"northwind", offset=3))
+    [d] = dead(out)
+    assert d.stage == "dispatch" and d.offset == 3 and out.calls == 3
+    assert rt.metrics.dependency_errors.labels("kafka")._value.get() == 2
+
+
 async def test_a_detect_tick_during_an_outage_is_skipped_not_fatal(components: Components) -> None:
     c = fresh(components)
 

@@ -27,5 +27,6 @@ def test_bench_web_measures_clients_stream_and_the_page_in_a_browser() -> None:
     assert stream["matched_by_server"] == stream["sent"] > 0 and stream["max_items_sent_per_frame"] <= 40
     # 40 a second for 10 s is some 400 rows sent: the page keeps its newest 300
     assert page["still_live"] and page["rows_in_page"] == 300, page
-    assert page["timer_late_ms_p50"] >= 0 and page["script_round_trip_ms_max"] > 0
+    # measured on the page while it drew the stream: a main thread held for a second is not responsive
+    assert page["timer_late_ms_max"] < 1000 and 0 < page["script_round_trip_ms_max"] < 1000, page
     assert page["long_tasks"] is not None
