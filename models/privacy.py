@@ -29,6 +29,7 @@ PHONE = re.compile(
     r"(?![ .-]?\d)(?!\w)"
 )
 HANDLE = re.compile(r"(?<![\w@])@(\w{1,30})")
+_DIGIT = re.compile(r"\d")  # what CARD and PHONE need at least (Unicode digits, as theirs)
 # the value of a JSON member or key=value pair: quoted (to its closing quote: a secret or a name
 # may hold spaces) or bare (to the next separator)
 _VALUE = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^"'\s,&{}\[\]]+)"""
@@ -138,8 +139,13 @@ def redact(text: str, keep_handles: Collection[str] = ()) -> tuple[str, Counter[
 
         return pattern.sub(f, s)
 
-    out = sub(URL_QUERY, r"\1?[REDACTED]", "url", text)
-    out = sub(EMAIL, "[EMAIL]", "email", out)
+    # each pattern needs a character most texts lack ("://" and "?", "@", a digit): testing for
+    # it first skips a scan of the whole text with lookbehinds at every position, same result
+    out = text
+    if "://" in out and "?" in out:
+        out = sub(URL_QUERY, r"\1?[REDACTED]", "url", out)
+    if "@" in out:
+        out = sub(EMAIL, "[EMAIL]", "email", out)
 
     def card(m: re.Match[str]) -> str:
         if luhn_ok(m.group(0)):
@@ -147,8 +153,11 @@ def redact(text: str, keep_handles: Collection[str] = ()) -> tuple[str, Counter[
             return "[CARD]"
         return m.group(0)
 
-    out = CARD.sub(card, out)
-    out = sub(PHONE, "[PHONE]", "phone", out)
+    if _DIGIT.search(out) is not None:
+        out = CARD.sub(card, out)
+        out = sub(PHONE, "[PHONE]", "phone", out)
+    if "@" not in out:
+        return out, counts
     # a frozenset is taken as already normalised: the enricher builds it once for all its texts
     # (rebuilding it per text cost 69 % of enrichment at 10,000 tracked entities)
     keep = keep_handles if isinstance(keep_handles, frozenset) else {h.lower().lstrip("@") for h in keep_handles}

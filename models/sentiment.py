@@ -35,9 +35,9 @@ from typing import Any
 
 import orjson
 from river import linear_model, naive_bayes, optim
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from models.lexicon import INTENSIFIERS, NEGATORS, SEED, strip_accents
+from models.vader import Vader
 
 __all__ = ["LABELS", "SentimentModel", "SentimentResult", "lexicon_label", "rating_to_label", "tokens"]
 
@@ -196,18 +196,28 @@ class SeedLexicon:
         return total / math.sqrt(total * total + 15.0)
 
 
-def nb_proba(nb: naive_bayes.MultinomialNB, words: Mapping[str, float]) -> dict[str, float]:
+NB_LOG_CACHE = 200_000  # words whose logs nb_proba keeps (~0.3 KB each)
+
+
+def nb_proba(
+    nb: naive_bayes.MultinomialNB, words: Mapping[str, float], logs: dict[str, dict[str, float]] | None = None
+) -> dict[str, float]:
     """``nb.predict_proba_one(words)``, computed as River does (Laplace-smoothed multinomial
-    likelihoods, class priors from the counts) at about a sixth of the cost: the smoothing denominator's
-    log once per class instead of once per word, and the normalisation with ``math`` instead of
-    SciPy's array ``logsumexp``, which cost more than the likelihoods on three classes (half of
-    the fast profile's CPU went to this call).
+    likelihoods, class priors from the counts) at a fraction of the cost: the smoothing denominator's
+    log once per class instead of once per word, the normalisation with ``math`` instead of
+    SciPy's array ``logsumexp`` (which cost more than the likelihoods on three classes), and, with
+    ``logs``, each known word's per-class ``log(count + alpha)`` kept between calls. The caller
+    drops a word's entry when its counts change (:class:`_Lang` does, in ``learn``); the sums are
+    taken in the same order, so the result is the same float with or without ``logs``.
 
     >>> nb = naive_bayes.MultinomialNB(alpha=1.0)
     >>> for text, y in [("good", "positive"), ("bad bad", "negative"), ("ok", "neutral")]:
     ...     nb.learn_one(dict.fromkeys(text.split(), 1.0), y)
     >>> a, b = nb_proba(nb, {"bad": 1.0, "new": 2.0}), nb.predict_proba_one({"bad": 1.0, "new": 2.0})
     >>> all(abs(a[k] - b[k]) < 1e-12 for k in b)
+    True
+    >>> cache: dict[str, dict[str, float]] = {}
+    >>> nb_proba(nb, {"bad": 1.0, "new": 2.0}, cache) == nb_proba(nb, {"bad": 1.0, "new": 2.0}) == a
     True
     """
     counts, totals, fc, alpha = nb.class_counts, nb.class_totals, nb.feature_counts, nb.alpha
@@ -216,12 +226,26 @@ def nb_proba(nb: naive_bayes.MultinomialNB, words: Mapping[str, float]) -> dict[
     n = sum(counts.values())
     smooth = alpha * len(fc)
     mass = sum(words.values())
+    unseen = math.log(alpha)
+    rows: list[tuple[float, dict[str, float] | None]] = []
+    for f, freq in words.items():
+        seen = fc.get(f)
+        if seen is None:
+            rows.append((freq, None))
+            continue
+        lf = logs.get(f) if logs is not None else None
+        if lf is None:
+            lf = {c: math.log(seen.get(c, 0.0) + alpha) for c in counts}
+            if logs is not None:
+                if len(logs) >= NB_LOG_CACHE:
+                    logs.clear()
+                logs[f] = lf
+        rows.append((freq, lf))
     jll: dict[str, float] = {}
     for c, k in counts.items():
         s = math.log(k / n) - mass * math.log(totals[c] + smooth)
-        for f, freq in words.items():
-            seen = fc.get(f)
-            s += freq * math.log((seen.get(c, 0.0) if seen is not None else 0.0) + alpha)
+        for freq, lf in rows:
+            s += freq * (lf[c] if lf is not None else unseen)
         jll[c] = s
     top = max(jll.values())
     lse = top + math.log(sum(math.exp(v - top) for v in jll.values()))
@@ -236,11 +260,14 @@ class _Lang:
     the strong baseline it used to lose to on small languages).
     """
 
-    __slots__ = ("model", "n_learned", "nb")
+    __slots__ = ("model", "n_learned", "nb", "nb_logs")
 
     def __init__(self, lr: float, l2: float) -> None:
         self.model = linear_model.SoftmaxRegression(optimizer=optim.SGD(lr), l2=l2)
         self.nb = naive_bayes.MultinomialNB(alpha=1.0)
+        # per known word, its per-class log(count + alpha) (see nb_proba): bounded by the
+        # vocabulary naive Bayes holds anyway
+        self.nb_logs: dict[str, dict[str, float]] = {}
         self.n_learned = 0
 
     def proba(self, feats: dict[str, float]) -> dict[str, float]:
@@ -248,13 +275,18 @@ class _Lang:
         words = {k: v for k, v in feats.items() if not k.startswith("__")}
         if not words or not self.nb.class_counts:
             return p
-        q = nb_proba(self.nb, words)
+        q = nb_proba(self.nb, words, self.nb_logs)
         return {k: NB_SHARE * q.get(k, 0.0) + (1 - NB_SHARE) * p.get(k, 0.0) for k in LABELS}
 
     def learn(self, feats: dict[str, float], label: str) -> None:
         self.model.learn_one(feats, label)
         words = {k: v for k, v in feats.items() if not k.startswith("__")}
         if words:  # River's naive Bayes divides by the feature total: an empty text teaches nothing
+            if label not in self.nb.class_counts:
+                self.nb_logs.clear()  # every cached word lacks the new class
+            else:
+                for f in words:
+                    self.nb_logs.pop(f, None)
             self.nb.learn_one(words, label)
         self.n_learned += 1
 
@@ -266,6 +298,7 @@ class _Lang:
         }
 
     def load_nb(self, state: dict[str, Any]) -> None:
+        self.nb_logs.clear()
         self.nb.class_counts.update({str(k): float(v) for k, v in state["class_counts"].items()})
         self.nb.class_totals.update({str(k): float(v) for k, v in state["class_totals"].items()})
         for f, c in state["feature_counts"].items():
@@ -285,7 +318,7 @@ class SentimentModel:
         # the fleet snapshot this model was loaded from (streams.learning): every worker that loaded
         # snapshot N scores with the same weights, and says so in each event's model_version
         self.release: int | None = None
-        self._vader = SentimentIntensityAnalyzer()
+        self._vader = Vader()
         self._seed = {lang: SeedLexicon(lang) for lang in SEED}
         self._compounds: dict[tuple[str, str], float] = {}
         # predictions since the last label: a text, its aspect clauses and its entities' clauses
