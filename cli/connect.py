@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -178,11 +179,14 @@ async def run_connect(settings: Any, sources: list[Any], *, once: bool = False) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runtime.stop)
     pushes = [s for s in sources if isinstance(s, PushSource)]
-    server = PushServer(pushes) if pushes else None
+    server = PushServer(pushes, health=runtime.health) if pushes else None
     if c.metrics_port:
-        from prometheus_client import start_http_server
+        from infra.health import serve_metrics
 
-        start_http_server(c.metrics_port, addr=c.metrics_addr, registry=runtime.metrics.registry)
+        serve_metrics(runtime.metrics.registry, runtime.health, c.metrics_port, c.metrics_addr)
+    # /healthz reads these: the sources retry an outage on their own, this makes it visible
+    probes = runtime.probe_every({"redis": r.ping, "kafka": lambda: asyncio.to_thread(sink.probe, 4.0)})
+    prober = asyncio.create_task(probes, name="connect-probes")
     try:
         if server is not None:
             host, port = c.listen.rsplit(":", 1)
@@ -212,6 +216,9 @@ async def run_connect(settings: Any, sources: list[Any], *, once: bool = False) 
             "max_loop_block_ms": round(runtime.monitor.max_block * 1000, 1),
         }
     finally:
+        prober.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await prober
         if server is not None:
             await server.stop()
         await client.aclose()

@@ -119,6 +119,10 @@ class KafkaSink(Sink):
     def send_bytes(self, value: bytes, key: bytes | None) -> None:
         self.producer.send(value, key)
 
+    def probe(self, timeout: float = 5.0) -> None:
+        """Raise unless the broker answers within ``timeout`` s (blocking: run it in a thread)."""
+        self.producer.probe(timeout)
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait until the broker answered for every record since the last flush (``timeout`` s at
         most); raise :class:`DeliveryError` naming the broker if any was not acknowledged."""

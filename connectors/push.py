@@ -30,7 +30,7 @@ import hmac
 import math
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from collections.abc import Mapping as MappingT
 from pathlib import Path
 from typing import Any, ClassVar
@@ -226,8 +226,10 @@ class PushServer:
         max_body: int = 1 << 20,
         retry_after: int = 30,
         read_timeout: float = 30.0,
+        health: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
     ) -> None:
         self.sources = {s.spec.name: s for s in sources}
+        self._health = health  # the runtime's (Kafka, Redis, every source's state), if any
         self.retry_after = retry_after
         self.max_body = max_body
         self.read_timeout = read_timeout
@@ -236,7 +238,11 @@ class PushServer:
         self._runner: web.AppRunner | None = None
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({name: s.stats for name, s in self.sources.items()})
+        """200 while the runtime says ok (Kafka and Redis answer), else 503: a load balancer then
+        sends the platform's retries to another instance. ``push``: each push source's counts."""
+        ok, doc = self._health() if self._health is not None else (True, {"status": "ok"})
+        doc = {**doc, "push": {name: s.stats for name, s in self.sources.items()}}
+        return web.json_response(doc, status=200 if ok else 503)
 
     async def handle(self, request: web.Request) -> web.Response:
         src = self.sources.get(request.match_info["name"])

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from connectors.base import DeliveryError, Malformed, Sink
 from connectors.source import Batch, Entry, RetryLater, Source, SourceError, SourceState
+from infra.health import dependency_health
 
 __all__ = ["CursorStore", "LoopMonitor", "Runtime", "SinkWriter", "SourceMetrics"]
 
@@ -55,6 +56,9 @@ class SourceMetrics:
         self.lag = Gauge("repmon_source_lag_seconds", "Wall clock minus the newest item's time.", lbl, registry=r)
         self.up = Gauge("repmon_source_up", "1 while the source runs, 0 once stopped.", lbl, registry=r)
         self.loop_block = Gauge("repmon_connect_loop_block_seconds", "Longest event-loop block seen.", registry=r)
+        self.dependency_up = Gauge(
+            "repmon_dependency_up", "1 while the dependency answers, 0 during an outage.", ["dependency"], registry=r
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -201,6 +205,7 @@ class Runtime:
         self.status: dict[str, str] = {s.spec.name: "starting" for s in self.sources}
         self.monitor = LoopMonitor(on_max=self.metrics.loop_block.set)
         self.stop_event = asyncio.Event()
+        self._unreachable: set[str] = set()
 
     def _m(self, src: Source) -> tuple[str, str]:
         return (src.spec.name, src.kind)
@@ -324,3 +329,44 @@ class Runtime:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """What ``/healthz`` answers: ok while Kafka and Redis answered their last probe
+        (:meth:`probe`) and some source still runs; every source's state beside it, so a stopped
+        one (a revoked token) is visible while the others keep the process useful.
+
+        >>> rt = Runtime([], sink=None, store=None)  # type: ignore[arg-type]
+        >>> rt.metrics.dependency_up.labels("kafka").set(0)
+        >>> rt.health()
+        (False, {'status': 'outage', 'dependencies': {'kafka': 'down'}, 'sources': {}})
+        """
+        ok, doc = dependency_health(self.metrics.dependency_up)
+        states = dict(self.status)
+        if states and all(v.startswith("stopped") for v in states.values()):
+            ok, doc["status"] = False, "stopped"
+        return ok, {**doc, "sources": states}
+
+    async def probe(self, dependency: str, call: Callable[[], Awaitable[object]], timeout: float = 5.0) -> bool:
+        """Whether ``dependency`` answers ``call`` within ``timeout``, into ``repmon_dependency_up``
+        (a change is logged once). Never raises: the sources wait on an outage on their own."""
+        up = self.metrics.dependency_up.labels(dependency)
+        try:
+            async with asyncio.timeout(timeout):
+                await call()
+        except Exception as exc:  # any failure to answer is the outage this reports
+            if dependency not in self._unreachable:
+                logger.warning("%s unreachable: %s: %s", dependency, type(exc).__name__, exc)
+            self._unreachable.add(dependency)
+            up.set(0)
+            return False
+        if dependency in self._unreachable:
+            logger.warning("%s answers again", dependency)
+            self._unreachable.discard(dependency)
+        up.set(1)
+        return True
+
+    async def probe_every(self, probes: dict[str, Callable[[], Awaitable[object]]], seconds: float = 5.0) -> None:
+        """Run :meth:`probe` on each dependency every ``seconds`` until stopped."""
+        while not self.stop_event.is_set():
+            await asyncio.gather(*(self.probe(name, call) for name, call in probes.items()))
+            await self._sleep(seconds)

@@ -278,6 +278,11 @@ class Producer:
     def failing(self) -> bool:
         return self._window.failed > 0
 
+    def probe(self, timeout: float = 5.0) -> None:
+        """Raise unless the broker answers a metadata request for the topic within ``timeout`` s
+        (a health probe: blocking, run it in a thread)."""
+        self._p.list_topics(self.topic, timeout=timeout)
+
     def _check_broker(self) -> str | None:
         try:
             md = self._p.list_topics(self.topic, timeout=self.max_block)

@@ -454,7 +454,12 @@ class ConnectSettings(_Section):
     listen: str = Field(
         default="127.0.0.1:8089", pattern=r"^[^:]+:[0-9]{1,5}$", description="host:port serving push kinds."
     )
-    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Serve Prometheus /metrics here.")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve Prometheus /metrics here, and /healthz (503 while Kafka or Redis does not answer).",
+    )
     metrics_addr: str = Field(default="127.0.0.1", description="Address of /metrics (0.0.0.0 in a container).")
     dedupe_seconds: int = Field(default=14 * 86400, ge=60, description="How long native ids are remembered.")
     dedupe_max: int = Field(default=200_000, ge=100, description="Most native ids remembered per source.")

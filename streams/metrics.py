@@ -17,15 +17,12 @@ True
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from infra.health import dependency_health, serve_metrics
 
 __all__ = ["Metrics"]
 
@@ -121,37 +118,12 @@ class Metrics:
         >>> m.health()
         (False, {'status': 'outage', 'dependencies': {'kafka': 'down', 'redis': 'up'}})
         """
-        deps: dict[str, str] = {}
-        for metric in self.dependency_up.collect():
-            for sample in metric.samples:
-                deps[sample.labels["dependency"]] = "up" if sample.value >= 1 else "down"
-        ok = all(v == "up" for v in deps.values())
-        return ok, {"status": "ok" if ok else "outage", "dependencies": dict(sorted(deps.items()))}
+        return dependency_health(self.dependency_up)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` and ``/healthz`` on ``addr:port`` from a daemon thread; returns the
         port (``0`` picks a free one)."""
-        metrics_app = make_wsgi_app(self.registry)
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") == "/healthz":
-                ok, doc = self.health()
-                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
-                return [json.dumps(doc).encode()]
-            return metrics_app(environ, start_response)
-
-        server = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
-        threading.Thread(target=server.serve_forever, name="repmon-metrics", daemon=True).start()
-        return int(server.server_port)
+        return serve_metrics(self.registry, self.health, port, addr)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a slow scraper never holds the worker's exit
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: not logged
-        pass

@@ -12,8 +12,11 @@ never skipped silently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ import pytest
 
 from tools.stack import free_port
 
-__all__ = ["SHARED_DATA", "free_port"]
+__all__ = ["SHARED_DATA", "free_port", "redis_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -106,3 +109,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{len(_NOT_RUN)} tests need {SHARED_DATA} (see its README); not run:")
         for nodeid in _NOT_RUN:
             terminalreporter.write_line(f"  {nodeid}")
+
+
+@contextlib.contextmanager
+def redis_server(port: int) -> Iterator[None]:
+    """A real redis-server of the test's own, on ``port`` (so the test can stop and restart it)."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # ready once it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)

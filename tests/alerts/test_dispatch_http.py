@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +22,7 @@ import redis.asyncio as aredis
 from alerts.dispatch import Delivery, Dispatcher
 from contract.records import Incident, Signal, TopMention
 from infra.settings import AlertSettings, Route
-from tests.conftest import free_port
+from tests.conftest import free_port, redis_server
 from tools.receiver import HttpReceiver, Received
 
 pytestmark = pytest.mark.integration
@@ -633,29 +631,6 @@ async def test_the_outbox_is_bounded(make: Make) -> None:
         assert [g[0].status for g in got] == ["queued", "queued", "dead"]
         assert got[2][0].error is not None and "outbox full" in got[2][0].error
         assert (await d.stats())["dead"] == 1
-
-
-@contextlib.contextmanager
-def redis_server(port: int) -> Iterator[None]:
-    """A real redis-server of the test's own, on ``port`` (so the test can stop and restart it)."""
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:  # ready once it accepts connections
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.02)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_the_dispatcher_survives_redis_going_away(rx: HttpReceiver, make: Make) -> None:

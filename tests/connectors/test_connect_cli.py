@@ -5,18 +5,21 @@ worker, the items enriched."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 from typer.testing import CliRunner
 
 from cli.main import app
 from infra.kafka import TopicTail
+from tests.conftest import free_port, redis_server
 from tests.connectors.srckit import Platform, fixture, ids_of, read_topic
 from tools.stack import WorkerProcess, wait_until, worker_env
 
@@ -195,3 +198,55 @@ async def test_connect_next_to_a_worker_delivers_the_feed_enriched(
         "rss:CBMiKmh0dHBzOi8vZGFpbHkuZXhhbXBsZS5vcmcvbm9ydGh3aW5kLXJlYm9vaw",
     ]
     assert all(d["entity"] == "northwind" and d["sentiment"] and d["lang"] for d in docs)
+
+
+@pytest.mark.integration
+async def test_connect_healthz_reports_a_redis_outage_and_the_recovery(
+    tmp_path: Path, kafka_bootstrap: str, unique: str
+) -> None:
+    """``/healthz`` on the metrics port: 200 with Kafka and Redis up and the source running; 503
+    naming Redis while its server is gone; 200 again once it is back, with nothing restarted."""
+    rport, mport = free_port(), free_port()
+
+    def health() -> tuple[int, dict[str, Any]]:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{mport}/healthz", timeout=5)
+        except httpx.HTTPError:
+            return 0, {}
+        return r.status_code, r.json()
+
+    def healthy() -> bool:
+        code, doc = health()
+        return code == 200 and doc.get("dependencies") == {"kafka": "up", "redis": "up"}
+
+    async with Platform() as p:
+        cfg = news_feed(p, tmp_path)
+        env = {
+            **os.environ,
+            "REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
+            "REPMON_REDIS__URL": f"redis://127.0.0.1:{rport}/0",
+            "REPMON_KAFKA__TOPIC_PREFIX": unique,
+            "REPMON_REDIS__KEY_PREFIX": unique,
+            "REPMON_KAFKA__PARTITIONS": "1",
+            "REPMON_CONNECT__METRICS_PORT": str(mport),
+        }
+        redis = contextlib.ExitStack()
+        redis.enter_context(redis_server(rport))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.main", "connect", "-c", str(cfg), "--loglevel", "warning", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert await asyncio.to_thread(wait_until, healthy, 60, 0.2), health()
+            assert health()[1]["sources"] == {"news": "running"}
+            redis.close()  # the outage
+            assert await asyncio.to_thread(wait_until, lambda: health()[0] == 503, 30, 0.2), health()
+            doc = health()[1]
+            assert doc["status"] == "outage" and doc["dependencies"] == {"kafka": "up", "redis": "down"}, doc
+            redis.enter_context(redis_server(rport))  # back on the same address
+            assert await asyncio.to_thread(wait_until, healthy, 30, 0.2), health()
+        finally:
+            proc.terminate()
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            redis.close()
+        assert proc.returncode == 0, err.decode()[-2000:]

@@ -359,7 +359,7 @@ async def test_a_signed_delivery_that_is_not_json_or_not_mappable_is_dead_letter
             r = await c.post(hook, content=body, headers={**more, **sign(body, SECRET, now)})
             assert r.status_code in (200, 202), r.text  # 200: only event types the kind skips
             outs.append(r.json())
-        health = (await c.get(f"{url}/healthz")).json()[f"{kind}-bad"]
+        health = (await c.get(f"{url}/healthz")).json()["push"][f"{kind}-bad"]
     assert sum(o["accepted"] for o in outs) == len(EXPECTED[kind])
     assert health["accepted"] == len(EXPECTED[kind])
     assert health["invalid"] == 2 + MALFORMED.get(kind, 0) and health["rejected"] == 0
