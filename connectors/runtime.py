@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from connectors.base import DeliveryError, Malformed, Sink
 from connectors.source import Batch, Entry, RetryLater, Source, SourceError, SourceState
-from infra.health import dependency_health
+from infra.health import dependency_health, probe
 
 __all__ = ["CursorStore", "LoopMonitor", "Runtime", "SinkWriter", "SourceMetrics"]
 
@@ -349,21 +349,7 @@ class Runtime:
     async def probe(self, dependency: str, call: Callable[[], Awaitable[object]], timeout: float = 5.0) -> bool:
         """Whether ``dependency`` answers ``call`` within ``timeout``, into ``repmon_dependency_up``
         (a change is logged once). Never raises: the sources wait on an outage on their own."""
-        up = self.metrics.dependency_up.labels(dependency)
-        try:
-            async with asyncio.timeout(timeout):
-                await call()
-        except Exception as exc:  # any failure to answer is the outage this reports
-            if dependency not in self._unreachable:
-                logger.warning("%s unreachable: %s: %s", dependency, type(exc).__name__, exc)
-            self._unreachable.add(dependency)
-            up.set(0)
-            return False
-        if dependency in self._unreachable:
-            logger.warning("%s answers again", dependency)
-            self._unreachable.discard(dependency)
-        up.set(1)
-        return True
+        return await probe(self.metrics.dependency_up, self._unreachable, dependency, call, timeout)
 
     async def probe_every(self, probes: dict[str, Callable[[], Awaitable[object]]], seconds: float = 5.0) -> None:
         """Run :meth:`probe` on each dependency every ``seconds`` until stopped."""

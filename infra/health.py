@@ -5,16 +5,20 @@ balancer's or an orchestrator's readiness probe reads the status, an operator th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
 
-__all__ = ["dependency_health", "serve_metrics"]
+__all__ = ["dependency_health", "probe", "serve_metrics"]
+
+logger = logging.getLogger(__name__)
 
 
 def dependency_health(gauge: Gauge) -> tuple[bool, dict[str, Any]]:
@@ -25,6 +29,28 @@ def dependency_health(gauge: Gauge) -> tuple[bool, dict[str, Any]]:
             deps[sample.labels["dependency"]] = "up" if sample.value >= 1 else "down"
     ok = all(v == "up" for v in deps.values())
     return ok, {"status": "ok" if ok else "outage", "dependencies": dict(sorted(deps.items()))}
+
+
+async def probe(
+    gauge: Gauge, unreachable: set[str], dependency: str, call: Callable[[], Awaitable[object]], timeout: float = 5.0
+) -> bool:
+    """Whether ``dependency`` answers ``call`` within ``timeout``, into ``gauge`` (label
+    ``dependency``: 1 up, 0 down); ``unreachable`` holds the ones down, so an outage and its end
+    are logged once each. Never raises: what waits on the dependency waits on its own."""
+    try:
+        async with asyncio.timeout(timeout):
+            await call()
+    except Exception as exc:  # any failure to answer is the outage this reports
+        if dependency not in unreachable:
+            logger.warning("%s unreachable: %s: %s", dependency, type(exc).__name__, exc)
+        unreachable.add(dependency)
+        gauge.labels(dependency).set(0)
+        return False
+    if dependency in unreachable:
+        logger.warning("%s answers again", dependency)
+        unreachable.discard(dependency)
+    gauge.labels(dependency).set(1)
+    return True
 
 
 def serve_metrics(

@@ -38,6 +38,7 @@ from contract.records import (
     is_action,
     parse_raw,
 )
+from infra.health import probe
 from models.privacy import redact_payload
 from streams.compose import Components
 from streams.enrich import Example, RawRecord
@@ -410,21 +411,10 @@ class Runtime:
         """Timer: whether ``dependency`` answers ``call`` within ``timeout``; sets
         ``repmon_dependency_up`` and counts a failure in ``repmon_dependency_errors``. Never raises:
         an outage is reported, and what waits on the dependency waits on its own."""
-        try:
-            async with asyncio.timeout(timeout):
-                await call()
-        except Exception as exc:  # any failure to answer is the outage this reports
-            if dependency not in self._unreachable:
-                logger.warning("%s unreachable: %s: %s", dependency, type(exc).__name__, exc)
-            self._unreachable.add(dependency)
-            self.metrics.dependency_up.labels(dependency).set(0)
+        ok = await probe(self.metrics.dependency_up, self._unreachable, dependency, call, timeout)
+        if not ok:
             self.metrics.dependency_errors.labels(dependency).inc()
-            return False
-        if dependency in self._unreachable:
-            logger.warning("%s answers again", dependency)
-            self._unreachable.discard(dependency)
-        self.metrics.dependency_up.labels(dependency).set(1)
-        return True
+        return ok
 
     async def report_partitions(self, assigned: dict[int, tuple[int, int | None]]) -> None:
         """Timer (every worker): tell the windows which of its raw partitions are caught up.
