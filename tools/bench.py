@@ -503,6 +503,67 @@ def _live_event(rng: Any, entity: Any, crisis: bool, seq: int, prefix: str) -> d
     }
 
 
+_OBSERVE_ROWS_JS = """
+window.__drawn = {};
+var mark = function () {
+  document.querySelectorAll("tr[data-incident-id]").forEach(function (tr) {
+    var id = tr.dataset.incidentId;
+    if (!(id in window.__drawn)) window.__drawn[id] = Date.now() / 1000;
+  });
+};
+mark();
+new MutationObserver(mark).observe(document.body, { childList: true, subtree: true });
+"""
+
+
+class _IncidentsInBrowser:
+    """The war room's incidents page open in headless chromium during a run: a MutationObserver
+    stamps the wall time each incident's row first appears in the DOM (the page swaps its live
+    part in when an SSE event says so). Without chromium, ``skipped`` says why and nothing runs."""
+
+    def __init__(self, url: str) -> None:
+        from tools.browser import missing
+
+        self.url = url
+        self.skipped = missing()
+        self.driver: Any = None
+        self._ctx: Any = None
+
+    def __enter__(self) -> _IncidentsInBrowser:
+        if self.skipped is not None:
+            return self
+        from tools.browser import headless_chromium
+
+        self._ctx = headless_chromium()
+        self.driver = self._ctx.__enter__()
+        self.driver.get(f"{self.url}/")
+        if not wait_until(
+            lambda: self.driver.execute_script('return document.getElementById("live-status").textContent') == "live",
+            30,
+            0.1,
+        ):
+            raise RuntimeError(f"the incidents page at {self.url}/ did not go live within 30 s")
+        self.driver.execute_script(_OBSERVE_ROWS_JS)
+        return self
+
+    def drawn(self, incident_ids: Sequence[str], wait: float = 10) -> dict[str, float]:
+        """Wall time each of ``incident_ids`` was first drawn (waiting up to ``wait`` s for all)."""
+        if self.driver is None:
+            return {}
+        got: dict[str, float] = {}
+
+        def all_drawn() -> bool:
+            got.update(self.driver.execute_script("return window.__drawn") or {})
+            return all(i in got for i in incident_ids)
+
+        wait_until(all_drawn, wait, 0.2)
+        return {i: float(got[i]) for i in incident_ids if i in got}
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
 def _latency_run(
     settings: Settings, rate: int, *, crisis: bool, seed: int, console: Console, config: Path | None = None
 ) -> dict[str, Any]:
@@ -551,6 +612,7 @@ def _latency_run(
         )
         web = stack.enter_context(WebThread(web_settings, redis_url=local.redis_url, bootstrap=bootstrap))
         page = stack.enter_context(PageWatch(web.url))
+        browser = stack.enter_context(_IncidentsInBrowser(web.url))
         if not wait_until(lambda: tail.count(topics["deadletter"]) >= 1 or not worker.alive(), 180):
             return {"error": "worker did not start", "log": worker.tail(20)}
         seq, t0 = 1, time.monotonic()
@@ -592,6 +654,13 @@ def _latency_run(
             for i in opens
             if (i["incident_id"], 1) in page.arrived
         ]
+        # the same in a real browser: when the thread's row was drawn in the incidents page's DOM
+        drawn = browser.drawn([i["incident_id"] for i in opens], wait=10)
+        close_to_browser = [
+            round(drawn[i["incident_id"]] - (datetime.fromisoformat(i["opened_at"]).timestamp() + bucket + 1), 3)
+            for i in opens
+            if i["incident_id"] in drawn
+        ]
         signals, before_onset = [], 0
         for raw in tail.values(topics["signals"]):
             sig = orjson.loads(raw)
@@ -618,6 +687,8 @@ def _latency_run(
                 else None
             ),
             "bucket_close_to_page_s": close_to_page,
+            "bucket_close_to_browser_s": close_to_browser if browser.driver is not None else None,
+            "browser": browser.skipped or "headless chromium, incidents page (/), rows seen by a MutationObserver",
             "titles": [r.title for r in rx.requests],
             "lag_enriched": seq - tail.count(topics["enriched"]),
             "onset_s": start_crisis if crisis else None,
@@ -638,6 +709,7 @@ def bench_alert_latency(
     quiet = _latency_run(settings, rate, crisis=False, seed=0, console=console, config=config)
     delays = [r["first_notification_delay_s"] for r in crisis_runs if r.get("first_notification_delay_s") is not None]
     close_to_page = [x for r in crisis_runs for x in r.get("bucket_close_to_page_s", [])]
+    close_to_browser = [x for r in crisis_runs for x in r.get("bucket_close_to_browser_s") or []]
     return {
         "rate_events_per_s": rate,
         "bucket_seconds": 5,
@@ -645,6 +717,8 @@ def bench_alert_latency(
         "median_first_notification_delay_s": statistics.median(delays) if len(delays) == runs else None,
         # the war room's target: from the bucket that opened a thread closing to the page showing it
         "median_bucket_close_to_page_s": statistics.median(close_to_page) if close_to_page else None,
+        # the same, drawn in headless chromium's DOM (None where no browser is installed)
+        "median_bucket_close_to_browser_s": statistics.median(close_to_browser) if close_to_browser else None,
         "quiet_run": quiet,
         "quiet_notifications": quiet.get("notifications"),
         # signals of any severity where there was no crisis: before the onset, or in the quiet run
