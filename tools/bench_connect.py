@@ -25,7 +25,10 @@ the platform paginates, and serve only what the platform would:
 - ``bluesky``: a Jetstream WebSocket (``/subscribe?wantedCollections=app.bsky.feed.post``): every
   event after the cursor at line rate, then the connection closes (the end of a ``--once`` round of
   a stream kind: its state is ``retrying: the Jetstream connection closed``); one event in five is
-  an identity event, a delete or a post not about the brand, filtered out by the source.
+  an identity event, a delete or a post not about the brand, filtered out by the source; before
+  streaming, the source back-fills from ``app.bsky.feed.searchPosts`` (``sort=latest``, 100 a page
+  by ``cursor``, ``since``/``until``): a quarter of its posts are older than the stream and only
+  there, and the search also returns the stream's first posts (each delivered once).
 
 Every page is built before the connect process starts (the server looks answers up), so the
 server is not what is measured. The connect process runs one round of every source (``--once``)
@@ -78,6 +81,7 @@ STOREFRONTS = ("us", "gb", "ca", "au", "ie", "nz", "de", "fr", "es", "it", "nl",
 OFF_TOPIC = 5  # firehose and Jetstream: every 5th item served is not about the brand
 JETSTREAM_END = "retrying: the Jetstream connection closed"  # how a --once round of Jetstream ends
 POST = "app.bsky.feed.post"
+BACKFILL_OVERLAP = 40  # the stream's first posts, also in the search results: delivered once
 PACIFIC = timezone(timedelta(hours=-7))  # Apple's review dates carry a Pacific offset
 CAPS = {
     "hackernews": f"Algolia serves at most {ALGOLIA_CAP} hits of a query: each source {ALGOLIA_CAP} at most",
@@ -87,7 +91,8 @@ CAPS = {
     f"each source reads one app in ceil(items / {APPSTORE_PAGES * APPSTORE_PAGE}) storefronts",
     "hackernews-firehose": f"the Firebase API serves every item: 1 in {OFF_TOPIC} is off topic, filtered out",
     "bluesky": f"Jetstream sends every event: 1 in {OFF_TOPIC} is off topic (identity, delete, other post), "
-    "filtered out",
+    "filtered out; a quarter of each source's posts are older, in the search API only (the back-fill), "
+    f"which also returns the stream's first {BACKFILL_OVERLAP}",
 }
 
 
@@ -119,6 +124,17 @@ def _tid(us: int, clock: int) -> str:
     """An AT Protocol record key (TID): microseconds and a clock id, 13 base32-sortable chars."""
     n = (us << 10) | (clock & 1023)
     return "".join(_S32[(n >> (5 * (12 - j))) & 31] for j in range(13))
+
+
+def _search_post(did: str, rkey: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A post as ``app.bsky.feed.searchPosts`` returns it (a ``postView``)."""
+    return {
+        "uri": f"at://{did}/{POST}/{rkey}",
+        "cid": f"bafyrei{rkey}",
+        "author": {"did": did, "handle": f"{did[8:16]}.bsky.social"},
+        "record": record,
+        "indexedAt": record["createdAt"],
+    }
 
 
 def _rss(src: int, n: int) -> bytes:
@@ -169,6 +185,7 @@ class _Server:
         self.reviews: dict[tuple[str, str], list[dict[str, Any]]] = {}  # App Store (country, app), newest first
         self.play: dict[str, list[dict[str, Any]]] = {}  # package -> reviews, newest first
         self.events: dict[int, list[tuple[int, str]]] = {}  # Jetstream: source -> (time_us, event JSON)
+        self.searchable: dict[int, list[dict[str, Any]]] = {}  # Bluesky search: source -> posts, newest first
         self.built: dict[tuple[Any, ...], tuple[int, bytes]] = {}
         self.tokens: set[str] = set()
         self.used: Counter[str] = Counter()  # Reddit requests per token (its rate headers)
@@ -634,11 +651,15 @@ class _Server:
 
     # -- Bluesky Jetstream -------------------------------------------------------------------------
     def add_bluesky(self, i: int, n: int) -> _Src:
+        """Jetstream events for ``n - n // 4`` posts about the brand, and ``n // 4`` older posts
+        that only the search API holds (the back-fill); the search also returns the stream's first
+        ``BACKFILL_OVERLAP`` posts, which must arrive once."""
         did = "did:plc:" + base64.b32encode(hashlib.sha256(f"bench{i}".encode()).digest()).decode()[:24].lower()
         events: list[tuple[int, str]] = []
         ids: list[str] = []
-        k, previous = 0, ""
-        while len(ids) < n:
+        streamed: list[dict[str, Any]] = []  # the stream's posts as the search API shows them
+        k, previous, live = 0, "", n - n // 4
+        while len(ids) < live:
             us = T0 * 1_000_000 + k * 1000 + i
             rkey, when = _tid(us, i), _z(us / 1e6)
             commit: dict[str, Any] = {"rev": _tid(us, i + 1), "operation": "create", "collection": POST, "rkey": rkey}
@@ -658,11 +679,49 @@ class _Server:
                 commit.update(record=record, cid=f"bafyrei{rkey}")
                 if off is None:
                     ids.append(f"bluesky:at://{did}/{POST}/{rkey}")
+                    streamed.append(_search_post(did, rkey, record))
                     previous = rkey
             events.append((us, orjson.dumps(ev).decode()))
             k += 1
         self.events[i] = events
-        return _Src("bluesky", f"bluesky-{i}", f'base_url = "@WS@/jetstream/{i}"\nkeywords = ["northwind"]', ids, k)
+        older = []
+        for j in range(n // 4):
+            us = (T0 - 1) * 1_000_000 - j * 500_000 - i
+            rkey = _tid(us, i)
+            record = {"$type": POST, "createdAt": _z(us / 1e6), "langs": ["en"], "text": f"Northwind lost my bag ({j})"}
+            older.append(_search_post(did, rkey, record))
+            ids.append(f"bluesky:at://{did}/{POST}/{rkey}")
+        # newest first, as sort=latest answers
+        self.searchable[i] = [*reversed(streamed[:BACKFILL_OVERLAP]), *older]
+        config = (
+            f'base_url = "@WS@/jetstream/{i}"\nkeywords = ["northwind"]\nquery = "northwind"\n'
+            f'options = {{ backfill = true, search_url = "@URL@/xrpc/{i}" }}'
+        )
+        return _Src("bluesky", f"bluesky-{i}", config, ids, k + n // 4)
+
+    async def bsky_search(self, request: web.Request) -> web.Response:
+        """``app.bsky.feed.searchPosts``: ``sort=latest`` (newest first), ``since`` (inclusive) and
+        ``until`` (exclusive) on ``createdAt``, ``limit`` up to 100, an opaque ``cursor``."""
+        q = request.query
+        src, since, until = int(request.match_info["src"]), q.get("since", ""), q.get("until", "")
+        limit, start = min(int(q.get("limit", 25)), 100), int(q.get("cursor", 0))
+        if q.get("sort") != "latest":
+            return web.json_response(
+                {"error": "InvalidRequest", "message": "this bench serves sort=latest"}, status=400
+            )
+
+        def build() -> tuple[int, bytes]:
+            hits = [
+                p
+                for p in self.searchable.get(src, [])
+                if (not since or p["record"]["createdAt"] >= since) and (not until or p["record"]["createdAt"] < until)
+            ]
+            page: dict[str, Any] = {"posts": hits[start : start + limit]}
+            if start + limit < len(hits):
+                page["cursor"] = str(start + limit)
+            return 200, orjson.dumps(page)
+
+        return self._json(self._answer(("bsky", src, since, until, start, limit), build))
 
     async def jetstream(self, request: web.Request) -> web.StreamResponse:
         """Every event after ``cursor`` (identity and account events whatever the collections
@@ -698,6 +757,7 @@ class _Server:
             [
                 web.get("/feed/{src}", self.feed),
                 web.get("/api/v1/search_by_date", self.algolia),
+                web.get("/xrpc/{src}/app.bsky.feed.searchPosts", self.bsky_search),
                 web.get("/hnf/{src}/v0/maxitem.json", self.maxitem),
                 web.get(r"/hnf/{src}/v0/item/{id:\d+}.json", self.item),
                 web.post("/api/v1/access_token", self.reddit_token),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tools.bench_connect import ALGOLIA_CAP, KINDS, REDDIT_CAP, _Server, bench_connect
+from tools.bench_connect import ALGOLIA_CAP, BACKFILL_OVERLAP, KINDS, REDDIT_CAP, _Server, bench_connect
 
 pytestmark = pytest.mark.embedded
 
@@ -48,3 +48,21 @@ def test_a_source_holds_no_more_than_its_platform_serves() -> None:
         len(last["entry"]) == 50 and "entry" not in orjson.loads(server.appstore_page("ca", "1500000002", 5)[1])["feed"]
     )
     assert server.appstore_page("us", "1500000002", 11) == (400, b"CustomerReviews RSS page depth is limited to 10")
+
+
+def test_bluesky_sources_back_fill_from_the_search_api_and_overlap_the_stream() -> None:
+    """A quarter of a Bluesky source's posts are only in the search API (older than the stream);
+    the search's newest hits are the stream's first posts, so a source that back-fills and then
+    streams must drop those as duplicates (the end-to-end test above sees each id once)."""
+    server = _Server(public_pem="")
+    src = server.add("bluesky", 0, 120)
+    hits = server.searchable[0]
+    assert len(src.ids) == 120 and len(set(src.ids)) == 120
+    assert len(hits) == 30 + BACKFILL_OVERLAP
+    streamed = {f"bluesky:{p['uri']}" for p in hits[:BACKFILL_OVERLAP]}
+    older = {f"bluesky:{p['uri']}" for p in hits[BACKFILL_OVERLAP:]}
+    jet = "\n".join(e for _, e in server.events[0])
+    assert all(i.split("/")[-1] in jet for i in streamed) and not any(i.split("/")[-1] in jet for i in older)
+    created = [p["record"]["createdAt"] for p in hits]
+    assert created == sorted(created, reverse=True)  # sort=latest
+    assert "backfill = true" in src.config and 'query = "northwind"' in src.config
