@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-__all__ = ["Producer", "ProducerWindow", "TopicTail", "end_offsets", "ensure_topics", "wait_for_broker"]
+__all__ = ["EndOffsets", "Producer", "ProducerWindow", "TopicTail", "end_offsets", "ensure_topics", "wait_for_broker"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,39 @@ def end_offsets(bootstrap: str, topic: str) -> int:
         return int(sum(consumer.end_offsets(tps).values()))
     finally:
         consumer.close()
+
+
+class EndOffsets:
+    """The broker's end offset (next offset to be written) of each partition of ``topic``, asked
+    anew on every call (ListOffsets; blocking: call it in a thread). Raises when the broker does
+    not answer within ``timeout``. Apache Kafka's are records; tansu's count batches (see
+    ``kafka.verify_idle_offsets``)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, timeout: float = 5.0) -> None:
+        self.topic, self.partitions, self.timeout = topic, partitions, timeout
+        self._c = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"{topic}.end-offsets",  # never joins: no subscription, no commits
+                "enable.auto.commit": False,
+                "logger": logging.getLogger("librdkafka"),
+            }
+        )
+        self._lock = threading.Lock()  # one request at a time, whichever thread asks
+
+    def __call__(self) -> dict[int, int]:
+        with self._lock:
+            out = {}
+            for p in range(self.partitions):
+                _, high = self._c.get_watermark_offsets(
+                    confluent_kafka.TopicPartition(self.topic, p), timeout=self.timeout, cached=False
+                )
+                out[p] = int(high)
+            return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._c.close()
 
 
 def partition_count(bootstrap: str, topic: str, timeout: float = 30.0) -> int:

@@ -141,6 +141,13 @@ class KafkaSettings(_Section):
         description="How long the group waits before a silent worker's partitions go to the others.",
     )
     replication: int = Field(default=1, ge=1)
+    verify_idle_offsets: bool = Field(
+        default=True,
+        description="Before the watermark passes a raw partition its worker reported caught up, the leader "
+        "checks that nothing was written to it since (the broker's end offsets): a worker that stalls right "
+        "after its report cannot let buckets be judged without the events that arrived meanwhile. The "
+        "embedded tansu broker counts offsets by batch, so the embedded stack turns this off.",
+    )
     processing_guarantee: Literal["at_least_once"] = Field(
         default="at_least_once",
         description="Delivery is at least once; counting is idempotent by event id, incident messages by "

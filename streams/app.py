@@ -170,6 +170,15 @@ def build_worker(
         for name in TOPICS
     }
     rt = Runtime(components, FaustOutbox(app, topics))
+    if s.kafka.verify_idle_offsets and components.windows.partitions:
+        from infra.kafka import EndOffsets
+
+        ends = EndOffsets(s.kafka.bootstrap, s.topic("raw"), components.windows.partitions)
+
+        async def end_offsets() -> dict[int, int]:
+            return await asyncio.to_thread(ends)
+
+        components.detection.end_offsets = end_offsets
 
     @app.agent(topics["raw"], name="enrich")
     @fatal_on_error("enrich")

@@ -155,11 +155,27 @@ class DetectionEngine:
         self._dirty = False
         # the filling bucket's counts per entity as last judged early (see ``_early``)
         self._early_seen: tuple[int | None, dict[str, dict[str, float]]] = (None, {})
+        # the broker's end offset per raw partition (the worker sets it; None: reports are trusted
+        # as they are, as in backtests and on a broker whose offsets are not the records')
+        self.end_offsets: Callable[[], Awaitable[dict[int, int]]] | None = None
+        self._ends_failing = False
 
     async def tick(self, max_buckets: int = 5000) -> int:
         """Judge closed buckets (and the filling one, for early firing). Returns buckets judged."""
         B = self.B
-        wm = self.watermark = await self.windows.watermark()
+        ends: dict[int, int] | None = None
+        if self.end_offsets is not None:
+            try:
+                ends = await self.end_offsets()
+            except Exception as exc:  # no end offsets, no proof the reports still hold: judge nothing yet
+                if not self._ends_failing:
+                    logger.warning("detection waits: the broker's end offsets are unavailable (%s)", exc)
+                self._ends_failing = True
+                return 0
+            if self._ends_failing:
+                logger.warning("detection resumes: the broker's end offsets answer again")
+            self._ends_failing = False
+        wm = self.watermark = await self.windows.watermark(ends=ends)
         if wm is None:
             return 0
         last = int((wm - self.settings.windows.allowed_lateness_seconds) // B) * B - B

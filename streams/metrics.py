@@ -62,6 +62,9 @@ class Metrics:
             "repmon_watermark_lag_seconds", "Wall clock minus the event-time watermark.", registry=r
         )
         self.buckets = Counter("repmon_buckets_judged", "Closed buckets judged by the detectors.", registry=r)
+        self.detect_tick = Gauge(
+            "repmon_detect_tick_seconds", "Wall time of the last detection tick here (the leader ticks).", registry=r
+        )
         self.signals = Counter("repmon_signals", "Signals emitted.", ["signal", "severity"], registry=r)
         self.incidents = Counter("repmon_incident_messages", "Incident messages emitted.", ["status"], registry=r)
         self.notifications = Counter(

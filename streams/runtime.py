@@ -428,14 +428,16 @@ class Runtime:
         for p in list(self.done):
             if p not in assigned:  # revoked: another worker may move it on meanwhile
                 del self.done[p]
-        idle: dict[int, bool] = {}
+        # per partition, the offset it is caught up to (the leader checks it against the broker's
+        # end offset: anything written since the report holds the watermark again), or None
+        idle: dict[int, int | None] = {}
         for p, (hw, pos) in assigned.items():
             done = self.done.get(p)
             if done is not None:
-                idle[p] = done >= hw
+                idle[p] = hw if done >= hw else None
             else:
                 fetched_all = hw == 0 or (pos is not None and pos >= hw)
-                idle[p] = hw == 0 or (fetched_all and self._drained.get(p) == hw)
+                idle[p] = hw if hw == 0 or (fetched_all and self._drained.get(p) == hw) else None
                 self._drained[p] = hw if fetched_all else -1
         await self.retrying("redis", lambda: self.c.windows.report_partitions(idle, self.c.windows.clock()))
 
@@ -451,6 +453,7 @@ class Runtime:
     async def detect_tick(self) -> int:
         """Timer (leader only): judge the buckets that closed. An outage skips the tick (state is
         saved atomically per tick, so the next one starts where the last good one ended)."""
+        self.metrics.detect_tick.set(time.time())
         try:
             judged = await self.c.detection.tick()
         except OUTAGES as exc:

@@ -11,7 +11,7 @@ Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a buc
 - ``p:terms:{entity}:{t}``        hash of terms in negative mentions;
 - ``p:wm`` / ``p:wmt``            per-partition max event time / wall time of its last update;
 - ``p:idle``                      per-partition wall time of its consumer's last "caught up with the
-                                  broker's high-water mark" report;
+                                  broker's high-water mark" report, and the offset it was caught up to;
 - ``p:stats``                     counters: ``counted`` and ``duplicates`` (per event and entity);
 
 Detector and incident state are not kept here but behind :mod:`streams.state`.
@@ -410,22 +410,28 @@ class Windows(ABC):
 
     # -- time -------------------------------------------------------------------------------
     @abstractmethod
-    async def _idle_reports(self) -> dict[str, float]:
-        """``{partition: wall time of its last "caught up with the broker" report}``."""
+    async def _idle_reports(self) -> dict[str, tuple[float, int | None]]:
+        """``{partition: (wall time of its last "caught up with the broker" report, the offset it
+        was caught up to, if known)}``."""
 
     @abstractmethod
-    async def report_partitions(self, idle: dict[int, bool], now: float) -> None:
-        """Record which raw partitions are caught up with their broker high-water mark."""
+    async def report_partitions(self, idle: Mapping[int, int | bool | None], now: float) -> None:
+        """Record which raw partitions are caught up with their broker high-water mark: per
+        partition, the offset it was caught up to (``True``: caught up, offset not known), or
+        ``None``/``False`` when it is not."""
 
-    async def watermark(self, *, high: bool = False) -> float | None:
+    async def watermark(self, *, high: bool = False, ends: Mapping[int, int] | None = None) -> float | None:
         """Effective event-time watermark: the minimum over the partitions that may still bring events.
 
         With ``partitions`` set (the worker), every raw partition counts: one holds the watermark at
         its max event time (or holds everything, before its first event) unless its consumer
         reported in the last ``idle_report_seconds`` that it has processed everything up to the
         broker's high-water mark. So a bucket is never judged while a partition that has not
-        reported yet, or whose worker died, may still hold its events. ``high=True`` gives the
-        max instead: how far the furthest partition has counted.
+        reported yet, or whose worker died, may still hold its events. ``ends`` (the broker's end
+        offset per partition, as the leader just read it) refines that: a report counts only if
+        nothing was written to its partition since, so a worker that stalls right after saying
+        "caught up" cannot let the others' buckets be judged without what arrived meanwhile.
+        ``high=True`` gives the max instead: how far the furthest partition has counted.
         """
         parts, _ = await self._partitions()
         if not parts:
@@ -435,7 +441,12 @@ class Windows(ABC):
         if self.partitions is None:
             return min(parts.values())
         now = self.clock()
-        idle = {p for p, at in (await self._idle_reports()).items() if now - at <= self.idle_report_seconds}
+        idle = {
+            p
+            for p, (at, offset) in (await self._idle_reports()).items()
+            if now - at <= self.idle_report_seconds
+            and (ends is None or offset is None or int(p) not in ends or offset >= ends[int(p)])
+        }
         holding = [parts.get(str(p)) for p in range(self.partitions) if str(p) not in idle]
         if not holding:
             return max(parts.values())  # everything caught up: nothing more can come for now
@@ -574,19 +585,20 @@ class RedisWindows(Windows):
         wall = await self.r.hgetall(f"{self.p}:wmt") if wm else {}
         return {_s(k): float(v) for k, v in wm.items()}, {_s(k): float(v) for k, v in wall.items()}
 
-    async def _idle_reports(self) -> dict[str, float]:
+    async def _idle_reports(self) -> dict[str, tuple[float, int | None]]:
         raw = await self.r.hgetall(f"{self.p}:idle")
-        return {_s(k): float(v) for k, v in raw.items()}
+        return {_s(k): _idle_report(_s(v)) for k, v in raw.items()}
 
-    async def report_partitions(self, idle: dict[int, bool], now: float) -> None:
+    async def report_partitions(self, idle: Mapping[int, int | bool | None], now: float) -> None:
         if not idle:
             return
         async with self.r.pipeline(transaction=False) as pipe:
             for p, caught_up in idle.items():
-                if caught_up:
-                    pipe.hset(f"{self.p}:idle", str(p), repr(now))
-                else:
+                if caught_up is None or caught_up is False:
                     pipe.hdel(f"{self.p}:idle", str(p))
+                else:  # "<wall time>" or "<wall time>:<offset caught up to>"
+                    at = repr(now) if caught_up is True else f"{now!r}:{int(caught_up)}"
+                    pipe.hset(f"{self.p}:idle", str(p), at)
             await pipe.execute()
 
     async def stats(self) -> dict[str, int]:
@@ -648,7 +660,7 @@ class MemoryWindows(Windows):
         self, settings: Settings, *, partitions: int | None = None, clock: Callable[[], float] = time.time
     ) -> None:
         super().__init__(settings, partitions=partitions, clock=clock)
-        self.idle: dict[str, float] = {}
+        self.idle: dict[str, tuple[float, int | None]] = {}
         self.seen: set[tuple[str, str]] = set()
         self.starts: list[int] = []  # sorted bucket starts with counts, for next_counted
         self._started: set[int] = set()
@@ -715,15 +727,15 @@ class MemoryWindows(Windows):
     async def _partitions(self) -> tuple[dict[str, float], dict[str, float]]:
         return dict(self.wm), dict(self.wmt)
 
-    async def _idle_reports(self) -> dict[str, float]:
+    async def _idle_reports(self) -> dict[str, tuple[float, int | None]]:
         return dict(self.idle)
 
-    async def report_partitions(self, idle: dict[int, bool], now: float) -> None:
+    async def report_partitions(self, idle: Mapping[int, int | bool | None], now: float) -> None:
         for p, caught_up in idle.items():
-            if caught_up:
-                self.idle[str(p)] = now
-            else:
+            if caught_up is None or caught_up is False:
                 self.idle.pop(str(p), None)
+            else:
+                self.idle[str(p)] = (now, None if caught_up is True else int(caught_up))
 
     async def stats(self) -> dict[str, int]:
         return dict(self.counts)
@@ -747,6 +759,16 @@ class MemoryWindows(Windows):
 
     async def _term_rows(self, entity: str, buckets: Sequence[int]) -> list[dict[str, int]]:
         return [dict(self.terms.get((entity, t), {})) for t in buckets]
+
+
+def _idle_report(v: str) -> tuple[float, int | None]:
+    """A stored report: ``"<wall time>"`` or ``"<wall time>:<offset>"``.
+
+    >>> _idle_report("1700000000.5"), _idle_report("1700000000.5:42")
+    ((1700000000.5, None), (1700000000.5, 42))
+    """
+    at, _, offset = v.partition(":")
+    return float(at), int(offset) if offset else None
 
 
 def _s(v: Any) -> str:

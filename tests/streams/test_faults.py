@@ -6,11 +6,15 @@
 - a Redis that dies and comes back (with its append-only file) is waited out: the worker stays up
   and the windows count every event exactly once;
 - a worker killed with SIGKILL in the middle of a stream, beside a second one: no event lost or
-  counted twice, and the crisis in that stream is one incident thread.
+  counted twice, and the crisis in that stream is one incident thread;
+- a worker that stalls (SIGSTOP) right after reporting its partition caught up, while a backlog is
+  written to both partitions: no bucket is judged before the stalled partition's half is counted
+  (without the leader's end-offset check, buckets were judged with 150 of 300 events).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import shutil
@@ -275,4 +279,92 @@ def test_sigkill_of_one_of_two_workers_loses_nothing_and_keeps_one_thread(
     finally:
         w2.stop()
         w1.stop()
+        r.close()
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """A worker's /metrics: samples by name, each with its labels ({} while nothing answers)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def test_a_worker_stalled_after_reporting_caught_up_holds_the_buckets_until_its_partition_is_counted(
+    kafka_bootstrap: str, redis_url: str, unique: str
+) -> None:
+    """Two workers, one partition each. The one that is not the leader says its (empty) partition
+    is caught up, then stalls (SIGSTOP) holding it, and a backlog is written to both partitions.
+    The leader counts its own half within a second, but no bucket may be judged before the stalled
+    partition's half is counted too (by the leader, once the group moved it there): judged with
+    half its events, a bucket teaches the baselines half the volume and pages on the rest."""
+    import confluent_kafka
+
+    prefix = f"fs{unique}"
+    workdir = Path(tempfile.mkdtemp(prefix="repmon-faults-"))
+    topics = topics_for(kafka_bootstrap, prefix)
+    r = redis.Redis.from_url(redis_url)
+    counted = lambda: int(r.hget(f"{prefix}:stats", "counted") or 0)  # noqa: E731
+    ports = [free_port(), free_port()]
+    workers = []
+    try:
+        for i, port in enumerate(ports):  # one after the other: the first leads the group
+            env = worker_env(kafka_bootstrap, redis_url, prefix, workdir, REPMON_WORKER__METRICS_PORT=str(port))
+            workers.append(WorkerProcess(env, workdir / f"worker{i}.log"))
+            assert wait_until(lambda p=port: health(p)[0] == 200, 90), workers[-1].tail()
+
+        def raw_partitions(port: int) -> set[str]:
+            lags = scrape(port).get("repmon_consumer_lag", [])
+            return {lbl["partition"] for lbl, _ in lags if lbl.get("topic") == topics["raw"]}
+
+        def ticking(port: int) -> bool:
+            ticks = scrape(port).get("repmon_detect_tick_seconds", [])
+            return bool(ticks) and ticks[0][1] > datetime.now(UTC).timestamp() - 2
+
+        def settled() -> bool:
+            held = [raw_partitions(p) for p in ports]
+            return all(len(h) == 1 for h in held) and held[0] != held[1] and sum(map(ticking, ports)) == 1
+
+        assert wait_until(settled, 90), ([raw_partitions(p) for p in ports], workers[1].tail())
+        lead = 0 if ticking(ports[0]) else 1
+        stalled, held = workers[1 - lead], int(next(iter(raw_partitions(ports[1 - lead]))))
+        # its empty partition reported caught up (offset 0), then the worker stops answering
+        assert wait_until(lambda: r.hget(f"{prefix}:idle", str(held)) is not None, 30)
+        stalled.proc.send_signal(signal.SIGSTOP)
+        producer = confluent_kafka.Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all"})
+        now = datetime.now(UTC)
+        n = 300
+        for i in range(n):
+            brand = ("Northwind", "Skyline")[(i // 2) % 2]  # both brands on both partitions
+            value = orjson.dumps(mention(i, now - timedelta(seconds=2 * (n - i)), brand))
+            producer.produce(topics["raw"], value, brand.encode(), partition=i % 2)
+        assert producer.flush(30) == 0
+
+        def judged() -> float:
+            return sum(v for _, v in scrape(ports[lead]).get("repmon_buckets_judged_total", []))
+
+        first: list[tuple[float, int]] = []
+
+        def all_counted() -> bool:
+            j = judged()
+            if j > 0 and not first:
+                first.append((j, counted()))  # read after: it can only have grown since the judgement
+            return bool(first) and counted() >= n
+
+        assert wait_until(all_counted, 120, 0.05), (first, counted(), workers[lead].tail())
+        stalled.proc.send_signal(signal.SIGCONT)
+        assert first[0][1] == n, f"buckets judged with {first[0][1]} of {n} events counted"
+        assert counted() == n
+    finally:
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGCONT)
+            w.stop()
         r.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -259,7 +259,7 @@ async def test_a_detect_tick_during_an_outage_is_skipped_not_fatal(components: C
     c = fresh(components)
 
     class Down(MemoryWindows):
-        async def watermark(self, *, high: bool = False) -> float | None:
+        async def watermark(self, *, high: bool = False, ends: Mapping[int, int] | None = None) -> float | None:
             raise ConnectionError("Connection reset by peer")
 
     c.detection.windows = Down(c.settings)

@@ -85,6 +85,39 @@ async def test_a_caught_up_partition_lets_the_others_through_while_its_report_is
     assert await windows.watermark() is None
 
 
+async def test_a_caught_up_report_holds_again_once_its_partition_was_written_to(windows: Windows) -> None:
+    """A worker reports partition 1 caught up at offset 40, then stalls; events are written to
+    partition 1 after that: with the broker's end offsets, the report no longer lets partition 0's
+    buckets through (they would be judged without partition 1's new events)."""
+    clock = windows.clock
+    assert isinstance(clock, Clock)
+    await windows.add_batch([(ev("acme", 10, 0), 0), (ev("zeta", 2, 0), 1)])
+    await windows.report_partitions({1: 40}, clock.now)
+    assert await windows.watermark(ends={0: 7, 1: 40}) == (T0 + timedelta(minutes=10)).timestamp()
+    assert await windows.watermark(ends={0: 7, 1: 41}) == (T0 + timedelta(minutes=2)).timestamp()
+    assert await windows.watermark() == (T0 + timedelta(minutes=10)).timestamp()  # reports taken as they are
+
+
+async def test_a_detection_tick_without_end_offsets_judges_nothing() -> None:
+    s = settings_two_partitions()
+    windows = MemoryWindows(s, partitions=2)
+    engine = DetectionEngine(s, windows, MemoryState())
+    await windows.add_batch([(e, 0) for e in traffic("northwind", range(0, 40), 1)])
+    await windows.report_partitions({1: 0}, windows.clock())
+
+    async def down() -> dict[int, int]:
+        raise OSError("broker unreachable")
+
+    engine.end_offsets = down
+    assert await engine.tick() == 0 and engine.watermark is None
+
+    async def ends() -> dict[int, int]:
+        return {0: 800, 1: 0}
+
+    engine.end_offsets = ends
+    assert await engine.tick() > 0
+
+
 def settings_two_partitions() -> Settings:
     return load_settings(
         None,
