@@ -38,7 +38,7 @@ def test_services_and_wiring() -> None:
     advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
     internal = next(a.split("//", 1)[1] for a in advertised if a.startswith("PLAINTEXT://"))
     assert internal.split(":")[0] == "kafka"
-    for name in ("worker", "connector"):
+    for name in ("worker", "connector", "connect"):
         env = services[name]["environment"]
         assert env["REPMON_KAFKA__BOOTSTRAP"] == internal, name
         assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
@@ -56,13 +56,21 @@ def test_services_and_wiring() -> None:
     # the connector needs no file that is not in the repository: it receives signed pushes
     connector = services["connector"]
     assert connector["command"][0] == "webhook" and "${REPMON_WEBHOOK_SECRET:?" in str(connector["environment"])
+    # the sources: one replica (a cursor per source), push kinds and /healthz on the loopback only
+    connect = services["connect"]
+    assert connect["command"][0] == "connect" and "deploy" not in connect
+    assert connect["environment"]["REPMON_REDIS__URL"].startswith("redis://redis:")
+    metrics = connect["environment"]["REPMON_CONNECT__METRICS_PORT"]
+    assert all(p.startswith("127.0.0.1:") for p in connect["ports"]) and f"{metrics}/healthz" in str(
+        connect["healthcheck"]
+    )
     assert services["kafka"]["healthcheck"]["test"] and services["redis"]["healthcheck"]["test"]
     assert "process.roles" not in str(kafka_env) and kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
 def test_the_config_is_the_operators_and_the_named_start_loads() -> None:
     services = load()["services"]
-    for name in ("worker", "connector"):
+    for name in ("worker", "connector", "connect"):
         [cfg] = [v for v in services[name]["volumes"] if v.endswith(":/config/repmon.toml:ro")]
         assert cfg.startswith("${REPMON_CONFIG_FILE:?"), cfg  # never the demo's entities by accident
         assert "infra/config/production.example.toml" in cfg  # the message names where to start
@@ -140,12 +148,15 @@ def service(name: str, operator: dict[str, str], kafka: str, redis_url: str, iso
     env = {k: v.replace("kafka:9092", kafka).replace("redis://redis:6379/0", redis_url) for k, v in env.items()}
     mounts = dict(reversed(interpolate(v, operator).rsplit(":", 2)[:2]) for v in svc.get("volumes", []))
     command = [mounts.get(a, a) for a in svc["command"]]
-    inside = int(env.get("REPMON_WORKER__METRICS_PORT") or command[command.index("--port") + 1])
+    metrics = next((k for k in ("REPMON_WORKER__METRICS_PORT", "REPMON_CONNECT__METRICS_PORT") if k in env), None)
+    inside = int(env[metrics] if metrics else command[command.index("--port") + 1])
     port = free_port()
-    if "REPMON_WORKER__METRICS_PORT" in env:
-        env["REPMON_WORKER__METRICS_PORT"] = str(port)
+    if metrics:
+        env[metrics] = str(port)
     else:
         command[command.index("--port") + 1] = str(port)
+    if "REPMON_CONNECT__LISTEN" in env:  # the push port, on a port of its own as in its container
+        env["REPMON_CONNECT__LISTEN"] = f"127.0.0.1:{free_port()}"
     health = [sys.executable if a == "python" else a for a in svc["healthcheck"]["test"][1:]]
     health = [a.replace(f":{inside}/", f":{port}/") for a in health]
     return Service(command, {**env, **isolate}, health, port)
@@ -167,12 +178,16 @@ def test_every_compose_service_runs_as_written_with_two_workers(kafka_bootstrap:
     isolate["REPMON_REDIS__KEY_PREFIX"] = f"cp{unique}"
     workers = [service("worker", operator, kafka_bootstrap, redis_url, isolate) for _ in range(2)]
     connector = service("connector", operator, kafka_bootstrap, redis_url, isolate)
+    # the example's news feed is on the internet: here it cannot be reached, and the source retries
+    # while the service stays healthy (Kafka and Redis answer)
+    connect = service("connect", operator, kafka_bootstrap, redis_url, isolate)
     workdir = Path(tempfile.mkdtemp(prefix="repmon-compose-"))
-    procs = [WorkerProcess(s.env, workdir / f"{i}.log", command=s.command) for i, s in enumerate([*workers, connector])]
+    services = [*workers, connector, connect]
+    procs = [WorkerProcess(s.env, workdir / f"{i}.log", command=s.command) for i, s in enumerate(services)]
     try:
         alive = lambda: all(p.alive() for p in procs)  # noqa: E731
         tails = lambda: "\n\n".join(p.tail(20) for p in procs)  # noqa: E731
-        assert wait_until(lambda: not alive() or all(healthy(s) for s in [*workers, connector]), 240), tails()
+        assert wait_until(lambda: not alive() or all(healthy(s) for s in services), 240), tails()
         assert alive(), tails()
 
         # a signed push through the connector is enriched by whichever replica holds its partition
