@@ -319,6 +319,7 @@ class CountState:
     disp: list[float] = field(default_factory=lambda: [0.0, 0.0])
     rcal: list[float] = field(default_factory=lambda: [0.0, 0.0])
     rate: float = 0.0
+    rn: int = 0  # buckets the rate CUSUM's model has learned (a state saved before it: 0, not judged yet)
 
     def hourly(self, x: float, mu: float, per_hour: float) -> tuple[float, float]:
         """(count, expected) over the last hour including this bucket (sparse-series resolution)."""
@@ -787,10 +788,11 @@ class EntityDetector:
     def _rate_judges(self, state: CountState, how: int | None, min_n: int) -> bool:
         """The rate CUSUM judges a count whose usual bucket holds under ``min_n`` events (no bucket
         has the support to judge it; a busy count's buckets do, in log space), with a seasonal
-        baseline (``how``) that has seen every hour of the day twice: it compares counts with
-        an expected count, and before the day's profile is learned a count's every afternoon is
-        a rise (the log-space tests, judging by their learned spread, are not misled so)."""
-        days = state.n >= SEASON_VISITS * 24.0 * self.per_hour
+        baseline (``how``) and a count model of its own that has seen every hour of the day
+        twice: it compares counts with an expected count, and before the day's profile is
+        learned a count's every afternoon is a rise (the log-space tests, judging by their
+        learned spread, are not misled so). A state saved before the test existed learns first."""
+        days = state.rn >= SEASON_VISITS * 24.0 * self.per_hour
         return how is not None and days and state.rate < min_n
 
     @property
@@ -1279,6 +1281,7 @@ class EntityDetector:
 
         An episode (at half its threshold or more, or firing) that lasts ``sustained_shift_buckets``
         is a new level: the CUSUM and the calibration start over from it."""
+        state.rn += 1
         rmu, h = state.rate_mu(mu), self._rate_h(state)
         rcus, rexcess, full = self._rate_step(state, x, rmu)
         suspect = hot or rcus >= h / 2.0
@@ -1366,6 +1369,7 @@ class EntityDetector:
                     state.rstep = [state.rstep[0], state.rstep[1] + k * rmu, state.rstep[2] + k]
                 state.rexcess = 0.0 if state.rcus == 0 else state.rexcess
                 state.ralarm = 0
+                state.rn += k
                 state.excess = 0.0 if state.cusum == 0 else state.excess
                 # the last hour's window: empty buckets, each expected at the (decayed) level
                 hour = int(self.per_hour)

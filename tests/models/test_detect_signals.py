@@ -327,3 +327,21 @@ def test_a_stationary_overdispersed_sparse_stream_does_not_page_for_weeks() -> N
         vs = det.update(_sparse_day(rng, i, 0.5, rate), hour_of_week=i // 12 % 168)
         fired += [(i, v.detector) for v in vs]
     assert [f for f in fired if f[0] >= 2 * 24 * 12] == [], fired[:5]
+
+
+def test_a_state_saved_before_the_rate_cusum_learns_it_before_judging() -> None:
+    """A busy count's state saved without the rate CUSUM's model: restored, its volume reads 0 (a
+    sparse count) and its calibration and dispersion are empty; it must learn them (two days of
+    buckets) before the rate CUSUM judges, or it would page on its first ordinary hour."""
+    rng = random.Random(23)
+    det = EntityDetector(CFG, bucket_seconds=300)
+    for i in range(3000):
+        det.update({N: poisson(rng, 40)}, hour_of_week=i // 12 % 168)
+    saved = det.to_dict()
+    for key in ("rcus", "rexcess", "ralarm", "rstep", "disp", "rcal", "rate", "rn"):
+        del saved["signals"]["volume"][key]
+    again = EntityDetector.from_dict(CFG, saved, bucket_seconds=300)
+    state = again.signals["volume"]
+    assert isinstance(state, CountState) and state.rn == 0
+    fired = [again.update({N: poisson(rng, 40)}, hour_of_week=(3000 + i) // 12 % 168) for i in range(600)]
+    assert not any(fired)
