@@ -21,7 +21,7 @@ Three tests:
   events of excess: a slow build-up no single bucket shows;
 - on a sparse series (under ``min_volume`` expected per bucket), the same spike test on the sum of
   the last hour's buckets, with its own robust spread: the resolution its volume supports;
-- on a count whose usual bucket holds under ``min_volume`` events, a *rate CUSUM* in count space:
+- on a volume whose usual bucket holds under ``min_volume`` events, a *rate CUSUM* in count space:
   the negative-binomial log-likelihood ratio of ``RATE_SHIFT`` times the expected count vs the
   expected count, summed over hour-long steps (added as each step fills), fired at a threshold
   in log-likelihood units set for ``RATE_BUDGET`` false pages per 30 days at the count's volume,
@@ -778,22 +778,26 @@ class EntityDetector:
         if exact and not fires and cus >= self.cfg.cusum_h and excess >= min_n and x > mu:
             fires, detector = True, "log-cusum-v2"
             z = max(z, self.cfg.z_threshold)
-        if exact and not fires and frac >= 1.0 and x > 0 and self._rate_judges(state, how, min_n):
+        if exact and not fires and frac >= 1.0 and x > 0 and self._rate_judges(state, how, min_n, sig.name == "volume"):
             rcus, rexcess, _ = self._rate_step(state, x, state.rate_mu(mu_full))
             if rcus >= self._rate_h(state) and rexcess >= min_n:
                 fires, detector = True, RATE_DETECTOR
                 z = max(z, self.cfg.z_threshold)
         return _Judged(sig, None, x, mu, sigma, z, x, fires, detector, cus)
 
-    def _rate_judges(self, state: CountState, how: int | None, min_n: int) -> bool:
+    def _rate_judges(self, state: CountState, how: int | None, min_n: int, volume: bool) -> bool:
         """The rate CUSUM judges a count whose usual bucket holds under ``min_n`` events (no bucket
         has the support to judge it; a busy count's buckets do, in log space), with a seasonal
         baseline (``how``) and a count model of its own that has seen every hour of the day
         twice: it compares counts with an expected count, and before the day's profile is
         learned a count's every afternoon is a rise (the log-space tests, judging by their
-        learned spread, are not misled so). A state saved before the test existed learns first."""
+        learned spread, are not misled so). A state saved before the test existed learns first.
+
+        The volume only: its verdict pages when the mix is worse and is ``trending`` otherwise.
+        On the negative counts, ``min_negative`` events of excess over hours paged on a handful
+        of complaints at night (the airline backtest: 5 complaints vs 1.3 expected at 1 am)."""
         days = state.rn >= SEASON_VISITS * 24.0 * self.per_hour
-        return how is not None and days and state.rate < min_n
+        return how is not None and days and state.rate < min_n and volume
 
     @property
     def _rate_k(self) -> int:
