@@ -286,3 +286,62 @@ def test_trust_and_detection_read_the_same_definitions() -> None:
     comps = {c.name: c.value for c in trust_score(bucket).components}
     for name in ("negative_share", "complaint_share", "rating", "refund_rate"):
         assert comps[name] == round(SIGNALS[name].value(bucket) or 0.0, 4), name
+
+
+def _sparse_day(rng: random.Random, i: int, mean: float, burst: float = 1.0) -> dict[str, float]:
+    """A 5-minute bucket of a sparse count with a daily profile (busy afternoons, dead nights) and
+    over-dispersion: each hour's rate is gamma-distributed around its profile (shape 4)."""
+    hour = i // 12 % 24
+    profile = 1.6 if 9 <= hour <= 18 else 0.5
+    return {N: poisson(rng, mean * profile * burst)}
+
+
+def test_a_sparse_burst_with_empty_buckets_between_is_caught_by_the_rate_cusum() -> None:
+    """0.3 mentions a 5-minute bucket, then a burst of 4, 3, 6, 7, 9, 0, 9, 4 (as on NAB's PFE
+    series): no bucket has min_volume events, the log-space CUSUM is reset by the empty bucket
+    and the hour's log z stays under the threshold; the count-space rate CUSUM, which an empty
+    bucket costs only (RATE_SHIFT - 1) mu, pages."""
+    rng = random.Random(21)
+    det = EntityDetector(CFG, bucket_seconds=300)
+    days = 4 * 24 * 12
+    for i in range(days):
+        assert det.update({N: poisson(rng, 0.3)}, hour_of_week=i // 12 % 168) == []
+    burst = [4, 3, 6, 7, 9, 0, 9, 4]  # 42 in 40 minutes against ~2.4 expected
+    hits = []
+    for j, x in enumerate(burst):
+        hits += [(j, v.detector) for v in det.update({N: x}, hour_of_week=(days + j) // 12 % 168)]
+    assert hits and hits[0][1] == "nb-rate-cusum-v1", hits
+
+
+def test_a_stationary_overdispersed_sparse_stream_does_not_page_for_weeks() -> None:
+    """Four weeks of 5-minute buckets at 0.5 mentions on average, three times as many by day as
+    by night, each hour's rate drawn from a gamma (bursty hours): nothing fires after the
+    warm-up, not the rate CUSUM (its hourly dispersion holds the bursty hours) nor the others."""
+    rng = random.Random(22)
+    det = EntityDetector(CFG, bucket_seconds=300)
+    fired = []
+    rate = 1.0
+    for i in range(4 * 7 * 24 * 12):
+        if i % 12 == 0:
+            rate = rng.gammavariate(4.0, 0.25)  # mean 1, an hour's rate +-50%
+        vs = det.update(_sparse_day(rng, i, 0.5, rate), hour_of_week=i // 12 % 168)
+        fired += [(i, v.detector) for v in vs]
+    assert [f for f in fired if f[0] >= 2 * 24 * 12] == [], fired[:5]
+
+
+def test_a_state_saved_before_the_rate_cusum_learns_it_before_judging() -> None:
+    """A busy count's state saved without the rate CUSUM's model: restored, its volume reads 0 (a
+    sparse count) and its calibration and dispersion are empty; it must learn them (two days of
+    buckets) before the rate CUSUM judges, or it would page on its first ordinary hour."""
+    rng = random.Random(23)
+    det = EntityDetector(CFG, bucket_seconds=300)
+    for i in range(3000):
+        det.update({N: poisson(rng, 40)}, hour_of_week=i // 12 % 168)
+    saved = det.to_dict()
+    for key in ("rcus", "rexcess", "ralarm", "rstep", "disp", "rcal", "rate", "rn"):
+        del saved["signals"]["volume"][key]
+    again = EntityDetector.from_dict(CFG, saved, bucket_seconds=300)
+    state = again.signals["volume"]
+    assert isinstance(state, CountState) and state.rn == 0
+    fired = [again.update({N: poisson(rng, 40)}, hour_of_week=(3000 + i) // 12 % 168) for i in range(600)]
+    assert not any(fired)
