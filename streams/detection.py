@@ -35,7 +35,7 @@ from models.anomaly import FEATURES as ANOMALY_FEATURES
 from models.anomaly import AnomalyHit, AnomalyWatch
 from models.detect import EntityDetector, Verdict
 from models.drift import DriftWatch
-from streams.state import StateStore
+from streams.state import StateStore, as_doc
 from streams.windows import Windows, bucket_dt
 
 __all__ = ["DetectionEngine", "hour_of_week"]
@@ -99,8 +99,7 @@ def _judge_bucket(
             det.empty(how)  # nothing can fire, nor reach a watch (it reads two inputs or more)
             rows.append((e, [], None))
             continue
-        zs = det.standardize(st, how)  # before the bucket is learned
-        verdicts = det.update(st, how)
+        zs, verdicts = det.update_standardized(st, how)  # standardised before the bucket is learned
         # a watch judges combinations: one input (no mention, no share) leaves it untouched
         hit = anoms[e].update(zs, at=t) if sum(f in zs for f in ANOMALY_FEATURES) >= 2 else None
         rows.append((e, verdicts, hit))
@@ -138,20 +137,20 @@ class _Lazy(dict[str, Any]):
     failovers. Only decoded watches can have changed, and only they are saved.
     """
 
-    def __init__(self, raw: dict[str, dict[str, Any] | None], prefix: str, decode: Callable[[Any], Any]) -> None:
+    def __init__(self, raw: dict[str, Any], prefix: str, decode: Callable[[Any], Any]) -> None:
         super().__init__()
         self._raw = {k.removeprefix(prefix): v for k, v in raw.items()}
         self._decode = decode
 
     def __missing__(self, entity: str) -> Any:
-        w = self[entity] = self._decode(self._raw.pop(entity, None))
+        w = self[entity] = self._decode(as_doc(self._raw.pop(entity, None)))
         return w
 
 
 class _Watches(_Lazy):
     """The entities' anomaly watches (``anom:{entity}`` blobs), each decoded when first used."""
 
-    def __init__(self, raw: dict[str, dict[str, Any] | None]) -> None:
+    def __init__(self, raw: dict[str, Any]) -> None:
         super().__init__(raw, "anom:", AnomalyWatch.from_dict)
 
 
@@ -169,11 +168,11 @@ class _Leader:
         token: str,
         incs: dict[str, IncidentState],
         at_default: int | None,
-        raw: dict[str, dict[str, Any] | None],
+        raw: dict[str, Any],
     ) -> None:
         self.token = token
         self.incs = incs
-        self.raw = raw  # saved detectors not decoded yet
+        self.raw = raw  # saved detectors not decoded yet (``StateStore.load_raw``)
         self.dets: dict[str, EntityDetector] = {}
         self.at: dict[str, int] = {}
         self.at_default = at_default  # ``at`` of a detector saved before detectors carried one
@@ -252,7 +251,7 @@ class DetectionEngine:
         if self._state is not None and token == self._state.token:
             return self._state
         ents = self.entities
-        det_raw = await self.state.load("det", ents)
+        det_raw = await self.state.load_raw("det", ents)
         inc_raw = await self.state.load("inc", ents)
 
         def decode() -> dict[str, IncidentState]:
@@ -279,7 +278,7 @@ class DetectionEngine:
 
         def decode(chunk: list[str]) -> None:
             for e in chunk:
-                doc = lead.raw.pop(e, None)
+                doc = as_doc(lead.raw.pop(e, None))
                 lead.dets[e] = EntityDetector.from_dict(cfg, doc, B)
                 # a detector never saved has learned nothing: any bucket after the pointer is new
                 at = doc.get("at", lead.at_default) if doc else closed
@@ -459,9 +458,9 @@ class DetectionEngine:
         token = str(doc["token"]) if doc and "token" in doc else None
         if self._river is None or token != self._river_token:
             ents = self.entities
-            raw = await self.state.load_blobs([f"drift:{e}" for e in [*ents, MODEL]])
+            raw = await self.state.load_blobs_raw([f"drift:{e}" for e in [*ents, MODEL]])
             drifts: dict[str, DriftWatch] = _Lazy(raw, "drift:", DriftWatch.from_dict)
-            anoms: dict[str, AnomalyWatch] = _Watches(await self.state.load_blobs([f"anom:{e}" for e in ents]))
+            anoms: dict[str, AnomalyWatch] = _Watches(await self.state.load_blobs_raw([f"anom:{e}" for e in ents]))
             self._river = (drifts, anoms)
             self._river_token = token
         return self._river

@@ -1,4 +1,5 @@
-"""An empty bucket learned on its own (``EntityDetector.empty``) is exactly a full update.
+"""The leader's shortcuts are exact: an empty bucket learned on its own (``EntityDetector.empty``)
+is a full update, and ``update_standardized`` is ``standardize`` then ``update``.
 
 The leader defers an entity's empty buckets and learns them when it next needs the detector,
 so this equality is what keeps its verdicts the same as judging every entity on every bucket.
@@ -70,3 +71,28 @@ def test_the_closed_form_idle_is_not_an_exact_stand_in() -> None:
         a.empty(hour_of_week(T0 + 60 * (600 + j)))
     b.idle(5)
     assert a.to_dict() != b.to_dict()
+
+
+def test_one_pass_over_the_readings_gives_the_standardised_inputs_and_the_update() -> None:
+    rng = random.Random(11)
+    cfg = DetectSettings()
+    two, one = EntityDetector(cfg), EntityDetector(cfg)
+    crisis = range(1500, 1540)
+    fired = 0
+    for i in range(1440 * 2):
+        how = hour_of_week(T0 + 60 * i)
+        st = _bucket(rng, i, 4.0, crisis)
+        if st:  # reviews, an aspect and reach too: every kind of reading
+            r = st["n"] // 3
+            st |= {"asp:delivery:n": st["n"] // 2, "asp:delivery:neg": st["neg"] // 2, "impact_neg": 2.0 * st["neg"]}
+            st |= {
+                "rating_n": r,
+                "rating_sum": r * (2.4 if i in crisis else 4.2),
+                "rating_sq": r * (7.0 if i in crisis else 18.4),
+            }
+        zs, verdicts = one.update_standardized(st, how)
+        assert zs == two.standardize(st, how)
+        assert verdicts == two.update(st, how), i
+        fired += len(verdicts)
+    assert one.to_dict() == two.to_dict() and fired > 0
+    assert {"rating", "win:rating", "asp:delivery", "seq:rating"} <= set(one.signals)
