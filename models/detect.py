@@ -692,6 +692,9 @@ def window_drop(
 
 
 State = CountState | SignalState | SeqState | WindowState
+_COUNT_SIGNALS = tuple(sig for sig in SIGNALS.values() if sig.kind == "count")
+_EMPTY: dict[str, float] = {}  # a bucket without events (read only)
+_BUCKET_SHARE_DETECTORS = frozenset({"ew-seasonal-binomial-v2", "ew-seasonal-mean-v2"})  # _read_share, _read_mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -955,7 +958,9 @@ class EntityDetector:
         return max(SEQ_H_MIN, math.log1p(arl * state.kl(sig)))
 
     # -- public API -----------------------------------------------------------------------------
-    def standardize(self, st: dict[str, float], hour_of_week: int | None = None) -> dict[str, float]:
+    def standardize(
+        self, st: dict[str, float], hour_of_week: int | None = None, readings: list[_Judged] | None = None
+    ) -> dict[str, float]:
         """The bucket's core signals as z-scores against their baselines (no thresholds, no caps).
 
         These are the inputs of the multivariate anomaly model (:mod:`models.anomaly`); a signal
@@ -965,7 +970,7 @@ class EntityDetector:
         if self.buckets < self.cfg.warmup_buckets:
             return {}
         out: dict[str, float] = {}
-        for r in self._readings(st, hour_of_week, exact=False):
+        for r in self._readings(st, hour_of_week, exact=False) if readings is None else readings:
             if r.detector == SEQ_DETECTOR:
                 continue
             if r.aspect is not None or r.sig.name not in ("volume", "negative_share", "impact_negativity", "rating"):
@@ -1055,10 +1060,17 @@ class EntityDetector:
         return _tail_z(_binom_tail(neg, share.support, share.baseline)) >= MIX_Z
 
     def learn(
-        self, st: dict[str, float], hour_of_week: int | None, fired: list[Verdict], *, normal: bool = False
+        self,
+        st: dict[str, float],
+        hour_of_week: int | None,
+        fired: list[Verdict],
+        *,
+        normal: bool = False,
+        read: dict[str, _Judged | None] | None = None,
     ) -> None:
         """Update the baselines with a closed bucket (robust: see the module doc). ``normal``: a
-        responder said the bucket is normal (:meth:`absorb`), so nothing of it is protected."""
+        responder said the bucket is normal (:meth:`absorb`), so nothing of it is protected.
+        ``read``: the shares' and means' readings of this bucket by key, when judged just before."""
         if self.buckets == 0 and not any(v > 0 for v in st.values()):
             return  # the entity has not been seen yet: its warm-up has not begun
         how, hot = hour_of_week, {v.key for v in fired}
@@ -1067,9 +1079,9 @@ class EntityDetector:
                 self._learn_count(sig, st, how, sig.name in hot, normal)
             elif sig.per_aspect:
                 for a in aspects_in(st):
-                    self._learn_share(sig, st, how, signal_key(sig.name, a) in hot, a, normal)
+                    self._learn_share(sig, st, how, signal_key(sig.name, a) in hot, a, normal, read)
             else:
-                self._learn_share(sig, st, how, sig.name in hot, None, normal)
+                self._learn_share(sig, st, how, sig.name in hot, None, normal, read)
         for name in SEQ_SIGNALS:
             self._learn_seq(SIGNALS[name], st, normal)
         self._learn_window(st, normal)
@@ -1321,18 +1333,21 @@ class EntityDetector:
         hot: bool,
         aspect: str | None = None,
         normal: bool = False,
+        read: dict[str, _Judged | None] | None = None,
     ) -> None:
         den, support = sig.den_of(st, aspect), sig.support_of(st, aspect)
         if den <= 0 or support < 1:
             return
         key = signal_key(sig.name, aspect)
+        # the reading of the judgement just before, if any: nothing has learned this key since
+        r = read.get(key) if read is not None else None
         state = self._share_state(key)
         value = sig.num_of(st, aspect) / den
         if sig.kind == "mean":
-            r = self._read_mean(sig, st, how)
+            r = self._read_mean(sig, st, how) if read is None else r
             weight = min(1.0, support / 3.0)
         else:
-            r = self._read_share(sig, st, how, aspect)
+            r = self._read_share(sig, st, how, aspect) if read is None else r
             weight = min(1.0, support / max(self.cfg.min_volume, 1))  # 1 event says little
         warm = self.buckets >= self.cfg.warmup_buckets
         suspect = not normal and (hot or (warm and r is not None and r.z >= PROTECT_Z))
@@ -1382,6 +1397,43 @@ class EntityDetector:
                 state.n += k
                 state.streak = max(0, state.streak - k)
         self.buckets += k
+
+    def empty(self, hour_of_week: int | None = None) -> None:
+        """Judge and learn one closed bucket without events: exactly ``update({}, hour_of_week)``
+        (the same state, bit for bit, and no verdict), at a fifth of its cost.
+
+        Such a bucket cannot fire: a count's spike needs ``min_volume`` (at least 1) events, its
+        hourly and CUSUM tests a count above its expectation (which is never negative), and a
+        share, a mean, a per-event test or the rating window need events in the bucket. Only the
+        counts learn from it (the others skip a bucket without support), so only they are run.
+        The leader defers an entity's empty buckets and runs them here when it next needs the
+        detector (``DetectionEngine``): exact, unlike :meth:`idle`'s closed form."""
+        if self.buckets == 0:
+            return  # as in learn: the warm-up begins with the entity's first event
+        for sig in _COUNT_SIGNALS:
+            if sig.name in self.signals:
+                self._learn_count(sig, _EMPTY, hour_of_week, False)
+        self.buckets += 1
+
+    def update_standardized(
+        self, st: dict[str, float], hour_of_week: int | None = None
+    ) -> tuple[dict[str, float], list[Verdict]]:
+        """``(standardize(st, how), update(st, how))``, the same values, from one set of readings
+        (each was computed three times: a busy entity's bucket costs half as much)."""
+        if self.buckets < self.cfg.warmup_buckets:
+            return {}, self.update(st, hour_of_week)
+        how = hour_of_week
+        readings = self._readings(st, how)
+        # the standardised volume is read without the tail cap and the hourly and CUSUM tests
+        loose = self._read_count(SIGNALS["volume"], st, how, 1.0, False)
+        plain = [loose if r.sig.name == "volume" and r.sig.kind == "count" and loose else r for r in readings]
+        zs = self.standardize(st, how, plain)
+        verdicts = self._verdicts(readings, self._stars_fine(st))
+        read: dict[str, _Judged | None] = {
+            signal_key(r.sig.name, r.aspect): r for r in readings if r.detector in _BUCKET_SHARE_DETECTORS
+        }
+        self.learn(st, how, verdicts, read=read)
+        return zs, verdicts
 
     def update(self, st: dict[str, float], hour_of_week: int | None = None) -> list[Verdict]:
         """Judge one closed bucket, then learn from it."""

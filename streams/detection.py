@@ -35,7 +35,7 @@ from models.anomaly import FEATURES as ANOMALY_FEATURES
 from models.anomaly import AnomalyHit, AnomalyWatch
 from models.detect import EntityDetector, Verdict
 from models.drift import DriftWatch
-from streams.state import StateStore
+from streams.state import StateStore, as_doc
 from streams.windows import Windows, bucket_dt
 
 __all__ = ["DetectionEngine", "hour_of_week"]
@@ -46,6 +46,8 @@ Emit = Callable[[Any], Awaitable[None]]
 MODEL = "*"  # entity key of signals about the sentiment model itself
 RIVER_SAVE_SECONDS = 10.0  # River watches are saved this often (they are evidence, not pages)
 OFFLOAD_ENTITIES = 20  # from this many entities a closed bucket is judged off the event loop
+SAVE_CHUNK = 100  # entities per atomic write: a big save is many short ones, the event loop runs between
+DECODE_CHUNK = 200  # detectors decoded per thread hand-off
 
 
 async def _discard(_: Any) -> None:
@@ -60,6 +62,21 @@ class Feedback(Protocol):
     async def feedback_done(self, n: int) -> None: ...
 
 
+def _catch_up(det: EntityDetector, at: dict[str, int], e: str, upto: int, B: int) -> None:
+    """Learn the empty buckets ``e`` has not learned yet, through bucket start ``upto``.
+
+    An entity without events in a closed bucket is not touched when the bucket closes: its
+    detector learns those buckets here, exactly as it would have then (:meth:`EntityDetector.empty`),
+    when it is next needed (its next events, an early look, a false positive, a quiet run)."""
+    t = at[e] + B
+    if det.buckets == 0:
+        t = upto + B  # not seen yet: an empty bucket teaches it nothing
+    while t <= upto:
+        det.empty(hour_of_week(t))
+        t += B
+    at[e] = max(at[e], upto)
+
+
 def _judge_bucket(
     ents: list[str],
     t: int,
@@ -67,12 +84,22 @@ def _judge_bucket(
     how: int,
     dets: dict[str, EntityDetector],
     anoms: dict[str, AnomalyWatch],
+    at: dict[str, int],
+    B: int,
 ) -> list[tuple[str, list[Verdict], AnomalyHit | None]]:
-    """Judge and learn one closed bucket for every entity (pure computation, no I/O)."""
-    rows = []
+    """Judge and learn one closed bucket for the entities given (pure computation, no I/O)."""
+    rows: list[tuple[str, list[Verdict], AnomalyHit | None]] = []
     for e in ents:
-        zs = dets[e].standardize(stats[e], how)  # before the bucket is learned
-        verdicts = dets[e].update(stats[e], how)
+        if at[e] >= t:
+            continue  # learned already: saved by a save that stopped before it moved the pointer
+        det, st = dets[e], stats[e]
+        _catch_up(det, at, e, t - B, B)
+        at[e] = t
+        if not any(st.values()):
+            det.empty(how)  # nothing can fire, nor reach a watch (it reads two inputs or more)
+            rows.append((e, [], None))
+            continue
+        zs, verdicts = det.update_standardized(st, how)  # standardised before the bucket is learned
         # a watch judges combinations: one input (no mention, no share) leaves it untouched
         hit = anoms[e].update(zs, at=t) if sum(f in zs for f in ANOMALY_FEATURES) >= 2 else None
         rows.append((e, verdicts, hit))
@@ -101,22 +128,55 @@ def describe(s: Signal) -> str:
     return signal_line(s)
 
 
-class _Watches(dict[str, AnomalyWatch]):
+class _Lazy(dict[str, Any]):
     """Every entity's River watch, each decoded when first used.
 
-    Rebuilding one HalfSpaceTrees forest takes tens of milliseconds, so a new leader decoding a
-    thousand entities' watches at once stalled for a minute; a watch is only needed for a bucket
-    with two standardised inputs or more (an entity with mentions in it), so most are never
-    decoded between two failovers. Only decoded watches can have changed, and only they are saved.
+    Rebuilding one HalfSpaceTrees forest takes tens of milliseconds (an ADWIN replays its window),
+    so a new leader decoding a thousand entities' watches at once stalled for a minute; a watch is
+    only needed for a bucket the entity has events in, so most are never decoded between two
+    failovers. Only decoded watches can have changed, and only they are saved.
     """
 
-    def __init__(self, raw: dict[str, dict[str, Any] | None]) -> None:
+    def __init__(self, raw: dict[str, Any], prefix: str, decode: Callable[[Any], Any]) -> None:
         super().__init__()
-        self._raw = {k.removeprefix("anom:"): v for k, v in raw.items()}
+        self._raw = {k.removeprefix(prefix): v for k, v in raw.items()}
+        self._decode = decode
 
-    def __missing__(self, entity: str) -> AnomalyWatch:
-        w = self[entity] = AnomalyWatch.from_dict(self._raw.pop(entity, None))
+    def __missing__(self, entity: str) -> Any:
+        w = self[entity] = self._decode(as_doc(self._raw.pop(entity, None)))
         return w
+
+
+class _Watches(_Lazy):
+    """The entities' anomaly watches (``anom:{entity}`` blobs), each decoded when first used."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        super().__init__(raw, "anom:", AnomalyWatch.from_dict)
+
+
+class _Leader:
+    """What the leader keeps of the entities between ticks (while it was the last to save them).
+
+    ``at[e]`` is the last bucket ``e``'s detector has learned: an entity without events in a
+    closed bucket is left alone (``_catch_up``), so a tick costs what changed, not what is
+    tracked, and only what changed is saved. Each saved detector carries its ``at``, so a new
+    leader decodes a detector only when it first needs it, and catches it up the same way.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        incs: dict[str, IncidentState],
+        at_default: int | None,
+        raw: dict[str, Any],
+    ) -> None:
+        self.token = token
+        self.incs = incs
+        self.raw = raw  # saved detectors not decoded yet (``StateStore.load_raw``)
+        self.dets: dict[str, EntityDetector] = {}
+        self.at: dict[str, int] = {}
+        self.at_default = at_default  # ``at`` of a detector saved before detectors carried one
+        self.changed: set[str] = set()  # entities whose state differs from what Redis holds
 
 
 class DetectionEngine:
@@ -149,9 +209,7 @@ class DetectionEngine:
         self._river: tuple[dict[str, DriftWatch], dict[str, AnomalyWatch]] | None = None
         self._river_token: str | None = None
         self._river_saved = 0.0
-        # the decoded detectors and threads, kept while this engine was the last to save them
-        # (see ``_entity_state``), and whether this tick changed them
-        self._state: tuple[str, dict[str, EntityDetector], dict[str, IncidentState]] | None = None
+        self._state: _Leader | None = None  # see ``_leader``
         self._dirty = False
         # the filling bucket's counts per entity as last judged early (see ``_early``)
         self._early_seen: tuple[int | None, dict[str, dict[str, float]]] = (None, {})
@@ -195,36 +253,63 @@ class DetectionEngine:
             self._state = None  # what is in memory may be ahead of what Redis holds: read it again
             raise
 
-    async def _entity_state(self, ents: list[str]) -> tuple[dict[str, EntityDetector], dict[str, IncidentState]]:
-        """Every entity's detector and thread, from memory while this engine was the last to save them.
+    async def _leader(self, closed: int) -> _Leader:
+        """The entities' state, from memory while this engine was the last to save it.
 
-        With a day of learned state an entity's detector is tens of KB of JSON: reading, decoding,
-        encoding and writing all of them on every tick (twice a second) took 0.8 s at 100 entities
-        and 8 s at 1,000, so detection fell behind. Redis holds a token of the last save; a worker
-        that did not write it (a new leader after a rebalance, a restart) loads the saved state.
+        With a day of learned state an entity's detector is KBs of JSON: reading, decoding,
+        encoding and writing all of them on every tick (twice a second) took seconds at a
+        thousand entities. Redis holds a token of the last save; a worker that did not write it
+        (a new leader after a rebalance, a restart) starts over from Redis: the threads at once
+        (an open one is stepped on every bucket), each detector decoded when first needed.
         """
         doc = await self.state.load_blob("det:token")
-        token = str(doc["token"]) if doc and "token" in doc else None
-        if self._state is not None and token == self._state[0]:
-            return self._state[1], self._state[2]
-        det_raw = await self.state.load("det", ents)
+        token = str(doc["token"]) if doc and "token" in doc else ""
+        if self._state is not None and token == self._state.token:
+            return self._state
+        ents = self.entities
+        det_raw = await self.state.load_raw("det", ents)
         inc_raw = await self.state.load("inc", ents)
 
-        def decode() -> tuple[dict[str, EntityDetector], dict[str, IncidentState]]:
-            dets = {e: EntityDetector.from_dict(self.settings.detect, det_raw[e], self.B) for e in ents}
-            return dets, {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
+        def decode() -> dict[str, IncidentState]:
+            return {e: IncidentState.from_dict(inc_raw[e]) for e in ents}
 
-        # milliseconds per entity: thousands of them are decoded off the event loop
-        dets, incs = await asyncio.to_thread(decode) if len(ents) >= OFFLOAD_ENTITIES else decode()
-        self._state = (token or "", dets, incs)
+        incs = await asyncio.to_thread(decode) if len(ents) >= OFFLOAD_ENTITIES else decode()
+        since = await self.state.load_blob("det:at")
+        if since is None:
+            # the first leader whose detectors carry ``at``: each one saved before was saved with
+            # every other and the pointer, so it has learned up to the pointer
+            since = {"at": closed}
+            await self.state.save_blob("det:at", since)
+        self._state = _Leader(token, incs, int(since["at"]), det_raw)
         self._early_seen = (None, {})  # judged against other detectors
-        return dets, incs
+        return self._state
+
+    async def _detectors(self, lead: _Leader, ents: list[str], closed: int) -> None:
+        """Decode the detectors of ``ents`` not decoded yet (off the event loop, in pieces):
+        milliseconds each, so a new leader decodes the ones a bucket needs, not every one."""
+        missing = [e for e in ents if e not in lead.dets]
+        if not missing:
+            return
+        cfg, B = self.settings.detect, self.B
+
+        def decode(chunk: list[str]) -> None:
+            for e in chunk:
+                doc = as_doc(lead.raw.pop(e, None))
+                lead.dets[e] = EntityDetector.from_dict(cfg, doc, B)
+                # a detector never saved has learned nothing: any bucket after the pointer is new
+                at = doc.get("at", lead.at_default) if doc else closed
+                lead.at[e] = int(at) if at is not None else closed
+
+        for i in range(0, len(missing), DECODE_CHUNK):
+            chunk = missing[i : i + DECODE_CHUNK]
+            await asyncio.to_thread(decode, chunk) if len(chunk) >= OFFLOAD_ENTITIES else decode(chunk)
 
     async def _judge(self, wm: float, last: int, closed: int, ents: list[str], max_buckets: int) -> int:
         B = self.B
-        dets, incs = await self._entity_state(ents)
+        lead = await self._leader(closed)
+        dets, incs = lead.dets, lead.incs
         self._dirty = False
-        learned = await self._learn_feedback(closed, dets)
+        learned = await self._learn_feedback(closed, lead)
         judged = 0
         t = closed + B
         if t <= last:
@@ -233,20 +318,28 @@ class DetectionEngine:
                 nxt = await self.windows.next_counted(t, last)
                 if nxt is None or nxt > t:  # a run of buckets no entity has events in
                     k = ((last + B if nxt is None else nxt) - t) // B
-                    await self._idle(t, k, dets, incs)
+                    await self._idle(t, k, lead)
                     self.skipped += k
                     judged += k
                     t += k * B
                     continue
-                stats = await self.windows.bucket_stats(ents, t)
+                # only the entities with events in the bucket, and the open threads (each quiet
+                # bucket counts towards resolving): every other detector learns the bucket later
+                # (``_catch_up``), exactly, so a bucket costs what talked, not what is tracked
+                counted = await self.windows.counted_entities(t)
+                touched = ents if counted is None else [e for e in ents if e in counted or incs[e].is_open]
+                await self._detectors(lead, touched, closed)
+                stats = await self.windows.bucket_stats(touched, t)
                 how = hour_of_week(t)
                 # about a millisecond per entity: hundreds of entities would hold the event loop
                 # for the better part of a second on every closed bucket, so a big fleet of
                 # entities is judged on a thread (the GIL still hands the loop its turn)
-                if len(ents) >= OFFLOAD_ENTITIES:
-                    rows = await asyncio.to_thread(_judge_bucket, ents, t, stats, how, dets, anoms)
+                args = (touched, t, stats, how, dets, anoms, lead.at, B)
+                if len(touched) >= OFFLOAD_ENTITIES:
+                    rows = await asyncio.to_thread(_judge_bucket, *args)
                 else:
-                    rows = _judge_bucket(ents, t, stats, how, dets, anoms)
+                    rows = _judge_bucket(*args)
+                lead.changed.update(e for e, _, _ in rows)
                 for e, verdicts, hit in rows:
                     if hit is not None:
                         await self._anomaly(e, t, hit, int(stats[e].get("n", 0.0)))
@@ -259,8 +352,8 @@ class DetectionEngine:
                     MODEL,
                     t,
                     "model_error",
-                    sum(stats[e].get("model_err", 0.0) for e in ents),
-                    sum(stats[e].get("model_n", 0.0) for e in ents),
+                    sum(stats[e].get("model_err", 0.0) for e in touched),
+                    sum(stats[e].get("model_n", 0.0) for e in touched),
                 )
                 judged += 1
                 t += B
@@ -268,25 +361,38 @@ class DetectionEngine:
                 await self.save_river()
         closed_now = t - B
         if judged == 0 or closed_now >= last:
-            await self._early(wm, closed_now, dets, incs, learned_since=judged > 0 or learned > 0)
+            await self._early(wm, closed_now, lead, learned_since=judged > 0 or learned > 0)
         if judged or self._dirty or closed_now != closed:
-
-            def docs() -> dict[str, dict[str, Any]]:
-                return {
-                    "det": {e: d.to_dict() for e, d in dets.items()},
-                    "inc": {e: i.to_dict() for e, i in incs.items()},
-                }
-
-            many = len(dets) >= OFFLOAD_ENTITIES  # about a millisecond per entity, off the event loop
-            await self.state.save(await asyncio.to_thread(docs) if many else docs(), {"closed": closed_now})
-            token = uuid.uuid4().hex
-            await self.state.save_blob("det:token", {"token": token})
-            self._state = (token, dets, incs)
+            await self._save(lead, closed_now)
         if learned and self.feedback is not None:
             await self.feedback.feedback_done(learned)
         return judged
 
-    async def _learn_feedback(self, closed: int, dets: dict[str, EntityDetector]) -> int:
+    async def _save(self, lead: _Leader, closed: int) -> None:
+        """Write the entities whose state changed, and the pointer, in pieces of ``SAVE_CHUNK``.
+
+        Each piece is atomic and each detector carries its ``at``, so a save cut short leaves
+        every entity consistent: one saved ahead of the pointer is not judged again on that
+        bucket. The token goes first: no engine trusts its memory of the state before this save.
+        """
+        token = lead.token = uuid.uuid4().hex
+        await self.state.save_blob("det:token", {"token": token})
+        names = sorted(lead.changed)
+        lead.changed = set()
+        for i in range(0, max(len(names), 1), SAVE_CHUNK):
+            chunk = names[i : i + SAVE_CHUNK]
+
+            def docs(chunk: list[str] = chunk) -> dict[str, dict[str, Any]]:
+                return {
+                    "det": {e: {**lead.dets[e].to_dict(), "at": lead.at[e]} for e in chunk if e in lead.dets},
+                    "inc": {e: lead.incs[e].to_dict() for e in chunk},
+                }
+
+            # tens of µs per detector, off the event loop
+            doc = await asyncio.to_thread(docs) if len(chunk) >= OFFLOAD_ENTITIES else docs()
+            await self.state.save(doc, {"closed": closed} if i + SAVE_CHUNK >= len(names) else {})
+
+    async def _learn_feedback(self, closed: int, lead: _Leader) -> int:
         """Learn the queued false positives whose buckets have closed (module doc); returns how
         many entries were taken. An entry waits while one of its buckets is still open (an early
         verdict): the closed bucket must be learned first, or it would be learned protected again."""
@@ -309,33 +415,49 @@ class DetectionEngine:
             if buckets and buckets[-1] > closed:
                 break
             taken += 1
-            if entity not in dets:
+            if not isinstance(entity, str) or entity not in lead.incs:
                 logger.warning(
                     "false positive %s: %r is not a tracked entity; nothing learned", item.get("action_id"), entity
                 )
                 continue
+            await self._detectors(lead, [entity], closed)
+            det = lead.dets[entity]
+            _catch_up(det, lead.at, entity, closed, self.B)
+            lead.changed.add(entity)
             stats = {t: (await self.windows.bucket_stats([entity], t))[entity] for t in buckets}
             for t, st in stats.items():
                 if st.get("n", 0.0) <= 0:
                     logger.warning("false positive on %s at %s: the bucket is no longer held; not learned", entity, t)
                     continue
-                widened = dets[entity].absorb(st, hour_of_week(t))
+                widened = det.absorb(st, hour_of_week(t))
                 self.absorbed += 1
                 logger.info("false positive on %s at %s learned as normal (%s)", entity, t, ", ".join(widened) or "-")
             self._dirty = True
         return taken
 
-    async def _idle(self, t: int, k: int, dets: dict[str, EntityDetector], incs: dict[str, IncidentState]) -> None:
+    async def _idle(self, t: int, k: int, lead: _Leader) -> None:
         """Account for ``k`` empty buckets from ``t`` at once: each detector learns them in closed
         form and each open thread sees them as quiet (it resolves after its quiet buckets). Only
         windows that know where the counts are skip (the backtest's, in memory): years of a sparse
         review stream take seconds, not hours."""
+        ents, B = self.entities, self.B
+        await self._detectors(lead, ents, t - B)
+
+        def run() -> None:
+            for e in ents:
+                _catch_up(lead.dets[e], lead.at, e, t - B, B)
+                if lead.at[e] < t:
+                    lead.dets[e].idle(k)
+                    lead.at[e] = t + (k - 1) * B
+
+        await asyncio.to_thread(run) if len(ents) >= OFFLOAD_ENTITIES else run()
+        lead.changed.update(ents)
         quiet = self.settings.detect.resolve_after_quiet_buckets
-        for e in self.entities:
-            dets[e].idle(k)
-            for j in range(min(k, quiet) if incs[e].is_open else 0):
-                tb = t + j * self.B
-                tr = step(incs[e], e, bucket_dt(tb), [], quiet_buckets=quiet)
+        for e in ents:
+            inc = lead.incs[e]
+            for j in range(min(k, quiet) if inc.is_open else 0):
+                tb = t + j * B
+                tr = step(inc, e, bucket_dt(tb), [], quiet_buckets=quiet)
                 if tr is not None:
                     await self.emit_incident(await self._incident(e, tb, tr, [], {}, early=False))
                     self.incidents_out += 1
@@ -352,9 +474,9 @@ class DetectionEngine:
         token = str(doc["token"]) if doc and "token" in doc else None
         if self._river is None or token != self._river_token:
             ents = self.entities
-            raw = await self.state.load_blobs([f"drift:{e}" for e in [*ents, MODEL]])
-            drifts = {e: DriftWatch.from_dict(raw[f"drift:{e}"]) for e in [*ents, MODEL]}
-            anoms = _Watches(await self.state.load_blobs([f"anom:{e}" for e in ents]))
+            raw = await self.state.load_blobs_raw([f"drift:{e}" for e in [*ents, MODEL]])
+            drifts: dict[str, DriftWatch] = _Lazy(raw, "drift:", DriftWatch.from_dict)
+            anoms: dict[str, AnomalyWatch] = _Watches(await self.state.load_blobs_raw([f"anom:{e}" for e in ents]))
             self._river = (drifts, anoms)
             self._river_token = token
         return self._river
@@ -428,14 +550,7 @@ class DetectionEngine:
         await self.emit_signal(sig)
         self.signals_out += 1
 
-    async def _early(
-        self,
-        wm: float,
-        closed: int,
-        dets: dict[str, EntityDetector],
-        incs: dict[str, IncidentState],
-        learned_since: bool = True,
-    ) -> None:
+    async def _early(self, wm: float, closed: int, lead: _Leader, learned_since: bool = True) -> None:
         """Open an incident inside a bucket still filling when the evidence is overwhelming."""
         B = self.B
         t = int(wm // B) * B
@@ -445,25 +560,33 @@ class DetectionEngine:
         # share of it that the furthest partition has seen, or early firing overreacts to skew
         high = await self.windows.watermark(high=True) or wm
         frac = min(1.0, max((high - t) / B, 1.0 / B))
-        stats = await self.windows.bucket_stats(self.entities, t)
         # only entities whose part of the filling bucket grew since the last look, with no thread
         # open (early firing only opens threads; the closed buckets continue them): the same counts
         # against a larger share of the bucket expected can only read lower, and an entity with
         # no event in the bucket cannot spike. With thousands of entities most ticks judge few.
+        counted = await self.windows.counted_entities(t)
+        cand = [e for e in self.entities if not lead.incs[e].is_open and (counted is None or e in counted)]
+        stats = await self.windows.bucket_stats(cand, t)
         if self._early_seen[0] != t or learned_since:
             self._early_seen = (t, {})
         seen = self._early_seen[1]
-        ents = [e for e in self.entities if not incs[e].is_open and stats[e] and seen.get(e) != stats[e]]
+        ents = [e for e in cand if stats[e] and seen.get(e) != stats[e]]
         seen.update((e, stats[e]) for e in ents)
-        cfg, how = self.settings.detect, hour_of_week(t)
+        await self._detectors(lead, ents, closed)
+        lead.changed.update(ents)  # caught up to the closed buckets
+        cfg, how, dets = self.settings.detect, hour_of_week(t), lead.dets
 
         def judge_all() -> list[tuple[str, list[Verdict]]]:
-            return [(e, [v for v in dets[e].judge(stats[e], how, frac) if v.z >= cfg.critical_z]) for e in ents]
+            out = []
+            for e in ents:
+                _catch_up(dets[e], lead.at, e, closed, B)
+                out.append((e, [v for v in dets[e].judge(stats[e], how, frac) if v.z >= cfg.critical_z]))
+            return out
 
         rows = await asyncio.to_thread(judge_all) if len(ents) >= OFFLOAD_ENTITIES else judge_all()
         for e, verdicts in rows:
             if verdicts:
-                await self._advance(e, t, verdicts, stats[e], incs[e], early=True)
+                await self._advance(e, t, verdicts, stats[e], lead.incs[e], early=True)
 
     async def _advance(
         self,

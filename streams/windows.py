@@ -5,6 +5,8 @@ Keys (``p`` is ``settings.redis.key_prefix``, ``B`` the bucket size, ``t`` a buc
 - ``p:seen:{entity}:{event_id}``  marks an event counted for an entity, until its event time leaves
                                   the live horizon (backfill: ``dedupe_ttl_seconds``);
 - ``p:b:{entity}:{t}``            hash of counters for one bucket (TTL ``bucket_retention_seconds``);
+- ``p:act:{t}``                   set of the entities with counts in bucket ``t`` (TTL as the buckets),
+                                  so the leader reads the counters of the few that talked, not of all;
 - ``p:h:{entity}:{hour}``         the same counters rolled up per hour (TTL ``retention_seconds``), so
                                   memory per entity is bounded: fine buckets for days, hours for a month;
 - ``p:top:{entity}:{t}``          sorted set of the most negative, most far-reaching mentions;
@@ -63,9 +65,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _ADD_BATCH_LUA = """
--- One call per batch. KEYS: wm, wmt, first, stats, then per item: seen, bucket, top, terms, hour.
+-- One call per batch. KEYS: wm, wmt, first, stats, then per item: seen, bucket, top, terms, hour, act.
 -- ARGV: seen_ttl, bucket_ttl, rollup_ttl, top_cap, now, items_json; an item is
--- [partition, event_ts, fields, top_member, top_score, terms, claim_until].
+-- [partition, event_ts, fields, top_member, top_score, terms, claim_until, entity].
 -- Each (event, entity) is claimed with SET NX before anything is added, so a redelivered batch
 -- (or an event twice in one batch) counts once; the counters of the items claimed are summed per
 -- bucket and hour first, so a batch costs one HINCRBYFLOAT per bucket and field, not per event.
@@ -78,7 +80,7 @@ local clock = tonumber(redis.call('TIME')[1])
 local out = {}
 local buckets = {sums = {}, order = {}, ttl = ARGV[2]}
 local hours = {sums = {}, order = {}, ttl = ARGV[3]}
-local touched_top, touched_terms = {}, {}
+local touched_top, touched_terms, active = {}, {}, {}
 local counted, dup = 0, 0
 local wm, first = {}, nil
 local function add(into, key, fields)
@@ -87,7 +89,7 @@ local function add(into, key, fields)
   for k, v in pairs(fields) do acc[k] = (acc[k] or 0) + v end
 end
 for i, it in ipairs(items) do
-  local base = 4 + (i - 1) * 5
+  local base = 4 + (i - 1) * 6
   local part, ts, until_ = tostring(it[1]), tonumber(it[2]), tonumber(it[7])
   local claimed
   if until_ > 0 then
@@ -102,6 +104,9 @@ for i, it in ipairs(items) do
     out[i] = 1
     add(buckets, KEYS[base + 2], it[3])
     add(hours, KEYS[base + 5], it[3])
+    local act = active[KEYS[base + 6]]
+    if not act then act = {}; active[KEYS[base + 6]] = act end
+    act[it[8]] = true
     if it[4] ~= '' then
       redis.call('ZADD', KEYS[base + 3], it[5], it[4])
       touched_top[KEYS[base + 3]] = true
@@ -130,6 +135,14 @@ for key in pairs(touched_top) do
   redis.call('EXPIRE', key, ARGV[2])
 end
 for key in pairs(touched_terms) do redis.call('EXPIRE', key, ARGV[2]) end
+for key, members in pairs(active) do
+  local list = {}
+  for m in pairs(members) do table.insert(list, m) end
+  for j = 1, #list, 1000 do  -- unpack is bounded by Lua's stack
+    redis.call('SADD', key, unpack(list, j, math.min(j + 999, #list)))
+  end
+  redis.call('EXPIRE', key, ARGV[2])
+end
 if counted > 0 then redis.call('HINCRBY', KEYS[4], 'counted', counted) end
 if dup > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', dup) end
 for part, ts in pairs(wm) do
@@ -388,6 +401,11 @@ class Windows(ABC):
     @abstractmethod
     async def bucket_stats(self, entities: Iterable[str], t: int) -> dict[str, dict[str, float]]: ...
 
+    async def counted_entities(self, t: int) -> set[str] | None:
+        """The entities with counts in bucket ``t`` (every other one's counters are empty there);
+        None from windows that cannot tell (then every entity's counters are read)."""
+        return None
+
     @abstractmethod
     async def _rows(self, entity: str, ts: Sequence[int], hourly: bool) -> list[dict[str, float]]:
         """The counters of ``entity`` in each bucket start of ``ts`` (fine or hourly buckets)."""
@@ -527,6 +545,9 @@ class RedisWindows(Windows):
     def k_bucket(self, entity: str, t: int) -> str:
         return f"{self.p}:b:{entity}:{t}"
 
+    def k_active(self, t: int) -> str:
+        return f"{self.p}:act:{t}"
+
     def k_hour(self, entity: str, t: int) -> str:
         return f"{self.p}:h:{entity}:{t}"
 
@@ -562,8 +583,9 @@ class RedisWindows(Windows):
                     self.k_top(key, t),
                     self.k_terms(key, t),
                     self.k_hour(key, bucket_of(c.ts, 3600)),
+                    self.k_active(t),
                 ]
-                rows.append([partition, c.ts, c.fields_for(key), top_member, top_score, key_terms, until])
+                rows.append([partition, c.ts, c.fields_for(key), top_member, top_score, key_terms, until, key])
         if not rows:
             return res
         args = [w.dedupe_ttl_seconds, w.bucket_retention_seconds, w.retention_seconds, self.top_cap, time.time()]
@@ -617,6 +639,9 @@ class RedisWindows(Windows):
             rows = await pipe.execute()
         return {e: {_s(k): float(v) for k, v in row.items()} for e, row in zip(ents, rows, strict=True)}
 
+    async def counted_entities(self, t: int) -> set[str] | None:
+        return {_s(m) for m in await self.r.smembers(self.k_active(t))}
+
     async def _rows(self, entity: str, ts: Sequence[int], hourly: bool) -> list[dict[str, float]]:
         key = self.k_hour if hourly else self.k_bucket
         async with self.r.pipeline(transaction=False) as pipe:
@@ -664,6 +689,7 @@ class MemoryWindows(Windows):
         self.seen: set[tuple[str, str]] = set()
         self.starts: list[int] = []  # sorted bucket starts with counts, for next_counted
         self._started: set[int] = set()
+        self.active: dict[int, set[str]] = {}  # bucket start -> entities with counts in it
         self.buckets: dict[tuple[str, int], dict[str, float]] = {}
         self.hours: dict[tuple[str, int], dict[str, float]] = {}
         self.tops: dict[tuple[str, int], dict[str, float]] = {}
@@ -698,6 +724,7 @@ class MemoryWindows(Windows):
                     if t not in self._started:
                         self._started.add(t)
                         bisect.insort(self.starts, t)
+                    self.active.setdefault(t, set()).add(key)
                     for row in (
                         self.buckets.setdefault((key, t), {}),
                         self.hours.setdefault((key, bucket_of(c.ts, 3600)), {}),
@@ -745,6 +772,9 @@ class MemoryWindows(Windows):
 
     async def bucket_stats(self, entities: Iterable[str], t: int) -> dict[str, dict[str, float]]:
         return {e: dict(self.buckets.get((e, t), {})) for e in entities}
+
+    async def counted_entities(self, t: int) -> set[str] | None:
+        return set(self.active.get(t, ()))
 
     async def _rows(self, entity: str, ts: Sequence[int], hourly: bool) -> list[dict[str, float]]:
         src = self.hours if hourly else self.buckets

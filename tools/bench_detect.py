@@ -9,10 +9,12 @@ and :class:`~streams.state.RedisState`:
   detector depends on what it holds, not on which brand it is);
 - a closed bucket in which ``active`` of the entities had mentions (10 % by default: a few
   hundred brands of an agency's thousands talk in any one minute) and a filling bucket;
-- timed: the **cold tick** (a new leader loads every entity's state from Redis), the **closed
-  bucket tick** (judge and learn that bucket for every entity, save), the **idle tick** (nothing
-  closed: the token check and early firing over the entities whose filling bucket grew), and the
-  longest **event-loop block** seen by a probe coroutine during all three;
+- timed: the **cold tick** (a new leader loads the state from Redis and judges that bucket), the
+  **closed bucket tick** (warm: the same entities talk again ``GAP`` minutes later and that
+  bucket closes, so each learns the empty buckets it had deferred, then the bucket, and what
+  changed is saved: what one bucket costs when a tenth of the entities talk in each), the **idle
+  tick** (nothing closed: the token check and early firing over the entities whose filling
+  bucket grew), and the longest **event-loop block** seen by a probe coroutine during all three;
 - **Redis bytes per entity**: the detector, thread and River documents (``MEMORY USAGE``), and
   the counters a day of one-minute buckets and hourly rollups leave per active entity.
 
@@ -46,6 +48,7 @@ from streams.windows import RedisWindows
 __all__ = ["bench_detection_scale"]
 
 DAY = 1440
+GAP = 10  # minutes between two buckets an entity talks in (a tenth of them talk in any one)
 START = datetime(2026, 11, 2, tzinfo=UTC)
 
 
@@ -154,10 +157,15 @@ async def _one_size(
         with _LoopProbe() as probe:
             cold, judged = await _timed(engine.tick)
             assert judged == 1, f"expected one closed bucket judged, got {judged}"
-            # the same kind of tick again, warm: the next minute closes
-            nxt = START + timedelta(seconds=120)
-            await windows.add_batch([(ev, 0) for ev in _mentions(talking[0], nxt, 2, 10**6)])
+            # warm: the same entities talk again ten minutes later (one bucket in ten each, as a
+            # tenth of them talking in every bucket does), and that bucket closes
+            again = START + timedelta(minutes=GAP)
+            batch = [(ev, 0) for j, e in enumerate(talking) for ev in _mentions(e, again, rng.randint(2, 9), 10**6 + j)]
+            for i in range(0, len(batch), 2000):
+                await windows.add_batch(batch[i : i + 2000])
+            await windows.add_batch([(ev, 0) for ev in _mentions(talking[0], again + timedelta(minutes=1), 2, 10**7)])
             warm, judged = await _timed(engine.tick)
+            assert judged == GAP, f"expected {GAP} closed buckets judged, got {judged}"
             idle = min([(await _timed(engine.tick))[0] for _ in range(5)])
         await engine.save_river()
         mem = {

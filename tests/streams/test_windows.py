@@ -160,3 +160,12 @@ async def test_live_claims_last_until_the_event_leaves_the_horizon(store: Window
         untimed = await store.add_batch([(ev(3, "northwind", 0), 0)])  # tools and backfill: dedupe_ttl_seconds
         assert untimed.counted == 1
         assert await store.r.ttl(f"{store.p}:seen:northwind:t:3") > store.settings.windows.dedupe_ttl_seconds - 60
+
+
+async def test_the_entities_with_counts_in_a_bucket_are_known(store: Windows) -> None:
+    await store.add_batch([(ev(1, "northwind", 0.5), 0), (ev(2, "acme", 0.7), 1), (ev(3, "acme", 1.5), 0)])
+    await store.add_batch([(ev(1, "northwind", 0.5), 0)])  # a redelivery adds no one
+    t0 = bucket_of(T0.timestamp(), store.B)
+    assert await store.counted_entities(t0) == {"northwind", "acme"}
+    assert await store.counted_entities(t0 + store.B) == {"acme"}
+    assert await store.counted_entities(t0 + 2 * store.B) == set()

@@ -1,0 +1,207 @@
+"""Detection that costs what changed: the leader touches, on a closed bucket, only the entities
+with events in it (and the open threads); every other detector learns its empty buckets when next
+needed, exactly. These tests hold that to the eager engine (every entity judged on every bucket)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.demo import _poisson
+from contract.records import EnrichedEvent, EntityMatch, Incident, Sentiment, Signal
+from infra.settings import Settings, load_settings
+from models.detect import EntityDetector
+from streams.detection import DetectionEngine, _catch_up
+from streams.state import MemoryState, RedisState, StateStore
+from streams.windows import MemoryWindows, RedisWindows, Windows
+
+T0 = datetime(2026, 11, 2, tzinfo=UTC)
+# mentions a minute of each entity (a daily cycle on top), and its negative burst
+RATES = {"dense": (6.0, 300), "sparse": (0.3, 420), "rare": (0.02, 500), "silent": (0.0, None)}
+MINUTES = 720
+
+
+def _settings(prefix: str) -> Settings:
+    return load_settings(
+        None,
+        entities=[{"name": e} for e in RATES],
+        redis={"key_prefix": prefix},
+        windows={"allowed_lateness_seconds": 0},
+        detect={"warmup_buckets": 60},
+    )
+
+
+def _mention(e: str, at: datetime, i: str, neg: bool = False) -> EnrichedEvent:
+    return EnrichedEvent(
+        event_id=f"s:{e}:{i}",
+        kind="mention",
+        source="test",
+        occurred_at=at,
+        ingested_at=T0,
+        entity=e,
+        entities=[EntityMatch(key=e, kind="brand", text=e, start=0, end=len(e))],
+        sentiment=Sentiment(
+            score=-0.7 if neg else 0.5, label="negative" if neg else "positive", confidence=0.9, model_version="t"
+        ),
+        text_redacted=f"words about {e}",
+    )
+
+
+def _events(seed: int = 5) -> list[list[EnrichedEvent]]:
+    """Per minute, every entity's mentions; an hour without any (minutes 600-660)."""
+    rng = random.Random(seed)
+    out: list[list[EnrichedEvent]] = []
+    for m in range(MINUTES):
+        minute: list[EnrichedEvent] = []
+        for e, (rate, burst) in RATES.items():
+            hot = burst is not None and burst <= m < burst + 15
+            lam = 0.0 if 600 <= m < 660 else rate * (1.5 if (m // 60) % 2 else 0.6) * (10 if hot else 1)
+            for i in range(_poisson(rng, lam)):
+                at = T0 + timedelta(minutes=m, seconds=rng.uniform(0, 59))
+                minute.append(_mention(e, at, f"{m}:{i}", neg=rng.random() < (0.7 if hot else 0.15)))
+        out.append(minute)
+    return out
+
+
+class _Every:
+    """Windows that cannot tell which entities have counts: every entity is judged every bucket."""
+
+    async def counted_entities(self, t: int) -> set[str] | None:
+        return None
+
+
+class EveryMemory(_Every, MemoryWindows):
+    pass
+
+
+class EveryRedis(_Every, RedisWindows):
+    pass
+
+
+@contextmanager
+def _eager_empty_buckets() -> Iterator[None]:
+    """The reference: an empty bucket judged and learned by the full update, as before the leader
+    deferred them."""
+    fast = EntityDetector.empty
+    EntityDetector.empty = lambda self, how=None: self.update({}, how) and None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        EntityDetector.empty = fast  # type: ignore[method-assign]
+
+
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.integration), "memory"])
+async def backend(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[Any]:
+    """``make(prefix, eager) -> (settings, windows, state)`` on Redis or in memory."""
+    clients: list[Any] = []
+
+    def make(prefix: str, eager: bool) -> tuple[Settings, Windows, StateStore]:
+        s = _settings(f"ds{unique}{prefix}")
+        if request.param == "memory":
+            return s, (EveryMemory(s) if eager else MemoryWindows(s)), MemoryState()
+        import redis.asyncio
+
+        r = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
+        clients.append(r)
+        windows = (EveryRedis if eager else RedisWindows)(r, s, partitions=1)
+        return s, windows, RedisState(r, s.redis.key_prefix)
+
+    yield make
+    for r in clients:
+        keys = [k async for k in r.scan_iter(f"ds{unique}*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await r.delete(*keys[i : i + 1000])
+        await r.aclose()
+
+
+async def _run(
+    s: Settings, windows: Windows, state: StateStore, *, switch_at: int | None = None
+) -> tuple[list[Signal], list[Incident], DetectionEngine]:
+    signals: list[Signal] = []
+    incidents: list[Incident] = []
+
+    async def on_signal(x: Any) -> None:
+        signals.append(x)
+
+    async def on_incident(x: Any) -> None:
+        incidents.append(x)
+
+    def engine() -> DetectionEngine:
+        return DetectionEngine(s, windows, state, emit_signal=on_signal, emit_incident=on_incident)
+
+    eng = engine()
+    minutes = _events()
+    for m0 in range(0, MINUTES, 7):
+        if switch_at is not None and m0 >= switch_at:
+            await eng.save_river()  # what a leader does at shutdown
+            eng, switch_at = engine(), None  # a new leader after a rebalance, from what Redis holds
+        batch = [(ev, 0) for minute in minutes[m0 : m0 + 7] for ev in minute]
+        if batch:
+            await windows.add_batch(batch)
+        await eng.tick(max_buckets=10_000)
+    return signals, incidents, eng
+
+
+async def _detectors(eng: DetectionEngine) -> dict[str, Any]:
+    """Every detector as of the closed pointer (an entity's deferred empty buckets learned)."""
+    closed = int(await eng.state.pointer("closed") or 0)
+    lead = await eng._leader(closed)
+    await eng._detectors(lead, eng.entities, closed)
+    for e in eng.entities:
+        _catch_up(lead.dets[e], lead.at, e, closed, eng.B)
+    return {e: lead.dets[e].to_dict() for e in eng.entities}
+
+
+def _threads(incidents: list[Incident]) -> list[tuple[Any, ...]]:
+    return [(i.incident_id, i.status, i.seq, i.severity) for i in incidents]
+
+
+async def test_verdicts_are_those_of_judging_every_entity_on_every_bucket(backend: Any) -> None:
+    with _eager_empty_buckets():
+        ref_signals, ref_incidents, ref = await _run(*backend("e", eager=True))
+    signals, incidents, eng = await _run(*backend("l", eager=False), switch_at=MINUTES // 2)
+    assert {s.entity for s in ref_signals if s.severity != "info"} >= {"dense", "sparse"}  # the bursts paged
+    assert [s.model_dump(exclude={"emitted_at"}) for s in signals] == [
+        s.model_dump(exclude={"emitted_at"}) for s in ref_signals
+    ]
+    assert _threads(incidents) == _threads(ref_incidents) and ref_incidents
+    assert await _detectors(eng) == await _detectors(ref)
+
+
+@pytest.mark.integration
+async def test_a_tick_writes_only_the_entities_that_had_events(aredis: Any, unique: str) -> None:
+    s = _settings(f"dw{unique}")
+    windows, state = RedisWindows(aredis, s, partitions=1), RedisState(aredis, s.redis.key_prefix)
+    eng = DetectionEngine(s, windows, state)
+    minutes = _events()[:118]
+    try:
+        await windows.add_batch([(ev, 0) for minute in minutes for ev in minute])
+        at = int(T0.timestamp()) + 118 * 60
+        # minute 118: only the dense entity talks; the tick closes it (minute 119 is filling)
+        await windows.add_batch(
+            [(_mention("dense", T0 + timedelta(minutes=118 + j / 2), f"w{j}"), 0) for j in range(4)]
+        )
+        assert await eng.tick(max_buckets=10_000) > 0
+        key = f"{s.redis.key_prefix}:state:det:"
+        before = {e: await aredis.get(key + e) for e in RATES}
+        assert before["dense"] is not None and before["sparse"] is not None
+        assert orjson.loads(before["dense"])["at"] == at
+        # minute 119 closes with events of the dense entity only (120 is filling)
+        await windows.add_batch(
+            [(_mention("dense", T0 + timedelta(minutes=119 + j / 2), f"x{j}"), 0) for j in range(4)]
+        )
+        assert await eng.tick() == 1
+        after = {e: await aredis.get(key + e) for e in RATES}
+        assert after["sparse"] == before["sparse"] and after["rare"] == before["rare"]
+        assert after["dense"] != before["dense"] and orjson.loads(after["dense"])["at"] == at + 60
+        assert await state.pointer("closed") == at + 60
+    finally:
+        keys = [k async for k in aredis.scan_iter(f"dw{unique}*", count=1000)]
+        if keys:
+            await aredis.delete(*keys)
