@@ -3,8 +3,8 @@
 On one instance (``base_url``, e.g. ``https://mastodon.social``):
 
 - ``accounts``: hashtags (``#northwind`` or ``northwind``), read from ``/api/v1/timelines/tag/<tag>``;
-- ``query``: keyword search of statuses, ``/api/v2/search?type=statuses`` (instances require a
-  user token for it: ``credentials.access_token``);
+- ``query``: keyword search of statuses, ``/api/v2/search?type=statuses`` (the search is public,
+  but without a user token it finds no statuses: ``credentials.access_token`` is required);
 - ``options.streaming = true``: after catching up, the round stays on the streaming API
   (``/api/v1/streaming/hashtag?tag=<tag>``, server-sent events, one stream per hashtag, merged)
   and yields statuses as they come.
@@ -71,7 +71,12 @@ class MastodonSource(Source):
 
     async def open(self, state: SourceState) -> None:
         if self.spec.query:
-            self.secret("access_token")  # statuses search needs a user token
+            try:
+                self.secret("access_token")
+            except SourceError as exc:
+                # without a user token Mastodon answers a statuses search with no statuses (HTTP
+                # 200), so an unset token would look like a quiet query: refuse it at start
+                raise SourceError(f"keyword search (query) needs a user token: {exc}") from None
 
     def _status(self, st: Any) -> Entry | None:
         if not isinstance(st, dict) or not st.get("id") or not st.get("created_at"):
