@@ -252,7 +252,12 @@ def _mastodon_search(p: Platform, f: Feed) -> None:
             return web.json_response({"accounts": [], "statuses": [], "hashtags": []})
         if auth != "Bearer tok":
             return web.json_response({"error": "The access token is invalid"}, status=401)
-        return web.json_response({"accounts": [], "statuses": _mastodon_page(f.items, request), "hashtags": []})
+        # as the server does it: hits newest first, min_id a lower bound, paged by offset
+        # (app/services/statuses_search_service.rb), not the timelines' "immediately newer"
+        since = int(request.query.get("min_id", 0))
+        hits = sorted((s for s in f.items if int(s["id"]) > since), key=lambda s: -int(s["id"]))
+        offset, limit = int(request.query.get("offset", 0)), int(request.query["limit"])
+        return web.json_response({"accounts": [], "statuses": hits[offset : offset + limit], "hashtags": []})
 
     p.route("GET", "/api/v2/search", search)
 
