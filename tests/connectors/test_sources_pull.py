@@ -252,6 +252,8 @@ def _mastodon_search(p: Platform, f: Feed) -> None:
             return web.json_response({"accounts": [], "statuses": [], "hashtags": []})
         if auth != "Bearer tok":
             return web.json_response({"error": "The access token is invalid"}, status=401)
+        if f.extra == "no offsets" and "offset" in request.query:
+            return web.json_response({"error": "Record not found"}, status=404)
         # as the server does it: hits newest first, min_id a lower bound, paged by offset
         # (app/services/statuses_search_service.rb), not the timelines' "immediately newer"
         since = int(request.query.get("min_id", 0))
@@ -789,6 +791,29 @@ async def test_mastodon_keyword_search_maps_the_statuses_and_sends_the_user_toke
     assert (first["kind"], first["author"], first["reach"]) == ("mention", "cai", 480)
     assert first["url"] == "https://mastodon.example/@cai/113700000000000001"
     assert reply["reply_to"] == f"mastodon:{host}:113700000000000001" and reply["author"] == "dee@other.example"
+
+
+async def test_a_mastodon_search_cut_below_its_newest_page_is_read_again_whole(aredis: Any, unique: str) -> None:
+    """A pass that fails after the newest page of a burst leaves the cursor where it was: the next
+    process reads the whole burst, its older pages included, each status delivered once."""
+    feed = Feed(_mastodon_search, _mastodon_searcher)
+    feed.items = _mastodon_search_items(3)
+    sink = ListSink()
+    key = f"{unique}:src:mds-cut:cursor"
+    async with Platform() as p:
+        _mastodon_search(p, feed)
+        await one_round([_mastodon_searcher(p.url, "mds-cut")], sink, aredis, unique)
+        before = orjson.loads(await aredis.get(key))
+        feed.items, feed.extra = _mastodon_search_items(10), "no offsets"
+        _, states = await one_round([_mastodon_searcher(p.url, "mds-cut")], sink, aredis, unique)
+        assert states["mds-cut"].startswith("stopped: HTTP 404"), states
+        assert orjson.loads(await aredis.get(key)) == before  # the newest page alone moved nothing
+        feed.extra = None
+        _, states = await one_round([_mastodon_searcher(p.url, "mds-cut")], sink, aredis, unique)
+        assert states["mds-cut"] == "done"
+    ids = ids_of([v for _, v in sink.items])
+    assert sorted(set(ids)) == sorted(f"mastodon:127.0.0.1:{113700000000000100 + i}" for i in range(10))
+    assert len(ids) == len(set(ids))
 
 
 async def test_mastodon_keyword_search_without_a_user_token_stops_with_one_line(aredis: Any, unique: str) -> None:
