@@ -3,18 +3,19 @@
 On one instance (``base_url``, e.g. ``https://mastodon.social``):
 
 - ``accounts``: hashtags (``#northwind`` or ``northwind``), read from ``/api/v1/timelines/tag/<tag>``;
-- ``query``: keyword search of statuses, ``/api/v2/search?type=statuses`` (instances require a
-  user token for it: ``credentials.access_token``);
+- ``query``: keyword search of statuses, ``/api/v2/search?type=statuses`` (the search is public,
+  but without a user token it finds no statuses: ``credentials.access_token`` is required);
 - ``options.streaming = true``: after catching up, the round stays on the streaming API
   (``/api/v1/streaming/hashtag?tag=<tag>``, server-sent events, one stream per hashtag, merged)
   and yields statuses as they come.
   When the stream drops, the runtime reconnects and the round first catches up from the cursor,
   so nothing posted while disconnected is missed.
 
-Catch-up reads forward from the newest id delivered (the cursor, per tag/query), with ``min_id``:
-Mastodon then returns the statuses *immediately* newer than it, 40 at a time, so a long outage is
-read page by page without a gap (``since_id`` would return only the newest 40). Reblogs are
-skipped (the original is delivered). Status HTML becomes text.
+A hashtag timeline is caught up forward from the newest id delivered (the cursor, per tag), with
+``min_id``: Mastodon then returns the statuses *immediately* newer than it, 40 at a time, so a long
+outage is read page by page without a gap (``since_id`` would return only the newest 40). A search
+is read newest first by ``offset`` down to its cursor (see :meth:`MastodonSource._search`).
+Reblogs are skipped (the original is delivered). Status HTML becomes text.
 
 Credentials: ``access_token`` (optional for public hashtag timelines).
 """
@@ -71,7 +72,12 @@ class MastodonSource(Source):
 
     async def open(self, state: SourceState) -> None:
         if self.spec.query:
-            self.secret("access_token")  # statuses search needs a user token
+            try:
+                self.secret("access_token")
+            except SourceError as exc:
+                # without a user token Mastodon answers a statuses search with no statuses (HTTP
+                # 200), so an unset token would look like a quiet query: refuse it at start
+                raise SourceError(f"keyword search (query) needs a user token: {exc}") from None
 
     def _status(self, st: Any) -> Entry | None:
         if not isinstance(st, dict) or not st.get("id") or not st.get("created_at"):
@@ -128,6 +134,44 @@ class MastodonSource(Source):
                 return  # first run: the newest page only; else a short page is the present
             since = newest
 
+    async def _search(
+        self, http: Http, cursor: dict[str, Any], key: str, path: str, params: dict[str, Any]
+    ) -> AsyncIterator[Batch]:
+        """Keyword search, read newest first by ``offset`` down to the cursor.
+
+        Unlike the timelines, Mastodon's statuses search orders its hits by id, newest first, and
+        takes ``min_id`` only as a lower bound (it becomes an ``after:`` date filter:
+        app/services/statuses_search_service.rb), so the first page is the newest ``limit`` hits
+        after the cursor, not the ones right after it. The pages below it are read by ``offset``
+        until one reaches the cursor or runs short. The cursor moves with the last page only: a
+        restart in between reads the hits again (dropped as duplicates) instead of leaving a gap.
+        A burst beyond ``max_pages`` pages between two polls keeps only its newest pages."""
+        since = cursor.get(key, self.options.since_id)
+        first = since is None
+        newest = _id(since) if since is not None else 0
+        for page in range(self.options.max_pages):
+            q = {**params, "limit": self.options.limit}
+            if since is not None:
+                q["min_id"] = since
+            if page:
+                q["offset"] = page * self.options.limit  # needs a user token, which search needs anyway
+            data = await http.get_json(f"{self.base_url}{path}", params=q, headers=self._headers())
+            statuses = data.get("statuses", []) if isinstance(data, dict) else []
+            ids = [_id(s.get("id")) for s in statuses if isinstance(s, dict)]
+            newest = max([newest, *ids])
+            last = (
+                first
+                or len(statuses) < self.options.limit
+                or page + 1 >= self.options.max_pages
+                or (since is not None and bool(ids) and min(ids) <= _id(since))
+            )
+            if last and newest:
+                cursor[key] = str(newest)
+            entries = [] if first and not self.options.backlog else [self._status(s) for s in statuses]
+            yield Batch([e for e in entries if e is not None], dict(cursor) if last else None)
+            if last:
+                return
+
     async def _stream(self, cursor: dict[str, Any], key: str, tag: str) -> AsyncIterator[Batch]:
         assert self.client is not None
         url = f"{self.base_url}/api/v1/streaming/hashtag"
@@ -166,7 +210,8 @@ class MastodonSource(Source):
         http = self.http("the token in credentials.access_token")
         cursor = dict(state.cursor)
         for key, path, params, _ in self._timelines():
-            async for b in self._catch_up(http, cursor, key, path, params):
+            read = self._search if key.startswith("search:") else self._catch_up
+            async for b in read(http, cursor, key, path, params):
                 yield b
         tags = [(k, t) for k, _, _, t in self._timelines() if t]
         if self.options.streaming and tags:

@@ -3,9 +3,14 @@
 Shopify signs the raw body: ``X-Shopify-Hmac-Sha256: base64(HMAC-SHA256(secret, body))``
 (https://shopify.dev/docs/apps/build/webhooks/subscribe/https#step-5-verify-the-webhook). The topic
 (``X-Shopify-Topic``) says what happened; the delivery is wrapped as
-``{"topic", "shop", "webhook_id", "payload"}`` for the mapping. The record's native id is the
-webhook id (``X-Shopify-Webhook-Id``, the same on every retry of one event), so a delivery seen
-twice is accepted once. Shopify signs no timestamp: replays are refused by that id.
+``{"topic", "shop", "webhook_id", "event_id", "delivery_key", "payload"}`` for the mapping. The
+record's native id is ``delivery_key``: the topic and ``X-Shopify-Event-Id``, which Shopify
+documents as the same on every webhook of one event, duplicates included (one per subscription
+when several subscribe to a topic: https://shopify.dev/docs/apps/build/webhooks/ignore-duplicates);
+without that header, the webhook id (``X-Shopify-Webhook-Id``, the same on every retry of one
+delivery). A delivery seen twice, or one event delivered to two subscriptions, is accepted once.
+The topic is part of the key so that two topics one action triggers (``orders/create`` and
+``orders/paid``) stay two records. Shopify signs no timestamp: replays are refused by that key.
 
 Topics mapped: ``orders/create`` (placed), ``orders/paid`` (paid), ``orders/cancelled``
 (cancelled), ``refunds/create`` (refunded, amount = the refund's transactions).
@@ -46,7 +51,7 @@ class ShopifyPush(PushSource):
         "source": "shopify",
         "when": "contains([" + ", ".join(f"'{t}'" for t in STATUS) + "], topic)",
         "columns": {
-            "native_id": "webhook_id",
+            "native_id": "delivery_key",
             "occurred_at": "payload.cancelled_at || payload.updated_at || payload.created_at",
             "order_id": "to_string(payload.order_id || payload.id)",
             "status": "topic",
@@ -69,11 +74,15 @@ class ShopifyPush(PushSource):
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ValueError("body is not JSON") from None
+        topic, event = headers.get("X-Shopify-Topic"), headers.get("X-Shopify-Event-Id")
+        webhook = headers.get("X-Shopify-Webhook-Id")
         return [
             {
-                "topic": headers.get("X-Shopify-Topic"),
+                "topic": topic,
                 "shop": headers.get("X-Shopify-Shop-Domain"),
-                "webhook_id": headers.get("X-Shopify-Webhook-Id"),
+                "webhook_id": webhook,
+                "event_id": event,
+                "delivery_key": f"{topic}:{event}" if event else webhook,
                 "payload": payload,
             }
         ]

@@ -100,8 +100,21 @@ def news_feed(p: Platform, tmp_path: Path) -> Path:
     return cfg
 
 
-async def connect_once(cfg: Path, env: dict[str, str]) -> dict[str, Any]:
-    """``repmon connect --once --json`` as a process; its JSON summary."""
+def connect_env(kafka_bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
+    """The environment of a ``repmon connect`` process on the test's Kafka and Redis, its topics
+    and keys under ``prefix``."""
+    return {
+        **os.environ,
+        "REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
+        "REPMON_REDIS__URL": redis_url,
+        "REPMON_KAFKA__TOPIC_PREFIX": prefix,
+        "REPMON_REDIS__KEY_PREFIX": prefix,
+        "REPMON_KAFKA__PARTITIONS": "1",
+    }
+
+
+async def connect_once(cfg: Path, env: dict[str, str], *names: str) -> dict[str, Any]:
+    """``repmon connect --once --json [NAME...]`` as a process; its JSON summary."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -113,6 +126,7 @@ async def connect_once(cfg: Path, env: dict[str, str]) -> dict[str, Any]:
         str(cfg),
         "--loglevel",
         "warning",
+        *names,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -128,14 +142,7 @@ async def test_connect_once_delivers_a_feed_and_a_second_run_resumes_without_res
 ) -> None:
     async with Platform() as p:
         cfg = news_feed(p, tmp_path)
-        env = {
-            **os.environ,
-            "REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
-            "REPMON_REDIS__URL": redis_url,
-            "REPMON_KAFKA__TOPIC_PREFIX": unique,
-            "REPMON_REDIS__KEY_PREFIX": unique,
-            "REPMON_KAFKA__PARTITIONS": "1",
-        }
+        env = connect_env(kafka_bootstrap, redis_url, unique)
         outs: list[dict[str, Any]] = []
         for _ in range(2):
             outs.append(await connect_once(cfg, env))
@@ -149,6 +156,43 @@ async def test_connect_once_delivers_a_feed_and_a_second_run_resumes_without_res
             "rss:CBMiKmh0dHBzOi8vZGFpbHkuZXhhbXBsZS5vcmcvbm9ydGh3aW5kLXJlYm9vaw",
         ]
     )
+
+
+def two_feeds(p: Platform, tmp_path: Path) -> Path:
+    """``news_feed``'s config plus a second rss source, ``forum``, reading the Atom fixture."""
+
+    async def forum(request: web.Request) -> web.Response:
+        return web.Response(text=fixture("blog_atom.xml"), content_type="application/atom+xml")
+
+    p.route("GET", "/forum.atom", forum)
+    cfg = news_feed(p, tmp_path)
+    cfg.write_text(cfg.read_text() + f'[[sources]]\nname = "forum"\nkind = "rss"\nfeeds = ["{p.url}/forum.atom"]\n')
+    return cfg
+
+
+@pytest.mark.integration
+async def test_connect_with_a_name_runs_only_that_source(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique: str
+) -> None:
+    async with Platform() as p:
+        cfg = two_feeds(p, tmp_path)
+        env = connect_env(kafka_bootstrap, redis_url, unique)
+        out = await connect_once(cfg, env, "news")
+        assert len(p.hits("/news")) == 1 and p.hits("/forum.atom") == []
+    assert out["sources"] == {"news": "done"} and set(out["per_source"]) == {"news"}
+    ids = ids_of(read_topic(kafka_bootstrap, f"{unique}.raw"))
+    assert ids and not any(i.startswith("rss:tag:forum.example.com") for i in ids)
+
+
+def test_connect_with_an_unknown_name_fails_in_one_line_listing_the_configured_ones(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    entry = '[[sources]]\nname = "{0}"\nkind = "rss"\nfeeds = ["http://127.0.0.1:9/{0}"]\n'
+    feeds = "".join(entry.format(n) for n in ("news", "forum"))
+    cfg.write_text(BASE + feeds)
+    for names in (["nope"], ["news", "nope"]):
+        res = runner.invoke(app, ["connect", "--once", "-c", str(cfg), *names])
+        assert res.exit_code == 2
+        assert res.output.strip().splitlines() == ["no [[sources]] named nope; configured: news, forum"]
 
 
 def test_the_readme_example_config_builds_every_source() -> None:
@@ -222,12 +266,7 @@ async def test_connect_healthz_reports_a_redis_outage_and_the_recovery(
     async with Platform() as p:
         cfg = news_feed(p, tmp_path)
         env = {
-            **os.environ,
-            "REPMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
-            "REPMON_REDIS__URL": f"redis://127.0.0.1:{rport}/0",
-            "REPMON_KAFKA__TOPIC_PREFIX": unique,
-            "REPMON_REDIS__KEY_PREFIX": unique,
-            "REPMON_KAFKA__PARTITIONS": "1",
+            **connect_env(kafka_bootstrap, f"redis://127.0.0.1:{rport}/0", unique),
             "REPMON_CONNECT__METRICS_PORT": str(mport),
         }
         redis = contextlib.ExitStack()

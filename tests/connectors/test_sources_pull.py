@@ -194,9 +194,16 @@ def _reddit(p: Platform, f: Feed) -> None:
             return web.json_response({"error": 401, "message": "Unauthorized"}, status=401)
         return web.json_response({"access_token": "t0k", "token_type": "bearer", "expires_in": 86400, "scope": "*"})
 
+    p.route("POST", "/api/v1/access_token", token)
+    p.route("GET", "/r/travel/new", _reddit_listing(lambda: f.items))
+
+
+def _reddit_listing(items: Callable[[], list[dict[str, Any]]]) -> Callable[[web.Request], Any]:
+    """A Reddit listing of ``items()``, newest first, ``limit`` a page, continued by ``after``."""
+
     async def listing(request: web.Request) -> web.Response:
         assert request.headers["Authorization"] == "bearer t0k"
-        kids = sorted(f.items, key=lambda c: -c["data"].get("created_utc", 0))
+        kids = sorted(items(), key=lambda c: -c["data"].get("created_utc", 0))
         limit = int(request.query["limit"])
         start = 0
         if "after" in request.query:
@@ -208,8 +215,7 @@ def _reddit(p: Platform, f: Feed) -> None:
             headers={"X-Ratelimit-Remaining": "598.0", "X-Ratelimit-Reset": "300"},
         )
 
-    p.route("POST", "/api/v1/access_token", token)
-    p.route("GET", "/r/travel/new", listing)
+    return listing
 
 
 def _reddit_items(n: int) -> list[dict[str, Any]]:
@@ -219,17 +225,67 @@ def _reddit_items(n: int) -> list[dict[str, Any]]:
     return grown(fixture("reddit_listing.json")["children"], n, vary)
 
 
+def _mastodon_page(items: list[dict[str, Any]], request: web.Request) -> list[dict[str, Any]]:
+    """Mastodon's paging: ``min_id`` gives the statuses immediately newer than it, else the newest;
+    newest first either way."""
+    limit = int(request.query["limit"])
+    sts = sorted(items, key=lambda s: int(s["id"]))
+    if "min_id" in request.query:
+        newer = [s for s in sts if int(s["id"]) > int(request.query["min_id"])][:limit]
+    else:
+        newer = sts[-limit:]
+    return list(reversed(newer))
+
+
 def _mastodon(p: Platform, f: Feed) -> None:
     async def tag(request: web.Request) -> web.Response:
-        limit = int(request.query["limit"])
-        sts = sorted(f.items, key=lambda s: int(s["id"]))
-        if "min_id" in request.query:
-            newer = [s for s in sts if int(s["id"]) > int(request.query["min_id"])][:limit]
-        else:
-            newer = sts[-limit:]
-        return web.json_response(list(reversed(newer)))  # newest first, as Mastodon answers
+        return web.json_response(_mastodon_page(f.items, request))
 
     p.route("GET", "/api/v1/timelines/tag/northwind", tag)
+
+
+def _mastodon_search(p: Platform, f: Feed) -> None:
+    async def search(request: web.Request) -> web.Response:
+        assert request.query["q"] == "northwind" and request.query["type"] == "statuses"
+        auth = request.headers.get("Authorization")
+        if auth is None:  # search is public, but statuses are only searched for a user
+            return web.json_response({"accounts": [], "statuses": [], "hashtags": []})
+        if auth != "Bearer tok":
+            return web.json_response({"error": "The access token is invalid"}, status=401)
+        if f.extra == "no offsets" and "offset" in request.query:
+            return web.json_response({"error": "Record not found"}, status=404)
+        # as the server does it: hits newest first, min_id a lower bound, paged by offset
+        # (app/services/statuses_search_service.rb), not the timelines' "immediately newer"
+        since = int(request.query.get("min_id", 0))
+        hits = sorted((s for s in f.items if int(s["id"]) > since), key=lambda s: -int(s["id"]))
+        offset, limit = int(request.query.get("offset", 0)), int(request.query["limit"])
+        return web.json_response({"accounts": [], "statuses": hits[offset : offset + limit], "hashtags": []})
+
+    p.route("GET", "/api/v2/search", search)
+
+
+def _mastodon_search_items(n: int) -> list[dict[str, Any]]:
+    base = fixture("mastodon_search.json")["statuses"][0]
+    out = []
+    for i in range(n):
+        s = copy.deepcopy(base)
+        s["id"] = str(113700000000000100 + i)
+        out.append(s)
+    return out
+
+
+def _mastodon_searcher(url: str, name: str = "mds-restart", env: dict[str, str] | None = None) -> MastodonSource:
+    return MastodonSource(
+        spec(
+            "mastodon",
+            url,
+            name=name,
+            query="northwind",
+            credentials={"access_token": "MASTO_TOKEN"},
+            options={"limit": 3},
+        ),
+        env=ENV if env is None else env,
+    )
 
 
 def _mastodon_items(n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -360,6 +416,13 @@ CASES = {
         _mastodon_items(10),
         [f"mastodon:127.0.0.1:{113600000000000000 + i}" for i in range(10)],
     ),
+    "mastodon-search": (
+        _mastodon_search,
+        _mastodon_searcher,
+        _mastodon_search_items(3),
+        _mastodon_search_items(10),
+        [f"mastodon:127.0.0.1:{113700000000000100 + i}" for i in range(10)],
+    ),
     "appstore": (
         _appstore,
         lambda url: AppStoreSource(
@@ -429,6 +492,7 @@ FAULT_PATHS = {
     "hackernews-firehose": "/v0/maxitem.json",
     "reddit": "/r/travel/new",
     "mastodon": "/api/v1/timelines/tag/northwind",
+    "mastodon-search": "/api/v2/search",
     "appstore": "/gb/rss/customerreviews/page=1/id=284882215/sortby=mostrecent/json",
     "googleplay": "/androidpublisher/v3/applications/com.northwind.go/reviews",
 }
@@ -707,6 +771,222 @@ async def test_mastodon_catches_up_then_streams_and_resumes_after_the_stream_dro
     first = next(g for g in got if g.get("event_id") == f"mastodon:{host}:113500000000000001")
     assert first["text"] == "Stuck at the gate for 3 hours, thanks #northwind" and first["reach"] == 210
     assert any(isinstance(g, dict) and "not JSON" in g.get("_error", "") for g in got)
+
+
+async def test_mastodon_keyword_search_maps_the_statuses_and_sends_the_user_token(aredis: Any, unique: str) -> None:
+    feed = Feed(_mastodon_search, _mastodon_searcher)
+    feed.items = fixture("mastodon_search.json")["statuses"]
+    async with Platform() as p:
+        _mastodon_search(p, feed)
+        sink = ListSink()
+        _, states = await one_round([_mastodon_searcher(p.url, "mds-map")], sink, aredis, unique)
+        hits = p.hits("/api/v2/search")
+    assert states == {"mds-map": "done"}
+    assert hits and all(r.headers.get("Authorization") == "Bearer tok" for r in hits)
+    host = "127.0.0.1"
+    by_id = {g["event_id"]: g for g in sent(sink)}
+    assert sorted(by_id) == [f"mastodon:{host}:113700000000000001", f"mastodon:{host}:113700000000000002"]
+    first, reply = by_id[f"mastodon:{host}:113700000000000001"], by_id[f"mastodon:{host}:113700000000000002"]
+    assert first["text"] == "Northwind refunded my cancelled flight in two days. Credit where due."
+    assert (first["kind"], first["author"], first["reach"]) == ("mention", "cai", 480)
+    assert first["url"] == "https://mastodon.example/@cai/113700000000000001"
+    assert reply["reply_to"] == f"mastodon:{host}:113700000000000001" and reply["author"] == "dee@other.example"
+
+
+async def test_a_mastodon_search_cut_below_its_newest_page_is_read_again_whole(aredis: Any, unique: str) -> None:
+    """A pass that fails after the newest page of a burst leaves the cursor where it was: the next
+    process reads the whole burst, its older pages included, each status delivered once."""
+    feed = Feed(_mastodon_search, _mastodon_searcher)
+    feed.items = _mastodon_search_items(3)
+    sink = ListSink()
+    key = f"{unique}:src:mds-cut:cursor"
+    async with Platform() as p:
+        _mastodon_search(p, feed)
+        await one_round([_mastodon_searcher(p.url, "mds-cut")], sink, aredis, unique)
+        before = orjson.loads(await aredis.get(key))
+        feed.items, feed.extra = _mastodon_search_items(10), "no offsets"
+        _, states = await one_round([_mastodon_searcher(p.url, "mds-cut")], sink, aredis, unique)
+        assert states["mds-cut"].startswith("stopped: HTTP 404"), states
+        assert orjson.loads(await aredis.get(key)) == before  # the newest page alone moved nothing
+        feed.extra = None
+        _, states = await one_round([_mastodon_searcher(p.url, "mds-cut")], sink, aredis, unique)
+        assert states["mds-cut"] == "done"
+    ids = ids_of([v for _, v in sink.items])
+    assert sorted(set(ids)) == sorted(f"mastodon:127.0.0.1:{113700000000000100 + i}" for i in range(10))
+    assert len(ids) == len(set(ids))
+
+
+async def test_mastodon_keyword_search_without_a_user_token_stops_with_one_line(aredis: Any, unique: str) -> None:
+    """Mastodon answers a statuses search without a token with no statuses, not an error: a search
+    source without one is stopped at start (one line, nothing asked), a refused token at its 401;
+    a hashtag source beside them needs no token and keeps running."""
+    search = Feed(_mastodon_search, _mastodon_searcher)
+    search.items = _mastodon_search_items(2)
+    tags = Feed(_mastodon, _src(MastodonSource))
+    tags.items = _mastodon_items(2)
+    async with Platform() as p:
+        _mastodon_search(p, search)
+        _mastodon(p, tags)
+        sources = [
+            MastodonSource(spec("mastodon", p.url, name="mds-none", query="northwind")),
+            _mastodon_searcher(p.url, "mds-unset", env={}),
+            _mastodon_searcher(p.url, "mds-wrong", env={"MASTO_TOKEN": "stale"}),
+            MastodonSource(spec("mastodon", p.url, name="md-public", accounts=["northwind"])),
+        ]
+        sink = ListSink()
+        _, states = await one_round(sources, sink, aredis, unique)
+        asked = [r.headers.get("Authorization") for r in p.hits("/api/v2/search")]
+        public = [r.headers.get("Authorization") for r in p.hits("/api/v1/timelines/tag/northwind")]
+    assert states["mds-none"] == (
+        "stopped: keyword search (query) needs a user token: credentials.access_token is not set: "
+        'add credentials = { access_token = "ENV_VAR_NAME" } naming the environment variable that holds it'
+    )
+    assert states["mds-unset"] == (
+        "stopped: keyword search (query) needs a user token: "
+        "environment variable MASTO_TOKEN (credentials.access_token) is empty or not set: export it"
+    )
+    assert states["mds-wrong"].startswith("stopped: HTTP 401 from GET http://127.0.0.1:"), states
+    assert "check the token in credentials.access_token" in states["mds-wrong"]
+    assert all("\n" not in s for s in states.values())
+    assert asked == ["Bearer stale"]  # the two without a token asked nothing
+    assert states["md-public"] == "done" and public == [None]
+    assert sorted(ids_of([v for _, v in sink.items])) == sorted(f"mastodon:127.0.0.1:{s['id']}" for s in tags.items)
+
+
+async def test_app_store_and_google_play_reviews_reach_the_topic_as_reviews_with_an_integer_rating(
+    aredis: Any, unique: str, kafka_bootstrap: str
+) -> None:
+    """Apple sends the rating as a string label, Google as a number: both arrive as ``kind:
+    "review"`` with an integer ``rating``, the review's text and the product hint of the source."""
+    topic = f"src-reviews-{unique}"
+    ensure_topics(kafka_bootstrap, [topic], 1)
+    apple = Feed(_appstore, CASES["appstore"][1])
+    apple.items = fixture("appstore_reviews.json")["entry"]
+    play = Feed(_googleplay, CASES["googleplay"][1])
+    play.items = fixture("googleplay_reviews.json")["reviews"]
+    async with Platform() as p:
+        _appstore(p, apple)
+        _googleplay(p, play)
+        sources = [
+            AppStoreSource(
+                spec(
+                    "appstore",
+                    p.url,
+                    name="as-reviews",
+                    accounts=["284882215"],
+                    options={"countries": ["gb"], "product": "Northwind Go"},
+                )
+            ),
+            GooglePlaySource(
+                spec(
+                    "googleplay",
+                    p.url,
+                    name="gp-reviews",
+                    accounts=["com.northwind.go"],
+                    options={"token_url": f"{p.url}/token", "product": "Northwind Go"},
+                    credentials={"client_id": "GP_ID", "client_secret": "GP_SECRET", "refresh_token": "GP_REFRESH"},
+                ),
+                env=GP_ENV,
+            ),
+        ]
+        sink = KafkaSink(kafka_bootstrap, topic)
+        try:
+            _, states = await one_round(sources, sink, aredis, unique)
+        finally:
+            sink.close()
+    assert states == {"as-reviews": "done", "gp-reviews": "done"}
+    got = [orjson.loads(v) for v in read_topic(kafka_bootstrap, topic)]
+    good = {g["event_id"]: g for g in got if "_error" not in g}
+    fields = ("kind", "rating", "text", "product", "platform", "author")
+    assert {k: tuple(g.get(f) for f in fields) for k, g in good.items()} == {
+        "appstore:284882215:11800000001": (
+            "review",
+            1,
+            "Crashes at check-in. Every time I try to get my boarding pass the app closes.",
+            "Northwind Go",
+            "appstore",
+            "jetsetter88",
+        ),
+        "appstore:284882215:11800000000": (
+            "review",
+            5,
+            "Great. Rebooked in two taps.",
+            "Northwind Go",
+            "appstore",
+            "happyflyer",
+        ),
+        "googleplay:com.northwind.go:gp:AOqpTOG1-0001:1796272200": (
+            "review",
+            2,
+            "Login loop since the update",
+            "Northwind Go",
+            "googleplay",
+            "Ana P.",
+        ),
+        "googleplay:com.northwind.go:gp:AOqpTOG1-0002:1796271000": (
+            "review",
+            4,
+            "Funciona bien",
+            "Northwind Go",
+            "googleplay",
+            None,
+        ),
+    }
+    assert all(type(g["rating"]) is int for g in good.values())
+    assert good["googleplay:com.northwind.go:gp:AOqpTOG1-0002:1796271000"]["lang"] == "es"
+    assert good["appstore:284882215:11800000001"]["location"] == "gb"
+    assert sum("_error" in g for g in got) == 2  # each fixture's entry without a rating or a user comment
+
+
+async def test_reddit_comments_are_read_page_by_page_and_each_arrives_once(
+    aredis: Any, unique: str, kafka_bootstrap: str
+) -> None:
+    """``options.comments``: each subreddit's ``/comments`` listing beside its posts, paged by
+    ``after``; a second process reads only the comment posted since, through Kafka."""
+    topic = f"src-comments-{unique}"
+    ensure_topics(kafka_bootstrap, [topic], 1)
+    comments = fixture("reddit_comments.json")["children"]
+    feed = Feed(_reddit, CASES["reddit"][1])
+    feed.items = _reddit_items(0)
+    served: list[dict[str, Any]] = []
+    async with Platform() as p:
+        _reddit(p, feed)
+        p.route("GET", "/r/travel/comments", _reddit_listing(lambda: served))
+        for now in (comments[1:], comments):  # the newest comment is posted between the two runs
+            served = copy.deepcopy(now)
+            src = RedditSource(
+                spec(
+                    "reddit",
+                    p.url,
+                    name="rd-comments",
+                    accounts=["r/travel"],
+                    options={"limit": 2, "auth_url": p.url, "comments": True},
+                    credentials={"client_id": "RD_ID", "client_secret": "RD_SECRET"},
+                ),
+                env=ENV,
+            )
+            sink = KafkaSink(kafka_bootstrap, topic)
+            try:
+                _, states = await one_round([src], sink, aredis, unique)
+            finally:
+                sink.close()
+            assert states == {"rd-comments": "done"}
+        afters = [r.query.get("after") for r in p.hits("/r/travel/comments")]
+    # run 1: two pages of two, the second from the first's after; run 2: one page reaches the cursor
+    assert afters == [None, "t1_m1c003", None]
+    got = [orjson.loads(v) for v in read_topic(kafka_bootstrap, topic)]
+    ids = [g["event_id"] for g in got if "_error" not in g]
+    assert sorted(i for i in ids if i.startswith("reddit:t1_")) == [f"reddit:t1_m1c00{i}" for i in range(1, 6)]
+    assert len(ids) == len(set(ids))  # comments and posts, each once
+    posts = {i for i in ids if i.startswith("reddit:t3_")}
+    assert posts == {"reddit:t3_1h9x0z", "reddit:t3_1h9x2b", "reddit:t3_1h9x3c"}
+    by_id = {g["event_id"]: g for g in got if "_error" not in g}
+    newest = by_id["reddit:t1_m1c005"]
+    assert newest["text"] == "Northwind gave me a voucher after I asked twice."
+    assert newest["reply_to"] == "reddit:t3_1h9x3c" and newest["author"] == "seatback" and newest["reach"] == 14
+    assert newest["url"] == "https://www.reddit.com/r/travel/comments/1h9x3c/northwind_cancelled/m1c005/"
+    assert by_id["reddit:t1_m1c004"]["reply_to"] == "reddit:t1_m1c003"
+    assert by_id["reddit:t1_m1c003"]["reach"] == 0  # a negative score is no reach
 
 
 def test_a_source_is_a_connector_one_round_runs_through_the_sync_contract() -> None:

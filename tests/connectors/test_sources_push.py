@@ -463,3 +463,42 @@ async def test_a_push_source_without_its_secret_stops_and_answers_503_at_once(ar
         "is empty or not set: export it"
     )
     assert sink.items == []
+
+
+async def test_shopify_one_event_delivered_to_two_subscriptions_is_accepted_once(
+    aredis: Any, unique: str, kafka_bootstrap: str
+) -> None:
+    """Two subscriptions to a topic get one webhook each for an event, with their own
+    ``X-Shopify-Webhook-Id`` and the same ``X-Shopify-Event-Id``
+    (https://shopify.dev/docs/apps/build/webhooks/ignore-duplicates): the second is a duplicate.
+    Another topic the same event triggers is its own record."""
+    topic = f"push-shopify-event-{unique}"
+    ensure_topics(kafka_bootstrap, [topic], 1)
+    sink = KafkaSink(kafka_bootstrap, topic)
+    headers, body = deliveries("shopify")[0]
+    event = "5f0e2c3a-7d41-4e8b-9a65-2b1f0c9d8e74"
+    try:
+        async with (
+            serving([push_source("shopify", "shop-in")], sink, aredis, unique) as url,
+            httpx.AsyncClient(timeout=30) as c,
+        ):
+
+            async def post(extra: dict[str, str]) -> httpx.Response:
+                h = {**headers, "X-Shopify-Event-Id": event, **extra, **SIGNERS["shopify"](body, SECRET, 0)}
+                return await c.post(f"{url}/hooks/shop-in", content=body, headers=h)
+
+            first = await post({})
+            second = await post({"X-Shopify-Webhook-Id": "c0a4d7e2-1b9f-4f6a-8e3d-5a7b9c1d2e3f"})
+            paid = await post(
+                {"X-Shopify-Webhook-Id": "d1b5e8f3-2c0a-4a7b-9f4e-6b8c0d2e3f40", "X-Shopify-Topic": "orders/paid"}
+            )
+    finally:
+        sink.close()
+    assert first.status_code == 202 and first.json()["accepted"] == 1, first.text
+    assert second.status_code == 200 and second.json()["duplicate"] is True, second.text
+    assert paid.status_code == 202 and paid.json()["accepted"] == 1, paid.text
+    got = [orjson.loads(v) for v in read_topic(kafka_bootstrap, topic)]
+    assert sorted((g["event_id"], g["status"]) for g in got) == [
+        (f"shopify:orders/create:{event}", "placed"),
+        (f"shopify:orders/paid:{event}", "paid"),
+    ]
