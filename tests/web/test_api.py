@@ -4,7 +4,8 @@ document, actions recorded and published, and the dispatcher honouring them."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,8 +21,11 @@ from streams.windows import RedisWindows
 from tests.web.conftest import ONSET, READ_TOKEN, WRITE_TOKEN, WarRoom, make_event, make_incident, wait_for
 from tools.bench_web import follow_sse
 from tools.receiver import HttpReceiver
+from web.app import ACTION_HEADER, window_name
+from web.auth import COOKIE
 
 pytestmark = pytest.mark.integration
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def conforms(schema: dict[str, Any], value: Any, doc: dict[str, Any], path: str = "$") -> None:
@@ -127,6 +131,40 @@ async def test_incidents_thread_and_acknowledge_through_kafka_and_redis(war_room
         ("acknowledge", "alice", inc.incident_id),
         ("assign", "alice", inc.incident_id),
     ]
+
+
+def test_a_cookie_write_needs_the_request_header(war_room: WarRoom) -> None:
+    """Signed in on /login (the cookie a browser keeps), a write without X-Repmon-Request (what a
+    cross-site form sends) is refused with a JSON reason; the same write with it is taken."""
+    inc = make_incident("skyline", iid="inc-csrf")
+    war_room.publish("incidents", inc, inc.entity)
+    with httpx.Client(base_url=war_room.url, timeout=10) as browser:  # no Authorization header, ever
+        wrong = browser.post("/login", content=b"token=not-a-token-at-all-1234&next=/", headers=FORM)
+        assert wrong.status_code == 303 and "error=" in wrong.headers["location"] and COOKIE not in browser.cookies
+        r = browser.post("/login", content=f"token={WRITE_TOKEN}&next=/incidents/inc-csrf".encode(), headers=FORM)
+        assert r.status_code == 303 and r.headers["location"] == "/incidents/inc-csrf"
+        set_cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in set_cookie and "samesite=strict" in set_cookie
+        assert browser.cookies.get(COOKIE) == WRITE_TOKEN
+        wait_for(lambda: browser.get("/api/v1/incidents/inc-csrf").status_code == 200, what="the thread (cookie read)")
+        path = "/api/v1/incidents/inc-csrf/actions"
+        refused = browser.post(path, json={"action": "acknowledge", "why": "forged"})
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.json()["error"] == "forbidden" and ACTION_HEADER in refused.json()["reason"]
+        silence = browser.post("/api/v1/silences", json={"entity": "skyline", "duration_seconds": 60})
+        assert silence.status_code == 403 and ACTION_HEADER in silence.json()["reason"]
+        assert browser.post(path, json={"action": "acknowledge"}, headers={ACTION_HEADER: "0"}).status_code == 403
+        thread = browser.get("/api/v1/incidents/inc-csrf").json()
+        assert thread["actions"] == [] and thread["summary"]["state"] == "open"  # nothing was recorded
+        assert browser.get("/api/v1/silences").json() == []
+        taken = browser.post(path, json={"action": "acknowledge", "why": "mine"}, headers={ACTION_HEADER: "1"})
+        assert taken.status_code == 200, taken.text
+        assert taken.json()["who"] == "alice" and taken.json()["action"] == "acknowledge"
+        thread = browser.get("/api/v1/incidents/inc-csrf").json()
+        assert [(a["action"], a["who"], a["why"]) for a in thread["actions"]] == [("acknowledge", "alice", "mine")]
+    with war_room.client() as api:  # a bearer token is no cookie: no header needed (a service, not a browser)
+        assert api.post(path, json={"action": "comment", "why": "from a script"}).status_code == 200
 
 
 async def test_a_false_positive_queues_the_fired_buckets_for_the_detection_leader(war_room: WarRoom) -> None:
@@ -597,6 +635,86 @@ async def test_a_corrected_sentiment_reaches_the_labels_topic_and_is_recorded(wa
         what="the relabel action",
     )
     assert actions[0]["who"] == "alice" and "sarcasm" in actions[0]["why"]
+
+
+def test_the_incident_list_is_newest_first_with_age_and_owner(war_room: WarRoom) -> None:
+    """Published in neither onset nor id order; the list (API and page) goes by onset, newest
+    first. Age runs from the onset to the resolution, or to the newest event time seen (11 min past
+    ONSET here: the newest thread's message); the owner appears once assigned."""
+    threads = [  # (id, onset offset in minutes), in publishing order
+        ("inc-b", 0),
+        ("inc-c", 10),
+        ("inc-a", 5),
+    ]
+    war_room.publish("incidents", make_incident(iid="inc-b"), "northwind")
+    war_room.publish("incidents", make_incident(iid="inc-b", seq=2, status="resolved"), "northwind")
+    for iid, minutes in threads[1:]:
+        war_room.publish("incidents", make_incident(iid=iid, onset=ONSET + timedelta(minutes=minutes)), "northwind")
+    with war_room.client() as w:
+
+        def listed() -> list[dict[str, Any]] | None:
+            got = w.get("/api/v1/incidents").json()
+            return got if sum(r["messages"] for r in got) == 4 else None  # inc-b's resolution too
+
+        rows = wait_for(listed, what="the three threads")
+        assert [r["incident_id"] for r in rows] == ["inc-c", "inc-a", "inc-b"]
+        assert [r["age_seconds"] for r in rows] == [60.0, 360.0, 120.0]  # inc-b: onset to its resolution
+        assert [r["state"] for r in rows] == ["open", "open", "resolved"]
+        assert [r["owner"] for r in rows] == [None, None, None]
+        r = w.post("/api/v1/incidents/inc-a/actions", json={"action": "assign", "owner": "carol"})
+        assert r.status_code == 200, r.text
+        rows = w.get("/api/v1/incidents").json()
+        assert [(r["incident_id"], r["owner"]) for r in rows] == [("inc-c", None), ("inc-a", "carol"), ("inc-b", None)]
+        page = w.get("/", params={"part": 1}).text
+    cells = [
+        (row.split('"', 1)[0], [c.strip() for c in re.findall(r"<td>(.*?)</td>", body, re.S)])
+        for row, body in (chunk.split(">", 1) for chunk in page.split('data-incident-id="')[1:])
+    ]
+    assert [iid for iid, _ in cells] == ["inc-c", "inc-a", "inc-b"]
+    # the age and owner columns (after opened), as the page prints them
+    assert [c[-3:-1] for _, c in cells] == [["1m", ""], ["6m", "carol"], ["2m", ""]]
+
+
+async def test_trust_is_served_for_every_configured_window(war_room: WarRoom) -> None:
+    """Every window of windows.rollups_seconds (15 min .. 30 d) for the entity and its competitor,
+    all of them or one by name; the short ones from the fine buckets, the long ones from the hourly
+    rollups: both hold the same 40 mentions."""
+    events = [
+        make_event(i, "northwind", "negative" if i % 4 == 0 else "positive", ONSET + timedelta(seconds=i))
+        for i in range(40)
+    ]
+    r = aredis.Redis.from_url(war_room.redis_url)
+    try:
+        await RedisWindows(r, war_room.settings).add_batch([(ev, 0) for ev in events])
+    finally:
+        await r.aclose()
+    war_room.publish("enriched", events[-1], "northwind")  # the newest event time: the windows end there
+    names = [window_name(s) for s in war_room.settings.windows.rollups_seconds]
+    assert names == ["15m", "1h", "24h", "7d", "30d"]
+    with war_room.client(READ_TOKEN) as c:
+        doc = c.get("/api/openapi.json").json()
+        wait_for(lambda: c.get("/api/v1/mentions").json(), what="the newest mention (the windows' end)")
+        every = c.get("/api/v1/trust/northwind").json()
+        conforms(response_schema(doc, "/api/v1/trust/{entity}"), every, doc)
+        assert [(t["entity"], t["window_name"]) for t in every] == [
+            (e, n) for e in ("northwind", "skyline") for n in names
+        ]
+        assert [t["window_seconds"] for t in every[:5]] == war_room.settings.windows.rollups_seconds
+        for t in every[:5]:
+            assert t["volume"] == 40, t
+            comp = {x["name"]: x["value"] for x in t["components"]}
+            assert comp["negative_share"] == pytest.approx(0.25), t
+            start, end = (datetime.fromisoformat(x) for x in t["window"])
+            assert (end - start).total_seconds() == t["window_seconds"] and start <= ONSET < end
+        assert all(t["volume"] == 0 for t in every[5:])  # the competitor had nothing
+        for n in names:
+            one = c.get("/api/v1/trust/northwind", params={"window": n}).json()
+            assert [(t["entity"], t["window_name"]) for t in one] == [("northwind", n), ("skyline", n)]
+            assert one[0] == next(t for t in every if t["window_name"] == n)
+        bad = c.get("/api/v1/trust/northwind", params={"window": "2h"})
+        assert bad.status_code == 422 and all(n in bad.json()["reason"] for n in names)
+        html = c.get("/entities/northwind", params={"part": 1}).text
+    assert all(f">{n}<" in html for n in names), "the entity page shows every window"
 
 
 def test_signals_list_newest_first_and_fit_the_openapi_document(war_room: WarRoom) -> None:
