@@ -4,7 +4,8 @@ document, actions recorded and published, and the dispatcher honouring them."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -13,15 +14,18 @@ import pytest
 import redis.asyncio as aredis
 
 from alerts.controls import Controls
-from alerts.dispatch import Dispatcher
-from contract.records import dumps
+from alerts.dispatch import Delivery, Dispatcher
+from contract.records import AspectHit, EnrichedEvent, Incident, dumps
 from infra.settings import AlertSettings
 from streams.windows import RedisWindows
 from tests.web.conftest import ONSET, READ_TOKEN, WRITE_TOKEN, WarRoom, make_event, make_incident, wait_for
 from tools.bench_web import follow_sse
 from tools.receiver import HttpReceiver
+from web.app import ACTION_HEADER, window_name
+from web.auth import COOKIE
 
 pytestmark = pytest.mark.integration
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def conforms(schema: dict[str, Any], value: Any, doc: dict[str, Any], path: str = "$") -> None:
@@ -129,6 +133,40 @@ async def test_incidents_thread_and_acknowledge_through_kafka_and_redis(war_room
     ]
 
 
+def test_a_cookie_write_needs_the_request_header(war_room: WarRoom) -> None:
+    """Signed in on /login (the cookie a browser keeps), a write without X-Repmon-Request (what a
+    cross-site form sends) is refused with a JSON reason; the same write with it is taken."""
+    inc = make_incident("skyline", iid="inc-csrf")
+    war_room.publish("incidents", inc, inc.entity)
+    with httpx.Client(base_url=war_room.url, timeout=10) as browser:  # no Authorization header, ever
+        wrong = browser.post("/login", content=b"token=not-a-token-at-all-1234&next=/", headers=FORM)
+        assert wrong.status_code == 303 and "error=" in wrong.headers["location"] and COOKIE not in browser.cookies
+        r = browser.post("/login", content=f"token={WRITE_TOKEN}&next=/incidents/inc-csrf".encode(), headers=FORM)
+        assert r.status_code == 303 and r.headers["location"] == "/incidents/inc-csrf"
+        set_cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in set_cookie and "samesite=strict" in set_cookie
+        assert browser.cookies.get(COOKIE) == WRITE_TOKEN
+        wait_for(lambda: browser.get("/api/v1/incidents/inc-csrf").status_code == 200, what="the thread (cookie read)")
+        path = "/api/v1/incidents/inc-csrf/actions"
+        refused = browser.post(path, json={"action": "acknowledge", "why": "forged"})
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.json()["error"] == "forbidden" and ACTION_HEADER in refused.json()["reason"]
+        silence = browser.post("/api/v1/silences", json={"entity": "skyline", "duration_seconds": 60})
+        assert silence.status_code == 403 and ACTION_HEADER in silence.json()["reason"]
+        assert browser.post(path, json={"action": "acknowledge"}, headers={ACTION_HEADER: "0"}).status_code == 403
+        thread = browser.get("/api/v1/incidents/inc-csrf").json()
+        assert thread["actions"] == [] and thread["summary"]["state"] == "open"  # nothing was recorded
+        assert browser.get("/api/v1/silences").json() == []
+        taken = browser.post(path, json={"action": "acknowledge", "why": "mine"}, headers={ACTION_HEADER: "1"})
+        assert taken.status_code == 200, taken.text
+        assert taken.json()["who"] == "alice" and taken.json()["action"] == "acknowledge"
+        thread = browser.get("/api/v1/incidents/inc-csrf").json()
+        assert [(a["action"], a["who"], a["why"]) for a in thread["actions"]] == [("acknowledge", "alice", "mine")]
+    with war_room.client() as api:  # a bearer token is no cookie: no header needed (a service, not a browser)
+        assert api.post(path, json={"action": "comment", "why": "from a script"}).status_code == 200
+
+
 async def test_a_false_positive_queues_the_fired_buckets_for_the_detection_leader(war_room: WarRoom) -> None:
     """What the leader learns as normal (tests/alerts/test_false_positive.py shows it learning)."""
     inc = make_incident("skyline", iid="inc-fp")
@@ -198,6 +236,119 @@ async def test_dispatcher_honours_silences_and_acknowledgements(war_room: WarRoo
     finally:
         await d.aclose()
         await r.aclose()
+        receiver.stop()
+
+
+async def test_every_worker_honours_route_silences_and_acks_even_for_queued_messages(war_room: WarRoom) -> None:
+    """Two dispatchers on one Redis (two workers) and two routes to the real local receiver: a
+    route-only silence holds that route on both workers and not the other route; an acknowledge
+    stops the ``escalated`` and ``update`` messages on both workers; and an ``escalated`` queued
+    before the acknowledge, still pending (the channel is down), is dropped at send time."""
+    receiver = HttpReceiver().start()
+    alerts = AlertSettings(
+        routes=[  # type: ignore[list-item]
+            {"name": "chat", "urls": [receiver.apprise_url("/chat")], "min_severity": "warning"},
+            {"name": "pager", "urls": [receiver.apprise_url("/pager")], "min_severity": "warning"},
+        ],
+        cooldown_seconds=0,
+        outbox_poll_seconds=0.2,
+        retry_backoff_seconds=0.2,
+        retry_backoff_max_seconds=0.5,
+        console=False,
+    )
+    outcomes: list[Delivery] = []
+    r1, r2 = aredis.Redis.from_url(war_room.redis_url), aredis.Redis.from_url(war_room.redis_url)
+    d1 = Dispatcher(alerts, r1, key_prefix=war_room.prefix, on_delivery=outcomes.append)
+    d2 = Dispatcher(alerts, r2, key_prefix=war_room.prefix, on_delivery=outcomes.append)
+
+    def refs(path: str) -> list[str]:
+        """The thread markers (``<incident id> #<seq>``) of what a route's channel took."""
+        return [x.title.rsplit("(thread ", 1)[1].rstrip(")") for x in receiver.requests if x.path == path]
+
+    def status(out: list[Delivery]) -> dict[str, tuple[str, str]]:
+        return {x.route: (x.status, x.error or "") for x in out}
+
+    def escalated(entity: str, iid: str, seq: int) -> Incident:
+        return make_incident(entity, iid=iid, seq=seq).model_copy(update={"status": "escalated"})
+
+    async def on_both_routes(ref: str) -> None:
+        """Wait until both channels took the message ``ref`` (``<incident id> #<seq>``)."""
+        await asyncio.to_thread(receiver.wait_for, lambda rs: len([x for x in rs if ref in x.title]) == 2, 10)
+        assert ref in refs("/chat") and ref in refs("/pager")
+
+    queued = {"chat": ("queued", ""), "pager": ("queued", "")}
+
+    try:
+        with war_room.client() as w:
+            sil = w.post("/api/v1/silences", json={"route": "pager", "duration_seconds": 600, "comment": "rota swap"})
+            assert sil.status_code == 201, sil.text
+        # the route silence, on either worker: chat takes the page, pager does not
+        for d, iid in ((d1, "inc-w1"), (d2, "inc-w2")):
+            got = status(await d.dispatch(make_incident("northwind", iid=iid)))
+            assert got["chat"] == ("queued", "") and got["pager"][0] == "filtered", got
+            assert got["pager"][1].startswith(f"silenced by {sil.json()['id']}"), got
+        # an escalated of a thread nobody acknowledged goes out (on the route the silence does not hold)
+        got = status(await d2.dispatch(escalated("northwind", "inc-w2", 2)))
+        assert got["chat"] == ("queued", "") and got["pager"][0] == "filtered", got
+        await asyncio.to_thread(receiver.wait_for, 3, 10)  # all three to chat: nothing else is queued
+        assert sorted(refs("/chat")) == ["inc-w1 #1", "inc-w2 #1", "inc-w2 #2"]
+        assert refs("/pager") == []
+
+        with war_room.client() as w:  # the silence ends: both routes take what comes next
+            assert w.delete(f"/api/v1/silences/{sil.json()['id']}").status_code == 200
+        # an acknowledged thread: no escalated, no update, from either worker; the resolution still goes out
+        opened = make_incident("skyline", iid="inc-ack")
+        war_room.publish("incidents", opened, opened.entity)
+        assert status(await d1.dispatch(opened)) == queued
+        await on_both_routes("inc-ack #1")
+        with war_room.client() as w:
+            wait_for(lambda: w.get("/api/v1/incidents/inc-ack").status_code == 200, what="the thread")
+            assert w.post("/api/v1/incidents/inc-ack/actions", json={"action": "acknowledge"}).status_code == 200
+        acked = ("filtered", "incident acknowledged")
+        update = make_incident("skyline", iid="inc-ack", seq=3, status="update")
+        for d in (d1, d2):
+            assert status(await d.dispatch(escalated("skyline", "inc-ack", 2))) == {"chat": acked, "pager": acked}
+            assert status(await d.dispatch(update)) == {"chat": acked, "pager": acked}
+        resolved = make_incident("skyline", iid="inc-ack", seq=4, status="resolved")
+        assert status(await d2.dispatch(resolved)) == queued
+        await on_both_routes("inc-ack #4")
+        assert not [x for x in receiver.requests if "inc-ack #2" in x.title or "inc-ack #3" in x.title]
+
+        # queued before the acknowledge, still pending at it: dropped when its turn comes, on every route
+        first = make_incident("northwind", iid="inc-pend")
+        war_room.publish("incidents", first, first.entity)
+        await d1.dispatch(first)
+        await on_both_routes("inc-pend #1")
+        receiver.fail(503)  # the channels are down: the escalated stays in the outbox, retried
+        assert status(await d1.dispatch(escalated("northwind", "inc-pend", 2))) == queued
+        tried = await asyncio.to_thread(
+            receiver.wait_for,
+            lambda rs: {x.path for x in rs if "inc-pend #2" in x.title} == {"/chat", "/pager"},
+            10,
+            attempts=True,
+        )
+        assert {x.path for x in tried if "inc-pend #2" in x.title} == {"/chat", "/pager"}
+        assert (await d2.pending()) == {"chat": 1, "pager": 1}
+        with war_room.client() as w:
+            wait_for(lambda: w.get("/api/v1/incidents/inc-pend").status_code == 200, what="the thread")
+            assert w.post("/api/v1/incidents/inc-pend/actions", json={"action": "acknowledge"}).status_code == 200
+
+        def dropped() -> set[str]:
+            return {o.route for o in outcomes if (o.incident_id, o.seq, o.status, o.error) == ("inc-pend", 2, *acked)}
+
+        await _until(lambda: dropped() == {"chat", "pager"})  # while the channels still refuse everything
+        assert (await d1.pending()) == {"chat": 0, "pager": 0}
+        receiver.recover()
+        # the thread goes on: its resolution is delivered, and the escalated never is
+        done = make_incident("northwind", iid="inc-pend", seq=3, status="resolved")
+        assert status(await d2.dispatch(done)) == queued
+        await on_both_routes("inc-pend #3")
+        assert not [x for x in receiver.requests if "inc-pend #2" in x.title]
+    finally:
+        await d1.aclose()
+        await d2.aclose()
+        await r1.aclose()
+        await r2.aclose()
         receiver.stop()
 
 
@@ -295,6 +446,69 @@ async def test_the_mention_stream_counts_everything_and_sends_at_most_its_rate(w
     assert all(len(f["items"]) <= k for f in frames) and max(f["matched"] for f in frames) > k
     items = [m for f in frames for m in f["items"]]
     assert items and all(m["entity"] == "northwind" and m["sentiment"] == "negative" for m in items)
+
+
+async def test_the_mention_stream_filters_by_aspect_language_and_source(war_room: WarRoom) -> None:
+    """Events that carry aspects, languages and sources: each live stream counts and shows exactly
+    the mentions its filter names (all of them: fewer than web.stream_per_second), and the search
+    agrees."""
+
+    def hit(aspect: str) -> AspectHit:
+        return AspectHit(aspect=aspect, term=aspect, start=0, end=len(aspect), sentiment=-0.5)
+
+    def ev(n: int, entity: str, aspects: list[str], lang: str = "en", source: str = "twitter") -> EnrichedEvent:
+        e = make_event(n, entity, "negative", ONSET + timedelta(seconds=n), lang=lang, source=source)
+        return e.model_copy(update={"aspects": [hit(a) for a in aspects]})
+
+    events = [ev(n, "northwind", ["delivery"]) for n in range(4)]
+    events += [ev(4, "northwind", ["delivery", "price"]), ev(5, "northwind", ["price"]), ev(6, "northwind", [])]
+    events += [ev(n, "skyline", ["delivery"], lang="es", source="forum") for n in (7, 8)]
+    events += [ev(9, "skyline", [], lang="es", source="forum"), ev(10, "skyline", ["app"], lang="es")]
+    events += [ev(11, "northwind", ["delivery"], source="forum")]
+    filters = {
+        "aspect=delivery": {"twitter:northwind-0", "twitter:northwind-1", "twitter:northwind-2", "twitter:northwind-3"}
+        | {"twitter:northwind-4", "forum:skyline-7", "forum:skyline-8", "forum:northwind-11"},
+        "aspect=delivery&entity=northwind": {f"twitter:northwind-{n}" for n in range(5)} | {"forum:northwind-11"},
+        "lang=es&source=forum": {"forum:skyline-7", "forum:skyline-8", "forum:skyline-9"},
+        "aspect=price&lang=en": {"twitter:northwind-4", "twitter:northwind-5"},
+    }
+    assert all(len(ids) < war_room.settings.web.stream_per_second for ids in filters.values())
+    frames: dict[str, list[dict[str, Any]]] = {q: [] for q in filters}
+    auth = {"Authorization": f"Bearer {READ_TOKEN}"}
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=war_room.url) as client:
+        tasks, ready = [], []
+        for q in filters:
+            connected = asyncio.Event()
+            ready.append(connected)
+
+            def on(e: str, d: str, at: float, i: str, q: str = q) -> None:
+                frames[q].append(orjson.loads(d))
+
+            tasks.append(
+                asyncio.create_task(follow_sse(client, f"/api/v1/stream/mentions?{q}", on, connected, stop, auth))
+            )
+        await asyncio.wait_for(asyncio.gather(*(c.wait() for c in ready)), 10)
+        for e in events:
+            war_room.producer.send(war_room.topics["enriched"], dumps(e), key=(e.entity or "").encode())
+        await asyncio.to_thread(war_room.producer.flush, 10)
+        with war_room.client(READ_TOKEN) as c:  # the read model has every event ...
+            wait_for(lambda: len(c.get("/api/v1/mentions", params={"limit": 100}).json()) == len(events))
+            for q, ids in filters.items():  # ... and the search filters the same way
+                found = c.get(f"/api/v1/mentions?{q}&limit=100").json()
+                assert {m["event_id"] for m in found} == ids, q
+        # ... so every stream's next-but-one frame was cut after all of them arrived
+        seen = {q: len(f) for q, f in frames.items()}
+        await _until(lambda: all(len(frames[q]) >= seen[q] + 2 for q in filters))
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for q, ids in filters.items():
+        shown = [m for f in frames[q] for m in f["items"]]
+        assert sum(f["matched"] for f in frames[q]) == len(ids), q
+        assert sorted(m["event_id"] for m in shown) == sorted(ids), q
+    assert all("delivery" in m["aspects"] for f in frames["aspect=delivery"] for m in f["items"])
 
 
 async def _until(cond: Any, timeout: float = 20.0) -> None:
@@ -421,6 +635,86 @@ async def test_a_corrected_sentiment_reaches_the_labels_topic_and_is_recorded(wa
         what="the relabel action",
     )
     assert actions[0]["who"] == "alice" and "sarcasm" in actions[0]["why"]
+
+
+def test_the_incident_list_is_newest_first_with_age_and_owner(war_room: WarRoom) -> None:
+    """Published in neither onset nor id order; the list (API and page) goes by onset, newest
+    first. Age runs from the onset to the resolution, or to the newest event time seen (11 min past
+    ONSET here: the newest thread's message); the owner appears once assigned."""
+    threads = [  # (id, onset offset in minutes), in publishing order
+        ("inc-b", 0),
+        ("inc-c", 10),
+        ("inc-a", 5),
+    ]
+    war_room.publish("incidents", make_incident(iid="inc-b"), "northwind")
+    war_room.publish("incidents", make_incident(iid="inc-b", seq=2, status="resolved"), "northwind")
+    for iid, minutes in threads[1:]:
+        war_room.publish("incidents", make_incident(iid=iid, onset=ONSET + timedelta(minutes=minutes)), "northwind")
+    with war_room.client() as w:
+
+        def listed() -> list[dict[str, Any]] | None:
+            got = w.get("/api/v1/incidents").json()
+            return got if sum(r["messages"] for r in got) == 4 else None  # inc-b's resolution too
+
+        rows = wait_for(listed, what="the three threads")
+        assert [r["incident_id"] for r in rows] == ["inc-c", "inc-a", "inc-b"]
+        assert [r["age_seconds"] for r in rows] == [60.0, 360.0, 120.0]  # inc-b: onset to its resolution
+        assert [r["state"] for r in rows] == ["open", "open", "resolved"]
+        assert [r["owner"] for r in rows] == [None, None, None]
+        r = w.post("/api/v1/incidents/inc-a/actions", json={"action": "assign", "owner": "carol"})
+        assert r.status_code == 200, r.text
+        rows = w.get("/api/v1/incidents").json()
+        assert [(r["incident_id"], r["owner"]) for r in rows] == [("inc-c", None), ("inc-a", "carol"), ("inc-b", None)]
+        page = w.get("/", params={"part": 1}).text
+    cells = [
+        (row.split('"', 1)[0], [c.strip() for c in re.findall(r"<td>(.*?)</td>", body, re.S)])
+        for row, body in (chunk.split(">", 1) for chunk in page.split('data-incident-id="')[1:])
+    ]
+    assert [iid for iid, _ in cells] == ["inc-c", "inc-a", "inc-b"]
+    # the age and owner columns (after opened), as the page prints them
+    assert [c[-3:-1] for _, c in cells] == [["1m", ""], ["6m", "carol"], ["2m", ""]]
+
+
+async def test_trust_is_served_for_every_configured_window(war_room: WarRoom) -> None:
+    """Every window of windows.rollups_seconds (15 min .. 30 d) for the entity and its competitor,
+    all of them or one by name; the short ones from the fine buckets, the long ones from the hourly
+    rollups: both hold the same 40 mentions."""
+    events = [
+        make_event(i, "northwind", "negative" if i % 4 == 0 else "positive", ONSET + timedelta(seconds=i))
+        for i in range(40)
+    ]
+    r = aredis.Redis.from_url(war_room.redis_url)
+    try:
+        await RedisWindows(r, war_room.settings).add_batch([(ev, 0) for ev in events])
+    finally:
+        await r.aclose()
+    war_room.publish("enriched", events[-1], "northwind")  # the newest event time: the windows end there
+    names = [window_name(s) for s in war_room.settings.windows.rollups_seconds]
+    assert names == ["15m", "1h", "24h", "7d", "30d"]
+    with war_room.client(READ_TOKEN) as c:
+        doc = c.get("/api/openapi.json").json()
+        wait_for(lambda: c.get("/api/v1/mentions").json(), what="the newest mention (the windows' end)")
+        every = c.get("/api/v1/trust/northwind").json()
+        conforms(response_schema(doc, "/api/v1/trust/{entity}"), every, doc)
+        assert [(t["entity"], t["window_name"]) for t in every] == [
+            (e, n) for e in ("northwind", "skyline") for n in names
+        ]
+        assert [t["window_seconds"] for t in every[:5]] == war_room.settings.windows.rollups_seconds
+        for t in every[:5]:
+            assert t["volume"] == 40, t
+            comp = {x["name"]: x["value"] for x in t["components"]}
+            assert comp["negative_share"] == pytest.approx(0.25), t
+            start, end = (datetime.fromisoformat(x) for x in t["window"])
+            assert (end - start).total_seconds() == t["window_seconds"] and start <= ONSET < end
+        assert all(t["volume"] == 0 for t in every[5:])  # the competitor had nothing
+        for n in names:
+            one = c.get("/api/v1/trust/northwind", params={"window": n}).json()
+            assert [(t["entity"], t["window_name"]) for t in one] == [("northwind", n), ("skyline", n)]
+            assert one[0] == next(t for t in every if t["window_name"] == n)
+        bad = c.get("/api/v1/trust/northwind", params={"window": "2h"})
+        assert bad.status_code == 422 and all(n in bad.json()["reason"] for n in names)
+        html = c.get("/entities/northwind", params={"part": 1}).text
+    assert all(f">{n}<" in html for n in names), "the entity page shows every window"
 
 
 def test_signals_list_newest_first_and_fit_the_openapi_document(war_room: WarRoom) -> None:
