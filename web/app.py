@@ -614,6 +614,11 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
             known_entity(body.entity)
         if body.signal and body.signal not in SIGNALS:
             raise ApiError(422, "invalid_request", f"signal must be one of {', '.join(SIGNALS)}")
+        routes = [r.name for r in settings.alerts.routes]
+        if body.route and body.route not in routes:
+            # a silence on a misspelt route would be accepted, listed as active and hold nothing
+            known = ", ".join(routes) or "none (alerts.routes is empty)"
+            raise ApiError(404, "unknown_route", f"unknown route {body.route!r}; configured: {known}")
         try:
             s, entry = await war.controls.add_silence(
                 who=who.name,
@@ -780,6 +785,7 @@ def create_app(settings: Settings, *, redis_url: str, bootstrap: str, tokens: To
             "evidence": evidence,
             "silences": [x for x in await war.controls.silences() if x.get("entity") in (None, s.entity)],
             "signal_names": sorted({sig.signal for sig in sigs if sig.severity != "info"}),
+            "route_names": [r.name for r in settings.alerts.routes],
         }
 
     @app.get("/incidents/{incident_id}", include_in_schema=False)

@@ -146,7 +146,14 @@ def war_room(kafka_bootstrap: str, redis_url: str, unique: str) -> Iterator[WarR
         kafka={"bootstrap": kafka_bootstrap, "topic_prefix": prefix, "partitions": 2},
         redis={"url": redis_url, "key_prefix": prefix},
         # a test pace: no cooldown between updates, fast outbox polls
-        alerts={"cooldown_seconds": 0, "outbox_poll_seconds": 0.2, "console": False},
+        # the route names the tests' dispatchers use: a silence must name a configured route (the
+        # web view records silences, it sends nothing, so these URLs are never called)
+        alerts={
+            "cooldown_seconds": 0,
+            "outbox_poll_seconds": 0.2,
+            "console": False,
+            "routes": [{"name": n, "urls": [f"json://127.0.0.1:9/{n}"]} for n in ("hook", "chat", "pager")],
+        },
     )
     topics = {t: settings.topic(t) for t in TOPICS}
     ensure_topics(kafka_bootstrap, topics.values(), 2)

@@ -280,6 +280,10 @@ async def test_every_worker_honours_route_silences_and_acks_even_for_queued_mess
 
     try:
         with war_room.client() as w:
+            # a misspelt route is refused with the configured names: accepted, it would hold nothing
+            typo = w.post("/api/v1/silences", json={"route": "pagr", "duration_seconds": 600})
+            assert typo.status_code == 404 and "chat, pager" in typo.json()["reason"], typo.text
+            assert w.get("/api/v1/silences").json() == []
             sil = w.post("/api/v1/silences", json={"route": "pager", "duration_seconds": 600, "comment": "rota swap"})
             assert sil.status_code == 201, sil.text
         # the route silence, on either worker: chat takes the page, pager does not

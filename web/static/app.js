@@ -90,7 +90,8 @@
       ev.preventDefault();
       var what = f.elements.what.value.split(":");
       var s = { duration_seconds: Number(f.elements.duration_seconds.value), comment: f.elements.comment.value };
-      if (what[0] === "signal") { s.signal = what[1]; s.entity = f.elements.what.options[0].value.split(":").slice(1).join(":"); }
+      if (what[0] === "route") { s.route = what.slice(1).join(":"); }
+      else if (what[0] === "signal") { s.signal = what[1]; s.entity = f.elements.what.options[0].value.split(":").slice(1).join(":"); }
       else { s.entity = what.slice(1).join(":"); }
       post("/api/v1/silences", s);
     }
