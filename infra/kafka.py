@@ -200,14 +200,19 @@ class EndOffsets:
         self._lock = threading.Lock()  # one request at a time, whichever thread asks
 
     def __call__(self) -> dict[int, int]:
+        # one ListOffsets request per partition leader for all partitions at once: the timestamp
+        # -1 (OFFSET_END) asks for the latest offset, as get_watermark_offsets does one by one
+        asked = [
+            confluent_kafka.TopicPartition(self.topic, p, confluent_kafka.OFFSET_END) for p in range(self.partitions)
+        ]
         with self._lock:
-            out = {}
-            for p in range(self.partitions):
-                _, high = self._c.get_watermark_offsets(
-                    confluent_kafka.TopicPartition(self.topic, p), timeout=self.timeout, cached=False
-                )
-                out[p] = int(high)
-            return out
+            got = self._c.offsets_for_times(asked, timeout=self.timeout)
+        out = {}
+        for tp in got:
+            if tp.error is not None or tp.offset < 0:
+                raise RuntimeError(f"no end offset for {self.topic}[{tp.partition}]: {tp.error or tp.offset}")
+            out[tp.partition] = int(tp.offset)
+        return out
 
     def close(self) -> None:
         with self._lock:

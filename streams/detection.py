@@ -106,6 +106,10 @@ def _judge_bucket(
     return rows
 
 
+class _NoEndOffsets(Exception):
+    """The broker's end offsets could not be read (the cause is chained)."""
+
+
 def hour_of_week(t: int) -> int:
     """Hour of the week (0 = Monday 00h UTC) of epoch second ``t``.
 
@@ -221,19 +225,17 @@ class DetectionEngine:
     async def tick(self, max_buckets: int = 5000) -> int:
         """Judge closed buckets (and the filling one, for early firing). Returns buckets judged."""
         B = self.B
-        ends: dict[int, int] | None = None
-        if self.end_offsets is not None:
-            try:
-                ends = await self.end_offsets()
-            except Exception as exc:  # no end offsets, no proof the reports still hold: judge nothing yet
-                if not self._ends_failing:
-                    logger.warning("detection waits: the broker's end offsets are unavailable (%s)", exc)
-                self._ends_failing = True
-                return 0
-            if self._ends_failing:
-                logger.warning("detection resumes: the broker's end offsets answer again")
-            self._ends_failing = False
-        wm = self.watermark = await self.windows.watermark(ends=ends)
+        try:
+            # asked only when a partition's "caught up" report is what the watermark would rest on
+            wm = self.watermark = await self.windows.watermark(ends=self._end_offsets if self.end_offsets else None)
+        except _NoEndOffsets as exc:  # no end offsets, no proof the reports still hold: judge nothing yet
+            if not self._ends_failing:
+                logger.warning("detection waits: the broker's end offsets are unavailable (%s)", exc.__cause__)
+            self._ends_failing = True
+            return 0
+        if self._ends_failing and self.end_offsets is not None:
+            logger.warning("detection resumes: the broker's end offsets answer again")
+        self._ends_failing = False
         if wm is None:
             return 0
         last = int((wm - self.settings.windows.allowed_lateness_seconds) // B) * B - B
@@ -252,6 +254,13 @@ class DetectionEngine:
         except BaseException:
             self._state = None  # what is in memory may be ahead of what Redis holds: read it again
             raise
+
+    async def _end_offsets(self) -> dict[int, int]:
+        assert self.end_offsets is not None
+        try:
+            return await self.end_offsets()
+        except Exception as exc:
+            raise _NoEndOffsets from exc
 
     async def _leader(self, closed: int) -> _Leader:
         """The entities' state, from memory while this engine was the last to save it.

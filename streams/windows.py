@@ -36,7 +36,7 @@ import math
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -438,7 +438,12 @@ class Windows(ABC):
         partition, the offset it was caught up to (``True``: caught up, offset not known), or
         ``None``/``False`` when it is not."""
 
-    async def watermark(self, *, high: bool = False, ends: Mapping[int, int] | None = None) -> float | None:
+    async def watermark(
+        self,
+        *,
+        high: bool = False,
+        ends: Mapping[int, int] | Callable[[], Awaitable[Mapping[int, int]]] | None = None,
+    ) -> float | None:
         """Effective event-time watermark: the minimum over the partitions that may still bring events.
 
         With ``partitions`` set (the worker), every raw partition counts: one holds the watermark at
@@ -449,6 +454,8 @@ class Windows(ABC):
         offset per partition, as the leader just read it) refines that: a report counts only if
         nothing was written to its partition since, so a worker that stalls right after saying
         "caught up" cannot let the others' buckets be judged without what arrived meanwhile.
+        ``ends`` may be a coroutine function: it is then asked only when a fresh report names an
+        offset to check (a busy stream, where every partition counts events, asks nothing).
         ``high=True`` gives the max instead: how far the furthest partition has counted.
         """
         parts, _ = await self._partitions()
@@ -459,11 +466,17 @@ class Windows(ABC):
         if self.partitions is None:
             return min(parts.values())
         now = self.clock()
-        idle = {
-            p
+        fresh = {
+            p: offset
             for p, (at, offset) in (await self._idle_reports()).items()
             if now - at <= self.idle_report_seconds
-            and (ends is None or offset is None or int(p) not in ends or offset >= ends[int(p)])
+        }
+        if callable(ends):
+            ends = await ends() if any(o is not None for o in fresh.values()) else None
+        idle = {
+            p
+            for p, offset in fresh.items()
+            if ends is None or offset is None or int(p) not in ends or offset >= ends[int(p)]
         }
         holding = [parts.get(str(p)) for p in range(self.partitions) if str(p) not in idle]
         if not holding:

@@ -118,6 +118,27 @@ async def test_a_detection_tick_without_end_offsets_judges_nothing() -> None:
     assert await engine.tick() > 0
 
 
+async def test_the_end_offsets_are_asked_only_when_a_caught_up_report_would_hold_the_watermark() -> None:
+    """Every partition counting events: the watermark rests on counts, not on a report, so the
+    broker is not asked (and a broker that cannot answer does not stop detection); once a
+    partition reports itself caught up, its report is checked against the broker."""
+    s = settings_two_partitions()
+    windows = MemoryWindows(s, partitions=2)
+    engine = DetectionEngine(s, windows, MemoryState())
+    asked: list[int] = []
+
+    async def down() -> dict[int, int]:
+        asked.append(1)
+        raise OSError("broker unreachable")
+
+    engine.end_offsets = down
+    events = traffic("northwind", range(0, 40), 1)
+    await windows.add_batch([(e, i % 2) for i, e in enumerate(events)])
+    assert await engine.tick() > 0 and asked == []
+    await windows.report_partitions({1: 0}, windows.clock())
+    assert await engine.tick() == 0 and asked == [1]
+
+
 def settings_two_partitions() -> Settings:
     return load_settings(
         None,
