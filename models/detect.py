@@ -267,15 +267,16 @@ def _binom_tail(k: float, n: float, p: float) -> float:
     return float(_sp.betainc(k, n - k + 1.0, p))
 
 
-@cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _shallow(obj: Any) -> dict[str, Any]:
     """A dataclass's fields as a dict, without ``asdict``'s recursive deep copy (see ``EwStat.to_dict``).
     The names are looked up once per class: ``fields()`` cost more than the copy itself."""
-    return {name: getattr(obj, name) for name in _field_names(type(obj))}
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))
+    return {name: getattr(obj, name) for name in names}
 
 
 @cache
