@@ -506,6 +506,7 @@ class DetectionEngine:
         if self._river is None or token != self._river_token:
             drifts = _Lazy(self.state, "drift:", DriftWatch.from_dict)
             anoms = _Lazy(self.state, "anom:", AnomalyWatch.from_dict)
+            await drifts.need([MODEL])  # the model's own watch learns every bucket
             self._river = (drifts, anoms)
             self._river_token = token
         return self._river
