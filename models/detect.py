@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from functools import cache
 from typing import Any, Literal
 
 from scipy import special as _sp
@@ -266,9 +267,22 @@ def _binom_tail(k: float, n: float, p: float) -> float:
     return float(_sp.betainc(k, n - k + 1.0, p))
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _shallow(obj: Any) -> dict[str, Any]:
-    """A dataclass's fields as a dict, without ``asdict``'s recursive deep copy (see ``EwStat.to_dict``)."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    """A dataclass's fields as a dict, without ``asdict``'s recursive deep copy (see ``EwStat.to_dict``).
+    The names are looked up once per class: ``fields()`` cost more than the copy itself."""
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))
+    return {name: getattr(obj, name) for name in names}
+
+
+@cache
+def _ew_alpha(halflife: float) -> float:
+    """The EW weight of a half-life in buckets (a power per bucket and per signal added up)."""
+    return 1.0 - 0.5 ** (1.0 / halflife)
 
 
 def _poisson_log_sd(mu: float) -> float:
@@ -325,7 +339,7 @@ class CountState:
         """(count, expected) over the last hour including this bucket (sparse-series resolution)."""
         k = max(int(per_hour) - 1, 0)
         tail = self.recent[-k:] if k else []
-        return x + sum(r[0] for r in tail), mu + sum(r[1] for r in tail)
+        return x + sum([r[0] for r in tail]), mu + sum([r[1] for r in tail])
 
     def offset(self, how: int | None, per_hour: float) -> float:
         if how is None:
@@ -351,7 +365,11 @@ class CountState:
 
     def expect(self, how: int | None, per_hour: float, frac: float = 1.0) -> float:
         """Expected count of a bucket (``frac`` of it)."""
-        return max(math.exp(self.predict(how, per_hour)) - 1.0, 0.0) * self.calibration() * frac
+        return self.expect_at(self.predict(how, per_hour)) * frac
+
+    def expect_at(self, m: float) -> float:
+        """Expected count of a whole bucket whose :meth:`predict` is ``m``."""
+        return max(math.exp(m) - 1.0, 0.0) * self.calibration()
 
     def sigma(self, mu: float) -> float:
         """Spread of ``log(x + 1)``: the robust residual spread, never below the Poisson noise."""
@@ -728,7 +746,7 @@ class EntityDetector:
 
     @property
     def alpha(self) -> float:
-        return 1.0 - 0.5 ** (1.0 / self.cfg.baseline_halflife_buckets)
+        return _ew_alpha(self.cfg.baseline_halflife_buckets)
 
     @property
     def episode_gap(self) -> int:
@@ -810,7 +828,9 @@ class EntityDetector:
         clustering alone (CRM, IBM)."""
         return max(1, int(self.per_hour))
 
-    def _rate_step(self, state: CountState, x: float, rmu: float) -> tuple[float, float, bool]:
+    def _rate_step(
+        self, state: CountState, x: float, rmu: float, phi: float | None = None
+    ) -> tuple[float, float, bool]:
         """``(CUSUM, excess, step complete)`` with this bucket added to the step being filled.
 
         The step's log-likelihood ratio is added to the CUSUM as it fills (a burst fires within
@@ -819,17 +839,17 @@ class EntityDetector:
         than a full step with the same ratio."""
         k = self._rate_k
         xs, ms, j = state.rstep[0] + x, state.rstep[1] + rmu, state.rstep[2] + 1.0
-        llr = rate_llr(xs, ms, state.phi() * k / min(j, k))
+        llr = rate_llr(xs, ms, (state.phi() if phi is None else phi) * k / min(j, k))
         rcus = max(0.0, state.rcus + llr)
         rexcess = state.rexcess + (xs - ms) if rcus > 0 else 0.0
         return rcus, rexcess, j >= k
 
-    def _rate_h(self, state: CountState) -> float:
+    def _rate_h(self, state: CountState, phi: float | None = None) -> float:
         """The rate CUSUM's threshold for ``RATE_BUDGET`` false pages per 30 days at the count's
         usual volume: Siegmund's ``ARL ~ (e^h - h - 1) / KL`` steps, ``KL`` the expected
         log-likelihood ratio per usual step against the shift, so ``h ~ log(1 + ARL KL)``."""
         k = self._rate_k
-        kl = max(_rate_kl(max(state.rate, RATE_MU_MIN) * k, state.phi()), 1e-9)
+        kl = max(_rate_kl(max(state.rate, RATE_MU_MIN) * k, state.phi() if phi is None else phi), 1e-9)
         arl = 30.0 * 86400.0 / (self.bucket_seconds * k) / RATE_BUDGET
         return max(RATE_H_MIN, math.log1p(arl * kl))
 
@@ -1226,7 +1246,7 @@ class EntityDetector:
             state.n += 1
             return
         m = state.predict(how, ph)
-        mu = state.expect(how, ph)
+        mu = state.expect_at(m)
         sigma = state.sigma(mu)
         r = y - m
         z = r / sigma
@@ -1246,7 +1266,7 @@ class EntityDetector:
         else:
             rl = max(min(r, PROTECT_Z * sigma), -PROTECT_Z * sigma) if state.n >= 10 else r
         # robust spread: EW mean of the clipped absolute residual (plain average at first)
-        a_mad = 1.0 - 0.5 ** (1.0 / (DISPERSION_HALFLIVES * self.cfg.baseline_halflife_buckets))
+        a_mad = _ew_alpha(DISPERSION_HALFLIVES * self.cfg.baseline_halflife_buckets)
         if not protect:
             state.mad_w = (1.0 - a_mad) * state.mad_w + 1.0
             state.mad += (abs(rl) - state.mad) / state.mad_w
@@ -1277,7 +1297,7 @@ class EntityDetector:
         info = min(1.0, max(mu, 0.05) / SPARSE_EVENTS)
         state.level.update(state.level.mean + rl, alpha * info, weight)
         if how is not None:
-            slot_alpha = 1.0 - 0.5 ** (1.0 / (SEASON_VISITS * ph))
+            slot_alpha = _ew_alpha(SEASON_VISITS * ph)
             dev = m + rl - state.level.mean
             for slots, slot in ((state.day, str(how % 24)), (state.week, str(how))):
                 s = slots.setdefault(slot, [0.0, 0.0])
@@ -1298,8 +1318,9 @@ class EntityDetector:
         An episode (at half its threshold or more, or firing) that lasts ``sustained_shift_buckets``
         is a new level: the CUSUM and the calibration start over from it."""
         state.rn += 1
-        rmu, h = state.rate_mu(mu), self._rate_h(state)
-        rcus, rexcess, full = self._rate_step(state, x, rmu)
+        phi = state.phi()  # the dispersion is learned last: the same value until then
+        rmu, h = state.rate_mu(mu), self._rate_h(state, phi)
+        rcus, rexcess, full = self._rate_step(state, x, rmu, phi)
         suspect = hot or rcus >= h / 2.0
         state.ralarm = state.ralarm + 1 if suspect else 0
         if state.ralarm >= self.cfg.sustained_shift_buckets:
@@ -1310,7 +1331,7 @@ class EntityDetector:
         # the count's volume, from every bucket (it says whether the test judges the count at all)
         state.rate = (1.0 - a) * state.rate + a * rmu if state.rate > 0 else rmu
         if not hot:  # clipped, not skipped while suspect: a calibration learned wrong would lock
-            state.rcal[0] = (1.0 - a) * state.rcal[0] + min(x, _nb_cap(mu, state.phi()))
+            state.rcal[0] = (1.0 - a) * state.rcal[0] + min(x, _nb_cap(mu, phi))
             state.rcal[1] = (1.0 - a) * state.rcal[1] + mu
         if not full:
             state.rstep = [state.rstep[0] + x, state.rstep[1] + rmu, state.rstep[2] + 1.0]
@@ -1321,7 +1342,7 @@ class EntityDetector:
         if not hot:
             # the dispersion learns every step but a firing one (clipped): one that skipped the
             # steps its CUSUM found suspect would never learn the spread that makes them usual
-            xc = min(xs, _nb_cap(ms, state.phi()))
+            xc = min(xs, _nb_cap(ms, phi))
             state.disp[0] = (1.0 - a) * state.disp[0] + (xc - ms) ** 2 - xc
             state.disp[1] = (1.0 - a) * state.disp[1] + ms * ms
 

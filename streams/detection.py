@@ -48,6 +48,7 @@ RIVER_SAVE_SECONDS = 10.0  # River watches are saved this often (they are eviden
 OFFLOAD_ENTITIES = 20  # from this many entities a closed bucket is judged off the event loop
 SAVE_CHUNK = 100  # entities per atomic write: a big save is many short ones, the event loop runs between
 DECODE_CHUNK = 200  # detectors decoded per thread hand-off
+YIELD_EVERY = 100  # entities stepped on the event loop between two turns of other tasks
 
 
 async def _discard(_: Any) -> None:
@@ -83,12 +84,14 @@ def _judge_bucket(
     stats: dict[str, dict[str, float]],
     how: int,
     dets: dict[str, EntityDetector],
-    anoms: dict[str, AnomalyWatch],
     at: dict[str, int],
     B: int,
-) -> list[tuple[str, list[Verdict], AnomalyHit | None]]:
-    """Judge and learn one closed bucket for the entities given (pure computation, no I/O)."""
-    rows: list[tuple[str, list[Verdict], AnomalyHit | None]] = []
+) -> list[tuple[str, list[Verdict], dict[str, float] | None]]:
+    """Judge and learn one closed bucket for the entities given (pure computation, no I/O).
+
+    Each row carries the bucket's standardised inputs when they can reach the entity's anomaly
+    watch, so that only those watches are read from Redis and decoded (tens of KB each)."""
+    rows: list[tuple[str, list[Verdict], dict[str, float] | None]] = []
     for e in ents:
         if at[e] >= t:
             continue  # learned already: saved by a save that stopped before it moved the pointer
@@ -101,13 +104,27 @@ def _judge_bucket(
             continue
         zs, verdicts = det.update_standardized(st, how)  # standardised before the bucket is learned
         # a watch judges combinations: one input (no mention, no share) leaves it untouched
-        hit = anoms[e].update(zs, at=t) if sum(f in zs for f in ANOMALY_FEATURES) >= 2 else None
-        rows.append((e, verdicts, hit))
+        rows.append((e, verdicts, zs if sum(f in zs for f in ANOMALY_FEATURES) >= 2 else None))
     return rows
 
 
 class _NoEndOffsets(Exception):
     """The broker's end offsets could not be read (the cause is chained)."""
+
+
+def _watch_rows(
+    rows: list[tuple[str, list[Verdict], dict[str, float] | None]], t: int, anoms: dict[str, AnomalyWatch]
+) -> list[tuple[str, list[Verdict], AnomalyHit | None]]:
+    """Each row's anomaly watch judges and learns the bucket's standardised inputs, if they reach it."""
+    return [(e, verdicts, anoms[e].update(zs, at=t) if zs is not None else None) for e, verdicts, zs in rows]
+
+
+def _track(lead: _Leader, e: str) -> None:
+    """Keep ``lead.open`` in step with ``e``'s thread, just stepped."""
+    if lead.incs[e].is_open:
+        lead.open.add(e)
+    else:
+        lead.open.discard(e)
 
 
 def hour_of_week(t: int) -> int:
@@ -133,29 +150,32 @@ def describe(s: Signal) -> str:
 
 
 class _Lazy(dict[str, Any]):
-    """Every entity's River watch, each decoded when first used.
+    """The entities' River watches this engine has needed so far, each read and decoded when first used.
 
     Rebuilding one HalfSpaceTrees forest takes tens of milliseconds (an ADWIN replays its window),
     so a new leader decoding a thousand entities' watches at once stalled for a minute; a watch is
     only needed for a bucket the entity has events in, so most are never decoded between two
-    failovers. Only decoded watches can have changed, and only they are saved.
+    failovers. Reading every one at once was a new leader's first second too (31 KB an anomaly
+    watch: 300 MB at 10,000 entities), so a watch is read from Redis only when first needed
+    (:meth:`need`). Only these can have changed, and only they are saved. A watch never needed
+    is not here: reading it raises ``KeyError`` rather than starting it over unseen.
     """
 
-    def __init__(self, raw: dict[str, Any], prefix: str, decode: Callable[[Any], Any]) -> None:
+    def __init__(self, state: StateStore, prefix: str, decode: Callable[[Any], Any]) -> None:
         super().__init__()
-        self._raw = {k.removeprefix(prefix): v for k, v in raw.items()}
-        self._decode = decode
+        self._state, self._prefix, self._decode = state, prefix, decode
 
-    def __missing__(self, entity: str) -> Any:
-        w = self[entity] = self._decode(as_doc(self._raw.pop(entity, None)))
-        return w
+    async def need(self, entities: list[str]) -> None:
+        """Read and decode the watches of ``entities`` not held yet (off the event loop, in pieces)."""
+        missing = [e for e in entities if e not in self]
+        for i in range(0, len(missing), DECODE_CHUNK):
+            chunk = missing[i : i + DECODE_CHUNK]
+            raw = await self._state.load_blobs_raw([self._prefix + e for e in chunk])
 
+            def decode(chunk: list[str] = chunk, raw: dict[str, Any] = raw) -> dict[str, Any]:
+                return {e: self._decode(as_doc(raw[self._prefix + e])) for e in chunk}
 
-class _Watches(_Lazy):
-    """The entities' anomaly watches (``anom:{entity}`` blobs), each decoded when first used."""
-
-    def __init__(self, raw: dict[str, Any]) -> None:
-        super().__init__(raw, "anom:", AnomalyWatch.from_dict)
+            self.update(await asyncio.to_thread(decode) if len(chunk) >= OFFLOAD_ENTITIES else decode())
 
 
 class _Leader:
@@ -164,20 +184,16 @@ class _Leader:
     ``at[e]`` is the last bucket ``e``'s detector has learned: an entity without events in a
     closed bucket is left alone (``_catch_up``), so a tick costs what changed, not what is
     tracked, and only what changed is saved. Each saved detector carries its ``at``, so a new
-    leader decodes a detector only when it first needs it, and catches it up the same way.
+    leader reads and decodes a detector only when it first needs it, and catches it up the same way.
     """
 
-    def __init__(
-        self,
-        token: str,
-        incs: dict[str, IncidentState],
-        at_default: int | None,
-        raw: dict[str, Any],
-    ) -> None:
+    def __init__(self, token: str, incs: dict[str, IncidentState], at_default: int | None) -> None:
         self.token = token
         self.incs = incs
-        self.raw = raw  # saved detectors not decoded yet (``StateStore.load_raw``)
-        self.dets: dict[str, EntityDetector] = {}
+        # the entities with a thread open (stepped on every bucket): kept as threads move, so that
+        # choosing the entities a bucket touches costs what talked, not a pass over every entity
+        self.open = {e for e, inc in incs.items() if inc.is_open}
+        self.dets: dict[str, EntityDetector] = {}  # read from Redis and decoded when first needed
         self.at: dict[str, int] = {}
         self.at_default = at_default  # ``at`` of a detector saved before detectors carried one
         self.changed: set[str] = set()  # entities whose state differs from what Redis holds
@@ -205,12 +221,13 @@ class DetectionEngine:
         self.feedback = feedback
         self.absorbed = 0  # buckets learned as normal on a responder's word
         self.entities = [e.key for e in settings.entities]
+        self._index = {e: i for i, e in enumerate(self.entities)}
         self.B = settings.windows.bucket_seconds
         self.signals_out = 0
         self.incidents_out = 0
         self.skipped = 0  # buckets without events accounted for at once (windows that know where counts are)
         self.watermark: float | None = None  # as of the last tick
-        self._river: tuple[dict[str, DriftWatch], dict[str, AnomalyWatch]] | None = None
+        self._river: tuple[_Lazy, _Lazy] | None = None
         self._river_token: str | None = None
         self._river_saved = 0.0
         self._state: _Leader | None = None  # see ``_leader``
@@ -262,6 +279,11 @@ class DetectionEngine:
         except Exception as exc:
             raise _NoEndOffsets from exc
 
+    def _in_order(self, ents: set[str]) -> list[str]:
+        """``ents`` in the configured order (the order verdicts are emitted in, as when every
+        entity was visited), sorted rather than found by a pass over every tracked entity."""
+        return sorted(ents, key=self._index.__getitem__)
+
     async def _leader(self, closed: int) -> _Leader:
         """The entities' state, from memory while this engine was the last to save it.
 
@@ -276,7 +298,6 @@ class DetectionEngine:
         if self._state is not None and token == self._state.token:
             return self._state
         ents = self.entities
-        det_raw = await self.state.load_raw("det", ents)
         inc_raw = await self.state.load("inc", ents)
 
         def decode() -> dict[str, IncidentState]:
@@ -289,21 +310,22 @@ class DetectionEngine:
             # every other and the pointer, so it has learned up to the pointer
             since = {"at": closed}
             await self.state.save_blob("det:at", since)
-        self._state = _Leader(token, incs, int(since["at"]), det_raw)
+        self._state = _Leader(token, incs, int(since["at"]))
         self._early_seen = (None, {})  # judged against other detectors
         return self._state
 
     async def _detectors(self, lead: _Leader, ents: list[str], closed: int) -> None:
-        """Decode the detectors of ``ents`` not decoded yet (off the event loop, in pieces):
-        milliseconds each, so a new leader decodes the ones a bucket needs, not every one."""
+        """Read and decode the detectors of ``ents`` not decoded yet (off the event loop, in
+        pieces): KBs and milliseconds each, so a new leader reads the ones a bucket needs, not
+        every one (at 10,000 entities, 140 MB and seconds)."""
         missing = [e for e in ents if e not in lead.dets]
         if not missing:
             return
         cfg, B = self.settings.detect, self.B
 
-        def decode(chunk: list[str]) -> None:
+        def decode(chunk: list[str], raw: dict[str, Any]) -> None:
             for e in chunk:
-                doc = as_doc(lead.raw.pop(e, None))
+                doc = as_doc(raw[e])
                 lead.dets[e] = EntityDetector.from_dict(cfg, doc, B)
                 # a detector never saved has learned nothing: any bucket after the pointer is new
                 at = doc.get("at", lead.at_default) if doc else closed
@@ -311,12 +333,16 @@ class DetectionEngine:
 
         for i in range(0, len(missing), DECODE_CHUNK):
             chunk = missing[i : i + DECODE_CHUNK]
-            await asyncio.to_thread(decode, chunk) if len(chunk) >= OFFLOAD_ENTITIES else decode(chunk)
+            raw = await self.state.load_raw("det", chunk)
+            if len(chunk) >= OFFLOAD_ENTITIES:
+                await asyncio.to_thread(decode, chunk, raw)
+            else:
+                decode(chunk, raw)
 
     async def _judge(self, wm: float, last: int, closed: int, ents: list[str], max_buckets: int) -> int:
         B = self.B
         lead = await self._leader(closed)
-        dets, incs = lead.dets, lead.incs
+        dets = lead.dets
         self._dirty = False
         learned = await self._learn_feedback(closed, lead)
         judged = 0
@@ -336,23 +362,27 @@ class DetectionEngine:
                 # bucket counts towards resolving): every other detector learns the bucket later
                 # (``_catch_up``), exactly, so a bucket costs what talked, not what is tracked
                 counted = await self.windows.counted_entities(t)
-                touched = ents if counted is None else [e for e in ents if e in counted or incs[e].is_open]
+                touched = ents if counted is None else self._in_order((counted | lead.open) & self._index.keys())
                 await self._detectors(lead, touched, closed)
                 stats = await self.windows.bucket_stats(touched, t)
                 how = hour_of_week(t)
                 # about a millisecond per entity: hundreds of entities would hold the event loop
                 # for the better part of a second on every closed bucket, so a big fleet of
                 # entities is judged on a thread (the GIL still hands the loop its turn)
-                args = (touched, t, stats, how, dets, anoms, lead.at, B)
-                if len(touched) >= OFFLOAD_ENTITIES:
-                    rows = await asyncio.to_thread(_judge_bucket, *args)
-                else:
-                    rows = _judge_bucket(*args)
-                lead.changed.update(e for e, _, _ in rows)
-                for e, verdicts, hit in rows:
+                args = (touched, t, stats, how, dets, lead.at, B)
+                many = len(touched) >= OFFLOAD_ENTITIES
+                judged_rows = await asyncio.to_thread(_judge_bucket, *args) if many else _judge_bucket(*args)
+                lead.changed.update(e for e, _, _ in judged_rows)
+                await anoms.need([e for e, _, zs in judged_rows if zs is not None])
+                await drifts.need([*(e for e, _, _ in judged_rows), MODEL])
+                watched = (judged_rows, t, anoms)
+                rows = await asyncio.to_thread(_watch_rows, *watched) if many else _watch_rows(*watched)
+                for i, (e, verdicts, hit) in enumerate(rows):
+                    if i % YIELD_EVERY == YIELD_EVERY - 1:
+                        await asyncio.sleep(0)  # a thousand entities' signals: the loop runs between
                     if hit is not None:
                         await self._anomaly(e, t, hit, int(stats[e].get("n", 0.0)))
-                    await self._advance(e, t, verdicts, stats[e], incs[e], early=False, anomaly=hit)
+                    await self._advance(lead, e, t, verdicts, stats[e], early=False, anomaly=hit)
                     await self._drift(
                         drifts[e], e, t, "sentiment", stats[e].get("sent_sum", 0.0), stats[e].get("n", 0.0)
                     )
@@ -467,11 +497,12 @@ class DetectionEngine:
             for j in range(min(k, quiet) if inc.is_open else 0):
                 tb = t + j * B
                 tr = step(inc, e, bucket_dt(tb), [], quiet_buckets=quiet)
+                _track(lead, e)
                 if tr is not None:
                     await self.emit_incident(await self._incident(e, tb, tr, [], {}, early=False))
                     self.incidents_out += 1
 
-    async def _river_state(self) -> tuple[dict[str, DriftWatch], dict[str, AnomalyWatch]]:
+    async def _river_state(self) -> tuple[_Lazy, _Lazy]:
         """The River watches, from memory while this engine was the last to save them.
 
         Decoding a HalfSpaceTrees forest takes tens of ms, and the leader's timer ticks twice a
@@ -482,10 +513,9 @@ class DetectionEngine:
         doc = await self.state.load_blob("river:token")
         token = str(doc["token"]) if doc and "token" in doc else None
         if self._river is None or token != self._river_token:
-            ents = self.entities
-            raw = await self.state.load_blobs_raw([f"drift:{e}" for e in [*ents, MODEL]])
-            drifts: dict[str, DriftWatch] = _Lazy(raw, "drift:", DriftWatch.from_dict)
-            anoms: dict[str, AnomalyWatch] = _Watches(await self.state.load_blobs_raw([f"anom:{e}" for e in ents]))
+            drifts = _Lazy(self.state, "drift:", DriftWatch.from_dict)
+            anoms = _Lazy(self.state, "anom:", AnomalyWatch.from_dict)
+            await drifts.need([MODEL])  # the model's own watch learns every bucket
             self._river = (drifts, anoms)
             self._river_token = token
         return self._river
@@ -574,7 +604,10 @@ class DetectionEngine:
         # against a larger share of the bucket expected can only read lower, and an entity with
         # no event in the bucket cannot spike. With thousands of entities most ticks judge few.
         counted = await self.windows.counted_entities(t)
-        cand = [e for e in self.entities if not lead.incs[e].is_open and (counted is None or e in counted)]
+        if counted is None:
+            cand = [e for e in self.entities if e not in lead.open]
+        else:
+            cand = self._in_order((counted & self._index.keys()) - lead.open)
         stats = await self.windows.bucket_stats(cand, t)
         if self._early_seen[0] != t or learned_since:
             self._early_seen = (t, {})
@@ -595,19 +628,20 @@ class DetectionEngine:
         rows = await asyncio.to_thread(judge_all) if len(ents) >= OFFLOAD_ENTITIES else judge_all()
         for e, verdicts in rows:
             if verdicts:
-                await self._advance(e, t, verdicts, stats[e], lead.incs[e], early=True)
+                await self._advance(lead, e, t, verdicts, stats[e], early=True)
 
     async def _advance(
         self,
+        lead: _Leader,
         e: str,
         t: int,
         verdicts: list[Verdict],
         stats: dict[str, float],
-        inc: IncidentState,
         *,
         early: bool,
         anomaly: AnomalyHit | None = None,
     ) -> None:
+        inc = lead.incs[e]
         signals = [self._signal(e, t, v, early=early) for v in verdicts]
         for sig in signals:
             await self.emit_signal(sig)
@@ -622,6 +656,7 @@ class DetectionEngine:
             quiet_buckets=self.settings.detect.resolve_after_quiet_buckets,
             info_threads=any(r.takes_info for r in self.settings.alerts.routes),
         )
+        _track(lead, e)
         if tr is not None:
             self._dirty = True
             await self.emit_incident(await self._incident(e, t, tr, signals, stats, early, anomaly))

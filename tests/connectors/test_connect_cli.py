@@ -8,7 +8,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +91,22 @@ def test_bad_source_config_fails_in_one_line_naming_the_key(tmp_path: Path, sour
     assert message in out and "Traceback" not in out and "hunter2" not in out
 
 
-def news_feed(p: Platform, tmp_path: Path) -> Path:
-    """The Google News fixture served at ``/news``, and a config with one rss source reading it."""
+def shifted_to_now(xml: str) -> str:
+    """``xml`` with every RFC 822 date moved by one offset, so that its newest is a minute ago:
+    a worker judges live events and dead-letters what is older than its horizon (days)."""
+    pattern = r"\w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT"
+    newest = max(parsedate_to_datetime(d) for d in re.findall(pattern, xml))
+    offset = datetime.now(UTC) - timedelta(minutes=1) - newest
+    return re.sub(pattern, lambda m: format_datetime(parsedate_to_datetime(m[0]) + offset, usegmt=True), xml)
+
+
+def news_feed(p: Platform, tmp_path: Path, *, live: bool = False) -> Path:
+    """The Google News fixture served at ``/news`` (``live``: its dates moved to the last
+    minutes), and a config with one rss source reading it."""
 
     async def feed(request: web.Request) -> web.Response:
-        return web.Response(text=fixture("google_news_rss.xml"), content_type="application/rss+xml")
+        text = fixture("google_news_rss.xml")
+        return web.Response(text=shifted_to_now(text) if live else text, content_type="application/rss+xml")
 
     p.route("GET", "/news", feed)
     cfg = tmp_path / "c.toml"
@@ -222,7 +236,7 @@ async def test_connect_next_to_a_worker_delivers_the_feed_enriched(
     prefix = f"cw{unique}"
     env = worker_env(kafka_bootstrap, redis_url, prefix, tmp_path, partitions=1)
     async with Platform() as p:
-        cfg = news_feed(p, tmp_path)
+        cfg = news_feed(p, tmp_path, live=True)
         with WorkerProcess(env, tmp_path / "worker.log", config=cfg) as worker:
             assert (await connect_once(cfg, {**os.environ, **env}))["sent"] == 3
             enriched, dead = f"{prefix}.enriched", f"{prefix}.deadletter"

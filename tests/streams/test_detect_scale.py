@@ -121,8 +121,10 @@ async def backend(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[
 
 
 async def _run(
-    s: Settings, windows: Windows, state: StateStore, *, switch_at: int | None = None
+    s: Settings, windows: Windows, state: StateStore, *, switch_at: int | None = None, more: tuple[int, ...] = ()
 ) -> tuple[list[Signal], list[Incident], DetectionEngine]:
+    """The engine over ``_events``, seven minutes a tick; a new leader takes over at the first tick
+    from ``switch_at`` and from each minute of ``more``."""
     signals: list[Signal] = []
     incidents: list[Incident] = []
 
@@ -137,10 +139,12 @@ async def _run(
 
     eng = engine()
     minutes = _events()
+    switches = sorted([*([switch_at] if switch_at is not None else []), *more])
     for m0 in range(0, MINUTES, 7):
-        if switch_at is not None and m0 >= switch_at:
+        if switches and m0 >= switches[0]:
             await eng.save_river()  # what a leader does at shutdown
-            eng, switch_at = engine(), None  # a new leader after a rebalance, from what Redis holds
+            eng = engine()  # a new leader after a rebalance, from what Redis holds
+            switches = [m for m in switches if m > m0]
         batch = [(ev, 0) for minute in minutes[m0 : m0 + 7] for ev in minute]
         if batch:
             await windows.add_batch(batch)
@@ -205,3 +209,25 @@ async def test_a_tick_writes_only_the_entities_that_had_events(aredis: Any, uniq
         keys = [k async for k in aredis.scan_iter(f"dw{unique}*", count=1000)]
         if keys:
             await aredis.delete(*keys)
+
+
+async def test_new_leaders_read_only_the_state_they_need_and_judge_alike(backend: Any) -> None:
+    """Leaders that take over inside the dense burst, inside the hour nobody talks and after it
+    read each detector and River watch from the store only when a bucket needs it: the same
+    signals, threads and detectors as one eager engine, and on Redis
+    (whose windows judge every bucket) the entity that never talks is never read at all."""
+    with _eager_empty_buckets():
+        ref_signals, ref_incidents, ref = await _run(*backend("e", eager=True))
+    s, windows, state = backend("n", eager=False)
+    signals, incidents, eng = await _run(s, windows, state, more=(301, 610, 665))
+    assert {x.entity for x in ref_signals if x.severity != "info"} >= {"dense", "sparse"}  # the bursts paged
+    assert [x.model_dump(exclude={"emitted_at"}) for x in signals] == [
+        x.model_dump(exclude={"emitted_at"}) for x in ref_signals
+    ]
+    assert _threads(incidents) == _threads(ref_incidents)
+    if isinstance(windows, RedisWindows):
+        lead, river = eng._state, eng._river
+        assert lead is not None and river is not None
+        assert "silent" not in lead.dets and not {"silent"} & (river[0].keys() | river[1].keys())
+        assert "dense" in lead.dets
+    assert await _detectors(eng) == await _detectors(ref)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from streams.detection import OFFLOAD_ENTITIES, _Watches
+from models.anomaly import AnomalyWatch
+from streams.detection import OFFLOAD_ENTITIES, _Lazy
+from streams.state import MemoryState
 from tools.bench_detect import bench_detection_scale
 
 pytestmark = pytest.mark.integration
@@ -28,7 +30,14 @@ def test_the_entities_bench_judges_every_size_and_leaves_nothing_behind(redis_ur
         r.close()
 
 
-def test_river_watches_are_decoded_only_when_used() -> None:
-    watches = _Watches({"anom:a": None, "anom:b": None})
+async def test_river_watches_are_read_and_decoded_only_when_needed() -> None:
+    state = MemoryState()
+    await state.save_blob("anom:b", AnomalyWatch().to_dict())
+    watches = _Lazy(state, "anom:", AnomalyWatch.from_dict)
     assert len(watches) == 0
-    assert watches["a"].seen == 0 and list(watches) == ["a"]  # b is never decoded, so never saved
+    await watches.need(["a"])
+    assert watches["a"].seen == 0 and list(watches) == ["a"]  # b is never read, so never saved
+    with pytest.raises(KeyError):
+        watches["b"]  # not needed yet: never started over unseen
+    await watches.need(["a", "b"])
+    assert sorted(watches) == ["a", "b"]
