@@ -15,6 +15,13 @@ computed once per (calendar, year) and the last day asked is remembered (buckets
 Calendars are the ``holidays`` package's (MIT): a country code (``"US"``, ``"BR"``), optionally
 with a subdivision (``"US-CA"``, ``"BR-SP"``: the country's holidays and the subdivision's own).
 
+Off by default: measured (2026-12-07, README), a Sunday is a crude model of a holiday's small
+hours. On NAB's nyc_taxi (local times, read as UTC days) ``["US"]`` removes two false detections
+(Labor Day's among them) but adds four and misses Thanksgiving's window: Veterans Day's morning
+reads high against a Sunday's, and three Sundays' 4 am (Saturday night's traffic) read high
+after the Sunday slot learned Columbus and Veterans Day nights. NAB realTweets and the Olist
+backtest (``["BR"]``) are unchanged.
+
 >>> import datetime as dt
 >>> t = int(dt.datetime(2025, 12, 25, 14, tzinfo=dt.UTC).timestamp())  # Christmas, a Thursday
 >>> hour_of_week(t), seasonal_hour(t, holiday_calendar(["US"])), 6 * 24 + 14
