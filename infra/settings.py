@@ -63,6 +63,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _holiday_codes(v: list[str] | None) -> list[str] | None:
+    """Holiday calendars as the ``holidays`` package names them; an unknown one fails at start."""
+    if not v:
+        return v
+    from models.seasons import calendar_problem  # the package is imported only when calendars are named
+
+    for code in v:
+        problem = calendar_problem(code)
+        if problem is not None:
+            raise ValueError(problem)
+    return v
+
+
 class AliasRule(_Section):
     """How one name or alias of an entity is matched (``[entities.rules."Apple"]``)."""
 
@@ -96,6 +109,13 @@ class Entity(_Section):
     rules: dict[str, AliasRule] = Field(
         default_factory=dict, description="Per-name matching rules, keyed by the name or alias they refine."
     )
+    holidays: list[str] | None = Field(
+        default=None,
+        description="This entity's holiday calendars, instead of detect.holidays (e.g. ['BR'] for a Brazilian "
+        "shop in a US config; [] for none).",
+    )
+
+    _holidays_known = field_validator("holidays")(_holiday_codes)
 
     @property
     def key(self) -> str:
@@ -280,6 +300,14 @@ class DetectSettings(_Section):
         description="Rating-drop window test: the drop in standard errors of the difference of the two "
         "means (pooled spread) at least, besides a star or more of difference.",
     )
+    holidays: list[str] = Field(
+        default_factory=list,
+        description="Holiday calendars (country codes of the holidays package, optionally with a subdivision: "
+        "'US', 'US-CA', 'BR'): a bucket on one of their holidays (UTC day) is learned and judged in the Sunday "
+        "slot of its hour, not its weekday's. Empty: no holidays. An entity's own `holidays` replaces it.",
+    )
+
+    _holidays_known = field_validator("holidays")(_holiday_codes)
 
 
 class NlpSettings(_Section):
@@ -573,6 +601,11 @@ class Settings(BaseSettings):
         if dup:
             raise ValueError(f"sources: duplicate names {dup}; give each [[sources]] entry a unique name")
         return self
+
+    def holidays_for(self, key: str) -> list[str]:
+        """The holiday calendars of entity ``key``: its own, else ``detect.holidays``."""
+        ent = self.entity(key)
+        return ent.holidays if ent is not None and ent.holidays is not None else self.detect.holidays
 
     def entity(self, key: str) -> Entity | None:
         for e in self.entities:

@@ -66,7 +66,7 @@ import statistics
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from river import anomaly, compose, drift, preprocessing
@@ -74,6 +74,7 @@ from scipy import stats as _st
 
 from infra.settings import DetectSettings
 from models.detect import EntityDetector, _tail_z
+from models.seasons import holiday_calendar, seasonal_hour
 
 __all__ = [
     "EntityVolumeDetector",
@@ -412,8 +413,9 @@ class HalfSpaceTreesDetector:
 class EntityVolumeDetector:
     """The worker's own :class:`models.detect.EntityDetector` on a plain count series.
 
-    Each point is one closed bucket ``{"n": value}`` (bucket length = the series' spacing, hour of
-    the week from its timestamp), judged then learned exactly as the live engine does it
+    Each point is one closed bucket ``{"n": value}`` (bucket length = the series' spacing, its
+    seasonal slot from its timestamp in UTC, a holiday of ``cfg.holidays`` read as a Sunday, by the
+    engine's own :func:`models.seasons.seasonal_hour`), judged then learned exactly as the live engine does it
     (:meth:`streams.detection.DetectionEngine.tick`). With ``early`` (the default), the bucket is
     also judged as it fills, at ``frac`` = 1/4, 1/2 and 3/4 of its count, as the engine's early
     firing does (a partial bucket fires only at ``critical_z``). A detection is the *onset* of a
@@ -425,8 +427,13 @@ class EntityVolumeDetector:
     def __init__(self, cfg: DetectSettings | None = None, *, warmup: int = 100, early: bool = True) -> None:
         self.cfg = (cfg or DetectSettings()).model_copy(update={"warmup_buckets": max(1, warmup)})
         self.early = early
+        self.calendar = holiday_calendar(self.cfg.holidays)
         self.det: EntityDetector | None = None
         self.first: tuple[datetime, float] | None = None
+
+    def _slot(self, ts: datetime) -> int:
+        aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)  # naive timestamps are UTC (NAB's)
+        return seasonal_hour(int(aware.timestamp()), self.calendar)
 
     def update(self, ts: datetime, value: float) -> float | None:
         if not math.isfinite(value):
@@ -438,8 +445,8 @@ class EntityVolumeDetector:
                 return None
             step = max(1, int((ts - self.first[0]).total_seconds()))
             self.det = EntityDetector(self.cfg, bucket_seconds=step)
-            self.det.update({"n": self.first[1]}, how_of(self.first[0]))
-        how = how_of(ts)
+            self.det.update({"n": self.first[1]}, self._slot(self.first[0]))
+        how = self._slot(ts)
         z: float | None = None
         if self.early:
             for frac in (0.25, 0.5, 0.75):

@@ -35,6 +35,7 @@ from models.anomaly import FEATURES as ANOMALY_FEATURES
 from models.anomaly import AnomalyHit, AnomalyWatch
 from models.detect import EntityDetector, Verdict
 from models.drift import DriftWatch
+from models.seasons import HolidayCalendar, holiday_calendar, hour_of_week, seasonal_hour
 from streams.state import StateStore, as_doc
 from streams.windows import Windows, bucket_dt
 
@@ -63,7 +64,9 @@ class Feedback(Protocol):
     async def feedback_done(self, n: int) -> None: ...
 
 
-def _catch_up(det: EntityDetector, at: dict[str, int], e: str, upto: int, B: int) -> None:
+def _catch_up(
+    det: EntityDetector, at: dict[str, int], e: str, upto: int, B: int, cal: HolidayCalendar | None = None
+) -> None:
     """Learn the empty buckets ``e`` has not learned yet, through bucket start ``upto``.
 
     An entity without events in a closed bucket is not touched when the bucket closes: its
@@ -73,7 +76,7 @@ def _catch_up(det: EntityDetector, at: dict[str, int], e: str, upto: int, B: int
     if det.buckets == 0:
         t = upto + B  # not seen yet: an empty bucket teaches it nothing
     while t <= upto:
-        det.empty(hour_of_week(t))
+        det.empty(seasonal_hour(t, cal))
         t += B
     at[e] = max(at[e], upto)
 
@@ -82,7 +85,7 @@ def _judge_bucket(
     ents: list[str],
     t: int,
     stats: dict[str, dict[str, float]],
-    how: int,
+    cals: dict[str, HolidayCalendar | None],
     dets: dict[str, EntityDetector],
     at: dict[str, int],
     B: int,
@@ -95,9 +98,10 @@ def _judge_bucket(
     for e in ents:
         if at[e] >= t:
             continue  # learned already: saved by a save that stopped before it moved the pointer
-        det, st = dets[e], stats[e]
-        _catch_up(det, at, e, t - B, B)
+        det, st, cal = dets[e], stats[e], cals[e]
+        _catch_up(det, at, e, t - B, B, cal)
         at[e] = t
+        how = seasonal_hour(t, cal)
         if not any(st.values()):
             det.empty(how)  # nothing can fire, nor reach a watch (it reads two inputs or more)
             rows.append((e, [], None))
@@ -125,15 +129,6 @@ def _track(lead: _Leader, e: str) -> None:
         lead.open.add(e)
     else:
         lead.open.discard(e)
-
-
-def hour_of_week(t: int) -> int:
-    """Hour of the week (0 = Monday 00h UTC) of epoch second ``t``.
-
-    >>> hour_of_week(0)  # 1970-01-01 was a Thursday
-    72
-    """
-    return (int(t // 3600) + 72) % 168
 
 
 def describe(s: Signal) -> str:
@@ -222,6 +217,8 @@ class DetectionEngine:
         self.absorbed = 0  # buckets learned as normal on a responder's word
         self.entities = [e.key for e in settings.entities]
         self._index = {e: i for i, e in enumerate(self.entities)}
+        # each entity's holiday calendar (None: none), so every bucket's slot is ``seasonal_hour``'s
+        self.calendars = {e: holiday_calendar(settings.holidays_for(e)) for e in self.entities}
         self.B = settings.windows.bucket_seconds
         self.signals_out = 0
         self.incidents_out = 0
@@ -365,11 +362,10 @@ class DetectionEngine:
                 touched = ents if counted is None else self._in_order((counted | lead.open) & self._index.keys())
                 await self._detectors(lead, touched, closed)
                 stats = await self.windows.bucket_stats(touched, t)
-                how = hour_of_week(t)
                 # about a millisecond per entity: hundreds of entities would hold the event loop
                 # for the better part of a second on every closed bucket, so a big fleet of
                 # entities is judged on a thread (the GIL still hands the loop its turn)
-                args = (touched, t, stats, how, dets, lead.at, B)
+                args = (touched, t, stats, self.calendars, dets, lead.at, B)
                 many = len(touched) >= OFFLOAD_ENTITIES
                 judged_rows = await asyncio.to_thread(_judge_bucket, *args) if many else _judge_bucket(*args)
                 lead.changed.update(e for e, _, _ in judged_rows)
@@ -460,15 +456,15 @@ class DetectionEngine:
                 )
                 continue
             await self._detectors(lead, [entity], closed)
-            det = lead.dets[entity]
-            _catch_up(det, lead.at, entity, closed, self.B)
+            det, cal = lead.dets[entity], self.calendars[entity]
+            _catch_up(det, lead.at, entity, closed, self.B, cal)
             lead.changed.add(entity)
             stats = {t: (await self.windows.bucket_stats([entity], t))[entity] for t in buckets}
             for t, st in stats.items():
                 if st.get("n", 0.0) <= 0:
                     logger.warning("false positive on %s at %s: the bucket is no longer held; not learned", entity, t)
                     continue
-                widened = det.absorb(st, hour_of_week(t))
+                widened = det.absorb(st, seasonal_hour(t, cal))
                 self.absorbed += 1
                 logger.info("false positive on %s at %s learned as normal (%s)", entity, t, ", ".join(widened) or "-")
             self._dirty = True
@@ -484,7 +480,7 @@ class DetectionEngine:
 
         def run() -> None:
             for e in ents:
-                _catch_up(lead.dets[e], lead.at, e, t - B, B)
+                _catch_up(lead.dets[e], lead.at, e, t - B, B, self.calendars[e])
                 if lead.at[e] < t:
                     lead.dets[e].idle(k)
                     lead.at[e] = t + (k - 1) * B
@@ -616,12 +612,13 @@ class DetectionEngine:
         seen.update((e, stats[e]) for e in ents)
         await self._detectors(lead, ents, closed)
         lead.changed.update(ents)  # caught up to the closed buckets
-        cfg, how, dets = self.settings.detect, hour_of_week(t), lead.dets
+        cfg, cals, dets = self.settings.detect, self.calendars, lead.dets
 
         def judge_all() -> list[tuple[str, list[Verdict]]]:
             out = []
             for e in ents:
-                _catch_up(dets[e], lead.at, e, closed, B)
+                _catch_up(dets[e], lead.at, e, closed, B, cals[e])
+                how = seasonal_hour(t, cals[e])
                 out.append((e, [v for v in dets[e].judge(stats[e], how, frac) if v.z >= cfg.critical_z]))
             return out
 

@@ -5,7 +5,8 @@ Every ``*.csv`` (``timestamp,value``; naive timestamps are UTC) under ``--series
 run through three detectors in one pass:
 
 - ``repmon``: the code the worker runs, :class:`models.detect.EntityDetector` with the stream's
-  settings (:class:`infra.settings.DetectSettings`), fed one bucket ``{"n": count}`` per row with
+  settings (:class:`infra.settings.DetectSettings`, loaded from ``--config`` and the environment
+  as the worker loads them: ``detect.holidays`` included), fed one bucket ``{"n": count}`` per row with
   its hour of the week, as :class:`streams.detection.DetectionEngine` feeds it, early firing on the
   filling bucket included (:class:`models.series.EntityVolumeDetector`); a detection is the onset
   of a volume episode;
@@ -46,7 +47,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra.settings import DetectSettings
+from infra.settings import ConfigError, DetectSettings, load_settings
 from models.nab import (
     PROFILES,
     FileScore,
@@ -276,6 +277,13 @@ _HOLDOUT_OPT = typer.Option(
 _ROTATE_OPT = typer.Option(
     False, "--rotate", help="Also report every leave-one-series-out fold and the mean held-out score."
 )
+_CONFIG_OPT = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="Config TOML whose [detect] the worker's detector runs with (default: $REPMON_CONFIG "
+    "or the bundled demo config; REPMON_DETECT__* override it, e.g. REPMON_DETECT__HOLIDAYS='[\"US\"]').",
+)
 
 
 def detect_command(
@@ -286,6 +294,7 @@ def detect_command(
     series_detector: bool = _SERIES_DET_OPT,
     holdout: list[str] = _HOLDOUT_OPT,
     rotate: bool = _ROTATE_OPT,
+    config: Path | None = _CONFIG_OPT,
 ) -> None:
     """NAB scores (three profiles) of the worker's detector against a rolling 3-sigma peak detector
     and River HalfSpaceTrees (0 = never fires, 100 = perfect)."""
@@ -294,7 +303,13 @@ def detect_command(
     if not labels.is_file():
         raise typer.BadParameter(f"{labels} is not a file", param_hint="--labels")
     try:
-        result = eval_detect(series, labels, profile, series_detector=series_detector, holdout=holdout, rotate=rotate)
+        cfg = load_settings(config).detect  # the worker's detect settings, as it would load them
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        result = eval_detect(
+            series, labels, profile, series_detector=series_detector, holdout=holdout, settings=cfg, rotate=rotate
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if json_out:
