@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import IllegalStateError, MessageSizeTooLargeError, RecordTooLargeError
 
 from infra.settings import Settings
 from streams.compose import Components, build
@@ -212,10 +212,16 @@ def build_worker(
         held: dict[int, tuple[int, int | None]] = {}
         lags: dict[tuple[str, int], int] = {}
         for tp in app.consumer.assignment():
-            hw = app.consumer.highwater(tp)
-            if hw is None:  # not fetched yet: a raw partition holds the watermark until it is
+            # a rebalance can take the partition away at any await here (aiokafka then asserts
+            # "Partition is not assigned"): what is no longer held is simply not reported; an
+            # error escaping a timer would crash the whole worker
+            try:
+                hw = app.consumer.highwater(tp)
+                if hw is None:  # not fetched yet: a raw partition holds the watermark until it is
+                    continue
+                pos = await app.consumer.position(tp)
+            except (AssertionError, IllegalStateError):
                 continue
-            pos = await app.consumer.position(tp)
             if pos is not None:
                 lags[(tp.topic, tp.partition)] = max(0, int(hw) - int(pos))
             if tp.topic == raw:
