@@ -292,8 +292,12 @@ async def test_one_crisis_is_one_thread_updates_held_then_flushed(
     cooldown = 0.5
     d, out = make(settings(route("cx", rx.apprise_url("/cx")), cooldown_seconds=cooldown))
 
+    stop = asyncio.Event()
+
     async def timer() -> None:  # what the worker does: flush held updates every so often
-        while True:
+        # stops on a flag, not only on cancel: a cancellation that lands inside a Redis call can
+        # be swallowed on Python 3.11 (asyncio.wait_for), and awaiting the task then never returned
+        while not stop.is_set():
             await asyncio.sleep(0.05)
             await d.flush_due()
 
@@ -322,9 +326,10 @@ async def test_one_crisis_is_one_thread_updates_held_then_flushed(
         assert titles(got) == ["OPEN#1", "UPDATE#3", "ESCALATED#5", "RESOLVED#7"]
         assert got[3].json["type"] == "success" and got[2].json["type"] == "failure"
     finally:
+        stop.set()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait([task], timeout=10)
+    assert task.done()
     # nothing is left held once the thread resolved; stale updates stay quiet
     assert await d.flush_due() == []
     assert await r.zcard(f"{d.p}:held") == 0
