@@ -39,7 +39,15 @@ from river import linear_model, naive_bayes, optim
 from models.lexicon import INTENSIFIERS, NEGATORS, SEED, strip_accents
 from models.vader import Vader
 
-__all__ = ["LABELS", "SentimentModel", "SentimentResult", "lexicon_label", "rating_to_label", "tokens"]
+__all__ = [
+    "LABELS",
+    "SentimentModel",
+    "SentimentResult",
+    "lexicon_label",
+    "rating_to_label",
+    "softmax_proba",
+    "tokens",
+]
 
 LABELS = ("negative", "neutral", "positive")
 FORMAT = 3  # JSON checkpoints: 3 = per-language weights; 2 = one English model (read as "en"); 1 was a pickle
@@ -252,6 +260,38 @@ def nb_proba(
     return {c: math.exp(v - lse) for c, v in jll.items()}
 
 
+def softmax_proba(weights: Mapping[str, Mapping[str, float]], x: Mapping[str, float]) -> dict[str, float]:
+    """``SoftmaxRegression.predict_proba_one(x)`` for these per-class ``weights``, the same floats.
+
+    River's ``utils.math.dot`` feeds a generator to ``sum`` and calls a function per class, a
+    sixth of the scoring cost on short texts. Here each class's products are the same ones, over
+    the smaller of the two dicts and in its order, summed by the same ``sum``, and the softmax is
+    River's to the operation, so every probability is the same float (``tests/models`` checks it
+    against River on random weights).
+
+    >>> m = linear_model.SoftmaxRegression()
+    >>> m.weights.update({"negative": {"bad": 1.5, "ok": -0.2}, "positive": {"bad": -1.0, "good": 2.0}})
+    >>> softmax_proba(m.weights, {"bad": 1.0, "good": 0.5}) == m.predict_proba_one({"bad": 1.0, "good": 0.5})
+    True
+    """
+    scores: dict[str, float] = {}
+    for label, w in weights.items():
+        if len(w) < len(x):
+            scores[label] = sum([wi * x[i] for i, wi in w.items() if i in x])
+        else:
+            scores[label] = sum([w[i] * xi for i, xi in x.items() if i in w])
+    if not scores:
+        return scores
+    top = max(scores.values())
+    total = 0.0
+    for c, v in scores.items():
+        e = scores[c] = math.exp(v - top)
+        total += e
+    for c in scores:
+        scores[c] /= total
+    return scores
+
+
 class _Lang:
     """One language's online models and how many labels it has learned.
 
@@ -271,7 +311,7 @@ class _Lang:
         self.n_learned = 0
 
     def proba(self, feats: dict[str, float]) -> dict[str, float]:
-        p = self.model.predict_proba_one(feats)
+        p = softmax_proba(self.model.weights, feats)
         words = {k: v for k, v in feats.items() if not k.startswith("__")}
         if not words or not self.nb.class_counts:
             return p
