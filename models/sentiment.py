@@ -122,11 +122,12 @@ def tokens(text: str) -> list[str]:
     t = unicodedata.normalize("NFKC", text).lower()
     t = _NUM.sub(" ", _HANDLE.sub(" zzuser ", _URL.sub(" zzurl ", t)))
     out: list[str] = []
+    cjk = _CJK.search(t) is not None  # most texts have none: then no token is searched for a run
     for tok in _TOKEN.findall(t):
         if tok in ("zzuser", "zzurl"):
             out.append("@user" if tok == "zzuser" else "url")
             continue
-        runs = _CJK.findall(tok)
+        runs = _CJK.findall(tok) if cjk else None
         if not runs:
             out.append(tok.replace("\u2019", "'"))
             continue
@@ -208,7 +209,7 @@ NB_LOG_CACHE = 200_000  # words whose logs nb_proba keeps (~0.3 KB each)
 
 
 def nb_proba(
-    nb: naive_bayes.MultinomialNB, words: Mapping[str, float], logs: dict[str, dict[str, float]] | None = None
+    nb: naive_bayes.MultinomialNB, words: Mapping[str, float], logs: dict[str, tuple[float, ...]] | None = None
 ) -> dict[str, float]:
     """``nb.predict_proba_one(words)``, computed as River does (Laplace-smoothed multinomial
     likelihoods, class priors from the counts) at a fraction of the cost: the smoothing denominator's
@@ -224,7 +225,7 @@ def nb_proba(
     >>> a, b = nb_proba(nb, {"bad": 1.0, "new": 2.0}), nb.predict_proba_one({"bad": 1.0, "new": 2.0})
     >>> all(abs(a[k] - b[k]) < 1e-12 for k in b)
     True
-    >>> cache: dict[str, dict[str, float]] = {}
+    >>> cache: dict[str, tuple[float, ...]] = {}
     >>> nb_proba(nb, {"bad": 1.0, "new": 2.0}, cache) == nb_proba(nb, {"bad": 1.0, "new": 2.0}) == a
     True
     """
@@ -234,26 +235,29 @@ def nb_proba(
     n = sum(counts.values())
     smooth = alpha * len(fc)
     mass = sum(words.values())
-    unseen = math.log(alpha)
-    rows: list[tuple[float, dict[str, float] | None]] = []
+    # per word, its logs in the order of the classes (the cache is cleared when a class is added):
+    # an index instead of a dict lookup and a test per word and class
+    classes = list(counts)
+    unseen = (math.log(alpha),) * len(classes)
+    rows: list[tuple[float, tuple[float, ...]]] = []
     for f, freq in words.items():
         seen = fc.get(f)
         if seen is None:
-            rows.append((freq, None))
+            rows.append((freq, unseen))
             continue
         lf = logs.get(f) if logs is not None else None
         if lf is None:
-            lf = {c: math.log(seen.get(c, 0.0) + alpha) for c in counts}
+            lf = tuple([math.log(seen.get(c, 0.0) + alpha) for c in classes])
             if logs is not None:
                 if len(logs) >= NB_LOG_CACHE:
                     logs.clear()
                 logs[f] = lf
         rows.append((freq, lf))
     jll: dict[str, float] = {}
-    for c, k in counts.items():
-        s = math.log(k / n) - mass * math.log(totals[c] + smooth)
+    for j, c in enumerate(classes):
+        s = math.log(counts[c] / n) - mass * math.log(totals[c] + smooth)
         for freq, lf in rows:
-            s += freq * (lf[c] if lf is not None else unseen)
+            s += freq * lf[j]
         jll[c] = s
     top = max(jll.values())
     lse = top + math.log(sum(math.exp(v - top) for v in jll.values()))
@@ -307,7 +311,7 @@ class _Lang:
         self.nb = naive_bayes.MultinomialNB(alpha=1.0)
         # per known word, its per-class log(count + alpha) (see nb_proba): bounded by the
         # vocabulary naive Bayes holds anyway
-        self.nb_logs: dict[str, dict[str, float]] = {}
+        self.nb_logs: dict[str, tuple[float, ...]] = {}
         self.n_learned = 0
 
     def proba(self, feats: dict[str, float]) -> dict[str, float]:
@@ -361,6 +365,9 @@ class SentimentModel:
         self._vader = Vader()
         self._seed = {lang: SeedLexicon(lang) for lang in SEED}
         self._compounds: dict[tuple[str, str], float] = {}
+        # the features of a text scored, kept for its learning: a review is scored, then taught
+        # (a pure function of the text and its lexicon score, so never stale)
+        self._feats: dict[tuple[str, float], dict[str, float]] = {}
         # predictions since the last label: a text, its aspect clauses and its entities' clauses
         # are often the same string; cleared on every learn, so it never serves a stale model
         self._predictions: dict[tuple[str, str], SentimentResult] = {}
@@ -490,6 +497,16 @@ class SentimentModel:
             weight += len(piece)
         return total / weight if weight else 0.0
 
+    def _features(self, text: str, compound: float) -> dict[str, float]:
+        """:func:`_features`, remembered (bounded); callers only read the dict."""
+        key = (text, compound)
+        feats = self._feats.get(key)
+        if feats is None:
+            if len(self._feats) >= 4096:
+                self._feats.clear()
+            feats = self._feats[key] = _features(text, compound)
+        return feats
+
     def proba(self, text: str, compound: float | None = None, lang: str = "en") -> dict[str, float]:
         c = self.compound(text, lang) if compound is None else compound
         lexical = self.has_prior(lang)
@@ -497,7 +514,7 @@ class SentimentModel:
         lm = self.langs.get(lang)
         if lm is None or lm.n_learned == 0:
             return dict(prior)
-        p_model = lm.proba(_features(text, c))
+        p_model = lm.proba(self._features(text, c))
         # VADER is a strong prior and takes long to beat; the small seed lexicons and the empty
         # prior give way ten times sooner (chosen on half of the olist reviews, see the report)
         pw = self.prior_weight if lang == "en" else self.prior_weight / 10
@@ -550,7 +567,7 @@ class SentimentModel:
     def learn_one(self, text: str, label: str, lang: str = "en") -> None:
         if label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, got {label!r}")
-        self._lang(lang).learn(_features(text, self.compound(text, lang)), label)
+        self._lang(lang).learn(self._features(text, self.compound(text, lang)), label)
         self._predictions.clear()
 
     def learn_many(self, rows: Iterable[tuple[str, str]], lang: str = "en") -> None:
