@@ -120,7 +120,12 @@ def tokens(text: str) -> list[str]:
     ['配', '送', 'が', '遅', 'い', '配送', '送が', 'が遅', '遅い']
     """
     t = unicodedata.normalize("NFKC", text).lower()
-    t = _NUM.sub(" ", _HANDLE.sub(" zzuser ", _URL.sub(" zzurl ", t)))
+    # each substitution only where its pattern can match: most texts have no link or handle
+    if "http" in t:
+        t = _URL.sub(" zzurl ", t)
+    if "@" in t:
+        t = _HANDLE.sub(" zzuser ", t)
+    t = _NUM.sub(" ", t)
     out: list[str] = []
     cjk = _CJK.search(t) is not None  # most texts have none: then no token is searched for a run
     for tok in _TOKEN.findall(t):
@@ -296,6 +301,14 @@ def softmax_proba(weights: Mapping[str, Mapping[str, float]], x: Mapping[str, fl
     return scores
 
 
+class _Softmax(linear_model.SoftmaxRegression):
+    """River's softmax regression, scoring with :func:`softmax_proba` (the same floats): its
+    ``learn_one`` scores every example before its step, so learning gains too."""
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[str, float]:  # type: ignore[override]
+        return softmax_proba(self.weights, x)
+
+
 class _Lang:
     """One language's online models and how many labels it has learned.
 
@@ -307,7 +320,7 @@ class _Lang:
     __slots__ = ("model", "n_learned", "nb", "nb_logs")
 
     def __init__(self, lr: float, l2: float) -> None:
-        self.model = linear_model.SoftmaxRegression(optimizer=optim.SGD(lr), l2=l2)
+        self.model = _Softmax(optimizer=optim.SGD(lr), l2=l2)
         self.nb = naive_bayes.MultinomialNB(alpha=1.0)
         # per known word, its per-class log(count + alpha) (see nb_proba): bounded by the
         # vocabulary naive Bayes holds anyway
@@ -315,7 +328,7 @@ class _Lang:
         self.n_learned = 0
 
     def proba(self, feats: dict[str, float]) -> dict[str, float]:
-        p = softmax_proba(self.model.weights, feats)
+        p = self.model.predict_proba_one(feats)
         words = {k: v for k, v in feats.items() if not k.startswith("__")}
         if not words or not self.nb.class_counts:
             return p
