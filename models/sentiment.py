@@ -156,6 +156,11 @@ def _features(text: str, compound: float) -> dict[str, float]:
     return feats
 
 
+def _words(feats: Mapping[str, float]) -> dict[str, float]:
+    """The features naive Bayes reads: all but the prior's ``__lex_*``."""
+    return {k: v for k, v in feats.items() if not k.startswith("__")}
+
+
 def _prior(compound: float) -> dict[str, float]:
     logits = {"positive": 4.0 * compound, "negative": -4.0 * compound, "neutral": 1.2 - 4.0 * abs(compound)}
     m = max(logits.values())
@@ -327,17 +332,18 @@ class _Lang:
         self.nb_logs: dict[str, tuple[float, ...]] = {}
         self.n_learned = 0
 
-    def proba(self, feats: dict[str, float]) -> dict[str, float]:
+    def proba(self, feats: dict[str, float], words: dict[str, float] | None = None) -> dict[str, float]:
+        """``words``: the features without the prior's (:func:`_words`), if the caller has them."""
         p = self.model.predict_proba_one(feats)
-        words = {k: v for k, v in feats.items() if not k.startswith("__")}
+        words = _words(feats) if words is None else words
         if not words or not self.nb.class_counts:
             return p
         q = nb_proba(self.nb, words, self.nb_logs)
         return {k: NB_SHARE * q.get(k, 0.0) + (1 - NB_SHARE) * p.get(k, 0.0) for k in LABELS}
 
-    def learn(self, feats: dict[str, float], label: str) -> None:
+    def learn(self, feats: dict[str, float], label: str, words: dict[str, float] | None = None) -> None:
         self.model.learn_one(feats, label)
-        words = {k: v for k, v in feats.items() if not k.startswith("__")}
+        words = _words(feats) if words is None else words
         if words:  # River's naive Bayes divides by the feature total: an empty text teaches nothing
             if label not in self.nb.class_counts:
                 self.nb_logs.clear()  # every cached word lacks the new class
@@ -380,7 +386,9 @@ class SentimentModel:
         self._compounds: dict[tuple[str, str], float] = {}
         # the features of a text scored, kept for its learning: a review is scored, then taught
         # (a pure function of the text and its lexicon score, so never stale)
-        self._feats: dict[tuple[str, float], dict[str, float]] = {}
+        self._feats: dict[tuple[str, float], tuple[dict[str, float], dict[str, float]]] = {}
+        # per language, the class weights of _balance; they change only when a label is learned
+        self._balances: dict[str, dict[str, float] | None] = {}
         # predictions since the last label: a text, its aspect clauses and its entities' clauses
         # are often the same string; cleared on every learn, so it never serves a stale model
         self._predictions: dict[tuple[str, str], SentimentResult] = {}
@@ -510,15 +518,16 @@ class SentimentModel:
             weight += len(piece)
         return total / weight if weight else 0.0
 
-    def _features(self, text: str, compound: float) -> dict[str, float]:
-        """:func:`_features`, remembered (bounded); callers only read the dict."""
+    def _features(self, text: str, compound: float) -> tuple[dict[str, float], dict[str, float]]:
+        """:func:`_features` and its :func:`_words`, remembered (bounded); callers only read them."""
         key = (text, compound)
-        feats = self._feats.get(key)
-        if feats is None:
+        hit = self._feats.get(key)
+        if hit is None:
             if len(self._feats) >= 4096:
                 self._feats.clear()
-            feats = self._feats[key] = _features(text, compound)
-        return feats
+            feats = _features(text, compound)
+            hit = self._feats[key] = (feats, _words(feats))
+        return hit
 
     def proba(self, text: str, compound: float | None = None, lang: str = "en") -> dict[str, float]:
         c = self.compound(text, lang) if compound is None else compound
@@ -527,7 +536,7 @@ class SentimentModel:
         lm = self.langs.get(lang)
         if lm is None or lm.n_learned == 0:
             return dict(prior)
-        p_model = lm.proba(self._features(text, c))
+        p_model = lm.proba(*self._features(text, c))
         # VADER is a strong prior and takes long to beat; the small seed lexicons and the empty
         # prior give way ten times sooner (chosen on half of the olist reviews, see the report)
         pw = self.prior_weight if lang == "en" else self.prior_weight / 10
@@ -560,7 +569,10 @@ class SentimentModel:
         if hit is not None:
             return hit
         p = self.proba(text, lang=lang)
-        bal = self._balance(lang)
+        if lang in self._balances:
+            bal = self._balances[lang]
+        else:
+            bal = self._balances[lang] = self._balance(lang)
         q = {k: p[k] * bal[k] for k in LABELS} if bal else p
         label = max(LABELS, key=lambda k: (q[k], k == "neutral"))  # a tie is neutral, not the first class
         res = SentimentResult(max(-1.0, min(1.0, p["positive"] - p["negative"])), label, p[label])
@@ -580,8 +592,10 @@ class SentimentModel:
     def learn_one(self, text: str, label: str, lang: str = "en") -> None:
         if label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, got {label!r}")
-        self._lang(lang).learn(self._features(text, self.compound(text, lang)), label)
+        feats, words = self._features(text, self.compound(text, lang))
+        self._lang(lang).learn(feats, label, words)
         self._predictions.clear()
+        self._balances.clear()
 
     def learn_many(self, rows: Iterable[tuple[str, str]], lang: str = "en") -> None:
         for text, label in rows:
