@@ -161,7 +161,20 @@ def _words(feats: Mapping[str, float]) -> dict[str, float]:
     return {k: v for k, v in feats.items() if not k.startswith("__")}
 
 
+_PRIORS: dict[float, dict[str, float]] = {}  # VADER's compound has four decimals: few distinct values
+
+
 def _prior(compound: float) -> dict[str, float]:
+    """The lexicon prior's distribution for a compound score (remembered: callers only read it)."""
+    hit = _PRIORS.get(compound)
+    if hit is None:
+        if len(_PRIORS) >= 65_536:
+            _PRIORS.clear()
+        hit = _PRIORS[compound] = _prior_of(compound)
+    return hit
+
+
+def _prior_of(compound: float) -> dict[str, float]:
     logits = {"positive": 4.0 * compound, "negative": -4.0 * compound, "neutral": 1.2 - 4.0 * abs(compound)}
     m = max(logits.values())
     ex = {k: math.exp(v - m) for k, v in logits.items()}
