@@ -750,7 +750,11 @@ class Enricher:
         out = []
         for sp in spans:
             a0, b0 = _to_original(sp.start_char, sp.end_char, starts, ends)
-            a, b = next(((a, b) for a, b in cl if a <= a0 < b), (0, len(text)))
+            for a, b in cl:  # a loop, not next() over a generator: one fewer frame per hit
+                if a <= a0 < b:
+                    break
+            else:
+                a, b = 0, len(text)
             out.append(AspectHit(labels[(sp.start, sp.end)], sp.text.lower(), a0, b0, text[a:b]))
         return out
 

@@ -9,7 +9,6 @@ ten complaints came from one account without seeing who it is.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections import Counter
@@ -29,7 +28,11 @@ PHONE = re.compile(
     r"(?![ .-]?\d)(?!\w)"
 )
 HANDLE = re.compile(r"(?<![\w@])@(\w{1,30})")
-_DIGIT = re.compile(r"\d")  # what CARD and PHONE need at least (Unicode digits, as theirs)
+# what CARD and PHONE need at least (Unicode digits, as theirs): thirteen digits with at most one
+# separator between two, and two runs of three with at most one between them; a text or URL
+# without them is not scanned with the lookbehinds at every position
+_CARD_CORE = re.compile(r"\d(?:[ -]?\d){12}")
+_PHONE_CORE = re.compile(r"\d{3}[ .-]?\d{3}")
 # the value of a JSON member or key=value pair: quoted (to its closing quote: a secret or a name
 # may hold spaces) or bare (to the next separator)
 _VALUE = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^"'\s,&{}\[\]]+)"""
@@ -65,10 +68,15 @@ _LEAD = (
     r"hallo|danke|grüße|gruß|liebe[r]?|bonjour|salut|merci|cordialement|"
     r"my\s+name\s+is|me\s+llamo|mi\s+nombre\s+es|meu\s+nome\s+é|je\s+m['\u2019]appelle|ich\s+heiße|mein\s+name\s+ist"
 )
-NAME_AFTER = re.compile(rf"(?<!\w)(?i:{_LEAD})[ \t]*[,:]?[ \t]+(?P<name>{_NAME})")
+# the first letters of the lead words, as a lookahead: the regex engine tries the ~35 lead words
+# at every word start of every text, and most word starts rule them all out by their first letter
+# (a third of the cost of name_spans; the same matches, since every lead word starts with one)
+_LEAD_FIRSTS = "".join(sorted({lead[0] for lead in _LEAD.split("|")}))
+NAME_AFTER = re.compile(rf"(?<!\w)(?=(?i:[{_LEAD_FIRSTS}]))(?i:{_LEAD})[ \t]*[,:]?[ \t]+(?P<name>{_NAME})")
 SIGNATURE = re.compile(
     rf"(?:^|(?<=\s))(?:[-\u2013\u2014~][ \t]*(?P<name>{_NAME})[ \t]*$|[\^*](?P<initials>[A-Z]{{2,3}})\b)", re.M
 )
+_SIGN_MARKS = frozenset("-\u2013\u2014~^*")
 NOT_NAMES = frozenset(
     {
         *("all", "everyone", "everybody", "team", "there", "guys", "folks", "again", "so", "much", "sir", "madam"),
@@ -93,7 +101,8 @@ def name_spans(text: str, exclude: Collection[str] = ()) -> list[tuple[int, int]
     ['JK']
     """
     out: list[tuple[int, int]] = []
-    for m in [*NAME_AFTER.finditer(text), *SIGNATURE.finditer(text)]:
+    signed = not _SIGN_MARKS.isdisjoint(text)  # what SIGNATURE needs: a scan fewer for most texts
+    for m in [*NAME_AFTER.finditer(text), *(SIGNATURE.finditer(text) if signed else ())]:
         group = "initials" if m.groupdict().get("initials") else "name"
         a, b = m.span(group)
         words = text[a:b].split()
@@ -153,8 +162,9 @@ def redact(text: str, keep_handles: Collection[str] = ()) -> tuple[str, Counter[
             return "[CARD]"
         return m.group(0)
 
-    if _DIGIT.search(out) is not None:
+    if _CARD_CORE.search(out) is not None:
         out = CARD.sub(card, out)
+    if _PHONE_CORE.search(out) is not None:
         out = sub(PHONE, "[PHONE]", "phone", out)
     if "@" not in out:
         return out, counts
@@ -233,4 +243,5 @@ def pseudonymize(value: str, secret: bytes) -> str:
     >>> pseudonymize("jnardino", b"s").startswith("a_")
     True
     """
-    return "a_" + hmac.new(secret, value.strip().lower().encode(), hashlib.sha256).hexdigest()[:16]
+    # the one-shot digest: a third of the cost of an HMAC object, the same bytes
+    return "a_" + hmac.digest(secret, value.strip().lower().encode(), "sha256").hex()[:16]

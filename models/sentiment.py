@@ -39,7 +39,15 @@ from river import linear_model, naive_bayes, optim
 from models.lexicon import INTENSIFIERS, NEGATORS, SEED, strip_accents
 from models.vader import Vader
 
-__all__ = ["LABELS", "SentimentModel", "SentimentResult", "lexicon_label", "rating_to_label", "tokens"]
+__all__ = [
+    "LABELS",
+    "SentimentModel",
+    "SentimentResult",
+    "lexicon_label",
+    "rating_to_label",
+    "softmax_proba",
+    "tokens",
+]
 
 LABELS = ("negative", "neutral", "positive")
 FORMAT = 3  # JSON checkpoints: 3 = per-language weights; 2 = one English model (read as "en"); 1 was a pickle
@@ -112,13 +120,19 @@ def tokens(text: str) -> list[str]:
     ['配', '送', 'が', '遅', 'い', '配送', '送が', 'が遅', '遅い']
     """
     t = unicodedata.normalize("NFKC", text).lower()
-    t = _NUM.sub(" ", _HANDLE.sub(" zzuser ", _URL.sub(" zzurl ", t)))
+    # each substitution only where its pattern can match: most texts have no link or handle
+    if "http" in t:
+        t = _URL.sub(" zzurl ", t)
+    if "@" in t:
+        t = _HANDLE.sub(" zzuser ", t)
+    t = _NUM.sub(" ", t)
     out: list[str] = []
+    cjk = _CJK.search(t) is not None  # most texts have none: then no token is searched for a run
     for tok in _TOKEN.findall(t):
         if tok in ("zzuser", "zzurl"):
             out.append("@user" if tok == "zzuser" else "url")
             continue
-        runs = _CJK.findall(tok)
+        runs = _CJK.findall(tok) if cjk else None
         if not runs:
             out.append(tok.replace("\u2019", "'"))
             continue
@@ -142,7 +156,25 @@ def _features(text: str, compound: float) -> dict[str, float]:
     return feats
 
 
+def _words(feats: Mapping[str, float]) -> dict[str, float]:
+    """The features naive Bayes reads: all but the prior's ``__lex_*``."""
+    return {k: v for k, v in feats.items() if not k.startswith("__")}
+
+
+_PRIORS: dict[float, dict[str, float]] = {}  # VADER's compound has four decimals: few distinct values
+
+
 def _prior(compound: float) -> dict[str, float]:
+    """The lexicon prior's distribution for a compound score (remembered: callers only read it)."""
+    hit = _PRIORS.get(compound)
+    if hit is None:
+        if len(_PRIORS) >= 65_536:
+            _PRIORS.clear()
+        hit = _PRIORS[compound] = _prior_of(compound)
+    return hit
+
+
+def _prior_of(compound: float) -> dict[str, float]:
     logits = {"positive": 4.0 * compound, "negative": -4.0 * compound, "neutral": 1.2 - 4.0 * abs(compound)}
     m = max(logits.values())
     ex = {k: math.exp(v - m) for k, v in logits.items()}
@@ -200,7 +232,7 @@ NB_LOG_CACHE = 200_000  # words whose logs nb_proba keeps (~0.3 KB each)
 
 
 def nb_proba(
-    nb: naive_bayes.MultinomialNB, words: Mapping[str, float], logs: dict[str, dict[str, float]] | None = None
+    nb: naive_bayes.MultinomialNB, words: Mapping[str, float], logs: dict[str, tuple[float, ...]] | None = None
 ) -> dict[str, float]:
     """``nb.predict_proba_one(words)``, computed as River does (Laplace-smoothed multinomial
     likelihoods, class priors from the counts) at a fraction of the cost: the smoothing denominator's
@@ -216,7 +248,7 @@ def nb_proba(
     >>> a, b = nb_proba(nb, {"bad": 1.0, "new": 2.0}), nb.predict_proba_one({"bad": 1.0, "new": 2.0})
     >>> all(abs(a[k] - b[k]) < 1e-12 for k in b)
     True
-    >>> cache: dict[str, dict[str, float]] = {}
+    >>> cache: dict[str, tuple[float, ...]] = {}
     >>> nb_proba(nb, {"bad": 1.0, "new": 2.0}, cache) == nb_proba(nb, {"bad": 1.0, "new": 2.0}) == a
     True
     """
@@ -226,30 +258,73 @@ def nb_proba(
     n = sum(counts.values())
     smooth = alpha * len(fc)
     mass = sum(words.values())
-    unseen = math.log(alpha)
-    rows: list[tuple[float, dict[str, float] | None]] = []
+    # per word, its logs in the order of the classes (the cache is cleared when a class is added):
+    # an index instead of a dict lookup and a test per word and class
+    classes = list(counts)
+    unseen = (math.log(alpha),) * len(classes)
+    rows: list[tuple[float, tuple[float, ...]]] = []
     for f, freq in words.items():
         seen = fc.get(f)
         if seen is None:
-            rows.append((freq, None))
+            rows.append((freq, unseen))
             continue
         lf = logs.get(f) if logs is not None else None
         if lf is None:
-            lf = {c: math.log(seen.get(c, 0.0) + alpha) for c in counts}
+            lf = tuple([math.log(seen.get(c, 0.0) + alpha) for c in classes])
             if logs is not None:
                 if len(logs) >= NB_LOG_CACHE:
                     logs.clear()
                 logs[f] = lf
         rows.append((freq, lf))
     jll: dict[str, float] = {}
-    for c, k in counts.items():
-        s = math.log(k / n) - mass * math.log(totals[c] + smooth)
+    for j, c in enumerate(classes):
+        s = math.log(counts[c] / n) - mass * math.log(totals[c] + smooth)
         for freq, lf in rows:
-            s += freq * (lf[c] if lf is not None else unseen)
+            s += freq * lf[j]
         jll[c] = s
     top = max(jll.values())
     lse = top + math.log(sum(math.exp(v - top) for v in jll.values()))
     return {c: math.exp(v - lse) for c, v in jll.items()}
+
+
+def softmax_proba(weights: Mapping[str, Mapping[str, float]], x: Mapping[str, float]) -> dict[str, float]:
+    """``SoftmaxRegression.predict_proba_one(x)`` for these per-class ``weights``, the same floats.
+
+    River's ``utils.math.dot`` feeds a generator to ``sum`` and calls a function per class, a
+    sixth of the scoring cost on short texts. Here each class's products are the same ones, over
+    the smaller of the two dicts and in its order, summed by the same ``sum``, and the softmax is
+    River's to the operation, so every probability is the same float (``tests/models`` checks it
+    against River on random weights).
+
+    >>> m = linear_model.SoftmaxRegression()
+    >>> m.weights.update({"negative": {"bad": 1.5, "ok": -0.2}, "positive": {"bad": -1.0, "good": 2.0}})
+    >>> softmax_proba(m.weights, {"bad": 1.0, "good": 0.5}) == m.predict_proba_one({"bad": 1.0, "good": 0.5})
+    True
+    """
+    scores: dict[str, float] = {}
+    for label, w in weights.items():
+        if len(w) < len(x):
+            scores[label] = sum([wi * x[i] for i, wi in w.items() if i in x])
+        else:
+            scores[label] = sum([w[i] * xi for i, xi in x.items() if i in w])
+    if not scores:
+        return scores
+    top = max(scores.values())
+    total = 0.0
+    for c, v in scores.items():
+        e = scores[c] = math.exp(v - top)
+        total += e
+    for c in scores:
+        scores[c] /= total
+    return scores
+
+
+class _Softmax(linear_model.SoftmaxRegression):
+    """River's softmax regression, scoring with :func:`softmax_proba` (the same floats): its
+    ``learn_one`` scores every example before its step, so learning gains too."""
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[str, float]:  # type: ignore[override]
+        return softmax_proba(self.weights, x)
 
 
 class _Lang:
@@ -263,24 +338,25 @@ class _Lang:
     __slots__ = ("model", "n_learned", "nb", "nb_logs")
 
     def __init__(self, lr: float, l2: float) -> None:
-        self.model = linear_model.SoftmaxRegression(optimizer=optim.SGD(lr), l2=l2)
+        self.model = _Softmax(optimizer=optim.SGD(lr), l2=l2)
         self.nb = naive_bayes.MultinomialNB(alpha=1.0)
         # per known word, its per-class log(count + alpha) (see nb_proba): bounded by the
         # vocabulary naive Bayes holds anyway
-        self.nb_logs: dict[str, dict[str, float]] = {}
+        self.nb_logs: dict[str, tuple[float, ...]] = {}
         self.n_learned = 0
 
-    def proba(self, feats: dict[str, float]) -> dict[str, float]:
+    def proba(self, feats: dict[str, float], words: dict[str, float] | None = None) -> dict[str, float]:
+        """``words``: the features without the prior's (:func:`_words`), if the caller has them."""
         p = self.model.predict_proba_one(feats)
-        words = {k: v for k, v in feats.items() if not k.startswith("__")}
+        words = _words(feats) if words is None else words
         if not words or not self.nb.class_counts:
             return p
         q = nb_proba(self.nb, words, self.nb_logs)
         return {k: NB_SHARE * q.get(k, 0.0) + (1 - NB_SHARE) * p.get(k, 0.0) for k in LABELS}
 
-    def learn(self, feats: dict[str, float], label: str) -> None:
+    def learn(self, feats: dict[str, float], label: str, words: dict[str, float] | None = None) -> None:
         self.model.learn_one(feats, label)
-        words = {k: v for k, v in feats.items() if not k.startswith("__")}
+        words = _words(feats) if words is None else words
         if words:  # River's naive Bayes divides by the feature total: an empty text teaches nothing
             if label not in self.nb.class_counts:
                 self.nb_logs.clear()  # every cached word lacks the new class
@@ -321,6 +397,11 @@ class SentimentModel:
         self._vader = Vader()
         self._seed = {lang: SeedLexicon(lang) for lang in SEED}
         self._compounds: dict[tuple[str, str], float] = {}
+        # the features of a text scored, kept for its learning: a review is scored, then taught
+        # (a pure function of the text and its lexicon score, so never stale)
+        self._feats: dict[tuple[str, float], tuple[dict[str, float], dict[str, float]]] = {}
+        # per language, the class weights of _balance; they change only when a label is learned
+        self._balances: dict[str, dict[str, float] | None] = {}
         # predictions since the last label: a text, its aspect clauses and its entities' clauses
         # are often the same string; cleared on every learn, so it never serves a stale model
         self._predictions: dict[tuple[str, str], SentimentResult] = {}
@@ -450,6 +531,17 @@ class SentimentModel:
             weight += len(piece)
         return total / weight if weight else 0.0
 
+    def _features(self, text: str, compound: float) -> tuple[dict[str, float], dict[str, float]]:
+        """:func:`_features` and its :func:`_words`, remembered (bounded); callers only read them."""
+        key = (text, compound)
+        hit = self._feats.get(key)
+        if hit is None:
+            if len(self._feats) >= 4096:
+                self._feats.clear()
+            feats = _features(text, compound)
+            hit = self._feats[key] = (feats, _words(feats))
+        return hit
+
     def proba(self, text: str, compound: float | None = None, lang: str = "en") -> dict[str, float]:
         c = self.compound(text, lang) if compound is None else compound
         lexical = self.has_prior(lang)
@@ -457,7 +549,7 @@ class SentimentModel:
         lm = self.langs.get(lang)
         if lm is None or lm.n_learned == 0:
             return dict(prior)
-        p_model = lm.proba(_features(text, c))
+        p_model = lm.proba(*self._features(text, c))
         # VADER is a strong prior and takes long to beat; the small seed lexicons and the empty
         # prior give way ten times sooner (chosen on half of the olist reviews, see the report)
         pw = self.prior_weight if lang == "en" else self.prior_weight / 10
@@ -490,7 +582,10 @@ class SentimentModel:
         if hit is not None:
             return hit
         p = self.proba(text, lang=lang)
-        bal = self._balance(lang)
+        if lang in self._balances:
+            bal = self._balances[lang]
+        else:
+            bal = self._balances[lang] = self._balance(lang)
         q = {k: p[k] * bal[k] for k in LABELS} if bal else p
         label = max(LABELS, key=lambda k: (q[k], k == "neutral"))  # a tie is neutral, not the first class
         res = SentimentResult(max(-1.0, min(1.0, p["positive"] - p["negative"])), label, p[label])
@@ -510,8 +605,10 @@ class SentimentModel:
     def learn_one(self, text: str, label: str, lang: str = "en") -> None:
         if label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, got {label!r}")
-        self._lang(lang).learn(_features(text, self.compound(text, lang)), label)
+        feats, words = self._features(text, self.compound(text, lang))
+        self._lang(lang).learn(feats, label, words)
         self._predictions.clear()
+        self._balances.clear()
 
     def learn_many(self, rows: Iterable[tuple[str, str]], lang: str = "en") -> None:
         for text, label in rows:

@@ -40,6 +40,8 @@ __all__ = ["EnrichStage", "Example", "RawRecord", "iso"]
 
 logger = logging.getLogger(__name__)
 
+AUTHOR_KEYS = 50_000  # authors whose pseudonymous key is remembered (~10 MB)
+
 RawRecord = Mention | Review | Purchase | Feedback
 
 
@@ -106,6 +108,8 @@ class EnrichStage:
             secret = settings.author_key_secret.get_secret_value()
         # what authors are keyed with (dead letters key them alike: streams.runtime)
         self.author_secret = secret.encode()
+        # the same authors post again and again: their keys, remembered (bounded)
+        self._author_keys: dict[str, str] = {}
         # True offline (backtest, bench, eval, unit tests): a review teaches the model in place right
         # after it is scored. A worker sets it False: its reviews become examples on the labels topic,
         # learned by the fleet's one learner (streams.learning), and it scores with the newest snapshot.
@@ -188,7 +192,8 @@ class EnrichStage:
     @staticmethod
     def language_of(rec: RawRecord, an: TextAnalysis) -> tuple[str, float]:
         """The source's language hint wins over detection (short texts are hard to identify)."""
-        hint = getattr(rec, "lang", None)
+        # no getattr on the kinds without the field: a miss goes through pydantic's __getattr__
+        hint = rec.lang if isinstance(rec, Mention | Review) else None
         if hint:
             return hint.strip().lower().replace("_", "-").split("-")[0], 1.0
         return an.lang, an.lang_p
@@ -235,6 +240,14 @@ class EnrichStage:
                 out[h.key] = _sentiment(t.score, t.label, t.confidence, f"{version}+{t.rule}")
         return out
 
+    def _author_key(self, author: str) -> str:
+        key = self._author_keys.get(author)
+        if key is None:
+            if len(self._author_keys) >= AUTHOR_KEYS:
+                self._author_keys.clear()
+            key = self._author_keys[author] = pseudonymize(author, self.author_secret)
+        return key
+
     def _to_doc(
         self,
         rec: RawRecord,
@@ -271,7 +284,21 @@ class EnrichStage:
             }
             for a in an.aspects
         ]
-        author = getattr(rec, "author", None) or getattr(rec, "customer_key", None)
+        # per kind, its own fields and None for the others' (one isinstance each, no getattr miss)
+        rating = purchase_status = amount = currency = metric = score = None
+        impact = 1.0
+        if isinstance(rec, Mention):
+            author = rec.author
+            impact = _impact(rec.reach)
+        elif isinstance(rec, Review):
+            author = rec.author
+            rating = rec.rating
+        elif isinstance(rec, Purchase):
+            author = rec.customer_key
+            purchase_status, amount, currency = rec.status, rec.amount, rec.currency
+        else:
+            author = rec.customer_key
+            metric, score = rec.metric, rec.score
         return {
             "version": SCHEMA_VERSION,
             "event_id": rec.event_id,
@@ -287,14 +314,14 @@ class EnrichStage:
             "sentiment": sentiment,
             "lang": lang[0] if text else None,
             "lang_confidence": _clip(lang[1], 0.0, 1.0) if text else None,
-            "impact": _impact(rec.reach) if isinstance(rec, Mention) else 1.0,
+            "impact": impact,
             "text_redacted": an.text_redacted if text else None,
-            "author_key": pseudonymize(author, self.author_secret) if author else None,
+            "author_key": self._author_key(author) if author else None,
             "url": redact_url(rec.url),  # queries carry sessions, tokens, e-mail addresses
-            "rating": rec.rating if isinstance(rec, Review) else None,
-            "purchase_status": rec.status if isinstance(rec, Purchase) else None,
-            "amount": rec.amount if isinstance(rec, Purchase) else None,
-            "currency": rec.currency if isinstance(rec, Purchase) else None,
-            "metric": rec.metric if isinstance(rec, Feedback) else None,
-            "score": rec.score if isinstance(rec, Feedback) else None,
+            "rating": rating,
+            "purchase_status": purchase_status,
+            "amount": amount,
+            "currency": currency,
+            "metric": metric,
+            "score": score,
         }

@@ -201,6 +201,39 @@ def test_naive_bayes_probabilities_are_rivers_own() -> None:
         assert all(abs(ours[k] - theirs[k]) < 1e-9 for k in theirs), (ours, theirs)
 
 
+def test_softmax_probabilities_are_rivers_own_to_the_bit() -> None:
+    """models.sentiment.softmax_proba against River's SoftmaxRegression.predict_proba_one, compared
+    with ``==``: weights spread over many magnitudes (so a different summation order shows in the
+    last bits), weight dicts both smaller and larger than the features, zero and absent weights,
+    an empty feature dict, and a model trained by River itself."""
+    import random
+
+    from river import linear_model, optim
+
+    from models.sentiment import softmax_proba
+
+    rng = random.Random(11)
+    vocab = [f"w{i}" for i in range(400)]
+
+    def value(lo: float, hi: float, spread: int) -> float:
+        return rng.uniform(lo, hi) * 10 ** rng.randint(-spread, 2)
+
+    for _ in range(300):
+        m = linear_model.SoftmaxRegression()
+        for label in rng.sample(["negative", "neutral", "positive"], rng.randint(1, 3)):
+            size = rng.choice([0, 3, 40, 300])
+            m.weights[label].update({w: rng.choice([0.0, -0.0, value(-1, 1, 12)]) for w in rng.sample(vocab, size)})
+        x = {w: rng.choice([1.0, 2.0, value(-3, 3, 8)]) for w in rng.sample(vocab, rng.randint(0, 60))}
+        assert softmax_proba(m.weights, x) == m.predict_proba_one(x)
+    trained = linear_model.SoftmaxRegression(optimizer=optim.SGD(0.05), l2=1e-5)
+    for _ in range(400):
+        x = {w: float(rng.randint(1, 3)) for w in rng.sample(vocab[:150], rng.randint(1, 20))}
+        x["__lex_pos"] = rng.random()
+        trained.learn_one(x, rng.choice(["negative", "neutral", "positive"]))
+        probe = {w: float(rng.randint(1, 3)) for w in rng.sample(vocab, rng.randint(1, 25))}
+        assert softmax_proba(trained.weights, probe) == trained.predict_proba_one(probe)
+
+
 @pytest.mark.parametrize("profile", ["fast", "accurate"])
 def test_the_vocabulary_stays_bounded_on_distinct_texts_with_the_same_results(
     monkeypatch: pytest.MonkeyPatch, profile: str
