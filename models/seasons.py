@@ -98,8 +98,11 @@ class HolidayCalendar:
 
     def holiday(self, day: int) -> bool:
         """Whether epoch day ``day`` is a holiday in any of the calendars."""
-        if day == self._last[0]:
-            return self._last[1]
+        # one read of the pair: the leader judges closed buckets on a thread while early firing
+        # asks on the event loop, and two reads could pair one day with another's answer
+        last = self._last
+        if day == last[0]:
+            return last[1]
         year = dt.date.fromordinal(day + _EPOCH_ORDINAL).year
         hit = any(day in _holiday_days(c, year) for c in self.codes)
         self._last = (day, hit)
