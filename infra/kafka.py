@@ -219,6 +219,41 @@ class EndOffsets:
             self._c.close()
 
 
+class CommittedOffsets:
+    """The offsets consumer group ``group`` has committed on ``topic`` (OffsetFetch; blocking: call
+    it in a thread), ``None`` where it has committed nothing. It never joins the group: no
+    subscription, no commits of its own."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, timeout: float = 5.0) -> None:
+        self.topic, self.timeout = topic, timeout
+        self._c = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "logger": logging.getLogger("librdkafka"),
+            }
+        )
+        self._lock = threading.Lock()
+
+    def __call__(self, partitions: Iterable[int]) -> dict[int, int | None]:
+        asked = [confluent_kafka.TopicPartition(self.topic, p) for p in partitions]
+        if not asked:
+            return {}
+        with self._lock:
+            got = self._c.committed(asked, timeout=self.timeout)
+        out: dict[int, int | None] = {}
+        for tp in got:
+            if tp.error is not None:
+                raise RuntimeError(f"no committed offset for {self.topic}[{tp.partition}]: {tp.error}")
+            out[tp.partition] = int(tp.offset) if tp.offset >= 0 else None  # OFFSET_INVALID: none yet
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._c.close()
+
+
 def partition_count(bootstrap: str, topic: str, timeout: float = 30.0) -> int:
     """Number of partitions of ``topic`` as the broker has it (waits for its metadata)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=15000)

@@ -170,6 +170,14 @@ def build_worker(
         for name in TOPICS
     }
     rt = Runtime(components, FaustOutbox(app, topics))
+    from infra.kafka import CommittedOffsets
+
+    commits = CommittedOffsets(s.kafka.bootstrap, s.app_id, s.topic("raw"))
+
+    async def committed(partitions: list[int]) -> dict[int, int | None]:
+        return await asyncio.to_thread(commits, partitions)
+
+    rt.committed = committed
     if s.kafka.verify_idle_offsets and components.windows.partitions:
         from infra.kafka import EndOffsets
 
@@ -207,9 +215,10 @@ def build_worker(
     @app.timer(interval=1.0)
     async def partitions_timer() -> None:
         # which raw partitions this worker holds, and how far the broker has them: the high-water
-        # mark comes with every fetch response (no extra request; works on tansu too)
+        # mark comes with every fetch response (no extra request; works on tansu too) and is in
+        # the same offsets as the group's commits
         raw = topics["raw"].get_topic_name()
-        held: dict[int, tuple[int, int | None]] = {}
+        held: dict[int, int] = {}
         lags: dict[tuple[str, int], int] = {}
         for tp in app.consumer.assignment():
             # a rebalance can take the partition away at any await here (aiokafka then asserts
@@ -225,7 +234,7 @@ def build_worker(
             if pos is not None:
                 lags[(tp.topic, tp.partition)] = max(0, int(hw) - int(pos))
             if tp.topic == raw:
-                held[tp.partition] = (int(hw), pos)
+                held[tp.partition] = int(hw)
         rt.metrics.set_lag(lags)
         try:
             await rt.report_partitions(held)

@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -152,7 +152,11 @@ class Runtime:
         self.metrics = components.metrics
         # per raw partition, the next offset after the last message this worker processed
         self.done: dict[int, int] = {}
-        self._drained: dict[int, int] = {}  # partitions fetched to their end with nothing processed yet
+        # partitions with nothing processed here whose group had committed up to this high-water
+        # mark when last asked: every message below it was counted by whoever held it before
+        self._settled: dict[int, int] = {}
+        # the consumer group's committed offsets for some raw partitions (set by the worker)
+        self.committed: Callable[[list[int]], Awaitable[Mapping[int, int | None]]] | None = None
         self._unreachable: set[str] = set()  # dependencies whose last probe failed
         if components.dispatcher is not None:
             components.dispatcher.on_delivery = self._on_delivery
@@ -416,29 +420,46 @@ class Runtime:
             self.metrics.dependency_errors.labels(dependency).inc()
         return ok
 
-    async def report_partitions(self, assigned: dict[int, tuple[int, int | None]]) -> None:
+    async def report_partitions(self, assigned: Mapping[int, int]) -> None:
         """Timer (every worker): tell the windows which of its raw partitions are caught up.
 
-        ``assigned`` is ``{partition: (broker high-water mark, consumer fetch position)}`` for the
-        raw partitions this worker holds now. A partition is caught up when everything below the
-        high-water mark has been processed here; one just assigned, with nothing processed yet, when
-        the consumer has fetched to its end on two reports in a row (a fetched message would have
-        been processed in between).
+        ``assigned`` is ``{partition: broker high-water mark}`` for the raw partitions this worker
+        holds now. A partition is caught up when everything below the high-water mark has been
+        processed here; one with nothing processed here yet (just assigned) when the group's
+        committed offset has reached the mark. Offsets are committed only once a message's windows
+        and outputs are written, so that is exact, whoever processed them. The consumer's fetch
+        position is no proof: fetched messages can wait seconds for the agent on a loaded worker.
         """
         for p in list(self.done):
             if p not in assigned:  # revoked: another worker may move it on meanwhile
                 del self.done[p]
+        for p in list(self._settled):
+            if p not in assigned:
+                del self._settled[p]
         # per partition, the offset it is caught up to (the leader checks it against the broker's
         # end offset: anything written since the report holds the watermark again), or None
         idle: dict[int, int | None] = {}
-        for p, (hw, pos) in assigned.items():
+        ask: list[int] = []
+        for p, hw in assigned.items():
             done = self.done.get(p)
             if done is not None:
                 idle[p] = hw if done >= hw else None
+            elif hw == 0 or self._settled.get(p, -1) >= hw:
+                idle[p] = hw
             else:
-                fetched_all = hw == 0 or (pos is not None and pos >= hw)
-                idle[p] = hw if hw == 0 or (fetched_all and self._drained.get(p) == hw) else None
-                self._drained[p] = hw if fetched_all else -1
+                idle[p] = None
+                ask.append(p)
+        if ask and self.committed is not None:
+            try:
+                got = await self.committed(ask)
+            except Exception as exc:  # not caught up as far as anyone knows: asked again next report
+                logger.warning("committed offsets of raw %s not read (%s: %s)", ask, type(exc).__name__, exc)
+                got = {}
+            for p in ask:
+                off = got.get(p)
+                if off is not None and off >= assigned[p] and p not in self.done:
+                    self._settled[p] = assigned[p]
+                    idle[p] = assigned[p]
         await self.retrying("redis", lambda: self.c.windows.report_partitions(idle, self.c.windows.clock()))
 
     # -- windows -> signals -> incidents ----------------------------------------------------

@@ -201,7 +201,7 @@ async def test_the_cold_start_crisis_is_missed_when_partitions_are_not_all_await
     assert not [i for i in incidents if i.entity == "skyline"]
 
 
-async def test_runtime_reports_caught_up_only_when_everything_fetched_was_processed() -> None:
+async def test_runtime_reports_caught_up_only_when_everything_below_the_high_water_mark_was_processed() -> None:
     s = settings_two_partitions()
     c_windows = MemoryWindows(s, partitions=2)
     from streams.compose import build
@@ -209,14 +209,34 @@ async def test_runtime_reports_caught_up_only_when_everything_fetched_was_proces
     c = build(s, memory=True)
     c.windows = c_windows
     rt = Runtime(c, ListOutbox())
-    await rt.report_partitions({0: (0, 0), 1: (120, 40)})  # 0 empty; 1 has 80 messages to go
-    assert set(c_windows.idle) == {"0"}
+    commits: dict[int, int | None] = {0: None, 1: 40}
+    asked: list[list[int]] = []
+
+    async def committed(partitions: list[int]) -> dict[int, int | None]:
+        asked.append(partitions)
+        return {p: commits[p] for p in partitions}
+
+    rt.committed = committed
+    await rt.report_partitions({0: 0, 1: 120})  # 0 empty; 1 has 80 messages to go
+    assert set(c_windows.idle) == {"0"} and asked == [[1]]
     rt.done[1] = 120
-    await rt.report_partitions({0: (0, 0), 1: (120, 120)})
-    assert set(c_windows.idle) == {"0", "1"}
-    await rt.report_partitions({0: (5, 0)})  # partition 1 revoked; 0 got 5 new messages
+    await rt.report_partitions({0: 0, 1: 120})
+    assert set(c_windows.idle) == {"0", "1"} and asked == [[1]]  # processed here: nothing to ask
+    await rt.report_partitions({0: 5})  # partition 1 revoked; 0 got 5 new messages
     assert set(c_windows.idle) == {"1"} and 1 not in rt.done  # 1 is reported by its new owner from now on
-    await rt.report_partitions({0: (5, 5), 1: (130, 130)})  # fetched to the end, nothing processed here yet
-    assert set(c_windows.idle) == set()  # a fetched message may still be on its way to the agent
-    await rt.report_partitions({0: (5, 5), 1: (130, 130)})  # ... still so on the next report: caught up
+    # 1 is back with 10 more messages, all fetched: the fetch position says nothing of the agent
+    await rt.report_partitions({0: 5, 1: 130})
+    assert set(c_windows.idle) == set()
+    commits.update({0: 5, 1: 130})  # whoever held them committed everything: caught up
+    await rt.report_partitions({0: 5, 1: 130})
     assert set(c_windows.idle) == {"0", "1"}
+    n = len(asked)
+    await rt.report_partitions({0: 5, 1: 130})  # nothing new since: the answer stands, no request
+    assert set(c_windows.idle) == {"0", "1"} and len(asked) == n
+
+    async def down(partitions: list[int]) -> dict[int, int | None]:
+        raise RuntimeError("coordinator not available")
+
+    rt.committed = down
+    await rt.report_partitions({0: 5, 1: 131})  # one more on 1, and the group cannot be asked
+    assert set(c_windows.idle) == {"0"}
