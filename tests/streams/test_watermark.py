@@ -227,6 +227,8 @@ async def test_runtime_reports_caught_up_only_when_everything_below_the_high_wat
     # 1 is back with 10 more messages, all fetched: the fetch position says nothing of the agent
     await rt.report_partitions({0: 5, 1: 130})
     assert set(c_windows.idle) == set()
+    await rt.report_partitions({0: 5, 1: 130})  # still so however long they stay fetched
+    assert set(c_windows.idle) == set()
     commits.update({0: 5, 1: 130})  # whoever held them committed everything: caught up
     await rt.report_partitions({0: 5, 1: 130})
     assert set(c_windows.idle) == {"0", "1"}
