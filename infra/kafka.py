@@ -181,23 +181,35 @@ def end_offsets(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-class EndOffsets:
-    """The broker's end offset (next offset to be written) of each partition of ``topic``, asked
-    anew on every call (ListOffsets; blocking: call it in a thread). Raises when the broker does
-    not answer within ``timeout``. Apache Kafka's are records; tansu's count batches (see
-    ``kafka.verify_idle_offsets``)."""
+class _OffsetClient:
+    """A librdkafka consumer that only asks for offsets: it never subscribes, so it never joins
+    its group, and it commits nothing. Blocking: call it in a thread."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, timeout: float = 5.0) -> None:
-        self.topic, self.partitions, self.timeout = topic, partitions, timeout
+    def __init__(self, bootstrap: str, group: str, topic: str, timeout: float) -> None:
+        self.topic, self.timeout = topic, timeout
         self._c = confluent_kafka.Consumer(
             {
                 "bootstrap.servers": bootstrap,
-                "group.id": f"{topic}.end-offsets",  # never joins: no subscription, no commits
+                "group.id": group,
                 "enable.auto.commit": False,
                 "logger": logging.getLogger("librdkafka"),
             }
         )
         self._lock = threading.Lock()  # one request at a time, whichever thread asks
+
+    def close(self) -> None:
+        with self._lock:
+            self._c.close()
+
+
+class EndOffsets(_OffsetClient):
+    """The broker's end offset (next offset to be written) of each partition of ``topic``, asked
+    anew on every call (ListOffsets). Raises when the broker does not answer within ``timeout``.
+    Apache Kafka's are records; tansu's count batches (see ``kafka.verify_idle_offsets``)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, timeout: float = 5.0) -> None:
+        super().__init__(bootstrap, f"{topic}.end-offsets", topic, timeout)
+        self.partitions = partitions
 
     def __call__(self) -> dict[int, int]:
         # one ListOffsets request per partition leader for all partitions at once: the timestamp
@@ -214,44 +226,39 @@ class EndOffsets:
             out[tp.partition] = int(tp.offset)
         return out
 
-    def close(self) -> None:
-        with self._lock:
-            self._c.close()
 
-
-class CommittedOffsets:
-    """The offsets consumer group ``group`` has committed on ``topic`` (OffsetFetch; blocking: call
-    it in a thread), ``None`` where it has committed nothing. It never joins the group: no
-    subscription, no commits of its own."""
+class CommittedOffsets(_OffsetClient):
+    """The offsets consumer group ``group`` has committed on ``topic`` (OffsetFetch), ``None``
+    where it has committed nothing. Raises when the coordinator does not answer within ``timeout``."""
 
     def __init__(self, bootstrap: str, group: str, topic: str, timeout: float = 5.0) -> None:
-        self.topic, self.timeout = topic, timeout
-        self._c = confluent_kafka.Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "logger": logging.getLogger("librdkafka"),
-            }
-        )
-        self._lock = threading.Lock()
+        super().__init__(bootstrap, group, topic, timeout)
 
     def __call__(self, partitions: Iterable[int]) -> dict[int, int | None]:
         asked = [confluent_kafka.TopicPartition(self.topic, p) for p in partitions]
         if not asked:
             return {}
-        with self._lock:
-            got = self._c.committed(asked, timeout=self.timeout)
+        # a group's coordinator can be moving or still loading its offsets (NOT_COORDINATOR on a
+        # fresh broker, where __consumer_offsets is being created): librdkafka says so at once
+        # instead of waiting, so a retriable answer is asked again within the timeout
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                with self._lock:
+                    got = self._c.committed(asked, timeout=max(0.1, deadline - time.monotonic()))
+                break
+            except confluent_kafka.KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = isinstance(err, confluent_kafka.KafkaError) and err.retriable()
+                if not retriable or time.monotonic() + 0.1 >= deadline:
+                    raise
+                time.sleep(0.1)
         out: dict[int, int | None] = {}
         for tp in got:
             if tp.error is not None:
                 raise RuntimeError(f"no committed offset for {self.topic}[{tp.partition}]: {tp.error}")
             out[tp.partition] = int(tp.offset) if tp.offset >= 0 else None  # OFFSET_INVALID: none yet
         return out
-
-    def close(self) -> None:
-        with self._lock:
-            self._c.close()
 
 
 def partition_count(bootstrap: str, topic: str, timeout: float = 30.0) -> int:

@@ -170,18 +170,18 @@ def build_worker(
         for name in TOPICS
     }
     rt = Runtime(components, FaustOutbox(app, topics))
-    from infra.kafka import CommittedOffsets
+    from infra.kafka import CommittedOffsets, EndOffsets
 
     commits = CommittedOffsets(s.kafka.bootstrap, s.app_id, s.topic("raw"))
+    offset_clients: list[CommittedOffsets | EndOffsets] = [commits]
 
     async def committed(partitions: list[int]) -> dict[int, int | None]:
         return await asyncio.to_thread(commits, partitions)
 
     rt.committed = committed
     if s.kafka.verify_idle_offsets and components.windows.partitions:
-        from infra.kafka import EndOffsets
-
         ends = EndOffsets(s.kafka.bootstrap, s.topic("raw"), components.windows.partitions)
+        offset_clients.append(ends)
 
         async def end_offsets() -> dict[int, int]:
             return await asyncio.to_thread(ends)
@@ -280,5 +280,7 @@ def build_worker(
     async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
         shutdown_deadline()  # SIGTERM always stops the worker, even if a stop step hangs
         await rt.shutdown()
+        for client in offset_clients:
+            await asyncio.to_thread(client.close)
 
     return Worker(app, rt, components)

@@ -457,7 +457,7 @@ class Runtime:
                 got = {}
             for p in ask:
                 off = got.get(p)
-                if off is not None and off >= assigned[p] and p not in self.done:
+                if off is not None and off >= assigned[p]:
                     self._settled[p] = assigned[p]
                     idle[p] = assigned[p]
         await self.retrying("redis", lambda: self.c.windows.report_partitions(idle, self.c.windows.clock()))
