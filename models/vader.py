@@ -5,9 +5,10 @@ inside its negation and idiom checks, which run up to four times for every lexic
 tweet of 25 words with five sentiment words lower-cases ~500 words instead of 25, and it copies
 the text one character at a time to swap emoji for their descriptions, even when the text has
 none. :class:`Vader` lower-cases the words once per text and hands that list to those two
-checks, and skips the emoji pass for ASCII text (no emoji is ASCII). Everything else (lexicon,
-boosters, "but", caps, punctuation emphasis, normalisation) is the library's own code, so the
-scores are the library's: ``tests/models/test_vader.py`` compares both on every text of the
+checks, skips the emoji pass for ASCII text (no emoji is ASCII), and appends the 0 of a word
+outside the lexicon without calling ``sentiment_valence`` (whose first test it fails).
+Everything else (lexicon, boosters, "but", caps, punctuation emphasis, normalisation) is the
+library's own code, so the scores are the library's: ``tests/models/test_vader.py`` compares both on every text of the
 shared datasets.
 """
 
@@ -75,9 +76,11 @@ class Vader(SentimentIntensityAnalyzer):
         self._lowered = (words, lowered)
         sentiments: list[float] = []
         last = len(words) - 1
+        lexicon = self.lexicon
         for i, item in enumerate(words):
             low = lowered[i]
-            if low in BOOSTER_DICT or (i < last and low == "kind" and lowered[i + 1] == "of"):
+            # a word outside the lexicon scores the 0 it is handed (the library's first test): most words
+            if low not in lexicon or low in BOOSTER_DICT or (i < last and low == "kind" and lowered[i + 1] == "of"):
                 sentiments.append(0)
                 continue
             sentiments = self.sentiment_valence(0, sentitext, item, i, sentiments)

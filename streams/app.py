@@ -122,6 +122,7 @@ class Worker:
                 logger.info("scoring with sentiment snapshot v%d (%s)", snap.version, snap.model.version)
             else:
                 logger.info("no sentiment snapshot yet: scoring with the cold model until the first one")
+        c.stage.freeze_heap()
 
 
 def _faust_app(s: Settings, web_port: int | None) -> faust.App:

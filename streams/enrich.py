@@ -19,6 +19,7 @@ rest of the publishing path. The raw input is still validated at the edge (:func
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -139,6 +140,20 @@ class EnrichStage:
             else:
                 self.sentiment = SentimentModel()
                 logger.info("sentiment model starts cold (lexicon prior): %s", self.sentiment.version)
+
+    @staticmethod
+    def freeze_heap() -> None:
+        """Take what is alive now (modules, the spaCy pipeline, lexicons, models) out of every
+        garbage collection, once the models are loaded.
+
+        Those ~160k objects live as long as the process, yet each full collection walked them
+        all, 75-95 ms with the GIL held (the event loop stalls whichever thread collects), and
+        collections were 7.7 % of enrichment's time; frozen, 1.9 %. What is allocated afterwards
+        is collected as before; a pipeline built again frees the old one by reference counting
+        (it holds no cycles: ``tests/models/test_nlp_sentiment.py``), frozen or not.
+        """
+        gc.collect()
+        gc.freeze()
 
     @property
     def model_version(self) -> str | None:

@@ -193,6 +193,7 @@ def bench_enrichment(settings: Settings, rows: list[dict[str, Any]]) -> dict[str
     t0 = time.perf_counter()
     stage.load_models()
     load_s = time.perf_counter() - t0
+    stage.freeze_heap()  # as the worker does once its models are loaded
     recs = [parse_raw(r) for r in rows]
     bs = settings.nlp.batch_size
     stage.enrich_docs(recs[:bs])  # warm-up

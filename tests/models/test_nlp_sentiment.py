@@ -263,3 +263,98 @@ def test_the_vocabulary_stays_bounded_on_distinct_texts_with_the_same_results(
         peak = max(peak, len(bounded.nlp.vocab.strings))
     assert bounded.rebuilds >= 3
     assert peak < start + 300 + 400  # at most one batch's strings over the limit
+
+
+def test_cld2_answers_only_where_it_is_sure_and_py3langid_judges_the_rest(fast: Enricher) -> None:
+    """CLD2 answers first when reliable and most of the text is one language it knows; Han
+    without kana is not taken as Japanese (CLD2's mistake on short Chinese), and text CLD2 cannot
+    read (a lone surrogate) falls back to py3langid instead of failing the batch."""
+    from models.nlp import _cld2
+
+    code, share = _cld2("o produto chegou rápido e muito bem embalado, recomendo a loja") or ("", 0.0)
+    assert code == "pt" and 0.9 <= share <= 1.0
+    assert _cld2("声音有点差") is None  # CLD2 says Japanese
+    assert fast.language_p("声音有点差")[0] == "zh"
+    ja = _cld2("配送がとても遅いので、もう二度と買いません")
+    assert ja is not None and ja[0] == "ja"
+    assert _cld2("ok") is None  # too short to be reliable
+    assert _cld2("the flight was late \ud800 again") is None
+    assert fast.language_p("the flight was late \ud800 again and nobody helped")[0] == "en"
+
+
+def test_a_rebuilt_pipeline_is_freed_when_the_heap_was_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freezing the heap once the models are loaded keeps full collections off ~160k long-lived
+    objects; frozen objects are never collected, so a pipeline built again must be freed by
+    reference counting alone (no cycles), or each rebuild would leak the old one."""
+    import gc
+    import weakref
+
+    import models.nlp as nlp_mod
+    from streams.enrich import EnrichStage
+
+    monkeypatch.setattr(nlp_mod, "VOCAB_GROWTH", 50)
+    stage = EnrichStage(SETTINGS)
+    stage.load_models()
+    assert stage.enricher is not None
+    old = weakref.ref(stage.enricher.nlp)
+    try:
+        EnrichStage.freeze_heap()
+        assert gc.get_freeze_count() > 0
+        texts = [f"order {i * 7919} lost at gate B{i}, ref x{i:x}q" for i in range(200)]
+        stage.enricher.process(texts)  # grows the vocabulary past the limit
+        stage.enricher.process(["one more"])  # rebuilt here, between batches
+        assert stage.enricher.rebuilds >= 1
+        assert old() is None and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+NORMALIZE_PROBES = [
+    "naïve café, ótimo, süß",
+    "配送が遅い、二度と買わない",
+    "한국어 리뷰",
+    "\ufb01ne \uff21\uff22\uff23",  # ligature and full width: not NFKC
+    "cafe\u0301",  # a combining mark: its cluster maps as one
+    "( ͡° ͜ʖ ͡°) God bless",
+    "a\u200bb",
+    "\u201cquoted\u201d",
+    "Ω \u2126",
+    "ก\u0e48 ok",
+    "\u1100\u1161",  # conjoining jamo: NFKC composes them
+    "Northwind 😡 again",
+]
+
+
+def _check_normalize(text: str) -> bool:
+    """``normalize`` equals its cluster-by-cluster path; True when it took the shortcut."""
+    from models.nlp import _normalize_each, normalize
+
+    fast = normalize(text)
+    if fast[1] is not None:
+        return False
+    assert _normalize_each(text, False) == (text, list(range(len(text))), list(range(1, len(text) + 1))), text
+    return True
+
+
+def test_text_already_in_matching_form_is_returned_as_the_slow_path_would() -> None:
+    shortcut = [t for t in NORMALIZE_PROBES if _check_normalize(t)]
+    # the others are changed by NFKC (ligature, full width, ohm sign, jamo), hold a mark, a
+    # zero-width character or curly quotes
+    assert shortcut == [
+        "naïve café, ótimo, süß",
+        "配送が遅い、二度と買わない",
+        "한국어 리뷰",
+        "ก\u0e48 ok",
+        "Northwind 😡 again",
+    ]
+
+
+@pytest.mark.shared_data
+def test_every_shared_text_normalises_as_cluster_by_cluster() -> None:
+    from tests.models.test_vader import _texts
+
+    n = short = 0
+    for _, text in _texts():
+        n += 1
+        short += _check_normalize(text)
+    assert n > 30_000 and short > 1000, (n, short)
