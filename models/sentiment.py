@@ -239,8 +239,9 @@ def nb_proba(
     log once per class instead of once per word, the normalisation with ``math`` instead of
     SciPy's array ``logsumexp`` (which cost more than the likelihoods on three classes), and, with
     ``logs``, each known word's per-class ``log(count + alpha)`` kept between calls. The caller
-    drops a word's entry when its counts change (:class:`_Lang` does, in ``learn``); the sums are
-    taken in the same order, so the result is the same float with or without ``logs``.
+    drops a word's entry when its counts change (:class:`_Lang` does, in ``learn``); each class's
+    sum is taken in the same order (three classes in one pass), so the result is the same float
+    with or without ``logs``.
 
     >>> nb = naive_bayes.MultinomialNB(alpha=1.0)
     >>> for text, y in [("good", "positive"), ("bad bad", "negative"), ("ok", "neutral")]:
@@ -262,26 +263,37 @@ def nb_proba(
     # an index instead of a dict lookup and a test per word and class
     classes = list(counts)
     unseen = (math.log(alpha),) * len(classes)
+    sums = [math.log(counts[c] / n) - mass * math.log(totals[c] + smooth) for c in classes]
+    three = len(classes) == 3  # the usual case: three running sums in one pass over the words
+    if three:
+        s0, s1, s2 = sums
     rows: list[tuple[float, tuple[float, ...]]] = []
     for f, freq in words.items():
         seen = fc.get(f)
         if seen is None:
-            rows.append((freq, unseen))
-            continue
-        lf = logs.get(f) if logs is not None else None
-        if lf is None:
-            lf = tuple([math.log(seen.get(c, 0.0) + alpha) for c in classes])
-            if logs is not None:
-                if len(logs) >= NB_LOG_CACHE:
-                    logs.clear()
-                logs[f] = lf
-        rows.append((freq, lf))
-    jll: dict[str, float] = {}
-    for j, c in enumerate(classes):
-        s = math.log(counts[c] / n) - mass * math.log(totals[c] + smooth)
-        for freq, lf in rows:
-            s += freq * lf[j]
-        jll[c] = s
+            lf = unseen
+        else:
+            hit = logs.get(f) if logs is not None else None
+            if hit is None:
+                hit = tuple([math.log(seen.get(c, 0.0) + alpha) for c in classes])
+                if logs is not None:
+                    if len(logs) >= NB_LOG_CACHE:
+                        logs.clear()
+                    logs[f] = hit
+            lf = hit
+        if three:
+            s0 += freq * lf[0]
+            s1 += freq * lf[1]
+            s2 += freq * lf[2]
+        else:
+            rows.append((freq, lf))
+    if three:
+        sums = [s0, s1, s2]
+    else:
+        for j in range(len(classes)):
+            for freq, lf in rows:
+                sums[j] += freq * lf[j]
+    jll = dict(zip(classes, sums, strict=True))
     top = max(jll.values())
     lse = top + math.log(sum(math.exp(v - top) for v in jll.values()))
     return {c: math.exp(v - lse) for c, v in jll.items()}

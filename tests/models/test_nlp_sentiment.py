@@ -188,17 +188,21 @@ def test_naive_bayes_probabilities_are_rivers_own() -> None:
 
     rng = random.Random(5)
     vocab = [f"w{i}" for i in range(300)]
-    nb = naive_bayes.MultinomialNB(alpha=1.0)
-    for _ in range(500):
-        words: dict[str, float] = {}
-        for w in rng.sample(vocab[:200], rng.randint(1, 12)):
-            words[w] = float(rng.randint(1, 3))
-        nb.learn_one(words, rng.choice(["negative", "neutral", "positive"]))
-    for _ in range(200):
-        x = {w: float(rng.randint(1, 4)) for w in rng.sample(vocab, rng.randint(1, 30))}
-        ours, theirs = nb_proba(nb, x), nb.predict_proba_one(x)
-        assert ours.keys() == theirs.keys()
-        assert all(abs(ours[k] - theirs[k]) < 1e-9 for k in theirs), (ours, theirs)
+    # three classes take a one-pass path, any other number the general one
+    for classes in (["negative", "neutral", "positive"], ["negative", "positive"], ["a", "b", "c", "d"]):
+        nb = naive_bayes.MultinomialNB(alpha=1.0)
+        for _ in range(500):
+            words: dict[str, float] = {}
+            for w in rng.sample(vocab[:200], rng.randint(1, 12)):
+                words[w] = float(rng.randint(1, 3))
+            nb.learn_one(words, rng.choice(classes))
+        logs: dict[str, tuple[float, ...]] = {}
+        for _ in range(200):
+            x = {w: float(rng.randint(1, 4)) for w in rng.sample(vocab, rng.randint(1, 30))}
+            ours, theirs = nb_proba(nb, x), nb.predict_proba_one(x)
+            assert ours.keys() == theirs.keys() == set(classes)
+            assert all(abs(ours[k] - theirs[k]) < 1e-9 for k in theirs), (ours, theirs)
+            assert nb_proba(nb, x, logs) == ours
 
 
 def test_softmax_probabilities_are_rivers_own_to_the_bit() -> None:
