@@ -144,16 +144,29 @@ def tokens(text: str) -> list[str]:
     return out
 
 
-def _features(text: str, compound: float) -> dict[str, float]:
+def _word_features(text: str) -> dict[str, float]:
+    """Token and word-bigram counts: the features naive Bayes reads (no token starts with ``__``)."""
     toks = tokens(text)
     feats: dict[str, float] = dict(Counter(toks))
     words = [t for t in toks if len(t) > 1 or t in "!?"] if len(toks) < 400 else []
     for a, b in pairwise(words):
-        feats[f"{a} {b}"] = feats.get(f"{a} {b}", 0.0) + 1.0
-    feats["__lex_pos"] = max(compound, 0.0)
-    feats["__lex_neg"] = max(-compound, 0.0)
-    feats["__lex_neu"] = 1.0 - abs(compound)
+        bigram = f"{a} {b}"
+        feats[bigram] = feats.get(bigram, 0.0) + 1.0
     return feats
+
+
+def _with_prior(words: Mapping[str, float], compound: float) -> dict[str, float]:
+    """``words`` and the lexicon prior's score: the features the softmax reads."""
+    return {
+        **words,
+        "__lex_pos": max(compound, 0.0),
+        "__lex_neg": max(-compound, 0.0),
+        "__lex_neu": 1.0 - abs(compound),
+    }
+
+
+def _features(text: str, compound: float) -> dict[str, float]:
+    return _with_prior(_word_features(text), compound)
 
 
 def _words(feats: Mapping[str, float]) -> dict[str, float]:
@@ -550,8 +563,8 @@ class SentimentModel:
         if hit is None:
             if len(self._feats) >= 4096:
                 self._feats.clear()
-            feats = _features(text, compound)
-            hit = self._feats[key] = (feats, _words(feats))
+            words = _word_features(text)
+            hit = self._feats[key] = (_with_prior(words, compound), words)
         return hit
 
     def proba(self, text: str, compound: float | None = None, lang: str = "en") -> dict[str, float]:

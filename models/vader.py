@@ -6,7 +6,8 @@ tweet of 25 words with five sentiment words lower-cases ~500 words instead of 25
 the text one character at a time to swap emoji for their descriptions, even when the text has
 none. :class:`Vader` lower-cases the words once per text and hands that list to those two
 checks, skips the emoji pass for ASCII text (no emoji is ASCII), and appends the 0 of a word
-outside the lexicon without calling ``sentiment_valence`` (whose first test it fails).
+outside the lexicon without calling ``sentiment_valence`` (whose first test it fails), and
+builds the text's ``SentiText`` in two comprehensions.
 Everything else (lexicon, boosters, "but", caps, punctuation emphasis, normalisation) is the
 library's own code, so the scores are the library's: ``tests/models/test_vader.py`` compares both on every text of the
 shared datasets.
@@ -14,6 +15,7 @@ shared datasets.
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 from vaderSentiment.vaderSentiment import (
@@ -28,6 +30,7 @@ from vaderSentiment.vaderSentiment import (
 __all__ = ["Vader"]
 
 _NEGATE = frozenset(NEGATE)
+_PUNCT = string.punctuation
 
 
 def _negates(word: str) -> bool:
@@ -68,9 +71,20 @@ class Vader(SentimentIntensityAnalyzer):
                 prev_space = False
         return "".join(out)
 
+    @staticmethod
+    def _sentitext(text: str) -> SentiText:
+        """``SentiText(text)``, its words and caps flag computed in comprehensions instead of a
+        method call per word (the same values: ``_strip_punc_if_word`` and ``allcap_differential``)."""
+        st = SentiText.__new__(SentiText)
+        st.text = text
+        words = [w if len(s := w.strip(_PUNCT)) <= 2 else s for w in text.split()]
+        st.words_and_emoticons = words
+        st.is_cap_diff = 0 < len(words) - sum(map(str.isupper, words)) < len(words)
+        return st
+
     def polarity_scores(self, text: str) -> dict[str, float]:
         text = self._without_emoji(text).strip()
-        sentitext = SentiText(text)
+        sentitext = self._sentitext(text)
         words = sentitext.words_and_emoticons
         lowered = [w.lower() for w in words]
         self._lowered = (words, lowered)
