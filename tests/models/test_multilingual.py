@@ -13,7 +13,7 @@ import pytest
 
 from contract.records import Mention, Review
 from infra.settings import ConfigError, Entity, Settings, load_settings
-from models.evaluate import target_sentiment_accuracy
+from models.evaluate import prequential_sentiment, target_sentiment_accuracy
 from models.nlp import Enricher, normalize
 from models.sentiment import SentimentModel, tokens
 from streams.enrich import EnrichStage
@@ -78,6 +78,54 @@ def test_a_language_learns_from_its_own_stars_only(tmp_path: Path) -> None:
     assert doc["format"] == 3 and set(doc["languages"]) == {"ja"}  # JSON, per language
     back = SentimentModel.load(tmp_path / "s.json")
     assert back.predict("配送が遅い", "ja") == m.predict("配送が遅い", "ja") and back.version == m.version
+
+
+def _long_reviews(n: int, seed: int) -> list[tuple[str, str]]:
+    """Synthetic reviews in a script no prior knows: 60-160 filler characters around one to three
+    cue bigrams of the review's side (and, in two reviews of five, one of the other side's)."""
+    import random
+
+    rng = random.Random(seed)
+    chars = [chr(0x4E00 + i) for i in range(0, 3000, 7)]
+    filler, cues = chars[:300], chars[300:380]
+    pos = [cues[i] + cues[i + 1] for i in range(0, 40, 2)]
+    neg = [cues[i] + cues[i + 1] for i in range(40, 80, 2)]
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["positive", "negative"])
+        own, other = (pos, neg) if label == "positive" else (neg, pos)
+        parts = [rng.choice(filler) for _ in range(rng.randint(60, 160))]
+        for cue in rng.sample(own, rng.randint(1, 3)) + ([rng.choice(other)] if rng.random() < 0.4 else []):
+            parts.insert(rng.randrange(len(parts)), cue)
+        rows.append(("".join(parts), label))
+    return rows
+
+
+def test_long_reviews_in_a_language_without_a_prior_keep_up_with_naive_bayes() -> None:
+    """A CJK review is a hundred and more character n-grams: with a fixed SGD step the regression
+    overshot on every one of them (here 0.72 macro-F1 against naive Bayes' 0.80, as on real
+    Chinese reviews); AdaGrad's per-feature steps put the blend ahead of naive Bayes alone."""
+    m = SentimentModel()
+    out = prequential_sentiment(
+        _long_reviews(1200, seed=2), m, enrich=lambda texts: [("zh", m.predict(t, "zh")) for t in texts]
+    )
+    assert out["per_language"]["zh"]["lexicon"]["macro_f1"] < 0.05  # the prior knows nothing here
+    assert out["online"]["macro_f1"] > out["baseline_nb"]["macro_f1"] > 0.7
+
+
+def test_a_checkpoint_keeps_the_step_sizes(tmp_path: Path) -> None:
+    """AdaGrad's sums of squared gradients are saved with the weights: a model loaded from a
+    checkpoint learns the next label exactly as the one that wrote it."""
+    rows = _long_reviews(40, seed=3)
+    m = SentimentModel()
+    m.learn_many(rows[:30], "zh")
+    m.save(tmp_path / "s.json")
+    back = SentimentModel.load(tmp_path / "s.json")
+    assert back.langs["zh"].steps_state() == m.langs["zh"].steps_state() != {}
+    for model in (m, back):
+        model.learn_many(rows[30:], "zh")
+    assert back.to_dict()["languages"] == m.to_dict()["languages"]
+    assert [back.proba(t, lang="zh") for t, _ in rows] == [m.proba(t, lang="zh") for t, _ in rows]
 
 
 def test_format_2_checkpoint_is_read_as_the_english_model(tmp_path: Path) -> None:
