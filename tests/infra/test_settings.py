@@ -40,6 +40,17 @@ def test_product_key_and_env_override(tmp_path: Path, monkeypatch: pytest.Monkey
     assert s.detect.z_threshold == 6.5
 
 
+def test_entity_lookup_follows_the_entities_it_was_built_from() -> None:
+    s = load_settings(None, entities=[{"name": "Acme"}, {"name": "Rocket", "kind": "product", "brand": "Acme"}])
+    assert s.entity("acme") is s.entities[0] and s.entity("acme/rocket") is s.entities[1]
+    assert s.entity("nobody") is None
+    # a copy with other entities carries the private index along: it must not answer from it
+    other = s.model_copy(update={"entities": [s.entities[1]]})
+    assert other.entity("acme") is None and other.entity("acme/rocket") is s.entities[1]
+    s.entities.append(s.entities[1].model_copy(update={"name": "Jet"}))  # the list grows in place
+    assert s.entity("acme/jet") is s.entities[2]
+
+
 def test_env_routes_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REPMON_ALERTS__ROUTES", '[{"name": "r", "urls": ["json://127.0.0.1:9/x"]}]')
     s = load_settings(write(tmp_path, GOOD + "\n[alerts]\ncooldown_seconds = 5\n"))

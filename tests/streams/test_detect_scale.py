@@ -121,10 +121,17 @@ async def backend(request: pytest.FixtureRequest, unique: str) -> AsyncIterator[
 
 
 async def _run(
-    s: Settings, windows: Windows, state: StateStore, *, switch_at: int | None = None, more: tuple[int, ...] = ()
+    s: Settings,
+    windows: Windows,
+    state: StateStore,
+    *,
+    switch_at: int | None = None,
+    more: tuple[int, ...] = (),
+    idle: int = 0,
 ) -> tuple[list[Signal], list[Incident], DetectionEngine]:
-    """The engine over ``_events``, seven minutes a tick; a new leader takes over at the first tick
-    from ``switch_at`` and from each minute of ``more``."""
+    """The engine over ``_events``, seven minutes a tick, each followed by ``idle`` ticks that close
+    nothing; a new leader takes over at the first tick from ``switch_at`` and from each minute of
+    ``more``."""
     signals: list[Signal] = []
     incidents: list[Incident] = []
 
@@ -149,6 +156,8 @@ async def _run(
         if batch:
             await windows.add_batch(batch)
         await eng.tick(max_buckets=10_000)
+        for _ in range(idle):
+            assert await eng.tick() == 0
     return signals, incidents, eng
 
 
@@ -205,10 +214,36 @@ async def test_a_tick_writes_only_the_entities_that_had_events(aredis: Any, uniq
         assert after["sparse"] == before["sparse"] and after["rare"] == before["rare"]
         assert after["dense"] != before["dense"] and orjson.loads(after["dense"])["at"] == at + 60
         assert await state.pointer("closed") == at + 60
+        # an idle tick learns the quiet entities' buckets in memory and writes none of them
+        lead = eng._state
+        assert lead is not None and lead.at["sparse"] < at + 60
+        assert await eng.tick() == 0
+        assert lead.at["sparse"] == at + 60 and lead.at["rare"] == at + 60
+        assert {e: await aredis.get(key + e) for e in RATES} == after
     finally:
         keys = [k async for k in aredis.scan_iter(f"dw{unique}*", count=1000)]
         if keys:
             await aredis.delete(*keys)
+
+
+async def test_idle_ticks_learn_the_quiet_entities_buckets_alike(backend: Any) -> None:
+    """The ticks between two closed buckets learn the deferred empty buckets of the entities that
+    did not talk (a closed bucket then costs what talked in it): the same signals, threads and
+    detectors as the eager engine, with a leader change in the middle, and none left behind."""
+    with _eager_empty_buckets():
+        ref_signals, ref_incidents, ref = await _run(*backend("e", eager=True))
+    signals, incidents, eng = await _run(*backend("i", eager=False), switch_at=MINUTES // 2, idle=2)
+    assert [x.model_dump(exclude={"emitted_at"}) for x in signals] == [
+        x.model_dump(exclude={"emitted_at"}) for x in ref_signals
+    ]
+    assert _threads(incidents) == _threads(ref_incidents) and ref_incidents
+    lead = eng._state
+    assert lead is not None and lead.behind[0] is not None
+    closed = lead.behind[0]
+    # the rare entity is quiet in most buckets: it was caught up on the idle ticks, not when it talked
+    assert {"dense", "sparse", "rare"} <= lead.dets.keys()
+    assert all(lead.at[e] >= closed for e in lead.dets if lead.dets[e].buckets)
+    assert await _detectors(eng) == await _detectors(ref)
 
 
 async def test_new_leaders_read_only_the_state_they_need_and_judge_alike(backend: Any) -> None:
