@@ -21,6 +21,7 @@ the :class:`~streams.state.StateStore` seam: Redis in the worker, memory in the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import uuid
@@ -54,6 +55,26 @@ YIELD_EVERY = 100  # entities stepped on the event loop between two turns of oth
 # ``_catch_up_quiet``): the timer ticks twice a second, so a minute's ~120 ticks have ~2.4 s for
 # what a minute defers (~50 us per entity not talking: 0.5 s at 10,000 entities)
 CATCH_UP_SECONDS = 0.02
+FREEZE_DECODED = 200  # documents decoded since the last freeze of the heap (see ``_decoded``)
+_unfrozen = [0]
+
+
+def _decoded(n: int) -> None:
+    """Count ``n`` documents just decoded into long-lived state; from ``FREEZE_DECODED`` on,
+    take the heap out of the cyclic collector (``gc.freeze``), as the NLP stage does once its
+    models are loaded.
+
+    A leader holds each decoded entity's detector and River watches (hundreds of objects each)
+    for as long as it leads; every full collection walked them all, with the GIL held: at
+    10,000 entities a quarter of a second in each closed bucket's tick, and half a second in a
+    new leader's first. Frozen, they are still freed by reference counting when the state is
+    dropped (a new token): they hold no reference cycles.
+    """
+    _unfrozen[0] += n
+    if _unfrozen[0] >= FREEZE_DECODED:
+        _unfrozen[0] = 0
+        gc.collect(1)  # the young garbage goes first: what is frozen is never collected
+        gc.freeze()
 
 
 async def _discard(_: Any) -> None:
@@ -175,6 +196,7 @@ class _Lazy(dict[str, Any]):
                 return {e: self._decode(as_doc(raw[self._prefix + e])) for e in chunk}
 
             self.update(await asyncio.to_thread(decode) if len(chunk) >= OFFLOAD_ENTITIES else decode())
+            _decoded(len(chunk))
 
 
 class _Leader:
@@ -341,6 +363,7 @@ class DetectionEngine:
                 await asyncio.to_thread(decode, chunk, raw)
             else:
                 decode(chunk, raw)
+            _decoded(len(chunk))
 
     async def _judge(self, wm: float, last: int, closed: int, ents: list[str], max_buckets: int) -> int:
         B = self.B

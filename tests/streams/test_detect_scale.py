@@ -266,3 +266,56 @@ async def test_new_leaders_read_only_the_state_they_need_and_judge_alike(backend
         assert "silent" not in lead.dets and not {"silent"} & (river[0].keys() | river[1].keys())
         assert "dense" in lead.dets
     assert await _detectors(eng) == await _detectors(ref)
+
+
+def test_decoded_leader_state_is_freed_without_the_cycle_collector() -> None:
+    """The leader takes its decoded state out of the cyclic collector (``gc.freeze``): that is
+    only safe while detectors and River watches hold no reference cycles, so that a dropped
+    state is still freed by reference counting."""
+    import gc
+
+    from models.anomaly import AnomalyWatch
+    from models.drift import DriftWatch
+
+    s = _settings("gc")
+    det, watch, drift = EntityDetector(s.detect), AnomalyWatch(), DriftWatch()
+    rng = random.Random(3)
+    for i in range(300):
+        st = {"n": float(rng.randint(0, 9)), "neg": float(rng.randint(0, 2))}
+        zs, _ = det.update_standardized(st, i % 168)
+        watch.update({"volume": rng.gauss(0, 1), "negative_share": rng.gauss(0, 1)})
+        drift.update(rng.random(), 5.0)
+    docs = (det.to_dict(), watch.to_dict(), drift.to_dict())
+    gc.collect()
+    gc.disable()
+    try:
+        state = [
+            EntityDetector.from_dict(s.detect, docs[0]),
+            AnomalyWatch.from_dict(docs[1]),
+            DriftWatch.from_dict(docs[2]),
+        ]
+        assert state[0].buckets == 300 and state[1].seen == 300
+        del state
+        assert gc.collect() == 0  # nothing was left for the collector to find
+    finally:
+        gc.enable()
+
+
+async def test_a_leader_that_decodes_many_entities_freezes_its_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import streams.detection as detection
+
+    monkeypatch.setattr(detection, "FREEZE_DECODED", 2)
+    monkeypatch.setattr(detection, "_unfrozen", [0])
+    s = _settings("fz")
+    windows, state = MemoryWindows(s), MemoryState()
+    eng = DetectionEngine(s, windows, state)
+    gc.unfreeze()
+    try:
+        await windows.add_batch([(ev, 0) for minute in _events()[:5] for ev in minute])
+        assert await eng.tick() > 0
+        assert eng._state is not None and len(eng._state.dets) >= 2
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
