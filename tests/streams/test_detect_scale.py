@@ -282,7 +282,7 @@ def test_decoded_leader_state_is_freed_without_the_cycle_collector() -> None:
     rng = random.Random(3)
     for i in range(300):
         st = {"n": float(rng.randint(0, 9)), "neg": float(rng.randint(0, 2))}
-        zs, _ = det.update_standardized(st, i % 168)
+        det.update_standardized(st, i % 168)
         watch.update({"volume": rng.gauss(0, 1), "negative_share": rng.gauss(0, 1)})
         drift.update(rng.random(), 5.0)
     docs = (det.to_dict(), watch.to_dict(), drift.to_dict())
