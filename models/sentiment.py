@@ -58,6 +58,15 @@ LABELS = ("negative", "neutral", "positive")
 FORMAT = 3  # JSON checkpoints: 3 = per-language weights; 2 = one English model (read as "en"); 1 was a pickle
 NB_SHARE = 0.3  # weight of naive Bayes in a language's model (the rest: logistic regression)
 BALANCE = 0.5  # how far the label leans to rarer classes: p(k) / (share of k in the labels) ** BALANCE
+# the exponents each language's labels choose ``BALANCE`` from, by prequential macro-F1 (see
+# _Lang.tally): how far to lean depends on how skewed the labels are and how well the model already
+# ranks the rare class, which differs by set (beauty reviews best at 0, olist at 0.5)
+EXPONENTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+PICK_MIN = 200  # labels a language learns before its own exponent replaces BALANCE
+PICK_MARGIN = 0.005  # macro-F1 by which another exponent must beat BALANCE's to be chosen (a two-class
+# set scores alike at every exponent, within noise: it keeps BALANCE; chosen on the tuning halves)
+PICK_HALFLIFE = 2000.0  # labels: the tallies forget, so the choice follows a model that improves
+_PICK_DECAY = 0.5 ** (1.0 / PICK_HALFLIFE)
 UNKNOWN_PRIOR = {"negative": 0.3, "neutral": 0.4, "positive": 0.3}
 
 _URL = re.compile(r"https?://\S+")
@@ -379,6 +388,26 @@ class _Steps(optim.AdaGrad):
         return w
 
 
+def _weights(shares: Mapping[str, float], e: float) -> dict[str, float]:
+    """``(1/K / share) ** e`` per class, over the K classes with labels (weight 1 for the others:
+    a set labelled positive/negative only is balanced already, and a class never learned must not
+    gain on the others)."""
+    even = 1 / sum(1 for k in LABELS if shares.get(k))
+    return {k: (even / shares[k]) ** e if shares.get(k) else 1.0 for k in LABELS}
+
+
+def _macro_f1(row: Sequence[float]) -> float:
+    """Macro-F1 of a tally (true positives, false positives, false negatives per class), over the
+    classes that have any."""
+    f1s = [2 * row[j] / d for j in range(0, len(row), 3) if (d := 2 * row[j] + row[j + 1] + row[j + 2]) > 0]
+    return sum(f1s) / len(f1s) if f1s else 0.0
+
+
+def _balanced_label(p: Mapping[str, float], bal: Mapping[str, float] | None) -> str:
+    q = {k: p.get(k, 0.0) * bal[k] for k in LABELS} if bal else p
+    return max(LABELS, key=lambda k: (q.get(k, 0.0), k == "neutral"))  # a tie is neutral, not the first class
+
+
 class _Lang:
     """One language's online models and how many labels it has learned.
 
@@ -387,7 +416,7 @@ class _Lang:
     the strong baseline it used to lose to on small languages).
     """
 
-    __slots__ = ("model", "n_learned", "nb", "nb_logs")
+    __slots__ = ("model", "n_learned", "nb", "nb_logs", "tally")
 
     def __init__(self, lr: float, l2: float) -> None:
         # per-token steps, not SGD(lr): a fixed step overshoots on long texts (see _Steps); the
@@ -398,6 +427,42 @@ class _Lang:
         # vocabulary naive Bayes holds anyway
         self.nb_logs: dict[str, tuple[float, ...]] = {}
         self.n_learned = 0
+        # per exponent of EXPONENTS, per class of LABELS: decayed true positives, false positives
+        # and false negatives of the label that exponent would have given each example, scored
+        # before the example is learned (prequential, as ``repmon eval sentiment`` scores)
+        self.tally = [[0.0] * (3 * len(LABELS)) for _ in EXPONENTS]
+
+    def score(self, p: Mapping[str, float], label: str) -> None:
+        """Tally, for each exponent, the label it would have given ``p`` (the blended proba of an
+        example not learned yet) against the true ``label``."""
+        shares = self.shares()
+        truth = LABELS.index(label)
+        for row, e in zip(self.tally, EXPONENTS, strict=True):
+            for i in range(len(row)):
+                row[i] *= _PICK_DECAY
+            if shares is None:
+                continue
+            got = LABELS.index(_balanced_label(p, _weights(shares, e)))
+            if got == truth:
+                row[3 * got] += 1.0
+            else:
+                row[3 * got + 1] += 1.0
+                row[3 * truth + 2] += 1.0
+
+    def shares(self) -> dict[str, float] | None:
+        """Per class, its share of the labels learned; None before any."""
+        counts: Mapping[str, float] = self.nb.class_counts
+        total = sum(counts.values())
+        return {k: counts.get(k, 0.0) / total for k in LABELS} if total else None
+
+    def exponent(self) -> float:
+        """The exponent whose labels have scored the best macro-F1 so far, if it beats
+        ``BALANCE``'s by ``PICK_MARGIN`` (``BALANCE`` until ``PICK_MIN`` labels)."""
+        if self.n_learned < PICK_MIN:
+            return BALANCE
+        f1 = {e: _macro_f1(row) for e, row in zip(EXPONENTS, self.tally, strict=True)}
+        best = max(EXPONENTS, key=lambda e: (f1[e], -abs(e - BALANCE)))
+        return best if f1[best] >= f1.get(BALANCE, 0.0) + PICK_MARGIN else BALANCE
 
     def proba(self, feats: dict[str, float], words: dict[str, float] | None = None) -> dict[str, float]:
         """``words``: the features without the prior's (:func:`_words`), if the caller has them."""
@@ -467,6 +532,10 @@ class SentimentModel:
         # predictions since the last label: a text, its aspect clauses and its entities' clauses
         # are often the same string; cleared on every learn, so it never serves a stale model
         self._predictions: dict[tuple[str, str], SentimentResult] = {}
+        # the blend each text was predicted with, for the tally of its label when it is learned
+        # (:meth:`_Lang.score`): the prediction the event carried, not a second one. Not cleared
+        # on learning: what a review was scored with before it was learned is the point.
+        self._scored: dict[tuple[str, str], dict[str, float]] = {}
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -518,6 +587,7 @@ class SentimentModel:
                     "weights": {str(c): dict(w) for c, w in m.model.weights.items()},
                     "nb": m.nb_state(),
                     "steps": m.steps_state(),
+                    "tally": {str(e): list(row) for e, row in zip(EXPONENTS, m.tally, strict=True)},
                 }
                 for lang, m in sorted(self.langs.items())
                 if m.n_learned
@@ -541,6 +611,12 @@ class SentimentModel:
                 lm.load_nb(state["nb"])
             # absent before AdaGrad (weights learned with SGD): the steps start afresh, lr per feature
             lm.load_steps(state.get("steps", {}))
+            # absent before the exponent was each language's choice: it chooses afresh from here
+            saved = state.get("tally", {})
+            for e, row in zip(EXPONENTS, lm.tally, strict=True):
+                got = saved.get(str(e))
+                if isinstance(got, list) and len(got) == len(row):
+                    row[:] = [float(v) for v in got]
         m.created = str(d["created"])
         return m
 
@@ -608,6 +684,7 @@ class SentimentModel:
         return hit
 
     def proba(self, text: str, compound: float | None = None, lang: str = "en") -> dict[str, float]:
+        """The blend of the language's model and its prior, before the class balance."""
         c = self.compound(text, lang) if compound is None else compound
         lexical = self.has_prior(lang)
         prior = _prior(c) if lexical else UNKNOWN_PRIOR
@@ -622,24 +699,21 @@ class SentimentModel:
         return {k: w * p_model.get(k, 0.0) + (1 - w) * prior[k] for k in LABELS}
 
     def _balance(self, lang: str) -> dict[str, float] | None:
-        """Per class, ``(1/K / its share of the labels) ** BALANCE`` over the K classes learned; None before any label.
+        """Per class, ``(1/K / its share of the labels) ** e`` over the K classes learned; None before any label.
 
         A model trained on labels where one class is rare (3-star reviews, neutral tweets) learns
         to almost never say it; dividing by the class share (the class-prior correction for
         imbalanced data, softened by the exponent) gives the rare class back its recall, which is
-        what macro-F1 and a negative-share detector need. A class never learned keeps weight 1.
+        what macro-F1 and a negative-share detector need. How much is each language's own
+        choice (:meth:`_Lang.exponent`): leaning at 0.5 cost English beauty reviews, whose
+        model already ranks the rare class well, 0.13 macro-F1 against no leaning at all.
         """
         lm = self.langs.get(lang)
-        if lm is None or not BALANCE:
+        if lm is None:
             return None
-        counts: Mapping[str, float] = lm.nb.class_counts
-        total = sum(counts.values())
-        if not total:
-            return None
-        # uniform over the classes learned: a set labelled positive/negative only is balanced already,
-        # and a class never learned must not gain on the others
-        even = 1 / sum(1 for k in LABELS if counts.get(k))
-        return {k: (even / (counts[k] / total)) ** BALANCE if counts.get(k) else 1.0 for k in LABELS}
+        shares = lm.shares()
+        e = lm.exponent()
+        return _weights(shares, e) if shares is not None and e else None
 
     def predict(self, text: str, lang: str = "en") -> SentimentResult:
         key = (lang, text)
@@ -647,12 +721,14 @@ class SentimentModel:
         if hit is not None:
             return hit
         p = self.proba(text, lang=lang)
+        if len(self._scored) >= 4096:
+            self._scored.clear()
+        self._scored[key] = p
         if lang in self._balances:
             bal = self._balances[lang]
         else:
             bal = self._balances[lang] = self._balance(lang)
-        q = {k: p[k] * bal[k] for k in LABELS} if bal else p
-        label = max(LABELS, key=lambda k: (q[k], k == "neutral"))  # a tie is neutral, not the first class
+        label = _balanced_label(p, bal)
         res = SentimentResult(max(-1.0, min(1.0, p["positive"] - p["negative"])), label, p[label])
         if len(self._predictions) >= 4096:
             self._predictions.clear()
@@ -670,8 +746,13 @@ class SentimentModel:
     def learn_one(self, text: str, label: str, lang: str = "en") -> None:
         if label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, got {label!r}")
-        feats, words = self._features(text, self.compound(text, lang))
-        self._lang(lang).learn(feats, label, words)
+        c = self.compound(text, lang)
+        feats, words = self._features(text, c)
+        lm = self._lang(lang)
+        if lm.n_learned:
+            p = self._scored.pop((lang, text), None)
+            lm.score(p if p is not None else self.proba(text, c, lang), label)
+        lm.learn(feats, label, words)
         self._predictions.clear()
         self._balances.clear()
 
