@@ -163,6 +163,15 @@ class KafkaSettings(_Section):
         description="How long the group waits before a silent worker's partitions go to the others.",
     )
     replication: int = Field(default=1, ge=1)
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="How long the worker's consumer lets the broker hold a fetch that finds no new records. Kafka "
+        "answers as soon as records arrive; the embedded tansu broker holds the fetch for the whole wait, so each "
+        "wait is latency (Faust's own 1,500 ms put ~0.9 s into the median produce-to-enriched time at 1,000 "
+        "events/s). Idle consumers send one fetch per wait.",
+    )
     verify_idle_offsets: bool = Field(
         default=True,
         description="Before the watermark passes a raw partition its worker reported caught up, the leader "

@@ -125,12 +125,38 @@ class Worker:
         c.stage.freeze_heap()
 
 
+def _fetch_wait_from_app() -> None:
+    """Let each app set its worker consumer's ``fetch_max_wait_ms`` (``kafka.fetch_max_wait_ms``).
+
+    Faust builds the aiokafka consumer with a fixed 1,500 ms and no setting for it. aiokafka keeps
+    the value until ``start()`` hands it to its fetcher, so it is set on the consumer just built;
+    an app without the attribute keeps Faust's value. aiokafka is pinned with faust-streaming,
+    and ``tests/streams/test_app.py`` checks the fetcher gets the value."""
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    if getattr(cls, "_repmon_fetch_wait", False):
+        return
+    build = cls._create_worker_consumer
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = build(self, transport)
+        wait = getattr(self.app, "repmon_fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)
+        return consumer
+
+    cls._create_worker_consumer = create  # type: ignore[method-assign]
+    cls._repmon_fetch_wait = True  # type: ignore[attr-defined]
+
+
 def _faust_app(s: Settings, web_port: int | None) -> faust.App:
     brokers = [f"kafka://{hp.strip()}" for hp in s.kafka.bootstrap.split(",")]
     # Faust keeps a per-app data dir even with memory stores: keep it out of the cwd
     datadir = Path(s.worker.data_dir or Path(tempfile.gettempdir()) / "repmon-faust") / s.app_id
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    _fetch_wait_from_app()
+    app = faust.App(
         s.app_id,
         broker=brokers,
         store="memory://",
@@ -149,6 +175,8 @@ def _faust_app(s: Settings, web_port: int | None) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
     )
+    app.repmon_fetch_max_wait_ms = s.kafka.fetch_max_wait_ms  # type: ignore[attr-defined]
+    return app
 
 
 def build_worker(
