@@ -34,11 +34,15 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from river import anomaly, stats
+from river.tree.padded import PaddedBranch, PaddedLeaf
 
 __all__ = ["FEATURES", "AnomalyHit", "AnomalyWatch"]
 
@@ -140,6 +144,10 @@ class AnomalyWatch:
 
         The trees' shape is not stored: River draws it from ``seed`` when the model first learns,
         so the same seed and features rebuild the same trees, and only their masses are state.
+        ``shape`` is a checksum of that shape: a doc whose trees were drawn differently (another
+        River, other features) starts afresh rather than putting its masses on other trees.
+        Masses are two flat lists of ints per tree (left and right, nodes in depth-first order):
+        what orjson writes and reads fastest.
 
         >>> import random
         >>> rng = random.Random(1)
@@ -153,8 +161,9 @@ class AnomalyWatch:
         True
         """
         m = self.model
+        tree_nodes = _tree_nodes(m)
         return {
-            "v": 1,
+            "v": 2,
             "params": {
                 "q": self.q,
                 "window_size": self.window_size,
@@ -170,12 +179,16 @@ class AnomalyWatch:
             "last_hit": dataclasses.asdict(self.last_hit) if self.last_hit is not None else None,
             "counter": m.counter,
             "first_window": m._first_window,
-            "masses": [[[n.l_mass, n.r_mass] for n in nodes] for nodes in m._tree_nodes],
+            "shape": _shape_of(m) if m.trees else None,
+            "l_mass": [list(map(_L_MASS, nodes)) for nodes in tree_nodes],
+            "r_mass": [list(map(_R_MASS, nodes)) for nodes in tree_nodes],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> AnomalyWatch:
-        if not d or d.get("v") != 1:
+        """The watch :meth:`to_dict` saved (``"v": 2``, or the older ``"v": 1`` with ``[l, r]``
+        pairs); anything else, or trees of another shape, starts afresh."""
+        if not d or d.get("v") not in (1, 2):
             return cls()
         p = d["params"]
         w = cls(
@@ -185,20 +198,206 @@ class AnomalyWatch:
             min_abs_z=float(p["min_abs_z"]),
             seed=int(p["seed"]),
         )
-        masses = d.get("masses") or []
-        if masses:
-            w.model.learn_one({f: 0.5 for f in FEATURES})  # builds the trees from the seed
-            if [len(t) for t in masses] != [len(nodes) for nodes in w.model._tree_nodes]:
-                return cls(**{k: v for k, v in p.items()})  # another tree shape: start afresh
-            for nodes, saved in zip(w.model._tree_nodes, masses, strict=True):
-                for node, (lm, rm) in zip(nodes, saved, strict=True):
-                    node.l_mass, node.r_mass = lm, rm
+        if d["v"] == 1:
+            pairs = d.get("masses") or []
+            lm = [[n[0] for n in t] for t in pairs]
+            rm = [[n[1] for n in t] for t in pairs]
+            shape = None  # v1 did not store it: the node counts are all it checked
+        else:
+            lm, rm, shape = d.get("l_mass") or [], d.get("r_mass") or [], d.get("shape")
+        if lm and not _restore_trees(w.model, lm, rm, shape):
+            return cls(**{k: v for k, v in p.items()})  # another tree shape: start afresh
+        if lm:
             w.model.counter = int(d["counter"])
             w.model._first_window = bool(d["first_window"])
-        for s in d.get("scores", [])[-SCORES_KEPT:]:
-            w.quantile.update(float(s))
-            w.scores.append(float(s))
+        scores = [float(s) for s in d.get("scores", [])[-SCORES_KEPT:]]
+        update = w.quantile.update
+        for s in scores:
+            update(s)
+        w.scores.extend(scores)
         w.seen, w.scored, w.above = int(d["seen"]), int(d["scored"]), bool(d["above"])
         w.last_at = int(d["last_at"]) if d.get("last_at") is not None else None
         w.last_hit = AnomalyHit(**d["last_hit"]) if d.get("last_hit") else None
         return w
+
+
+# --- the trees' shape, drawn once per (seed, n_trees, height, limits) and cloned ------------------
+#
+# River draws a forest from its seed with ``random`` on the first ``learn_one`` (tens of ms for
+# 10 x 511 nodes), and every watch with the same parameters gets the same trees: drawing them
+# again for each watch decoded would be most of the cost of decoding it. A template keeps what
+# the draw gave (each branch's feature and threshold, the generator's state after it) and a
+# decoded watch gets new nodes built from it and the saved masses, without drawing again.
+#
+# This relies on River 0.26.1's ``HalfSpaceTrees`` internals: ``trees``, ``_tree_nodes`` (every
+# tree's nodes in depth-first order, which the window pivot walks), ``counter``,
+# ``_first_window``, ``rng``, and on ``PaddedBranch`` (``children``, ``feature``, ``threshold``,
+# ``l_mass``, ``r_mass``) and ``PaddedLeaf`` (``r_mass``, ``l_mass``) holding nothing else. The
+# template is only used when a forest River drew looks exactly so and a clone of it equals it;
+# otherwise decoding lets River draw the trees and sets the masses one node at a time.
+
+_L_MASS, _R_MASS = attrgetter("l_mass"), attrgetter("r_mass")
+_BRANCH_ATTRS = ("children", "feature", "threshold", "l_mass", "r_mass")
+_LEAF_ATTRS = ("r_mass", "l_mass")  # the order of make_padded_tree's keywords
+_new = object.__new__
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    # per tree, its nodes in reverse depth-first order: ``None`` for a leaf, (feature, threshold)
+    # for a branch (children come before their parent, so a stack builds the tree in one pass)
+    specs: tuple[tuple[tuple[str, float] | None, ...], ...]
+    rng_state: Any  # ``random.Random.getstate()`` after the draw
+    shape: int
+    clonable: bool  # River's nodes are as expected: new ones can be built directly
+
+
+def _tree_nodes(m: anomaly.HalfSpaceTrees) -> list[list[Any]]:
+    nodes = getattr(m, "_tree_nodes", None)
+    if nodes is None or len(nodes) != len(m.trees):
+        return [list(t.iter_dfs()) for t in m.trees]
+    return nodes
+
+
+def _key(m: anomaly.HalfSpaceTrees) -> tuple[Any, ...]:
+    # what the draw depends on (River's ``learn_one``: limits of the features of the first
+    # input, which is always every FEATURE here); ``window_size`` does not change the trees
+    return (m.seed, m.n_trees, m.height, tuple((f, tuple(m.limits[f])) for f in sorted(FEATURES)))
+
+
+def _draw(m: anomaly.HalfSpaceTrees) -> None:
+    """Let River draw the trees of ``m`` (which has none yet), as its first ``learn_one`` does."""
+    saved = m.counter, m._first_window
+    m.learn_one({f: 0.5 for f in FEATURES})
+    m.counter, m._first_window = saved
+
+
+def _fingerprint(tree_nodes: list[list[Any]]) -> int:
+    h = 0
+    for nodes in tree_nodes:
+        part = ";".join(f"{n.feature}<{n.threshold.hex()}" if hasattr(n, "children") else "." for n in nodes)
+        h = zlib.crc32(part.encode(), h)
+    return h
+
+
+def _spec(nodes: list[Any]) -> tuple[tuple[str, float] | None, ...] | None:
+    """A tree's template, or None when its nodes are not what :func:`_clone` builds."""
+    out: list[tuple[str, float] | None] = []
+    for n in reversed(nodes):
+        if type(n) is PaddedBranch and tuple(vars(n)) == _BRANCH_ATTRS and len(n.children) == 2:
+            out.append((n.feature, n.threshold))
+        elif type(n) is PaddedLeaf and tuple(vars(n)) == _LEAF_ATTRS:
+            out.append(None)
+        else:
+            return None
+    return tuple(out)
+
+
+def _clone(spec: tuple[tuple[str, float] | None, ...], lm: list[int], rm: list[int]) -> list[Any]:
+    """One tree from its template and masses: its nodes in depth-first order (the root first).
+
+    Nodes are made as River's constructors make them (same attributes in the same order, so
+    branches share their attribute keys), without the constructors' call overhead; a leaf's
+    attributes are a dict, as ``Leaf.__init__`` leaves them.
+    """
+    stack: list[Any] = []
+    push, pop = stack.append, stack.pop
+    built: list[Any] = []
+    keep = built.append
+    n: Any
+    for s, lmass, rmass in zip(spec, reversed(lm), reversed(rm), strict=True):
+        if s is None:
+            n = _new(PaddedLeaf)
+            n.__dict__ = {"r_mass": rmass, "l_mass": lmass}
+        else:
+            n = _new(PaddedBranch)
+            n.children = (pop(), pop())  # in reverse depth-first order the left child is on top
+            n.feature, n.threshold = s
+            n.l_mass = lmass
+            n.r_mass = rmass
+        push(n)
+        keep(n)
+    built.reverse()
+    return built
+
+
+def _same_tree(a: list[Any], b: list[Any]) -> bool:
+    if len(a) != len(b):
+        return False
+    index_a = {id(n): i for i, n in enumerate(a)}
+    index_b = {id(n): i for i, n in enumerate(b)}
+    for x, y in zip(a, b, strict=True):
+        if type(x) is not type(y) or vars(x).keys() != vars(y).keys():
+            return False
+        for k, v in vars(x).items():
+            if k == "children":
+                if [index_a[id(c)] for c in v] != [index_b[id(c)] for c in vars(y)[k]]:
+                    return False
+            elif v != vars(y)[k]:
+                return False
+    return True
+
+
+@functools.lru_cache(maxsize=16)
+def _template(key: tuple[Any, ...]) -> _Template:
+    seed, n_trees, height, limits = key
+    m = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, limits=dict(limits), seed=seed)
+    _draw(m)
+    tree_nodes = _tree_nodes(m)
+    specs = [_spec(nodes) for nodes in tree_nodes]
+    clonable = (
+        getattr(m, "_tree_nodes", None) is not None
+        and [list(t.iter_dfs()) for t in m.trees] == m._tree_nodes
+        and all(s is not None for s in specs)
+        and all(
+            _same_tree(_clone(s, list(map(_L_MASS, nodes)), list(map(_R_MASS, nodes))), nodes)
+            for s, nodes in zip(specs, tree_nodes, strict=True)
+            if s is not None
+        )
+    )
+    return _Template(
+        specs=tuple(s for s in specs if s is not None) if clonable else (),
+        rng_state=m.rng.getstate(),
+        shape=_fingerprint(tree_nodes),
+        clonable=clonable,
+    )
+
+
+def _shape_of(m: anomaly.HalfSpaceTrees) -> int | None:
+    """The template's checksum if ``m``'s trees are the template's (their roots are checked, which
+    costs nothing next to hashing every node), else the checksum of ``m``'s own trees."""
+    tpl = _template(_key(m))
+    tree_nodes = _tree_nodes(m)
+    if tpl.clonable and len(tree_nodes) == len(tpl.specs):
+        roots = [spec[-1] for spec in tpl.specs]
+        if all(
+            len(nodes) == len(spec) and type(nodes[0]) is PaddedBranch and (nodes[0].feature, nodes[0].threshold) == r
+            for nodes, spec, r in zip(tree_nodes, tpl.specs, roots, strict=True)
+        ):
+            return tpl.shape
+    return _fingerprint(tree_nodes)
+
+
+def _restore_trees(m: anomaly.HalfSpaceTrees, lm: list[list[int]], rm: list[list[int]], shape: int | None) -> bool:
+    """Give ``m`` (which has no trees yet) the saved trees; False if they do not fit its shape."""
+    tpl = _template(_key(m))
+    if shape is not None and shape != tpl.shape:
+        return False
+    if len(lm) != m.n_trees or len(rm) != m.n_trees:
+        return False
+    if tpl.clonable:
+        if any(len(a) != len(s) or len(b) != len(s) for a, b, s in zip(lm, rm, tpl.specs, strict=True)):
+            return False
+        tree_nodes = [_clone(s, a, b) for s, a, b in zip(tpl.specs, lm, rm, strict=True)]
+        m.trees = [nodes[0] for nodes in tree_nodes]
+        m._tree_nodes = tree_nodes
+        m.rng.setstate(tpl.rng_state)
+        return True
+    _draw(m)
+    tree_nodes = _tree_nodes(m)
+    if any(len(a) != len(nodes) or len(b) != len(nodes) for a, b, nodes in zip(lm, rm, tree_nodes, strict=True)):
+        return False
+    for nodes, a, b in zip(tree_nodes, lm, rm, strict=True):
+        for node, lmass, rmass in zip(nodes, a, b, strict=True):
+            node.l_mass, node.r_mass = lmass, rmass
+    return True
