@@ -172,11 +172,11 @@ def describe(s: Signal) -> str:
 class _Lazy(dict[str, Any]):
     """The entities' River watches this engine has needed so far, each read and decoded when first used.
 
-    Rebuilding one HalfSpaceTrees forest takes tens of milliseconds (an ADWIN replays its window),
-    so a new leader decoding a thousand entities' watches at once stalled for a minute; a watch is
-    only needed for a bucket the entity has events in, so most are never decoded between two
-    failovers. Reading every one at once was a new leader's first second too (31 KB an anomaly
-    watch: 300 MB at 10,000 entities), so a watch is read from Redis only when first needed
+    Decoding one HalfSpaceTrees forest builds 5,110 nodes (~3 ms from the cached tree shape, see
+    :mod:`models.anomaly`; an ADWIN replays its window), and a watch is only needed for a bucket
+    the entity has events in, so most are never decoded between two failovers. Reading every one
+    at once was a new leader's first second too (21-47 KB an anomaly watch: hundreds of MB at
+    10,000 entities), so a watch is read from Redis only when first needed
     (:meth:`need`). Only these can have changed, and only they are saved. A watch never needed
     is not here: reading it raises ``KeyError`` rather than starting it over unseen.
     """
@@ -561,7 +561,7 @@ class DetectionEngine:
     async def _river_state(self) -> tuple[_Lazy, _Lazy]:
         """The River watches, from memory while this engine was the last to save them.
 
-        Decoding a HalfSpaceTrees forest takes tens of ms, and the leader's timer ticks twice a
+        Decoding a HalfSpaceTrees forest takes milliseconds, and the leader's timer ticks twice a
         second: reading them from Redis on every tick stalled the event loop (end-to-end
         throughput halved). Redis holds a token of the last save; a worker that did not write it
         (a new leader after a rebalance, a restart) loads the saved state once.
