@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from infra.settings import load_settings
 from streams.app import _faust_app
 
@@ -25,4 +23,3 @@ async def test_the_worker_consumer_fetch_wait_is_the_setting() -> None:
         assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
     finally:
         await consumer.stop()
-    await asyncio.sleep(0)
