@@ -225,10 +225,12 @@ class EnrichStage:
         analyses = self.enricher.process(texts)
         langs = [self.language_of(r, a) for r, a in zip(recs, analyses, strict=True)]
         version = self.sentiment.version
+        # one time for the batch: its records are enriched together, within the same few ms
+        enriched_at = iso(utcnow())
         out: list[dict[str, Any]] = []
         for rec, text, an, lang in zip(recs, texts, analyses, langs, strict=True):
             pred = self.sentiment.predict(text, lang[0]) if text else None
-            out.append(self._to_doc(rec, text, an, pred, version, lang))
+            out.append(self._to_doc(rec, text, an, pred, version, lang, enriched_at))
         if self.learn_inline:
             self.learn(self.examples(recs, out))
         return out
@@ -271,6 +273,7 @@ class EnrichStage:
         pred: Any,
         version: str,
         lang: tuple[str, float] = ("en", 1.0),
+        enriched_at: str | None = None,
     ) -> dict[str, Any]:
         """The enriched record of ``rec``, field for field as :class:`EnrichedEvent` dumps it."""
         assert self.sentiment is not None
@@ -321,7 +324,7 @@ class EnrichStage:
             "source": rec.source,
             "occurred_at": iso(rec.occurred_at),
             "ingested_at": iso(rec.ingested_at),
-            "enriched_at": iso(utcnow()),
+            "enriched_at": enriched_at or iso(utcnow()),
             "entity": keys[0] if keys else None,
             "entities": matches,
             "ner": [{"label": n.label, "text": n.text, "start": n.start, "end": n.end} for n in an.ner],

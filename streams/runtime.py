@@ -304,8 +304,12 @@ class Runtime:
                 raise RuntimeError(f"publishing to {records[i][0]} failed: {type(exc).__name__}: {exc}") from exc
         await self._publish_all(retry)
         self.metrics.events.labels("enriched").inc(len(pairs))
+        per_lang: dict[str, int] = {}
         for _, _, doc in pairs:
-            self.metrics.languages.labels(doc["lang"] or "none").inc()
+            lang = doc["lang"] or "none"
+            per_lang[lang] = per_lang.get(lang, 0) + 1
+        for lang, n in per_lang.items():  # a labelled child's lookup and lock once per language
+            self.metrics.languages.labels(lang).inc(n)
         for msg in batch.messages:  # processed (counted, or dead-lettered): it no longer holds a window open
             self.done[msg.partition] = max(self.done.get(msg.partition, 0), msg.offset + 1)
 
