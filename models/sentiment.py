@@ -41,7 +41,17 @@ import orjson
 from river import linear_model, naive_bayes, optim
 from river.optim.base import DictLike
 
-from models.lexicon import INTENSIFIERS, NEGATORS, SEED, strip_accents
+from models.lexicon import (
+    CJK,
+    CJK_INTENSIFIERS,
+    CJK_NEGATION,
+    CJK_NEGATION_GLUE,
+    CJK_NEGATORS,
+    INTENSIFIERS,
+    NEGATORS,
+    SEED,
+    strip_accents,
+)
 from models.vader import Vader
 
 __all__ = [
@@ -253,6 +263,62 @@ class SeedLexicon:
             total += v
         total += 0.3 * min(plain.count("!"), 3) * (1 if total > 0 else -1 if total < 0 else 0)
         return total / math.sqrt(total * total + 15.0)
+
+
+class CjkLexicon:
+    """Valence of a Chinese or Japanese text from its seed lexicon (:data:`models.lexicon.CJK`).
+
+    No spaces between words: each term is found where it occurs, the longest first at each
+    position. A Chinese term is flipped by a negator in the two characters before it ("不是很好"),
+    a Japanese one by the negation after it ("良くない", "満足していない"); an intensifier just
+    before a term strengthens it ("很满意", "とても親切"). Scaled as VADER scales its sum.
+
+    >>> zh, ja = CjkLexicon("zh"), CjkLexicon("ja")
+    >>> zh.compound("质量很好、非常满意") > 0.5 > -0.5 > zh.compound("太差了、不推荐、很失望")
+    True
+    >>> ja.compound("とても親切でした") > 0 > ja.compound("美味しくなかった")
+    True
+    >>> zh.compound("差不多吧"), ja.compound("配送は明日です")
+    (0.0, 0.0)
+    """
+
+    def __init__(self, lang: str) -> None:
+        self.terms = CJK[lang]
+        self.find = re.compile("|".join(re.escape(t) for t in sorted(self.terms, key=lambda t: (-len(t), t))))
+        self.negators = CJK_NEGATORS.get(lang, frozenset())
+        self.boost = CJK_INTENSIFIERS.get(lang, ())
+        self.negated_after = lang == "ja"
+
+    def _negated_after(self, text: str, end: int) -> bool:
+        tail = text[end : end + 8]
+        for glue in CJK_NEGATION_GLUE:
+            if tail.startswith(glue):
+                tail = tail[len(glue) :]
+                break
+        if tail.startswith("い") and not tail.startswith("いい"):  # "していない"
+            tail = tail[1:]
+        return tail.startswith(CJK_NEGATION)
+
+    def compound(self, text: str) -> float:
+        t = unicodedata.normalize("NFKC", text).lower()
+        total = 0.0
+        for m in self.find.finditer(t):
+            v = self.terms[m.group()]
+            if not v:
+                continue
+            before = t[max(0, m.start() - 6) : m.start()]
+            for word in self.boost:
+                if before.endswith(word):
+                    v *= 1.3
+                    before = before[: -len(word)]
+                    break
+            if self.negators and not self.negators.isdisjoint(before[-2:]):
+                v *= -0.74  # VADER's negation factor
+            elif self.negated_after and self._negated_after(t, m.end()):
+                v *= -0.74
+            total += v
+        total += 0.3 * min(t.count("!"), 3) * (1 if total > 0 else -1 if total < 0 else 0)
+        return total / math.sqrt(total * total + 15.0) if total else 0.0
 
 
 NB_LOG_CACHE = 200_000  # words whose logs nb_proba keeps (~0.3 KB each)
@@ -522,7 +588,8 @@ class SentimentModel:
         # snapshot N scores with the same weights, and says so in each event's model_version
         self.release: int | None = None
         self._vader = Vader()
-        self._seed = {lang: SeedLexicon(lang) for lang in SEED}
+        self._seed: dict[str, SeedLexicon | CjkLexicon] = {lang: SeedLexicon(lang) for lang in SEED}
+        self._seed.update({lang: CjkLexicon(lang) for lang in CJK})
         self._compounds: dict[tuple[str, str], float] = {}
         # the features of a text scored, kept for its learning: a review is scored, then taught
         # (a pure function of the text and its lexicon score, so never stale)

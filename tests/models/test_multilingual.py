@@ -61,7 +61,17 @@ def test_cold_start_prior_per_language_and_honest_confidence_elsewhere() -> None
     }
     for (lang, text), want in cases.items():
         assert m.predict(text, lang).label == want, (lang, text)
-    unknown = m.predict("配送が遅い", "ja")
+    cjk = {
+        ("zh", "非常喜欢、质量很好、推荐购买"): "positive",
+        ("zh", "航班延误三个小时、服务很差、不推荐"): "negative",
+        ("zh", "不是很满意、有点失望"): "negative",  # a negator before the term
+        ("ja", "スタッフがとても親切で快適でした"): "positive",
+        ("ja", "配送が遅い、最悪です"): "negative",
+        ("ja", "美味しくなかった"): "negative",  # the negation after the term
+    }
+    for (lang, text), want in cjk.items():
+        assert m.predict(text, lang).label == want, (lang, text)
+    unknown = m.predict("доставка опять задерживается", "ru")
     assert unknown.label == "neutral" and unknown.confidence == pytest.approx(0.4)  # no prior: says so
 
 
@@ -151,6 +161,7 @@ def test_non_english_mentions_are_scored_counted_and_reviews_teach_their_languag
             mention(1, "Northwind perdió mi equipaje, pésimo servicio, nunca más"),
             mention(2, "A Northwind atrasou meu voo de novo, que vergonha"),
             mention(3, "Northwind 配送が遅い", lang="ja"),
+            mention(4, "Northwind опять задерживает рейс", lang="ru"),
             Review(
                 event_id="r:1",
                 source="r",
@@ -160,10 +171,11 @@ def test_non_english_mentions_are_scored_counted_and_reviews_teach_their_languag
             ),
         ]
     )
-    assert [e.lang for e in out] == ["es", "pt", "ja", "pt"]
+    assert [e.lang for e in out] == ["es", "pt", "ja", "ru", "pt"]
     assert all(e.sentiment is not None and e.entity == "northwind" for e in out)
     assert out[0].sentiment.label == "negative" and out[1].sentiment.label == "negative"  # type: ignore[union-attr]
-    assert out[2].sentiment.confidence == pytest.approx(0.4) and out[2].lang_confidence == 1.0  # type: ignore[union-attr]
+    assert out[2].sentiment.label == "negative"  # type: ignore[union-attr]  # the Japanese seed lexicon
+    assert out[3].sentiment.confidence == pytest.approx(0.4) and out[3].lang_confidence == 1.0  # type: ignore[union-attr]
     assert 0.9 <= (out[0].lang_confidence or 0) <= 1.0
     assert {a.aspect for a in out[0].aspects} >= {"baggage"}
     assert all(contributions(e)["n"] == 1.0 and "unscored" not in contributions(e) for e in out)
