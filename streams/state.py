@@ -154,12 +154,12 @@ class RedisState(StateStore):
         # a detector is tens of KB of JSON: encoding a thousand entities' state takes a good part
         # of a second, which the event loop must not spend
         blobs = await asyncio.to_thread(encode) if len(docs) >= ENCODE_OFF_LOOP else encode()
-        async with self.r.pipeline(transaction=True) as pipe:
-            for k, blob in blobs:
-                pipe.set(k, blob)
-            for name, value in pointers.items():
-                pipe.set(self.pointer_key(self.p, name), repr(float(value)))
-            await pipe.execute()
+        pairs: dict[str, bytes | str] = dict(blobs)
+        pairs.update({self.pointer_key(self.p, name): repr(float(value)) for name, value in pointers.items()})
+        if pairs:
+            # one MSET is atomic, as a MULTI of SETs was, and is one command to pack and one reply
+            # to read instead of two thousand (a closed bucket at 10,000 entities writes ~2,000)
+            await self.r.mset(pairs)
 
     async def pointer(self, name: str) -> float | None:
         v = await self.r.get(self.pointer_key(self.p, name))
