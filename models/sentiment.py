@@ -258,7 +258,9 @@ class SeedLexicon:
                 continue
             if i and words[i - 1] in self.boost:
                 v *= 1.3
-            if any(p in self.negators for p in words[max(0, i - 3) : i]):
+            # a negator inside a phrase already scored ("funktioniert nicht", "no funciona") is that
+            # phrase's, not the next words'
+            if any(p in self.negators and p not in used for p in words[max(0, i - 3) : i]):
                 v *= -0.74  # VADER's negation factor
             total += v
         total += 0.3 * min(plain.count("!"), 3) * (1 if total > 0 else -1 if total < 0 else 0)
