@@ -75,6 +75,22 @@ def test_cold_start_prior_per_language_and_honest_confidence_elsewhere() -> None
     assert unknown.label == "neutral" and unknown.confidence == pytest.approx(0.4)  # no prior: says so
 
 
+def test_a_negator_inside_a_scored_phrase_does_not_negate_the_words_after_it() -> None:
+    """ "gefällt mir nicht" is scored as a phrase: its "nicht" must not also flip "Schrott" after
+    it (the sum was +0.33 before), nor "no funciona" flip "malo"."""
+    m = SentimentModel()
+    for lang, text in [
+        ("de", "Das Produkt gefällt mir nicht, leider Schrott"),
+        ("es", "no funciona, malo"),
+        ("pt", "não funciona, uma porcaria"),
+        ("fr", "ne fonctionne pas, nul"),
+    ]:
+        assert m.compound(text, lang) < -0.5, (lang, text)
+    assert m.compound("nicht gut", "de") < 0 < m.compound("gut", "de")  # a negator on its own still negates
+    assert m.compound("produit impeccable, je recommande", "fr") > 0.5
+    assert m.compound("colis jamais reçu, à éviter", "fr") < -0.5
+
+
 def test_a_language_learns_from_its_own_stars_only(tmp_path: Path) -> None:
     m = SentimentModel()
     for _ in range(40):
