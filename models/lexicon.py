@@ -1,5 +1,5 @@
 """A small hand-written seed lexicon for the cold start in Spanish, Portuguese, German, French,
-Chinese and Japanese.
+Italian, Chinese and Japanese.
 
 Written for repmon (our own words, no source copied). It only has to carry the first minutes of
 a language: the per-language River model learns the domain from review stars and takes over (see
@@ -421,6 +421,69 @@ SEED: dict[str, dict[str, float]] = {
         "ne marche plus": -2.5,
         "je deconseille": -3.0,
     },
+    "it": {
+        **_COMMON,
+        "buono": 2.0,
+        "buona": 2.0,
+        "buoni": 2.0,
+        "buone": 2.0,
+        "bene": 1.5,
+        "benissimo": 2.5,
+        "ottim*": 3.0,
+        "eccellent*": 3.0,
+        "perfett*": 3.0,
+        "bellissim*": 3.0,
+        "bello": 2.0,
+        "bella": 2.0,
+        "lo consiglio": 2.5,
+        "consigliat*": 2.0,
+        "soddisfatt*": 2.0,
+        "veloc*": 1.5,
+        "puntual*": 1.5,
+        "gentil*": 2.0,
+        "cordial*": 1.5,
+        "grazie": 1.5,
+        "content*": 2.0,
+        "meraviglios*": 3.0,
+        "stupend*": 3.0,
+        "comod*": 1.5,
+        "affidabil*": 2.0,
+        "migliore": 2.0,
+        "pessim*": -3.0,
+        "male": -2.0,
+        "brutt*": -2.0,
+        "scadent*": -2.5,
+        "terribil*": -3.0,
+        "orribil*": -3.0,
+        "delus*": -2.5,
+        "deludent*": -2.5,
+        "rotto": -2.0,
+        "rotta": -2.0,
+        "difettos*": -2.5,
+        "ritard*": -2.0,
+        "cancellat*": -2.0,
+        "perso": -2.0,
+        "persa": -2.0,
+        "truffa": -3.5,
+        "vergogn*": -2.5,
+        "lent*": -1.5,
+        "costos*": -1.0,
+        "maleducat*": -2.5,
+        "sporc*": -2.0,
+        "schifo": -3.0,
+        "schifos*": -3.0,
+        "inaccettabil*": -3.0,
+        "problem*": -1.5,
+        "non funziona": -2.5,
+        "mai arrivato": -3.0,
+        "rimborso": -1.0,
+        "reclamo": -2.0,
+        "purtroppo": -1.5,
+        "peggio": -2.5,
+        "peggiore": -2.5,
+        "danneggiat*": -2.5,
+        "mai piu": -3.0,
+    },
 }
 
 #: words that flip the valence of the next three words ("no es bueno", "nicht gut", "pas bon")
@@ -429,6 +492,7 @@ NEGATORS: dict[str, frozenset[str]] = {
     "pt": frozenset({"nao", "nunca", "jamais", "nem", "sem"}),
     "de": frozenset({"nicht", "kein", "keine", "keinen", "keiner", "nie", "niemals", "ohne"}),
     "fr": frozenset({"pas", "jamais", "ni", "sans", "aucun", "aucune"}),
+    "it": frozenset({"non", "mai", "senza", "nessun", "nessuno", "nessuna"}),
 }
 
 #: words that strengthen the next word ("muy bueno", "sehr gut", "très bon")
@@ -437,6 +501,7 @@ INTENSIFIERS: dict[str, frozenset[str]] = {
     "pt": frozenset({"muito", "muita", "super", "tao", "bastante", "demais", "totalmente"}),
     "de": frozenset({"sehr", "total", "extrem", "echt", "wirklich", "absolut", "ganz"}),
     "fr": frozenset({"tres", "trop", "vraiment", "super", "tellement", "totalement"}),
+    "it": frozenset({"molto", "troppo", "davvero", "veramente", "super", "tanto", "proprio", "estremamente"}),
 }
 
 

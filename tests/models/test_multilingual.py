@@ -58,6 +58,8 @@ def test_cold_start_prior_per_language_and_honest_confidence_elsewhere() -> None
         ("de", "nicht gut, das Paket kam kaputt an"): "negative",
         ("fr", "livraison rapide, produit parfait, merci"): "positive",
         ("fr", "pas bon du tout, colis perdu, arnaque"): "negative",
+        ("it", "prodotto ottimo, spedizione veloce, lo consiglio"): "positive",
+        ("it", "pacco mai arrivato, non funziona, una truffa"): "negative",
     }
     for (lang, text), want in cases.items():
         assert m.predict(text, lang).label == want, (lang, text)
