@@ -219,6 +219,13 @@ def _prior_of(compound: float) -> dict[str, float]:
     return {k: v / z for k, v in ex.items()}
 
 
+def _scaled(total: float, text: str) -> float:
+    """A seed lexicon's sum of valences as VADER scales its own: the text's "!" (up to three) add
+    emphasis in the sum's direction, then ``x / sqrt(x^2 + 15)`` into [-1, 1]."""
+    total += 0.3 * min(text.count("!"), 3) * (1 if total > 0 else -1 if total < 0 else 0)
+    return total / math.sqrt(total * total + 15.0)
+
+
 class SeedLexicon:
     """Valence of a text from the seed lexicon of one language (negation, intensifiers, stems)."""
 
@@ -263,8 +270,7 @@ class SeedLexicon:
             if any(p in self.negators and p not in used for p in words[max(0, i - 3) : i]):
                 v *= -0.74  # VADER's negation factor
             total += v
-        total += 0.3 * min(plain.count("!"), 3) * (1 if total > 0 else -1 if total < 0 else 0)
-        return total / math.sqrt(total * total + 15.0)
+        return _scaled(total, plain)
 
 
 class CjkLexicon:
@@ -319,8 +325,7 @@ class CjkLexicon:
             elif self.negated_after and self._negated_after(t, m.end()):
                 v *= -0.74
             total += v
-        total += 0.3 * min(t.count("!"), 3) * (1 if total > 0 else -1 if total < 0 else 0)
-        return total / math.sqrt(total * total + 15.0) if total else 0.0
+        return _scaled(total, t)
 
 
 NB_LOG_CACHE = 200_000  # words whose logs nb_proba keeps (~0.3 KB each)

@@ -23,7 +23,6 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalStateError, MessageSizeTooLargeError, RecordTooLargeError
-from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from infra.settings import Settings
 from streams.compose import Components, build
@@ -43,7 +42,6 @@ class FaustOutbox:
         self.app = app
         self.topics = topics
         self.names = {name: t.get_topic_name() for name, t in topics.items()}
-        self._hashes: dict[bytes, int] = {}  # record key -> its murmur2 (see send_many)
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """One record, returning once the broker acknowledged it (raising if it refused it): what
@@ -58,7 +56,7 @@ class FaustOutbox:
         Each record sent on its own (even without a Faust ``Topic.send``, whose futures, sensors
         and callbacks were ~7% of the worker's CPU) costs a future and a trip through aiokafka's
         accumulator, and was ~4% of the worker's time on the event loop. Here the records are
-        partitioned as aiokafka partitions a record it is handed (its own partitioner, by key),
+        partitioned by aiokafka's own partitioner (by key, as ``send`` would),
         appended to record batches (``create_batch``) and each batch is queued whole
         (``send_batch``): one future per batch of a partition. A record that may not fit in a
         request goes on its own, so that the producer refuses it alone
@@ -76,22 +74,9 @@ class FaustOutbox:
         except Exception:  # no metadata (broker away): what send does with it, record by record
             return await self._send_each(records, range(len(records)))
         by_partition: dict[tuple[str, int], list[int]] = {}
-        hashing = type(producer._partitioner) is DefaultPartitioner
-        spread: dict[str, list[int]] = {}  # per topic, its partitions as the partitioner is handed them
         for i, (topic, key, value) in enumerate(records):
             name = self.names[topic]
-            if key is None or not hashing:
-                part = producer._partition(name, None, key, value, key, value)
-            else:  # DefaultPartitioner's choice, with the key's murmur2 remembered (keys are entities)
-                parts = spread.get(name)
-                if parts is None:
-                    parts = spread[name] = list(producer._metadata.partitions_for_topic(name))
-                h = self._hashes.get(key)
-                if h is None:
-                    if len(self._hashes) >= KEY_HASHES:
-                        self._hashes.clear()
-                    h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-                part = parts[h % len(parts)]
+            part = producer._partition(name, None, key, value, key, value)  # aiokafka's own choice
             by_partition.setdefault((name, part), []).append(i)
         # (record indexes, the future of their delivery); in each partition in the records' order
         pending: list[tuple[list[int], Awaitable[Any]]] = []
@@ -151,8 +136,6 @@ class FaustOutbox:
         return out
 
 
-#: record keys whose murmur2 the outbox remembers (entity keys and event ids: ~100 bytes each)
-KEY_HASHES = 100_000
 #: bytes a request needs besides one record's key and value (batch and request headers, with room)
 BATCH_OVERHEAD = 1024
 
