@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalStateError, MessageSizeTooLargeError, RecordTooLargeError
 
 from infra.settings import Settings
+from streams import consumer
 from streams.compose import Components, build
 from streams.learning import load_newest_sync
 from streams.runtime import TOPICS, Message, PublishError, RawPipeline, Record, RecordRefused, Runtime
@@ -226,6 +227,7 @@ def _faust_app(s: Settings, web_port: int | None) -> faust.App:
     datadir = Path(s.worker.data_dir or Path(tempfile.gettempdir()) / "repmon-faust") / s.app_id
     datadir.mkdir(parents=True, exist_ok=True)
     _fetch_wait_from_app()
+    consumer.install()  # the fetch loop's per-message hand-off without four tasks (streams.consumer)
     app = faust.App(
         s.app_id,
         broker=brokers,

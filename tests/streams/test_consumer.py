@@ -1,0 +1,120 @@
+"""The worker consumer's eager hand-off (``streams.consumer``): same semantics as Faust's, no tasks
+when the callback does not suspend. The worker tests (``test_faults``, ``test_fleet``, the CLI's)
+consume every event through it on Apache Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from typing import Any
+
+import pytest
+from faust.transport.consumer import Consumer as FaustConsumer
+
+from infra.settings import load_settings
+from streams import consumer
+from streams.app import _faust_app
+
+# faust-streaming 0.15.3's fetch loop, which streams.consumer.Consumer._drain_messages copies
+FAUST_DRAIN_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+
+def test_the_copied_fetch_loop_is_the_pinned_faust_one() -> None:
+    src = inspect.getsource(FaustConsumer._drain_messages)
+    assert hashlib.sha256(src.encode()).hexdigest() == FAUST_DRAIN_SHA256, (
+        "faust-streaming's Consumer._drain_messages changed: port the change into "
+        "streams/consumer.py (keep the eager hand-off), then update FAUST_DRAIN_SHA256"
+    )
+
+
+def test_the_worker_app_consumes_with_the_eager_consumer() -> None:
+    app = _faust_app(load_settings(None, kafka={"bootstrap": "127.0.0.1:9"}), None)
+    assert type(app.consumer) is consumer.Consumer
+
+
+async def _start(coro: Any) -> asyncio.Future[Any] | None:
+    """What the fetch loop does: the first step eagerly, the rest (if any) in a task."""
+    try:
+        first = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(consumer.resume(coro, first))
+
+
+async def test_a_hand_off_that_does_not_suspend_needs_no_task() -> None:
+    q: asyncio.Queue[int] = asyncio.Queue(maxsize=10)
+    lock = asyncio.Lock()
+
+    async def on_message(m: int) -> None:
+        async with lock:
+            await q.put(m)
+
+    tasks = len(asyncio.all_tasks())
+    for i in range(5):
+        assert await _start(on_message(i)) is None
+    assert len(asyncio.all_tasks()) == tasks
+    assert [q.get_nowait() for _ in range(5)] == [0, 1, 2, 3, 4]
+
+
+async def test_a_hand_off_on_a_full_queue_waits_and_then_completes_with_its_value() -> None:
+    q: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    q.put_nowait(-1)
+
+    async def on_message(m: int) -> int:
+        await q.put(m)
+        return m * 10
+
+    task = await _start(on_message(7))
+    assert task is not None
+    await asyncio.sleep(0.01)
+    assert not task.done()  # still blocked: backpressure holds
+    assert q.get_nowait() == -1
+    assert await asyncio.wait_for(task, 5) == 70
+    assert q.get_nowait() == 7
+
+
+async def test_a_cancelled_hand_off_is_cancelled_inside_the_callback() -> None:
+    q: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    q.put_nowait(-1)
+    seen: list[str] = []
+
+    async def on_message(m: int) -> None:
+        try:
+            await q.put(m)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    task = await _start(on_message(1))
+    assert task is not None
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["cancelled"]
+    assert q.qsize() == 1  # the message was not put
+
+
+async def test_an_error_of_what_the_callback_awaits_reaches_the_callback() -> None:
+    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_message() -> str:
+        try:
+            await fut
+        except KeyError as exc:
+            return f"handled {exc.args[0]}"
+        return "no error"
+
+    task = await _start(on_message())
+    assert task is not None
+    fut.set_exception(KeyError("x"))
+    assert await asyncio.wait_for(task, 5) == "handled x"
+
+
+async def test_a_callback_that_fails_at_once_raises_at_once() -> None:
+    async def on_message() -> None:
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError, match="bad"):
+        await _start(on_message())
