@@ -393,6 +393,11 @@ def nb_proba(
         for j in range(len(classes)):
             for freq, lf in rows:
                 sums[j] += freq * lf[j]
+    return _nb_normalised(classes, sums)
+
+
+def _nb_normalised(classes: Sequence[str], sums: Sequence[float]) -> dict[str, float]:
+    """Naive Bayes' joint log-likelihoods per class as probabilities (River's log-sum-exp)."""
     jll = dict(zip(classes, sums, strict=True))
     top = max(jll.values())
     lse = top + math.log(sum(math.exp(v - top) for v in jll.values()))
@@ -419,6 +424,11 @@ def softmax_proba(weights: Mapping[str, Mapping[str, float]], x: Mapping[str, fl
             scores[label] = sum([wi * x[i] for i, wi in w.items() if i in x])
         else:
             scores[label] = sum([w[i] * xi for i, xi in x.items() if i in w])
+    return _softmax_of(scores)
+
+
+def _softmax_of(scores: dict[str, float]) -> dict[str, float]:
+    """River's softmax of per-class scores, to the operation (in place)."""
     if not scores:
         return scores
     top = max(scores.values())
@@ -481,6 +491,80 @@ def _balanced_label(p: Mapping[str, float], bal: Mapping[str, float] | None) -> 
     return max(LABELS, key=lambda k: (q.get(k, 0.0), k == "neutral"))  # a tie is neutral, not the first class
 
 
+FUSED_CACHE = 100_000  # features whose fused entry a frozen language keeps (~0.2 KB each)
+
+
+class _Frozen:
+    """One language's two learners read as one while they do not learn (a fleet snapshot in a worker).
+
+    :meth:`_Lang.proba` reads each feature up to six times for the softmax (is it in each class's
+    weights, then the weight) and twice for naive Bayes (its counts, its cached logs). A snapshot
+    does not change until the next one replaces the model, so each feature's three weights and
+    three logs are kept together, found with one lookup. The sums are the same products in the
+    same order, summed the same way (a weight the class lacks adds a zero product, which leaves a
+    float sum as it is), so every probability is the same float as :meth:`_Lang.proba` gives
+    (``tests/models/test_sentiment_frozen.py``). Whatever it cannot read that way (not three
+    classes, a class with fewer weights than the text has features) goes the usual way.
+    """
+
+    __slots__ = ("alpha", "classes", "entries", "fc", "labels", "ok", "prior_logs", "total_logs", "unseen", "weights")
+
+    def __init__(self, lm: _Lang) -> None:
+        self.labels = list(lm.model.weights)
+        self.weights = [lm.model.weights[c] for c in self.labels]
+        nb = lm.nb
+        counts, totals = nb.class_counts, nb.class_totals
+        self.classes = list(counts)
+        self.ok = len(self.labels) == 3 and len(self.classes) == 3
+        n = sum(counts.values())
+        smooth = nb.alpha * len(nb.feature_counts)
+        # the per-class terms of nb_proba's sums that do not depend on the text
+        self.prior_logs = [math.log(counts[c] / n) for c in self.classes] if n else []
+        self.total_logs = [math.log(totals[c] + smooth) for c in self.classes] if n else []
+        self.alpha, self.fc = nb.alpha, nb.feature_counts
+        self.unseen = (math.log(nb.alpha),) * len(self.classes)
+        self.entries: dict[str, tuple[float, float, float, tuple[float, ...]]] = {}
+
+    def _entry(self, f: str) -> tuple[float, float, float, tuple[float, ...]]:
+        w0, w1, w2 = self.weights
+        seen = self.fc.get(f)
+        logs = self.unseen if seen is None else tuple([math.log(seen.get(c, 0.0) + self.alpha) for c in self.classes])
+        e = self.entries[f] = (w0.get(f, 0.0), w1.get(f, 0.0), w2.get(f, 0.0), logs)
+        return e
+
+    def proba(self, feats: Mapping[str, float], words: Mapping[str, float]) -> dict[str, float] | None:
+        """:meth:`_Lang.proba` of a text with words, the same floats; None: read it the usual way."""
+        if not self.ok or not words:
+            return None
+        n = len(feats)
+        for w in self.weights:
+            if len(w) < n:  # softmax_proba would sum over the weights' order, not the text's
+                return None
+        entries = self.entries
+        if len(entries) >= FUSED_CACHE:
+            entries.clear()
+        entry = entries.get
+        a0: list[float] = []
+        a1: list[float] = []
+        a2: list[float] = []
+        for f, v in feats.items():
+            e = entry(f) or self._entry(f)
+            a0.append(e[0] * v)
+            a1.append(e[1] * v)
+            a2.append(e[2] * v)
+        l0, l1, l2 = self.labels
+        p = _softmax_of({l0: sum(a0), l1: sum(a1), l2: sum(a2)})
+        mass = sum(words.values())
+        s0, s1, s2 = [pl - mass * tl for pl, tl in zip(self.prior_logs, self.total_logs, strict=True)]
+        for f, freq in words.items():
+            lf = (entry(f) or self._entry(f))[3]
+            s0 += freq * lf[0]
+            s1 += freq * lf[1]
+            s2 += freq * lf[2]
+        q = _nb_normalised(self.classes, [s0, s1, s2])
+        return {k: NB_SHARE * q.get(k, 0.0) + (1 - NB_SHARE) * p.get(k, 0.0) for k in LABELS}
+
+
 class _Lang:
     """One language's online models and how many labels it has learned.
 
@@ -489,7 +573,7 @@ class _Lang:
     the strong baseline it used to lose to on small languages).
     """
 
-    __slots__ = ("model", "n_learned", "nb", "nb_logs", "tally")
+    __slots__ = ("frozen", "model", "n_learned", "nb", "nb_logs", "tally")
 
     def __init__(self, lr: float, l2: float) -> None:
         # per-token steps, not SGD(lr): a fixed step overshoots on long texts (see _Steps); the
@@ -504,6 +588,7 @@ class _Lang:
         # and false negatives of the label that exponent would have given each example, scored
         # before the example is learned (prequential, as ``repmon eval sentiment`` scores)
         self.tally = [[0.0] * (3 * len(LABELS)) for _ in EXPONENTS]
+        self.frozen: _Frozen | None = None  # see SentimentModel.freeze
 
     def score(self, p: Mapping[str, float], label: str) -> None:
         """Tally, for each exponent, the label it would have given ``p`` (the blended proba of an
@@ -539,14 +624,19 @@ class _Lang:
 
     def proba(self, feats: dict[str, float], words: dict[str, float] | None = None) -> dict[str, float]:
         """``words``: the features without the prior's (:func:`_words`), if the caller has them."""
-        p = self.model.predict_proba_one(feats)
         words = _words(feats) if words is None else words
+        if self.frozen is not None:
+            fused = self.frozen.proba(feats, words)
+            if fused is not None:
+                return fused
+        p = self.model.predict_proba_one(feats)
         if not words or not self.nb.class_counts:
             return p
         q = nb_proba(self.nb, words, self.nb_logs)
         return {k: NB_SHARE * q.get(k, 0.0) + (1 - NB_SHARE) * p.get(k, 0.0) for k in LABELS}
 
     def learn(self, feats: dict[str, float], label: str, words: dict[str, float] | None = None) -> None:
+        self.frozen = None  # its weights and counts change from here
         self.model.learn_one(feats, label)
         words = _words(feats) if words is None else words
         if words:  # River's naive Bayes divides by the feature total: an empty text teaches nothing
@@ -575,6 +665,7 @@ class _Lang:
 
     def load_nb(self, state: dict[str, Any]) -> None:
         self.nb_logs.clear()
+        self.frozen = None
         self.nb.class_counts.update({str(k): float(v) for k, v in state["class_counts"].items()})
         self.nb.class_totals.update({str(k): float(v) for k, v in state["class_totals"].items()})
         for f, c in state["feature_counts"].items():
@@ -610,6 +701,16 @@ class SentimentModel:
         # (:meth:`_Lang.score`): the prediction the event carried, not a second one. Not cleared
         # on learning: what a review was scored with before it was learned is the point.
         self._scored: dict[tuple[str, str], dict[str, float]] = {}
+        self.frozen = False  # see freeze
+
+    def freeze(self) -> SentimentModel:
+        """Score from now on as a model that does not learn (a fleet snapshot in a worker): each
+        language's two learners are read as one (:class:`_Frozen`: the same floats, fewer lookups).
+        Learning a label thaws the model again."""
+        self.frozen = True
+        for lm in self.langs.values():
+            lm.frozen = _Frozen(lm) if lm.n_learned else None
+        return self
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -827,6 +928,10 @@ class SentimentModel:
             p = self._scored.pop((lang, text), None)
             lm.score(p if p is not None else self.proba(text, c, lang), label)
         lm.learn(feats, label, words)
+        if self.frozen:  # thawed: every language is read the usual way again
+            self.frozen = False
+            for other in self.langs.values():
+                other.frozen = None
         self._predictions.clear()
         self._balances.clear()
 

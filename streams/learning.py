@@ -251,7 +251,8 @@ class FleetLearner:
     # -- every worker: score with the newest snapshot ----------------------------------------
     def install(self, snap: Snapshot) -> None:
         """Score with ``snap`` from now on (on the NLP thread, or before the loop runs)."""
-        self.stage.sentiment = snap.model
+        # a worker scores with a snapshot and never teaches it (the owner learns into its own copy)
+        self.stage.sentiment = snap.model.freeze()
         self.loaded = snap.version
         self.metrics.model_version.set(snap.version)
 

@@ -5,6 +5,8 @@ In one run:
 - ``enrichment``: the enrichment functions alone (spaCy + language + PII + sentiment, the same
   :class:`~streams.enrich.EnrichStage` the worker runs), on one core, in events/s, on generated
   events whose texts never repeat (no cache of the pipeline is timed warm);
+  ``enrichment.as_worker``: other generated events scored as a worker scores them (a frozen
+  snapshot of the model the first pass learned, nothing learned inline);
 - ``enrichment_real_texts``: the same with the texts of a recorded file (``--texts``, e.g. the
   airline tweets), each naming a tracked entity where it named its own account;
 - ``end_to_end``: a generated stream produced into the raw topic of a real broker (the embedded
@@ -48,6 +50,7 @@ from connectors.demo import generate
 from contract.records import parse_raw
 from infra.kafka import TopicTail
 from infra.settings import Settings
+from models.sentiment import SentimentModel
 from streams.enrich import EnrichStage
 from tools.bench_web import PageWatch
 from tools.receiver import HttpReceiver
@@ -187,8 +190,16 @@ def _entity_ref(rng: random.Random, e: Any) -> str:
     return str(rng.choice(refs))
 
 
-def bench_enrichment(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Events/s of the enrichment stage alone, single thread, after a warm-up batch."""
+def bench_enrichment(
+    settings: Settings, rows: list[dict[str, Any]], worker_rows: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Events/s of the enrichment stage alone, single thread, after a warm-up batch; the reviews
+    teach the model as they pass (the stage learns inline, as the offline tools run it).
+
+    With ``worker_rows`` (other texts: no per-text cache is warm), also ``as_worker``: those events
+    scored as a worker scores them, with a fleet snapshot of the model the first pass learned
+    (frozen, :meth:`~models.sentiment.SentimentModel.freeze`) and nothing learned inline (the
+    fleet's learner learns each label once, for every worker)."""
     stage = EnrichStage(settings)
     t0 = time.perf_counter()
     stage.load_models()
@@ -203,13 +214,30 @@ def bench_enrichment(settings: Settings, rows: list[dict[str, Any]]) -> dict[str
         stage.enrich_docs(recs[i : i + bs])
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    return {
+    out: dict[str, Any] = {
         "profile": settings.nlp.profile,
         "events": len(recs),
         "events_per_s": round(len(recs) / wall, 1),
         "events_per_cpu_s": round(len(recs) / cpu, 1) if cpu > 0 else None,
         "model_load_s": round(load_s, 2),
     }
+    if worker_rows:
+        assert stage.sentiment is not None
+        stage.sentiment = SentimentModel.from_dict(stage.sentiment.to_dict()).freeze()
+        stage.learn_inline = False
+        wrecs = [parse_raw(r) for r in worker_rows]
+        stage.enrich_docs(wrecs[:bs])  # warm-up
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(wrecs), bs):
+            stage.enrich_docs(wrecs[i : i + bs])
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        out["as_worker"] = {
+            "events": len(wrecs),
+            "snapshot_labels": stage.sentiment.n_learned,
+            "events_per_s": round(len(wrecs) / wall, 1),
+            "events_per_cpu_s": round(len(wrecs) / cpu, 1) if cpu > 0 else None,
+        }
+    return out
 
 
 def bench_accurate(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -247,7 +275,7 @@ def run_bench(
     rows = _sample(settings, events)
     console.print(f"bench: enrichment alone on {len(rows)} events, distinct texts (fast profile) ...")
     fast = settings.model_copy(update={"nlp": settings.nlp.model_copy(update={"profile": "fast"})})
-    enrich = bench_enrichment(fast, rows)
+    enrich = bench_enrichment(fast, rows, _sample(settings, events, seed=8))
     enrich["distinct_texts"] = len({r.get("text") for r in rows if r.get("text")})
     enrich_real = None
     if texts is not None:
