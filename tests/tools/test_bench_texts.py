@@ -58,3 +58,19 @@ def test_a_file_without_texts_is_one_clear_line_and_exit_2(tmp_path: Path, name:
     assert res.exit_code == 2, res.output
     assert "--texts" in res.output and name in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1  # one line, printed, not raised
+
+
+def test_enrichment_as_a_worker_scores_unseen_texts_with_a_frozen_snapshot_of_what_was_learned() -> None:
+    from tools.bench import bench_enrichment
+
+    s = load_settings()
+    fast = s.model_copy(update={"nlp": s.nlp.model_copy(update={"profile": "fast"})})
+    rows, other = _sample(s, 400), _sample(s, 400, seed=8)
+    seen = {r.get("text") for r in rows if r.get("text")}
+    fresh = [r for r in other if not r.get("text") or r["text"] not in seen]
+    assert len(fresh) < len(other)  # the two samples share texts: the bench must drop them
+    out = bench_enrichment(fast, rows, other)
+    worker = out["as_worker"]
+    assert worker["events"] == len(fresh)
+    assert worker["snapshot_labels"] > 0  # the first pass's reviews taught the snapshot
+    assert worker["events_per_cpu_s"] > 0 and out["events_per_cpu_s"] > 0
