@@ -27,7 +27,18 @@ from infra.embedded import EmbeddedBroker, EmbeddedRedis
 from infra.kafka import ensure_topics
 from infra.settings import Settings
 
-__all__ = ["LocalStack", "RedisServer", "WorkerProcess", "free_port", "pings", "wait_until", "worker_env"]
+EMBEDDED_SESSION_TIMEOUT_S = 10
+
+__all__ = [
+    "EMBEDDED_SESSION_TIMEOUT_S",
+    "LocalStack",
+    "RedisServer",
+    "WorkerProcess",
+    "free_port",
+    "pings",
+    "wait_until",
+    "worker_env",
+]
 
 
 class WorkerProcess:
@@ -206,6 +217,16 @@ class LocalStack(contextlib.ExitStack):
         prefix = self.prefix or s.kafka.topic_prefix
         self.topics = {t: f"{prefix}.{t}" for t in TOPICS}
         ensure_topics(self.bootstrap, self.topics.values(), s.kafka.partitions)
+        env = self.worker_environment()
+        for i in range(self.n_workers):
+            log = self.workdir / ("worker.log" if i == 0 else f"worker{i + 1}.log")
+            self.workers.append(self.enter_context(WorkerProcess(env, log, self.config)))
+        self.worker = self.workers[0]
+
+    def worker_environment(self) -> dict[str, str]:
+        """What the workers' environment adds to this process's: the broker and Redis started here,
+        the routes, the prefix, and the settings the embedded broker needs."""
+        s = self.settings
         env = {
             "REPMON_KAFKA__BOOTSTRAP": self.bootstrap,
             "REPMON_REDIS__URL": self.redis_url,
@@ -213,6 +234,12 @@ class LocalStack(contextlib.ExitStack):
             # tansu's end offsets count batches, not records: a caught-up report cannot be checked
             "REPMON_KAFKA__VERIFY_IDLE_OFFSETS": "false",
         }
+        if "session_timeout_seconds" not in s.kafka.model_fields_set:
+            # tansu answers a new group's first JoinGroup only after half the session timeout: with
+            # the 60 s default a worker consumes nothing for 30 s, and a stop during that wait lasts
+            # as long (aiokafka finishes the join before it leaves). One host, no network between
+            # the processes: a 10 s session loses nothing and the first join takes 5 s.
+            env["REPMON_KAFKA__SESSION_TIMEOUT_SECONDS"] = str(EMBEDDED_SESSION_TIMEOUT_S)
         if self.prefix:
             env.update(
                 {
@@ -224,7 +251,4 @@ class LocalStack(contextlib.ExitStack):
         if s.author_key_secret is None:
             env["REPMON_AUTHOR_KEY_SECRET"] = "demo-only-secret"  # noqa: S105 - a throwaway local run
         env.update(self.extra_env)
-        for i in range(self.n_workers):
-            log = self.workdir / ("worker.log" if i == 0 else f"worker{i + 1}.log")
-            self.workers.append(self.enter_context(WorkerProcess(env, log, self.config)))
-        self.worker = self.workers[0]
+        return env
