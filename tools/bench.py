@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import math
 import os
 import platform
@@ -41,8 +42,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import orjson
-from kafka import KafkaConsumer
 from rich.console import Console
 
 from connectors.base import KafkaSink, Malformed
@@ -337,32 +338,46 @@ def _all_out(tail: _Enriched, sent: dict[str, float], alive: Callable[[], bool])
 
 
 class _Enriched:
-    """First-seen time of each event id on the enriched topic, read in a thread."""
+    """First-seen time of each event id on the enriched topic, read in a thread.
+
+    librdkafka reads it (~5 µs of the bench's CPU per message): kafka-python's consumer cost
+    ~300 µs, CPU that the workers sharing the bench's two cores did not get, so the bench held
+    the pipeline back by measuring it."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.seen: dict[str, float] = {}
         self._stop = threading.Event()
-        self._bootstrap, self._topic = bootstrap, topic
+        self._c = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"repmon-bench-tail-{os.getpid()}",  # never joined: partitions are assigned
+                "enable.auto.commit": False,
+                # the measuring consumer must not add latency of its own: tansu holds a fetch for the
+                # whole wait (see kafka.fetch_max_wait_ms)
+                "fetch.wait.max.ms": 20,
+                "logger": logging.getLogger("librdkafka"),
+            }
+        )
+        meta = self._c.list_topics(topic, timeout=30).topics[topic]
+        if meta.error is not None or not meta.partitions:
+            self._c.close()
+            raise RuntimeError(f"no partitions of {topic} on {bootstrap}: {meta.error}")
+        self._c.assign(
+            [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in meta.partitions]
+        )
         self._th = threading.Thread(target=self._run, daemon=True)
         self._th.start()
 
     def _run(self) -> None:
-        c = KafkaConsumer(
-            self._topic,
-            bootstrap_servers=self._bootstrap,
-            auto_offset_reset="earliest",
-            group_id=None,
-            consumer_timeout_ms=500,
-            # the measuring consumer must not add latency of its own: tansu holds a fetch for the
-            # whole wait (see kafka.fetch_max_wait_ms)
-            fetch_max_wait_ms=20,
-        )
+        poll, seen, clock = self._c.poll, self.seen, time.perf_counter
         try:
             while not self._stop.is_set():
-                for msg in c:
-                    self.seen.setdefault(orjson.loads(msg.value)["event_id"], time.perf_counter())
+                msg = poll(0.1)  # at once when a message is there: its time is when it was seen
+                value = msg.value() if msg is not None and msg.error() is None else None
+                if value is not None:
+                    seen.setdefault(orjson.loads(value)["event_id"], clock())
         finally:
-            c.close()
+            self._c.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -379,27 +394,8 @@ def bench_end_to_end(
         bootstrap, topics, worker = stack.bootstrap, stack.topics, stack.worker
         alive = lambda: all(w.alive() for w in stack.workers)  # noqa: E731
 
-        seen: dict[str, float] = {}
-        stop = threading.Event()
-
-        def consume() -> None:
-            c = KafkaConsumer(
-                topics["enriched"],
-                bootstrap_servers=bootstrap,
-                auto_offset_reset="earliest",
-                group_id=None,
-                consumer_timeout_ms=500,
-                fetch_max_wait_ms=20,  # as in _Enriched: no latency of the bench's own
-            )
-            try:
-                while not stop.is_set():
-                    for msg in c:
-                        seen.setdefault(orjson.loads(msg.value)["event_id"], time.perf_counter())
-            finally:
-                c.close()
-
-        th = threading.Thread(target=consume, daemon=True)
-        th.start()
+        tail = _Enriched(bootstrap, topics["enriched"])
+        seen = tail.seen
         # warm the worker up: its first batch pays for the consumer group join
         warm = [dict(r, event_id=f"{r['event_id']}:warm") for r in rows[:50]]
         sink = KafkaSink(bootstrap, topics["raw"])
@@ -407,7 +403,7 @@ def bench_end_to_end(
             sink.send_any(r)
         sink.flush()
         if not wait_until(lambda: len(seen) >= len(warm) or not alive(), 180):
-            stop.set()
+            tail.stop()
             return {"error": "worker did not start in 180 s", "worker_log": worker.tail(20)}
         sent_at: dict[str, float] = {}
         cpu0 = sum(_cpu_seconds(w.proc.pid) for w in stack.workers)
@@ -419,8 +415,7 @@ def bench_end_to_end(
         produce_s = time.perf_counter() - t0
         ok = wait_until(lambda: all(k in seen for k in sent_at) or not alive(), 600, every=0.1)
         cpu = sum(_cpu_seconds(w.proc.pid) for w in stack.workers) - cpu0
-        stop.set()
-        th.join(5)
+        tail.stop()
         sink.close()
         done = [seen[k] for k in sent_at if k in seen]
         lat = [(seen[k] - t) * 1000 for k, t in sent_at.items() if k in seen]
