@@ -1,6 +1,6 @@
 """Kafka plumbing shared by the worker, the connectors and the CLI.
 
-Admin, tails and reads use kafka-python (sync, pure Python). Records are produced by
+Admin and reads use kafka-python (sync, pure Python); :class:`TopicTail` reads with librdkafka. Records are produced by
 :class:`Producer`, on confluent-kafka (librdkafka, Apache-2.0): kafka-python's producer costs ~94
 µs of Python per record (its CRC32C and record batches are pure Python, on a sender thread that
 holds the GIL), which capped connectors and replay near 10k records/s and stalled the event loop
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -95,7 +96,14 @@ class TopicTail(threading.Thread):
     Counting by consuming works on every Kafka-compatible broker; the embedded tansu reports a
     partition's high watermark as the base offset of its last batch + 1, so end offsets
     undercount there.
+
+    librdkafka reads them (~7 µs of CPU per message; kafka-python's consumer cost ~320 µs, which
+    at a benchmark's rates was most of a core taken from the workers it measured). It never joins
+    a group: each partition is assigned from its start, and a topic created later (by a worker, a
+    test) is found within ``REFRESH_S``.
     """
+
+    REFRESH_S = 2.0
 
     def __init__(self, bootstrap: str, topics: Iterable[str], *, keep: Iterable[str] = ()) -> None:
         super().__init__(daemon=True, name="repmon-tail")
@@ -108,23 +116,59 @@ class TopicTail(threading.Thread):
         self._lock = threading.Lock()
         self.start()
 
+    def _unassigned(self, consumer: confluent_kafka.Consumer, assigned: set[tuple[str, int]]) -> list[Any]:
+        """Partitions of the tailed topics the broker has and the tail does not read yet. Every
+        topic is listed: asking for one by name lets a broker that creates topics on request
+        (tansu) create it."""
+        try:
+            meta = consumer.list_topics(timeout=5).topics
+        except confluent_kafka.KafkaException as exc:
+            logger.debug("tail: no metadata from %s yet: %s", self.bootstrap, exc)
+            return []
+        start = confluent_kafka.OFFSET_BEGINNING
+        return [
+            confluent_kafka.TopicPartition(t, p, start)
+            for t in self.topics
+            if t in meta and meta[t].error is None
+            for p in meta[t].partitions
+            if (t, p) not in assigned
+        ]
+
     def run(self) -> None:
-        consumer = KafkaConsumer(
-            *self.topics,
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            metadata_max_age_ms=2000,
+        consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"repmon-tail-{uuid.uuid4().hex[:12]}",  # never joined (assigned, not subscribed)
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 100,
+                "logger": logging.getLogger("librdkafka"),
+            }
         )
+        assigned: set[tuple[str, int]] = set()
+        refresh_at = 0.0
         try:
             while not self._halt.is_set():
-                for tp, msgs in consumer.poll(timeout_ms=200, max_records=5000).items():
-                    with self._lock:
-                        self.counts[tp.topic] += len(msgs)
-                        if tp.topic in self.keep:
-                            self.kept[tp.topic].extend(m.value for m in msgs)
-                        self.take(tp.topic, [m.value for m in msgs])
+                if time.monotonic() >= refresh_at:
+                    refresh_at = time.monotonic() + self.REFRESH_S
+                    new = self._unassigned(consumer, assigned)
+                    if new:
+                        consumer.incremental_assign(new)
+                        assigned.update((tp.topic, tp.partition) for tp in new)
+                if not assigned:
+                    self._halt.wait(0.2)
+                    continue
+                by_topic: dict[str, list[bytes]] = {}
+                for m in consumer.consume(5000, 0.05):
+                    if m.error() is None:
+                        by_topic.setdefault(str(m.topic()), []).append(m.value() or b"")
+                if not by_topic:
+                    continue
+                with self._lock:
+                    for topic, values in by_topic.items():
+                        self.counts[topic] += len(values)
+                        if topic in self.keep:
+                            self.kept[topic].extend(values)
+                        self.take(topic, values)
         finally:
             consumer.close()
 
