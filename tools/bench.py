@@ -320,17 +320,17 @@ def run_bench(
 
 
 def _brief(e2e: dict[str, Any]) -> dict[str, Any]:
-    keys = ("events_per_s", "complete", "latency_ms", "worker_cpu_us_per_event", "error")
+    keys = ("events_per_s", "complete", "latency_ms", "worker_cpu_us_per_event", "cpu_us_per_event", "error")
     return {k: e2e[k] for k in keys if k in e2e}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc (Linux); 0.0 where it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_per_event(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float] | None:
+    """µs of CPU per event of each kind of process (:meth:`LocalStack.cpu_seconds`), and their sum."""
+    if not n:
+        return None
+    out = {k: round((after[k] - before.get(k, 0.0)) / n * 1e6, 1) for k in after}
+    out["all"] = round(sum(out.values()), 1)
+    return out
 
 
 def _all_out(tail: _Enriched, sent: dict[str, float], alive: Callable[[], bool]) -> bool:
@@ -406,7 +406,7 @@ def bench_end_to_end(
             tail.stop()
             return {"error": "worker did not start in 180 s", "worker_log": worker.tail(20)}
         sent_at: dict[str, float] = {}
-        cpu0 = sum(_cpu_seconds(w.proc.pid) for w in stack.workers)
+        cpu0 = stack.cpu_seconds()
         t0 = time.perf_counter()
         for r in rows:
             sent_at[r["event_id"]] = time.perf_counter()
@@ -414,7 +414,8 @@ def bench_end_to_end(
         sink.flush()
         produce_s = time.perf_counter() - t0
         ok = wait_until(lambda: all(k in seen for k in sent_at) or not alive(), 600, every=0.1)
-        cpu = sum(_cpu_seconds(w.proc.pid) for w in stack.workers) - cpu0
+        cpu_by = stack.cpu_seconds()
+        cpu = cpu_by["workers"] - cpu0["workers"]
         tail.stop()
         sink.close()
         done = [seen[k] for k in sent_at if k in seen]
@@ -435,6 +436,7 @@ def bench_end_to_end(
             },
             "workers": workers,
             "worker_cpu_us_per_event": round(cpu / len(done) * 1e6, 1) if done and cpu else None,
+            "cpu_us_per_event": _cpu_per_event(cpu0, cpu_by, len(done)),
             "broker": "embedded tansu",
         }
 
@@ -477,7 +479,7 @@ def bench_rate_sweep(
                 sent_at: dict[str, float] = {}
                 slice_s = 0.05
                 per_slice = max(1, round(rate * slice_s))
-                cpu0 = sum(_cpu_seconds(w.proc.pid) for w in stack.workers)
+                cpu0 = stack.cpu_seconds()
                 t0 = time.perf_counter()
                 for i in range(0, len(rows), per_slice):
                     # live: event time is the wall clock, as for a stream arriving at this rate
@@ -493,7 +495,8 @@ def bench_rate_sweep(
                 sink.flush()
                 produce_s = time.perf_counter() - t0
                 complete = wait_until(partial(_all_out, tail, sent_at, alive), 120, every=0.1)
-                cpu = sum(_cpu_seconds(w.proc.pid) for w in stack.workers) - cpu0
+                cpu_by = stack.cpu_seconds()
+                cpu = cpu_by["workers"] - cpu0["workers"]
                 lat = [(tail.seen[k] - t) * 1000 for k, t in sent_at.items() if k in tail.seen]
                 p99 = _percentile(lat, 99)
                 produced = len(rows) / produce_s
@@ -504,6 +507,7 @@ def bench_rate_sweep(
                     "produced_per_s": round(produced, 1),
                     "latency_ms": {"p50": round(_percentile(lat, 50), 1), "p99": round(p99, 1)},
                     "worker_cpu_us_per_event": round(cpu / len(lat) * 1e6, 1) if lat and cpu else None,
+                    "cpu_us_per_event": _cpu_per_event(cpu0, cpu_by, len(lat)),
                     "held": bool(complete and len(lat) == len(rows) and p99 < 2000 and produced >= 0.95 * rate),
                 }
                 console.print(f"bench: {rate} events/s: {row}")

