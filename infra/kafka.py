@@ -105,13 +105,17 @@ class TopicTail(threading.Thread):
 
     REFRESH_S = 2.0
 
-    def __init__(self, bootstrap: str, topics: Iterable[str], *, keep: Iterable[str] = ()) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Iterable[str], *, keep: Iterable[str] = (), fetch_wait_ms: int = 100
+    ) -> None:
         super().__init__(daemon=True, name="repmon-tail")
         self.bootstrap = bootstrap
         self.topics = list(topics)
         self.keep = set(keep)
+        self.fetch_wait_ms = fetch_wait_ms
         self.counts: dict[str, int] = dict.fromkeys(self.topics, 0)
         self.kept: dict[str, list[bytes]] = {t: [] for t in self.keep}
+        self.reading = threading.Event()  # set once every tailed topic has partitions assigned
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self.start()
@@ -140,7 +144,7 @@ class TopicTail(threading.Thread):
                 "bootstrap.servers": self.bootstrap,
                 "group.id": f"repmon-tail-{uuid.uuid4().hex[:12]}",  # never joined (assigned, not subscribed)
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,
+                "fetch.wait.max.ms": self.fetch_wait_ms,
                 "logger": logging.getLogger("librdkafka"),
             }
         )
@@ -154,11 +158,18 @@ class TopicTail(threading.Thread):
                     if new:
                         consumer.incremental_assign(new)
                         assigned.update((tp.topic, tp.partition) for tp in new)
+                        if {t for t, _ in assigned} >= set(self.topics):
+                            self.reading.set()
                 if not assigned:
                     self._halt.wait(0.2)
                     continue
+                # the first message as soon as it is there, then what else is queued, without
+                # waiting: a subclass that stamps when messages were seen stamps them then
+                first = consumer.poll(0.1)
+                if first is None:
+                    continue
                 by_topic: dict[str, list[bytes]] = {}
-                for m in consumer.consume(5000, 0.05):
+                for m in [first, *consumer.consume(4999, 0)]:
                     if m.error() is None:
                         by_topic.setdefault(str(m.topic()), []).append(m.value() or b"")
                 if not by_topic:

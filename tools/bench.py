@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import logging
 import math
 import os
 import platform
@@ -34,7 +33,6 @@ import random
 import re
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -42,7 +40,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 import orjson
 from rich.console import Console
 
@@ -337,51 +334,25 @@ def _all_out(tail: _Enriched, sent: dict[str, float], alive: Callable[[], bool])
     return all(k in tail.seen for k in sent) or not alive()
 
 
-class _Enriched:
-    """First-seen time of each event id on the enriched topic, read in a thread.
+class _Enriched(TopicTail):
+    """First-seen time of each event id on the enriched topic (a :class:`TopicTail`: librdkafka,
+    ~7 µs of the bench's CPU per message where kafka-python's consumer cost ~300 µs, CPU that the
+    workers sharing the bench's two cores did not get). Fails when the topic has no partitions
+    within ``timeout``: the stack creates it before the bench reads."""
 
-    librdkafka reads it (~5 µs of the bench's CPU per message): kafka-python's consumer cost
-    ~300 µs, CPU that the workers sharing the bench's two cores did not get, so the bench held
-    the pipeline back by measuring it."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, timeout: float = 30.0) -> None:
         self.seen: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._c = confluent_kafka.Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"repmon-bench-tail-{os.getpid()}",  # never joined: partitions are assigned
-                "enable.auto.commit": False,
-                # the measuring consumer must not add latency of its own: tansu holds a fetch for the
-                # whole wait (see kafka.fetch_max_wait_ms)
-                "fetch.wait.max.ms": 20,
-                "logger": logging.getLogger("librdkafka"),
-            }
-        )
-        meta = self._c.list_topics(topic, timeout=30).topics[topic]
-        if meta.error is not None or not meta.partitions:
-            self._c.close()
-            raise RuntimeError(f"no partitions of {topic} on {bootstrap}: {meta.error}")
-        self._c.assign(
-            [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in meta.partitions]
-        )
-        self._th = threading.Thread(target=self._run, daemon=True)
-        self._th.start()
+        # the measuring consumer must not add latency of its own: tansu holds a fetch for the
+        # whole wait (see kafka.fetch_max_wait_ms)
+        super().__init__(bootstrap, [topic], fetch_wait_ms=20)
+        if not self.reading.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"no partitions of {topic} on {bootstrap} within {timeout:.0f} s")
 
-    def _run(self) -> None:
-        poll, seen, clock = self._c.poll, self.seen, time.perf_counter
-        try:
-            while not self._stop.is_set():
-                msg = poll(0.1)  # at once when a message is there: its time is when it was seen
-                value = msg.value() if msg is not None and msg.error() is None else None
-                if value is not None:
-                    seen.setdefault(orjson.loads(value)["event_id"], clock())
-        finally:
-            self._c.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._th.join(5)
+    def take(self, topic: str, values: list[bytes]) -> None:
+        seen, now = self.seen, time.perf_counter()
+        for v in values:
+            seen.setdefault(orjson.loads(v)["event_id"], now)
 
 
 def bench_end_to_end(
@@ -414,11 +385,11 @@ def bench_end_to_end(
         sink.flush()
         produce_s = time.perf_counter() - t0
         ok = wait_until(lambda: all(k in seen for k in sent_at) or not alive(), 600, every=0.1)
-        cpu_by = stack.cpu_seconds()
-        cpu = cpu_by["workers"] - cpu0["workers"]
+        cpu1 = stack.cpu_seconds()
         tail.stop()
         sink.close()
         done = [seen[k] for k in sent_at if k in seen]
+        per = _cpu_per_event(cpu0, cpu1, len(done))
         lat = [(seen[k] - t) * 1000 for k, t in sent_at.items() if k in seen]
         elapsed = (max(done) - t0) if done else float("nan")
         return {
@@ -435,8 +406,8 @@ def bench_end_to_end(
                 "mean": round(statistics.fmean(lat), 1) if lat else None,
             },
             "workers": workers,
-            "worker_cpu_us_per_event": round(cpu / len(done) * 1e6, 1) if done and cpu else None,
-            "cpu_us_per_event": _cpu_per_event(cpu0, cpu_by, len(done)),
+            "worker_cpu_us_per_event": per["workers"] if per else None,
+            "cpu_us_per_event": per,
             "broker": "embedded tansu",
         }
 
@@ -495,9 +466,9 @@ def bench_rate_sweep(
                 sink.flush()
                 produce_s = time.perf_counter() - t0
                 complete = wait_until(partial(_all_out, tail, sent_at, alive), 120, every=0.1)
-                cpu_by = stack.cpu_seconds()
-                cpu = cpu_by["workers"] - cpu0["workers"]
+                cpu1 = stack.cpu_seconds()
                 lat = [(tail.seen[k] - t) * 1000 for k, t in sent_at.items() if k in tail.seen]
+                per = _cpu_per_event(cpu0, cpu1, len(lat))
                 p99 = _percentile(lat, 99)
                 produced = len(rows) / produce_s
                 row = {
@@ -506,8 +477,8 @@ def bench_rate_sweep(
                     "enriched": len(lat),
                     "produced_per_s": round(produced, 1),
                     "latency_ms": {"p50": round(_percentile(lat, 50), 1), "p99": round(p99, 1)},
-                    "worker_cpu_us_per_event": round(cpu / len(lat) * 1e6, 1) if lat and cpu else None,
-                    "cpu_us_per_event": _cpu_per_event(cpu0, cpu_by, len(lat)),
+                    "worker_cpu_us_per_event": per["workers"] if per else None,
+                    "cpu_us_per_event": per,
                     "held": bool(complete and len(lat) == len(rows) and p99 < 2000 and produced >= 0.95 * rate),
                 }
                 console.print(f"bench: {rate} events/s: {row}")
