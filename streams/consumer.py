@@ -21,12 +21,13 @@ The rest of the loop is Faust's (faust-streaming 0.15.3, pinned with aiokafka):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncIterator, Coroutine, Generator, Mapping
 from types import CoroutineType
 from typing import Any, cast
 
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as driver
+from faust.types import TP
 from mode import Service, ServiceT
 
 __all__ = ["Consumer", "install", "resume"]
@@ -144,6 +145,26 @@ class Consumer(driver.Consumer):
             raise
         finally:
             unset_flag(flag_consumer_fetching)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek every assigned partition to its committed offset, and a partition with none to its
+        first offset.
+
+        Faust calls this to take back what a fetch returned while the flow was suspended: it drops
+        those records, and the seek is what makes the broker send them again. aiokafka seeks only
+        partitions whose committed offset is above 0, so a partition nothing was ever committed on
+        kept its position past the dropped records and lost them. That is the partition a
+        rebalance moves to a worker while its first events arrive (a worker stalled before it
+        consumed any): its first fetch on the new owner races the recovery that resumes the flow.
+        Seeking it to its beginning is what ``consumer_auto_offset_reset="earliest"`` (the worker's
+        setting) would have read anyway; records handed to the agents before the rebalance come
+        again and the windows count each event once."""
+        committed = await super().seek_to_committed()
+        if self.app.conf.consumer_auto_offset_reset == "earliest":
+            fresh = [tp for tp, offset in committed.items() if offset is None or offset <= 0]
+            if fresh:
+                await self._thread.seek_to_beginning(*fresh)
+        return committed
 
 
 def install() -> None:

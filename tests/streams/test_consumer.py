@@ -161,3 +161,32 @@ def test_a_real_worker_behind_a_full_stream_buffer_loses_and_reorders_nothing(
     # backpressure: the fetch loop waits for room, so it is never more than the buffer ahead of
     # the agent (a hand-off that did not wait lets it run through the whole topic at once)
     assert got["ahead"] <= backpressure_worker.BUFFER + 1, got["ahead"]
+
+
+class _Thread:
+    """The consumer thread's two seeks, as aiokafka answers them: only offsets above 0 move."""
+
+    def __init__(self, committed: dict[Any, int | None]) -> None:
+        self.committed, self.to_beginning = committed, []  # type: list[Any]
+
+    async def seek_to_committed(self) -> dict[Any, int | None]:
+        return dict(self.committed)
+
+    async def seek_to_beginning(self, *tps: Any) -> None:
+        self.to_beginning.extend(tps)
+
+
+@pytest.mark.parametrize("reset, sought", [("earliest", ["p-none", "p-minus", "p-zero"]), ("latest", [])])
+async def test_a_partition_never_committed_is_sought_to_its_beginning_with_the_others(
+    reset: str, sought: list[str]
+) -> None:
+    """What a fetch returned while the flow was suspended is dropped and fetched again from the
+    committed offsets; a partition with no commit has to go back to its first offset too, or the
+    records dropped there are never read (the worker's reset policy is earliest)."""
+    app = _faust_app(load_settings(None, kafka={"bootstrap": "127.0.0.1:9"}), None)
+    app.conf.consumer_auto_offset_reset = reset
+    c = app.consumer
+    thread = _Thread({"p-none": None, "p-minus": -1, "p-zero": 0, "p-seven": 7})
+    c._thread = thread  # type: ignore[attr-defined]
+    assert await c.seek_to_committed() == thread.committed
+    assert sorted(thread.to_beginning) == sorted(sought)

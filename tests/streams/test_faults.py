@@ -364,11 +364,12 @@ def test_a_worker_stalled_after_reporting_caught_up_holds_the_buckets_until_its_
                 first.append((j, counted()))  # read after: it can only have grown since the judgement
             return bool(first) and counted() >= n
 
+        # a string, so pytest prints all of it (it cuts any other object to 240 characters)
         assert wait_until(all_counted, 120, 0.05), (
-            first,
-            counted(),
-            {k: v for k, v in scrape(ports[lead]).items() if k.startswith("repmon_") and not k.endswith("_bucket")},
-            workers[lead].tail(80),
+            f"first judgement {first}, counted {counted()} of {n}; the leader's lag "
+            f"{scrape(ports[lead]).get('repmon_consumer_lag')}, "
+            f"events {scrape(ports[lead]).get('repmon_events_total')}; "
+            f"its log: {workers[lead].tail(80)}"
         )
         stalled.proc.send_signal(signal.SIGCONT)
         assert first[0][1] == n, f"buckets judged with {first[0][1]} of {n} events counted"
