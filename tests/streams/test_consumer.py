@@ -23,7 +23,7 @@ from infra.settings import load_settings
 from streams import consumer
 from streams.app import _faust_app
 
-from . import backpressure_worker
+from . import backpressure_worker, dropped_fetch_worker
 
 # faust-streaming 0.15.3's fetch loop, which streams.consumer.Consumer._drain_messages copies
 FAUST_DRAIN_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
@@ -129,6 +129,32 @@ async def test_a_callback_that_fails_at_once_raises_at_once() -> None:
         await _start(on_message())
 
 
+def _run_worker(script: Path, bootstrap: str, topic: str, n: int, tmp_path: Path, timeout: float) -> dict[str, Any]:
+    """Write ``0..n-1`` to a new one-partition ``topic``, run a test worker ``script`` over it in
+    its own process, and return what it wrote once its agent had ``n`` messages."""
+    ensure_topics(bootstrap, [topic], partitions=1)
+    prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i in range(n):
+        prod.send(topic, str(i).encode())
+    prod.flush()
+    prod.close()
+    out = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), bootstrap, topic, topic, str(n), str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the agent never had all {n} messages within {timeout:.0f} s")
+    assert out.exists(), f"the worker stopped before it had {n} messages (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    got: dict[str, Any] = orjson.loads(out.read_bytes())
+    return got
+
+
 @pytest.mark.integration
 def test_a_real_worker_behind_a_full_stream_buffer_loses_and_reorders_nothing(
     kafka_bootstrap: str, unique: str, tmp_path: Path
@@ -137,30 +163,27 @@ def test_a_real_worker_behind_a_full_stream_buffer_loses_and_reorders_nothing(
     few messages and an agent slow at first, hand-offs must suspend (the slow path), the fetch
     loop must wait for room, and every message still reaches the agent once, in offset order."""
     n = 300
-    topic = f"bp-{unique}"
-    ensure_topics(kafka_bootstrap, [topic], partitions=1)
-    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    for i in range(n):
-        prod.send(topic, str(i).encode())
-    prod.flush()
-    prod.close()
-    out = tmp_path / "out.json"
-    script = Path(backpressure_worker.__file__)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    proc = subprocess.run(
-        [sys.executable, str(script), kafka_bootstrap, f"bp-{unique}", topic, str(n), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.exists(), f"the worker stopped before it had {n} messages (rc {proc.returncode}): {proc.stderr[-2000:]}"
-    got = orjson.loads(out.read_bytes())
+    got = _run_worker(Path(backpressure_worker.__file__), kafka_bootstrap, f"bp-{unique}", n, tmp_path, 120)
     assert got["values"] == [str(i) for i in range(n)]
     assert got["resumed"] > 0, "no hand-off met a full buffer: the slow path was not exercised"
     # backpressure: the fetch loop waits for room, so it is never more than the buffer ahead of
     # the agent (a hand-off that did not wait lets it run through the whole topic at once)
     assert got["ahead"] <= backpressure_worker.BUFFER + 1, got["ahead"]
+
+
+@pytest.mark.integration
+def test_records_a_suspended_flow_dropped_are_read_again_on_a_partition_never_committed(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """Through Apache Kafka and a Faust worker built by ``_faust_app``: its first fetch comes back
+    while the flow is suspended (a fetch in flight across a rebalance), so Faust drops it and seeks
+    back to the committed offsets. Nothing is committed on the topic yet; every message must still
+    reach the agent, once, in order (aiokafka alone leaves the position past the dropped ones, and
+    the agent waits forever)."""
+    n = 50
+    got = _run_worker(Path(dropped_fetch_worker.__file__), kafka_bootstrap, f"df-{unique}", n, tmp_path, 60)
+    assert got["dropped"] > 0, "no fetch came back while the flow was suspended: the drop was not exercised"
+    assert got["values"] == [str(i) for i in range(n)]
 
 
 class _Thread:
